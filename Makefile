@@ -1,0 +1,34 @@
+# The two commands a newcomer needs:  `make demo`  and  `make test`.
+# Both bootstrap uv (into .prepay/tools if it is not on PATH) and the project's venv.
+# uv never downloads a Python here: it uses the machine's Python 3.11+.
+export UV_PYTHON_DOWNLOADS := never
+UV := $(shell command -v uv 2>/dev/null)
+ifeq ($(UV),)
+UV := .prepay/tools/bin/uv
+endif
+
+.PHONY: demo test lint setup check clean
+
+$(UV):
+	python3 -m venv .prepay/tools
+	.prepay/tools/bin/pip install --quiet uv
+
+setup: $(UV)
+	$(UV) sync --frozen --quiet
+
+demo: setup
+	$(UV) run --frozen prepay demo
+
+test: setup
+	$(UV) run --frozen pytest
+
+lint: setup
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy
+
+check: setup
+	$(UV) run --frozen prepay check
+
+clean:
+	rm -rf .prepay/demo .prepay/test-pg

@@ -1,0 +1,41 @@
+"""The FastAPI application factory (nothing is built at import time)."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cloud.api.deps import Services
+from cloud.api.routes import router as api_router
+from cloud.console.routes import router as console_router
+from cloud.errors import DomainError
+
+
+def create_app(services: Services) -> FastAPI:
+    app = FastAPI(title="PrepayCloud API", version="0.1.0")
+    app.state.services = services
+    app.include_router(api_router)
+    app.include_router(console_router)
+
+    @app.exception_handler(DomainError)
+    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        return JSONResponse(
+            {"title": type(exc).__name__, "status": exc.status, "detail": str(exc)},
+            status_code=exc.status,
+            media_type="application/problem+json",
+        )
+
+    @app.get("/", include_in_schema=False)
+    async def _root() -> Response:
+        return RedirectResponse("/console/")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def _health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app

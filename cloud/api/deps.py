@@ -1,0 +1,41 @@
+"""Shared route dependencies: the services bundle and the authenticated operator."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from cloud.auth import Principal, Sessions
+from cloud.control.service import CommandTiming
+from cloud.db import Database
+from cloud.errors import Unauthorized
+
+SESSION_COOKIE = "prepay_session"
+
+
+@dataclass
+class Services:
+    db: Database
+    sessions: Sessions
+    timing: CommandTiming
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+async def operator(request: Request, svc: ServicesDep) -> Principal:
+    auth = request.headers.get("authorization", "")
+    token = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise Unauthorized("log in first")
+    return await svc.sessions.principal(token)
+
+
+OperatorDep = Annotated[Principal, Depends(operator)]

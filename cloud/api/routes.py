@@ -1,0 +1,146 @@
+"""REST API v1 for operators and finance (JSON; money as strings)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from cloud.api import queries
+from cloud.api.deps import OperatorDep, ServicesDep
+from cloud.payments.counter import SaleRequest, sell_credit
+
+router = APIRouter(prefix="/api/v1")
+
+Amount = Annotated[
+    Decimal, Field(gt=0, max_digits=12, decimal_places=2, allow_inf_nan=False, examples=["50.00"])
+]
+
+
+class LoginIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str
+    username: str
+    password: str
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 - OAuth2 token type, not a secret
+
+
+class SaleIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    account: str = Field(min_length=1, max_length=20, description="account number")
+    amount: Amount
+    method: Literal["cash", "card"] = "cash"
+    outlet_id: uuid.UUID | None = None
+
+
+class SaleOut(BaseModel):
+    id: uuid.UUID
+    receipt_no: str
+    account: str
+    amount: str
+    method: str
+    balance_after: str
+    created_at: datetime
+    replayed: bool
+
+
+class PointOut(BaseModel):
+    id: uuid.UUID
+    name: str
+    account: str
+    balance: str
+    supply_desired: str | None
+    supply_reported: str | None
+    supply_reported_at: datetime | None
+    last_register: str | None
+    last_reading_at: datetime | None
+    gateway_online: bool
+
+
+class BalanceOut(BaseModel):
+    account: str
+    balance: str
+
+
+def _point(p: queries.PointRow) -> PointOut:
+    return PointOut(
+        id=p.id,
+        name=p.name,
+        account=p.account_number,
+        balance=str(p.balance),
+        supply_desired=p.desired,
+        supply_reported=p.reported,
+        supply_reported_at=p.reported_at,
+        last_register=None if p.last_total is None else str(p.last_total),
+        last_reading_at=p.last_reading_at,
+        gateway_online=p.gateway_online,
+    )
+
+
+@router.post("/auth/token", response_model=TokenOut)
+async def login(body: LoginIn, svc: ServicesDep) -> TokenOut:
+    return TokenOut(
+        access_token=await svc.sessions.login(body.tenant, body.username, body.password)
+    )
+
+
+@router.get("/service-points", response_model=list[PointOut])
+async def list_points(svc: ServicesDep, who: OperatorDep) -> list[PointOut]:
+    who.require("registry.view")
+    return [_point(p) for p in await queries.service_points(svc.db, who.tenant_id)]
+
+
+@router.get("/service-points/{point_id}", response_model=PointOut)
+async def get_point(point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> PointOut:
+    who.require("registry.view")
+    return _point(await queries.service_point(svc.db, who.tenant_id, point_id))
+
+
+@router.get("/accounts/{number}/balance", response_model=BalanceOut)
+async def get_balance(number: str, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
+    who.require("registry.view")
+    balance = await queries.account_balance(svc.db, who.tenant_id, number)
+    return BalanceOut(account=number, balance=str(balance))
+
+
+@router.post("/sales", response_model=SaleOut, status_code=201)
+async def create_sale(
+    body: SaleIn,
+    response: Response,
+    svc: ServicesDep,
+    who: OperatorDep,
+    idempotency_key: Annotated[
+        str,
+        Header(alias="Idempotency-Key", min_length=8, max_length=100, pattern=r"^[\x21-\x7e]+$"),
+    ],
+) -> SaleOut:
+    """Sell credit at the counter. Re-sending the same Idempotency-Key returns the original
+    sale (200) and credits nothing; reusing it for a different sale is a 409."""
+    receipt = await sell_credit(
+        svc.db,
+        who,
+        SaleRequest(body.account, body.amount, body.method, body.outlet_id),
+        idempotency_key,
+        datetime.now(UTC),
+        svc.timing,
+    )
+    if receipt.replayed:
+        response.status_code = 200
+    return SaleOut(
+        id=receipt.sale_id,
+        receipt_no=receipt.receipt_no,
+        account=receipt.account_number,
+        amount=str(receipt.amount),
+        method=receipt.method,
+        balance_after=str(receipt.balance_after),
+        created_at=receipt.created_at,
+        replayed=receipt.replayed,
+    )

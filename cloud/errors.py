@@ -1,0 +1,21 @@
+"""Domain errors raised by cloud services; the API maps them to HTTP problems."""
+
+
+class DomainError(Exception):
+    status = 400
+
+
+class NotFound(DomainError):
+    status = 404
+
+
+class Forbidden(DomainError):
+    status = 403
+
+
+class Unauthorized(DomainError):
+    status = 401
+
+
+class Conflict(DomainError):
+    status = 409

@@ -1,0 +1,1 @@
+"""Ingest: telemetry and acks from gateways into readings, ratings and the ledger."""

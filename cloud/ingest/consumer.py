@@ -1,0 +1,123 @@
+"""The ingest consumer: one MQTT subscription (shared across workers where the broker
+supports it), every message handled on its own so a bad one never blocks those behind it."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from datetime import UTC, datetime
+
+import aiomqtt
+from prometheus_client import Counter
+from pydantic import ValidationError
+
+from cloud.ingest.service import IngestService, UnknownGateway
+from cloud.mqtt import client
+from contract.mqtt import (
+    SUPPORTED_VERSIONS,
+    Ack,
+    Direction,
+    GatewayState,
+    TelemetryBatch,
+    Topics,
+    UpKind,
+    schema_version,
+)
+
+log = logging.getLogger(__name__)
+
+MESSAGES = Counter("prepay_ingest_messages_total", "Uplink messages handled", ["kind", "outcome"])
+READINGS = Counter("prepay_ingest_readings_total", "Readings by outcome", ["outcome"])
+
+
+class IngestConsumer:
+    def __init__(
+        self,
+        service: IngestService,
+        mqtt_url: str,
+        topics: Topics,
+        shared_group: str | None,
+        worker_name: str | None = None,
+    ) -> None:
+        self.service = service
+        self.mqtt_url = mqtt_url
+        self.topics = topics
+        self.shared_group = shared_group
+        self.name = worker_name or f"ingest-{uuid.uuid4().hex[:8]}"
+        self.rejected: dict[str, int] = {}
+        self.handled = 0
+        self.ready = asyncio.Event()
+
+    async def run(self) -> None:
+        backoff = 1.0
+        while True:
+            try:
+                async with client(self.mqtt_url, self.name) as mqtt:
+                    await mqtt.subscribe(self.topics.all_up(self.shared_group), qos=1)
+                    self.ready.set()
+                    backoff = 1.0
+                    async for message in mqtt.messages:
+                        await self.handle(str(message.topic), _payload(message))
+            except aiomqtt.MqttError as exc:
+                self.ready.clear()
+                log.warning("ingest lost the broker (%s); reconnecting in %.0fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _reject(self, kind: str, reason: str, topic: str) -> None:
+        key = f"{kind}:{reason}"
+        self.rejected[key] = self.rejected.get(key, 0) + 1
+        MESSAGES.labels(kind, reason).inc()
+        if self.rejected[key] == 1 or self.rejected[key] % 1000 == 0:
+            log.warning(
+                "rejected %s message on %s: %s (x%d)", kind, topic, reason, self.rejected[key]
+            )
+
+    async def handle(self, topic: str, raw: bytes) -> None:
+        """Handle one uplink message; never raises for bad input."""
+        self.handled += 1
+        parsed = self.topics.parse(topic)
+        if parsed is None or parsed[1] is not Direction.UP:
+            self._reject("unknown", "foreign_topic", topic)
+            return
+        gateway, _, kind = parsed
+        version = schema_version(raw)
+        if version is None:
+            self._reject(kind, "malformed", topic)
+            return
+        if version not in SUPPORTED_VERSIONS:
+            self._reject(kind, f"unsupported_version_{version}", topic)
+            return
+        now = datetime.now(UTC)
+        try:
+            if kind == UpKind.TELEMETRY:
+                batch = TelemetryBatch.model_validate_json(raw)
+                result = await self.service.store_telemetry(gateway, batch, now)
+                READINGS.labels("stored").inc(result.stored)
+                READINGS.labels("duplicate").inc(result.duplicates)
+                for reason, n in result.quarantined.items():
+                    READINGS.labels(f"quarantined_{reason}").inc(n)
+            elif kind == UpKind.ACK:
+                await self.service.store_ack(gateway, Ack.model_validate_json(raw), now)
+            elif kind == UpKind.STATE:
+                GatewayState.model_validate_json(raw)  # presence tracking comes with issue #4
+            MESSAGES.labels(kind, "ok").inc()
+        except ValidationError as exc:
+            self._reject(kind, "invalid", topic)
+            log.debug("invalid %s payload: %s", kind, exc)
+        except UnknownGateway:
+            self._reject(kind, "unknown_gateway", topic)
+        except Exception:
+            # A database or bug error must not stop the stream; the message is counted and
+            # logged with its traceback. QoS 1 redelivery covers transient failures only
+            # when the broker re-sends, so the count is what an operator alarms on.
+            self._reject(kind, "error", topic)
+            log.exception("failed to ingest %s from %s", kind, gateway)
+
+
+def _payload(message: aiomqtt.Message) -> bytes:
+    p = message.payload
+    if isinstance(p, bytes | bytearray):
+        return bytes(p)
+    return str(p).encode()

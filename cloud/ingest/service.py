@@ -1,0 +1,220 @@
+"""Store a telemetry batch and rate it, in one tenant transaction.
+
+Readings are bulk-loaded with COPY into a per-connection staging table and moved with one
+``INSERT … ON CONFLICT DO NOTHING RETURNING``: a re-delivered reading is not returned, so it
+is neither stored nor rated twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from cloud.control.policy import SupplyState
+from cloud.control.service import CommandTiming, apply_ack, record_reported
+from cloud.db import Database
+from cloud.rating.core import RegisterReading
+from cloud.rating.service import PointReading, rate_new_readings
+from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
+
+log = logging.getLogger(__name__)
+
+MAX_FUTURE = timedelta(minutes=10)
+_COLUMNS = (
+    "channel_id, measured_at, tenant_id, received_at, total, voltage, current, power, "
+    "supply_on, meter_balance"
+)
+_STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS reading_in "
+    "(LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+)
+
+
+class UnknownGateway(LookupError):
+    pass
+
+
+@dataclass
+class IngestResult:
+    stored: int = 0
+    duplicates: int = 0
+    quarantined: dict[str, int] = field(default_factory=dict)
+    charged: Decimal = Decimal(0)
+    commands: int = 0
+
+    def quarantine(self, reason: str) -> None:
+        self.quarantined[reason] = self.quarantined.get(reason, 0) + 1
+
+
+@dataclass(frozen=True)
+class _Target:
+    channel_id: uuid.UUID
+    service_point_id: uuid.UUID | None
+
+
+class IngestService:
+    def __init__(self, db: Database, timing: CommandTiming) -> None:
+        self.db = db
+        self.timing = timing
+        self._tenants: dict[str, uuid.UUID] = {}
+
+    async def tenant_of(self, gateway_code: str) -> uuid.UUID:
+        tenant = self._tenants.get(gateway_code)
+        if tenant is None:
+            tenant = await self.db.gateway_tenant(gateway_code)
+            if tenant is None:
+                raise UnknownGateway(gateway_code)
+            self._tenants[gateway_code] = tenant
+        return tenant
+
+    async def store_telemetry(
+        self, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
+    ) -> IngestResult:
+        if batch.gateway != topic_gateway:
+            raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
+        tenant_id = await self.tenant_of(topic_gateway)
+        result = IngestResult()
+        async with self.db.tenant(tenant_id) as conn:
+            gateway_id, targets = await self._targets(conn, topic_gateway)
+            rows = []
+            for r in batch.readings:
+                target = targets.get((r.device, r.channel))
+                reason = _quarantine_reason(r, target, received_at)
+                if reason:
+                    result.quarantine(reason)
+                    continue
+                assert target is not None
+                rows.append(_row(r, target.channel_id, tenant_id, received_at))
+            new = await _insert(conn, rows)
+            result.stored = len(new)
+            result.duplicates = len(rows) - len(new)
+            await conn.execute(
+                sa.text("UPDATE gateway SET online = true, last_seen_at = :at WHERE id = :id"),
+                {"at": received_at, "id": gateway_id},
+            )
+            by_channel = {t.channel_id: t for t in targets.values()}
+            await _record_supply(conn, new)
+            rated = [
+                PointReading(sp, ch, RegisterReading(at, total))
+                for ch, at, total, _supply in new
+                if (sp := by_channel[ch].service_point_id) is not None
+            ]
+            report = await rate_new_readings(conn, tenant_id, rated, received_at, self.timing)
+            result.charged, result.commands = report.charged, report.commands
+        return result
+
+    async def store_ack(self, topic_gateway: str, ack: Ack, received_at: datetime) -> bool:
+        if ack.gateway != topic_gateway or ack.id is None:
+            return False
+        tenant_id = await self.tenant_of(topic_gateway)
+        reported = SupplyState(ack.reported_supply.value) if ack.reported_supply else None
+        async with self.db.tenant(tenant_id) as conn:
+            return await apply_ack(
+                conn,
+                ack.id,
+                ack.status,
+                {"detail": ack.detail, **ack.meter_answer},
+                reported,
+                ack.at,
+            )
+
+    async def _targets(
+        self, conn: AsyncConnection, gateway_code: str
+    ) -> tuple[uuid.UUID, dict[tuple[str, int], _Target]]:
+        rows = (
+            await conn.execute(
+                sa.text(
+                    "SELECT g.id AS gateway_id, d.key, ch.number, ch.id AS channel_id, "
+                    "b.service_point_id FROM gateway g "
+                    "LEFT JOIN device d ON d.gateway_id = g.id "
+                    "LEFT JOIN channel ch ON ch.device_id = d.id "
+                    "LEFT JOIN binding b ON b.channel_id = ch.id AND b.removed_at IS NULL "
+                    "WHERE g.code = :code"
+                ),
+                {"code": gateway_code},
+            )
+        ).all()
+        if not rows:
+            raise UnknownGateway(gateway_code)
+        targets = {
+            (r.key, r.number): _Target(r.channel_id, r.service_point_id)
+            for r in rows
+            if r.channel_id is not None
+        }
+        return rows[0].gateway_id, targets
+
+
+def _quarantine_reason(r: Reading, target: _Target | None, now: datetime) -> str | None:
+    if target is None:
+        return "unknown_channel"
+    if r.measured_at > now + MAX_FUTURE:
+        return "future_timestamp"
+    if r.total is not None and r.total < 0:
+        return "negative_register"
+    return None
+
+
+def _row(
+    r: Reading, channel_id: uuid.UUID, tenant_id: uuid.UUID, received_at: datetime
+) -> tuple[object, ...]:
+    supply = None if r.supply is None else r.supply is Supply.ON
+    return (
+        channel_id,
+        r.measured_at,
+        tenant_id,
+        received_at,
+        r.total,
+        r.voltage,
+        r.current,
+        r.power,
+        supply,
+        r.meter_balance,
+    )
+
+
+async def _insert(
+    conn: AsyncConnection, rows: list[tuple[object, ...]]
+) -> list[tuple[uuid.UUID, datetime, Decimal | None, bool | None]]:
+    if not rows:
+        return []
+    await conn.execute(sa.text(_STAGING))
+    raw = await conn.get_raw_connection()
+    pg = raw.driver_connection
+    assert pg is not None
+    async with pg.cursor() as cur:
+        async with cur.copy(f"COPY reading_in ({_COLUMNS}) FROM STDIN") as copy:
+            for row in rows:
+                await copy.write_row(row)
+        await cur.execute(
+            f"INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM reading_in "
+            "ON CONFLICT (channel_id, measured_at) DO NOTHING "
+            "RETURNING channel_id, measured_at, total, supply_on"
+        )
+        new = [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+        await cur.execute("DELETE FROM reading_in")
+    return new
+
+
+async def _record_supply(
+    conn: AsyncConnection, new: list[tuple[uuid.UUID, datetime, Decimal | None, bool | None]]
+) -> None:
+    latest: dict[uuid.UUID, tuple[datetime, bool]] = {}
+    for ch, at, _total, supply in new:
+        if supply is not None and (ch not in latest or latest[ch][0] < at):
+            latest[ch] = (at, supply)
+    for ch, (at, on) in latest.items():
+        await conn.execute(
+            sa.text(
+                "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason) "
+                "SELECT :c, tenant_id, '' FROM channel WHERE id = :c "
+                "ON CONFLICT (channel_id) DO NOTHING"
+            ),
+            {"c": ch},
+        )
+        await record_reported(conn, ch, SupplyState.ON if on else SupplyState.OFF, at)

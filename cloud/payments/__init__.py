@@ -1,0 +1,1 @@
+"""Payments: counter sales now; WeChat Pay and reconciliation later (DESIGN.md §7)."""

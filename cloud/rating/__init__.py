@@ -1,0 +1,1 @@
+"""Consumption and charges from cumulative registers (DESIGN.md §4)."""

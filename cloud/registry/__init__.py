@@ -1,0 +1,1 @@
+"""Registry: tenants, sites, customers, accounts, service points, gateways, meters."""

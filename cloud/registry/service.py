@@ -1,0 +1,201 @@
+"""Provisioning a property group: the tenant (platform level) and its registry."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlmodel import SQLModel
+
+from cloud import schema
+from cloud.auth import PERMISSIONS, hash_password
+from cloud.db import Database, next_number
+from cloud.errors import Conflict
+from cloud.ledger import core as ledger
+from cloud.ledger.service import post
+
+
+async def create_tenant(db: Database, slug: str, name: str) -> uuid.UUID:
+    """Platform operator only: the tenant row is written with the owner connection."""
+    tenant_id = uuid.uuid4()
+    async with db.owner.begin() as conn:
+        inserted = await conn.scalar(
+            sa.text(
+                "INSERT INTO tenant (id, slug, name) VALUES (:id, :s, :n) "
+                "ON CONFLICT (slug) DO NOTHING RETURNING id"
+            ),
+            {"id": tenant_id, "s": slug, "n": name},
+        )
+    if inserted is None:
+        raise Conflict(f"property group {slug!r} already exists")
+    return tenant_id
+
+
+async def _add(conn: AsyncConnection, model: type[SQLModel], **values: Any) -> uuid.UUID:
+    table: sa.Table = model.__table__  # type: ignore[attr-defined]
+    values.setdefault("id", uuid.uuid4())
+    await conn.execute(sa.insert(table).values(**values))
+    new_id = values["id"]
+    assert isinstance(new_id, uuid.UUID)
+    return new_id
+
+
+@dataclass
+class MeterSpec:
+    key: str
+    unit: int
+    customer: str
+    opening_balance: Decimal
+    profile: str = "acrel-ddsy1352-modbus"
+
+
+@dataclass
+class GroupSpec:
+    slug: str
+    name: str
+    site: str = "Riverside Market"
+    timezone: str = "Asia/Shanghai"
+    gateway_code: str = "gw-demo-1"
+    bus: str = "bus1"
+    unit_price: Decimal = Decimal("1.2000")
+    admin_username: str = "admin"
+    admin_password: str = "demo-admin"  # noqa: S105 - demo seed only; printed by `prepay demo`
+    meters: list[MeterSpec] = field(default_factory=list)
+
+
+@dataclass
+class Seeded:
+    tenant_id: uuid.UUID
+    site_id: uuid.UUID
+    outlet_id: uuid.UUID
+    gateway_id: uuid.UUID
+    operator_id: uuid.UUID
+    accounts: dict[str, str]  # meter key → account number
+    points: dict[str, uuid.UUID]  # meter key → service point
+    channels: dict[str, uuid.UUID]  # meter key → channel
+
+
+async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
+    """Create a property group with one site, outlet, admin, flat tariff, gateway and meters."""
+    tenant_id = await create_tenant(db, spec.slug, spec.name)
+    now = datetime.now(UTC)
+    async with db.tenant(tenant_id) as conn:
+        t = {"tenant_id": tenant_id}
+        site = await _add(conn, schema.Site, name=spec.site, timezone=spec.timezone, **t)
+        outlet = await _add(conn, schema.Outlet, site_id=site, name="Counter 1", **t)
+        role = await _add(
+            conn, schema.Role, name="administrator", permissions=list(PERMISSIONS), **t
+        )
+        operator = await _add(
+            conn,
+            schema.Operator,
+            username=spec.admin_username,
+            display_name="Administrator",
+            password_hash=hash_password(spec.admin_password),
+            role_id=role,
+            active=True,
+            **t,
+        )
+        tariff = await _add(conn, schema.Tariff, name="Commercial flat", utility="electricity", **t)
+        await _add(
+            conn,
+            schema.TariffVersion,
+            tariff_id=tariff,
+            effective_from=datetime(2020, 1, 1, tzinfo=UTC),
+            kind="flat",
+            unit_price=spec.unit_price,
+            **t,
+        )
+        gateway = await _add(
+            conn,
+            schema.Gateway,
+            site_id=site,
+            code=spec.gateway_code,
+            name="Meter room A",
+            online=False,
+            **t,
+        )
+        accounts: dict[str, str] = {}
+        points: dict[str, uuid.UUID] = {}
+        channels: dict[str, uuid.UUID] = {}
+        for m in spec.meters:
+            customer = await _add(conn, schema.Customer, name=m.customer, **t)
+            account_id = uuid.uuid4()
+            number = f"A{await next_number(conn, tenant_id, 'account'):06d}"
+            wallet = ledger.wallet(account_id, number)
+            wallet_id = await _add(
+                conn,
+                schema.LedgerAccount,
+                code=wallet.code,
+                kind=wallet.kind.value,
+                name=wallet.name,
+                normal_side=wallet.normal_side.value,
+                balance=Decimal(0),
+                **t,
+            )
+            await _add(
+                conn,
+                schema.Account,
+                id=account_id,
+                customer_id=customer,
+                number=number,
+                wallet_id=wallet_id,
+                **t,
+            )
+            point = await _add(
+                conn,
+                schema.ServicePoint,
+                site_id=site,
+                account_id=account_id,
+                tariff_id=tariff,
+                name=f"{m.customer} electricity",
+                utility="electricity",
+                control_mode="cloud",
+                credit_limit=Decimal(0),
+                **t,
+            )
+            device = await _add(
+                conn,
+                schema.Device,
+                gateway_id=gateway,
+                key=m.key,
+                profile=m.profile,
+                bus=spec.bus,
+                address=str(m.unit),
+                **t,
+            )
+            channel = await _add(conn, schema.Channel, device_id=device, number=1, **t)
+            await _add(
+                conn,
+                schema.Binding,
+                service_point_id=point,
+                channel_id=channel,
+                installed_at=now,
+                **t,
+            )
+            if m.opening_balance > 0:
+                await post(
+                    conn,
+                    tenant_id,
+                    ledger.EntryDraft(
+                        idempotency_key=f"opening:{account_id}",
+                        kind=ledger.EntryKind.ADJUSTMENT,
+                        actor="seed",
+                        effective_at=now,
+                        legs=ledger.transfer(
+                            ledger.AccountRef(
+                                "adjustments", ledger.AccountKind.ADJUSTMENTS, "Adjustments"
+                            ),
+                            wallet,
+                            m.opening_balance,
+                        ),
+                        reason="opening balance",
+                    ),
+                )
+            accounts[m.key], points[m.key], channels[m.key] = number, point, channel
+    return Seeded(tenant_id, site, outlet, gateway, operator, accounts, points, channels)

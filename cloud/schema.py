@@ -1,0 +1,357 @@
+"""The cloud's data model (SQLModel tables). DESIGN.md §3.
+
+Every tenant-owned table carries ``tenant_id`` and is under forced row-level security
+(see the migrations); ``tenant`` itself is the only platform-level table.
+Money is NUMERIC(14,2), prices NUMERIC(12,4), registers NUMERIC(16,3); time is timestamptz.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql as pg
+from sqlmodel import Field, SQLModel
+
+TS = sa.DateTime(timezone=True)
+MONEY = sa.Numeric(14, 2)
+PRICE = sa.Numeric(12, 4)
+REGISTER = sa.Numeric(16, 3)
+
+
+def _id() -> Any:
+    return Field(default_factory=uuid.uuid4, primary_key=True)
+
+
+def _tenant() -> Any:
+    return Field(foreign_key="tenant.id", index=True)
+
+
+def _ts(nullable: bool = False) -> Any:
+    return Field(default=None, sa_type=TS, nullable=nullable)
+
+
+class Tenant(SQLModel, table=True):
+    """A property group. Platform-level: the only table without tenant_id."""
+
+    id: uuid.UUID = _id()
+    slug: str = Field(unique=True, max_length=40)
+    name: str
+    created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
+
+
+class TenantCounter(SQLModel, table=True):
+    """Per-tenant human-readable number sequences (account no., receipt no.)."""
+
+    __tablename__ = "tenant_counter"
+    tenant_id: uuid.UUID = Field(foreign_key="tenant.id", primary_key=True)
+    name: str = Field(primary_key=True)
+    value: int = 0
+
+
+class Site(SQLModel, table=True):
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    name: str
+    timezone: str = "Asia/Shanghai"
+
+
+class Outlet(SQLModel, table=True):
+    """A business office / counter where credit is sold."""
+
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    name: str
+
+
+class Role(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "name"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    name: str
+    permissions: list[str] = Field(sa_type=pg.ARRAY(sa.Text), default_factory=list)
+
+
+class Operator(SQLModel, table=True):
+    """A console user of a property group."""
+
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "username"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    username: str = Field(max_length=64)
+    display_name: str
+    password_hash: str
+    role_id: uuid.UUID = Field(foreign_key="role.id")
+    active: bool = True
+
+
+class Customer(SQLModel, table=True):
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    name: str
+    phone: str | None = None
+
+
+class Account(SQLModel, table=True):
+    """A customer's prepaid wallet (its money lives in the ledger account ``wallet_id``)."""
+
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "number"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    customer_id: uuid.UUID = Field(foreign_key="customer.id")
+    number: str = Field(max_length=20)
+    wallet_id: uuid.UUID = Field(foreign_key="ledger_account.id", unique=True)
+
+
+class Tariff(SQLModel, table=True):
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    name: str
+    utility: str = Field(max_length=12)  # electricity | water
+
+
+class TariffVersion(SQLModel, table=True):
+    """A tariff's prices from ``effective_from`` on; a new version never re-rates the past."""
+
+    __tablename__ = "tariff_version"
+    __table_args__ = (sa.UniqueConstraint("tariff_id", "effective_from"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    tariff_id: uuid.UUID = Field(foreign_key="tariff.id")
+    effective_from: datetime = Field(sa_type=TS)
+    kind: str = "flat"
+    unit_price: Decimal = Field(sa_type=PRICE)
+
+
+class ServicePoint(SQLModel, table=True):
+    """One metered supply (a shop's electricity, a room's water)."""
+
+    __tablename__ = "service_point"
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    account_id: uuid.UUID = Field(foreign_key="account.id", index=True)
+    tariff_id: uuid.UUID = Field(foreign_key="tariff.id")
+    name: str
+    utility: str = Field(max_length=12)
+    control_mode: str = Field(default="cloud", max_length=8)  # cloud | meter
+    credit_limit: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+
+
+class Gateway(SQLModel, table=True):
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    code: str = Field(unique=True, max_length=64)  # MQTT identity, globally unique
+    name: str
+    online: bool = False
+    last_seen_at: datetime | None = _ts(nullable=True)
+
+
+class Device(SQLModel, table=True):
+    """A physical meter on a gateway's bus."""
+
+    __table_args__ = (sa.UniqueConstraint("gateway_id", "key"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    gateway_id: uuid.UUID = Field(foreign_key="gateway.id")
+    key: str = Field(max_length=64)  # the device's name in the gateway's config
+    profile: str
+    bus: str
+    address: str
+    serial: str | None = None
+
+
+class Channel(SQLModel, table=True):
+    """A metered circuit of a device (a DDSY1352 has one, an ADF300L has 12–36)."""
+
+    __table_args__ = (sa.UniqueConstraint("device_id", "number"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    device_id: uuid.UUID = Field(foreign_key="device.id")
+    number: int = 1
+
+
+class Binding(SQLModel, table=True):
+    """A service point bound to a channel for a period, with the registers at each end."""
+
+    __table_args__ = (
+        sa.Index(
+            "binding_one_active_per_point",
+            "service_point_id",
+            unique=True,
+            postgresql_where=sa.text("removed_at IS NULL"),
+        ),
+        sa.Index(
+            "binding_one_active_per_channel",
+            "channel_id",
+            unique=True,
+            postgresql_where=sa.text("removed_at IS NULL"),
+        ),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id")
+    channel_id: uuid.UUID = Field(foreign_key="channel.id")
+    installed_at: datetime = Field(sa_type=TS)
+    install_register: Decimal | None = Field(default=None, sa_type=REGISTER)
+    removed_at: datetime | None = _ts(nullable=True)
+    removal_register: Decimal | None = Field(default=None, sa_type=REGISTER)
+
+
+class Reading(SQLModel, table=True):
+    """Time series of channel measurements; a duplicate delivery is a no-op."""
+
+    channel_id: uuid.UUID = Field(foreign_key="channel.id", primary_key=True)
+    measured_at: datetime = Field(sa_type=TS, primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenant.id")
+    received_at: datetime = Field(sa_type=TS)
+    total: Decimal | None = Field(default=None, sa_type=REGISTER)
+    voltage: Decimal | None = Field(default=None, sa_type=sa.Numeric(8, 1))
+    current: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 3))
+    power: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 4))
+    supply_on: bool | None = None
+    meter_balance: Decimal | None = Field(default=None, sa_type=MONEY)
+
+
+class RatingState(SQLModel, table=True):
+    """Per service point: how far rating has advanced (the "last rated" mark)."""
+
+    __tablename__ = "rating_state"
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id", primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
+    channel_id: uuid.UUID | None = Field(default=None, foreign_key="channel.id")
+    last_measured_at: datetime | None = _ts(nullable=True)
+    last_register: Decimal | None = Field(default=None, sa_type=REGISTER)
+    consumption_total: Decimal = Field(default=Decimal("0"), sa_type=REGISTER)
+    charge_exact_total: Decimal = Field(default=Decimal("0"), sa_type=sa.Numeric(20, 8))
+    charge_posted_total: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+
+
+class LedgerAccount(SQLModel, table=True):
+    """A ledger account; ``balance`` is the cached balance on its normal side."""
+
+    __tablename__ = "ledger_account"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "code"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    code: str = Field(max_length=80)
+    kind: str = Field(max_length=20)
+    name: str
+    normal_side: str = Field(max_length=6)  # debit | credit
+    balance: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+
+
+class JournalEntry(SQLModel, table=True):
+    __tablename__ = "journal_entry"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "idempotency_key"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    idempotency_key: str = Field(max_length=200)
+    kind: str = Field(max_length=20)
+    actor: str
+    reason: str = ""
+    effective_at: datetime = Field(sa_type=TS)
+    created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
+    reverses: uuid.UUID | None = Field(default=None, foreign_key="journal_entry.id", unique=True)
+
+
+class Posting(SQLModel, table=True):
+    """One leg of an entry; positive = debit, negative = credit. An entry's legs sum to zero."""
+
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    entry_id: uuid.UUID = Field(foreign_key="journal_entry.id", index=True)
+    ledger_account_id: uuid.UUID = Field(foreign_key="ledger_account.id", index=True)
+    amount: Decimal = Field(sa_type=MONEY)
+
+
+class CounterSale(SQLModel, table=True):
+    """Credit sold at an outlet's counter."""
+
+    __tablename__ = "counter_sale"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "idempotency_key"),
+        sa.UniqueConstraint("tenant_id", "receipt_no"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    idempotency_key: str = Field(max_length=120)
+    request_fingerprint: str
+    receipt_no: str
+    account_id: uuid.UUID = Field(foreign_key="account.id")
+    outlet_id: uuid.UUID | None = Field(default=None, foreign_key="outlet.id")
+    operator_id: uuid.UUID = Field(foreign_key="operator.id")
+    method: str = Field(max_length=8)  # cash | card
+    amount: Decimal = Field(sa_type=MONEY)
+    entry_id: uuid.UUID = Field(foreign_key="journal_entry.id")
+    created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
+
+
+class SupplyTwin(SQLModel, table=True):
+    """Desired vs reported supply state of a channel."""
+
+    __tablename__ = "supply_twin"
+    channel_id: uuid.UUID = Field(foreign_key="channel.id", primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
+    desired: str | None = Field(default=None, max_length=3)  # on | off
+    desired_at: datetime | None = _ts(nullable=True)
+    desired_reason: str = ""
+    reported: str | None = Field(default=None, max_length=3)
+    reported_at: datetime | None = _ts(nullable=True)
+
+
+class DeviceCommand(SQLModel, table=True):
+    """A command to a device: queued → sent → acked | failed | expired | superseded."""
+
+    __tablename__ = "device_command"
+    __table_args__ = (sa.Index("device_command_open", "tenant_id", "state"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    gateway_id: uuid.UUID = Field(foreign_key="gateway.id")
+    channel_id: uuid.UUID = Field(foreign_key="channel.id", index=True)
+    action: str = Field(max_length=20)
+    params: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
+    state: str = Field(default="queued", max_length=10)
+    reason: str = ""
+    created_at: datetime = Field(sa_type=TS)
+    deadline: datetime = Field(sa_type=TS)
+    sent_at: datetime | None = _ts(nullable=True)
+    attempts: int = 0
+    finished_at: datetime | None = _ts(nullable=True)
+    result: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
+    superseded_by: uuid.UUID | None = Field(default=None, foreign_key="device_command.id")
+
+
+class WorkOrder(SQLModel, table=True):
+    """Something a person must look at: a reading anomaly, a dunning task, an installation."""
+
+    __tablename__ = "work_order"
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    kind: str = Field(max_length=30)
+    service_point_id: uuid.UUID | None = Field(default=None, foreign_key="service_point.id")
+    channel_id: uuid.UUID | None = Field(default=None, foreign_key="channel.id")
+    detail: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
+    status: str = "open"
+    created_at: datetime = Field(sa_type=TS)
+
+
+class AuditEvent(SQLModel, table=True):
+    __tablename__ = "audit_event"
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    actor: str
+    action: str
+    target: str
+    detail: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
+    at: datetime = Field(sa_type=TS)
+
+
+TENANT_TABLES = [
+    t.name for t in SQLModel.metadata.sorted_tables if "tenant_id" in t.c and t.name != "tenant"
+]

@@ -1,0 +1,350 @@
+"""The gateway agent: one asyncio process, one poller per bus, a store-and-forward outbox,
+and command execution exactly once per command id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import aiomqtt
+from pydantic import ValidationError
+
+from contract.mqtt import (
+    Ack,
+    AckStatus,
+    BrokerAddress,
+    Command,
+    CommandAction,
+    DownKind,
+    GatewayState,
+    Reading,
+    Supply,
+    Topics,
+    UpKind,
+    dump,
+)
+from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
+from gateway_agent.drivers import DecodeFailure, DeviceException, DeviceTimeout, DriverError
+from gateway_agent.drivers.modbus import ModbusTcpBus
+from gateway_agent.outbox import Outbox
+from meter_profiles.decode import supply_on
+from meter_profiles.schema import Profile
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+_SUPPLY_ACTIONS = {
+    CommandAction.TRIP: "trip",
+    CommandAction.CLOSE: "close",
+    CommandAction.CLOSE_ALLOWED: "close_allowed",
+    CommandAction.KEEP_POWER_ON: "keep_power_on",
+    CommandAction.KEEP_POWER_OFF: "keep_power_off",
+    CommandAction.VALVE_OPEN: "valve_open",
+    CommandAction.VALVE_CLOSE: "valve_close",
+}
+
+
+@dataclass
+class BusStats:
+    transactions: int = 0
+    timeouts: int = 0
+    errors: int = 0
+    last_error: dict[str, str] = field(default_factory=dict)
+
+
+class BusRunner:
+    """Owns one bus: polls its devices in turn; commands take the bus between two reads."""
+
+    def __init__(self, cfg: BusConfig, profiles: dict[str, Profile], agent: Agent) -> None:
+        self.cfg = cfg
+        self.agent = agent
+        self.profiles = {d.key: profiles[d.profile] for d in cfg.devices}
+        self.devices = {d.key: d for d in cfg.devices}
+        self.driver = ModbusTcpBus(cfg.host, cfg.port, cfg.timeout_s)
+        self.lock = asyncio.Lock()
+        self.stats = BusStats()
+        self._due: dict[str, float] = {}
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                now = loop.time()
+                for dev in self.cfg.devices:
+                    if self._due.get(dev.key, 0.0) <= now:
+                        interval = dev.poll_interval_s or self.agent.cfg.poll_interval_s
+                        self._due[dev.key] = now + interval
+                        await self.poll(dev)
+                next_due = min(self._due.values(), default=now + 1.0)
+                await asyncio.sleep(max(0.01, next_due - loop.time()))
+        finally:
+            await self.driver.close()
+
+    async def poll(self, dev: DeviceConfig) -> list[Reading]:
+        async with self.lock:
+            readings = await self._read(dev)
+        if readings:
+            self.agent.enqueue(readings)
+        return readings
+
+    async def _read(self, dev: DeviceConfig) -> list[Reading]:
+        profile = self.profiles[dev.key]
+        at = self.agent.clock()
+        self.stats.transactions += 1
+        try:
+            values = await self.driver.read(dev.unit, profile)
+        except DriverError as exc:
+            self._count_error(dev, exc)
+            return []
+        self.stats.last_error.pop(dev.key, None)
+        return [_reading(dev, profile, values, ch, at) for ch in range(1, profile.channels + 1)]
+
+    def _count_error(self, dev: DeviceConfig, exc: DriverError) -> None:
+        if isinstance(exc, DeviceTimeout):
+            self.stats.timeouts += 1
+        else:
+            self.stats.errors += 1
+        message = str(exc)
+        if self.stats.last_error.get(dev.key) != message:  # log once, then count
+            log.warning("device %s: %s", dev.key, message)
+            self.stats.last_error[dev.key] = message
+
+    async def execute(self, cmd: Command) -> Ack:
+        dev = self.devices[cmd.device]
+        profile = self.profiles[cmd.device]
+        now = self.agent.clock
+        if cmd.action is CommandAction.READ_NOW:
+            readings = await self.poll(dev)
+            status = AckStatus.OK if readings else AckStatus.FAILED
+            return self.agent.ack(cmd, status, "read" if readings else "no answer")
+        action = _SUPPLY_ACTIONS.get(cmd.action)
+        if action is None:
+            return self.agent.ack(cmd, AckStatus.FAILED, f"{cmd.action} not supported by this bus")
+        async with self.lock:
+            try:
+                await self.driver.control(dev.unit, profile, action, cmd.channel)
+            except DeviceException as exc:
+                return self.agent.ack(
+                    cmd, AckStatus.FAILED, str(exc), {"exception_code": str(exc.code)}
+                )
+            except (DeviceTimeout, DecodeFailure) as exc:
+                return self.agent.ack(cmd, AckStatus.FAILED, str(exc))
+            readings = await self._read(dev)
+        if readings:
+            self.agent.enqueue(readings)
+        supply = next((r.supply for r in readings if r.channel == cmd.channel), None)
+        answer = {"supply": supply.value} if supply else {}
+        ack = self.agent.ack(cmd, AckStatus.OK, f"{action} done", answer)
+        return ack.model_copy(update={"reported_supply": supply, "at": now()})
+
+
+def _reading(
+    dev: DeviceConfig,
+    profile: Profile,
+    values: dict[tuple[str, int], Decimal],
+    ch: int,
+    at: datetime,
+) -> Reading:
+    def q(name: str) -> Decimal | None:
+        return values.get((name, ch))
+
+    on = supply_on(profile, values, ch)
+    tou = tuple(values.get((n, ch)) for n in ("tou_spike", "tou_peak", "tou_flat", "tou_valley"))
+    count = q("purchase_count")
+    return Reading(
+        device=dev.key,
+        channel=ch,
+        measured_at=at,
+        total=q("total_energy") if profile.utility == "electricity" else q("total_volume"),
+        tou=tou if all(v is not None for v in tou) else None,
+        voltage=q("voltage"),
+        current=q("current"),
+        power=q("power"),
+        supply=None if on is None else (Supply.ON if on else Supply.OFF),
+        meter_balance=q("remaining_amount"),
+        purchase_count=None if count is None else int(count),
+    )
+
+
+class Agent:
+    def __init__(
+        self,
+        cfg: AgentConfig,
+        profiles: dict[str, Profile],
+        clock: Clock = lambda: datetime.now(UTC),
+    ) -> None:
+        missing = {d.profile for b in cfg.buses for d in b.devices} - profiles.keys()
+        if missing:
+            raise ValueError(f"unknown meter profile(s): {sorted(missing)}")
+        self.cfg = cfg
+        self.clock = clock
+        self.topics = Topics(cfg.mqtt_prefix)
+        self.boot_id = uuid.uuid4().hex
+        self.seq = 0
+        self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", cfg.queue_cap)
+        self.buses = [BusRunner(b, profiles, self) for b in cfg.buses]
+        self._bus_of = {d.key: bus for bus in self.buses for d in bus.cfg.devices}
+        self._pending = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    # -- outbox ---------------------------------------------------------------------
+    def enqueue(self, readings: list[Reading]) -> None:
+        dropped = self.outbox.put("reading", [r.model_dump_json().encode() for r in readings])
+        if dropped:
+            log.error(
+                "outbox over its cap: %d oldest readings dropped (%d in all)",
+                dropped,
+                self.outbox.dropped,
+            )
+        self._pending.set()
+
+    async def _publisher(self, mqtt: aiomqtt.Client) -> None:
+        topic = self.topics.up(self.cfg.gateway, UpKind.TELEMETRY)
+        while True:
+            rows = self.outbox.peek("reading", self.cfg.publish_batch)
+            if not rows:
+                self._pending.clear()
+                await self._pending.wait()
+                continue
+            payload = self._batch([body for _, body in rows])
+            await mqtt.publish(topic, payload, qos=1)  # returns after the broker's PUBACK
+            self.outbox.remove([i for i, _ in rows])
+
+    def _batch(self, bodies: list[bytes]) -> bytes:
+        self.seq += 1
+        head = (
+            f'{{"v":1,"gateway":"{self.cfg.gateway}","boot_id":"{self.boot_id}",'
+            f'"seq":{self.seq},"sent_at":"{self.clock().isoformat()}","readings":['
+        )
+        return head.encode() + b",".join(bodies) + b"]}"
+
+    # -- commands -------------------------------------------------------------------
+    def ack(
+        self, cmd: Command, status: AckStatus, detail: str, answer: dict[str, str] | None = None
+    ) -> Ack:
+        return Ack(
+            id=cmd.id,
+            gateway=self.cfg.gateway,
+            status=status,
+            detail=detail,
+            meter_answer=answer or {},
+            device=cmd.device,
+            channel=cmd.channel,
+            at=self.clock(),
+        )
+
+    async def handle_command(self, raw: bytes) -> Ack:
+        """Execute a command once per id; a repeat returns the stored ack untouched."""
+        try:
+            cmd = Command.model_validate_json(raw)
+        except ValidationError as exc:
+            return Ack(
+                id=_command_id(raw),
+                gateway=self.cfg.gateway,
+                status=AckStatus.INVALID,
+                detail=f"invalid command: {exc.errors()[0]['msg']}",
+                at=self.clock(),
+            )
+        stored = self.outbox.executed(str(cmd.id))
+        if stored is not None:
+            return Ack.model_validate_json(stored).model_copy(update={"duplicate": True})
+        if cmd.deadline <= self.clock():
+            ack = self.ack(cmd, AckStatus.EXPIRED, f"deadline {cmd.deadline.isoformat()} passed")
+        elif cmd.device not in self._bus_of:
+            ack = self.ack(cmd, AckStatus.INVALID, f"unknown device {cmd.device!r}")
+        else:
+            ack = await self._bus_of[cmd.device].execute(cmd)
+        self.outbox.remember(str(cmd.id), dump(ack))
+        return ack
+
+    async def _commands(self, mqtt: aiomqtt.Client) -> None:
+        ack_topic = self.topics.up(self.cfg.gateway, UpKind.ACK)
+        async for message in mqtt.messages:
+            raw = (
+                message.payload
+                if isinstance(message.payload, bytes)
+                else str(message.payload).encode()
+            )
+            ack = await self.handle_command(raw)
+            await mqtt.publish(ack_topic, dump(ack), qos=1)
+
+    # -- lifecycle ------------------------------------------------------------------
+    def _client(self) -> aiomqtt.Client:
+        addr = BrokerAddress.parse(self.cfg.mqtt_url)
+        state_topic = self.topics.up(self.cfg.gateway, UpKind.STATE)
+        offline = dump(GatewayState(gateway=self.cfg.gateway, online=False, boot_id=self.boot_id))
+        return aiomqtt.Client(
+            addr.host,
+            addr.port,
+            identifier=self.cfg.gateway,
+            username=addr.username,
+            password=addr.password,
+            tls_context=ssl.create_default_context() if addr.tls else None,
+            clean_session=False,
+            keepalive=30,
+            will=aiomqtt.Will(state_topic, offline, qos=1, retain=True),
+        )
+
+    async def run(self) -> None:
+        pollers = [asyncio.create_task(b.run(), name=f"bus-{b.cfg.name}") for b in self.buses]
+        backoff = 1.0
+        try:
+            while True:
+                try:
+                    await self._session()
+                except aiomqtt.MqttError as exc:
+                    self.connected.clear()
+                    log.warning("broker link down (%s); retry in %.1fs", exc, backoff)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, 60.0)
+        finally:
+            for t in pollers:
+                t.cancel()
+            await asyncio.gather(*pollers, return_exceptions=True)
+            self.outbox.close()
+
+    async def _session(self) -> None:
+        async with self._client() as mqtt:
+            await mqtt.subscribe(self.topics.down(self.cfg.gateway, DownKind.CMD), qos=1)
+            await mqtt.publish(
+                self.topics.up(self.cfg.gateway, UpKind.STATE),
+                dump(
+                    GatewayState(
+                        gateway=self.cfg.gateway, online=True, boot_id=self.boot_id, at=self.clock()
+                    )
+                ),
+                qos=1,
+                retain=True,
+            )
+            self.connected.set()
+            self._pending.set()
+            tasks = [
+                asyncio.create_task(self._publisher(mqtt)),
+                asyncio.create_task(self._commands(mqtt)),
+            ]
+            try:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+                for t in done:
+                    t.result()
+            finally:
+                for t in tasks:
+                    t.cancel()
+                for t in tasks:
+                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
+                        await t
+
+
+def _command_id(raw: bytes) -> uuid.UUID | None:
+    import json
+
+    try:
+        return uuid.UUID(str(json.loads(raw)["id"]))
+    except (ValueError, KeyError, TypeError):
+        return None

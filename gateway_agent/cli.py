@@ -1,0 +1,70 @@
+"""`prepay-gateway`: the gateway agent's command line (run, sim, decode)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["decode"]:
+        from gateway_agent.decode import main as decode_main
+
+        code: int = decode_main(argv[1:])
+        return code
+    parser = argparse.ArgumentParser(prog="prepay-gateway", description="PrepayCloud gateway agent")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="poll the configured buses and talk to the cloud")
+    run.add_argument("--config", type=Path, required=True, help="agent YAML config")
+    sim = sub.add_parser("sim", help="serve a bus of simulated meters from a YAML file")
+    sim.add_argument("--config", type=Path, required=True)
+    sub.add_parser("decode", help="decode a captured frame (DL/T 645, CJ/T 188, Modbus RTU)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+    try:
+        if args.cmd == "run":
+            return asyncio.run(_run(args.config))
+        if args.cmd == "sim":
+            return asyncio.run(_sim(args.config))
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+async def _run(path: Path) -> int:
+    from gateway_agent.agent import Agent
+    from gateway_agent.config import ConfigError, load_config
+    from meter_profiles.loader import ProfileError, load_profiles
+
+    try:
+        cfg = load_config(path)
+        profiles = load_profiles(cfg.profiles_dir)
+        agent = Agent(cfg, profiles)
+    except (ConfigError, ProfileError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    await agent.run()
+    return 0
+
+
+async def _sim(path: Path) -> int:
+    from meter_profiles.loader import load_profiles
+    from meter_profiles.simulators.bus import build, load_sim_bus
+
+    sim = build(load_sim_bus(path), load_profiles())
+    await sim.start()
+    print(f"simulated bus on {sim.host}:{sim.port} with units {sorted(sim.meters)}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await sim.stop()
+    return 0

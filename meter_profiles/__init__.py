@@ -1,0 +1,3 @@
+"""Declarative meter models (profiles), their schema, and simulators that speak the real protocols.
+
+Must not import cloud."""

@@ -1,0 +1,1 @@
+"""Meter simulators that serve profiles over the real protocols."""

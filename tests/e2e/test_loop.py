@@ -1,0 +1,175 @@
+"""The whole loop once, for real: simulated DDSY1352 → gateway agent → MQTT → ingest →
+rating → ledger → trip at zero → simulator stops → counter top-up → close → supply back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from cloud.api.app import create_app
+from cloud.check import check
+from cloud.control.dispatcher import Dispatcher
+from cloud.control.service import CommandTiming
+from cloud.db import Database
+from cloud.ingest.consumer import IngestConsumer
+from cloud.ingest.service import IngestService
+from cloud.registry.service import seed_group
+from cloud.runtime import Wiring
+from cloud.settings import CloudSettings
+from contract.mqtt import Topics
+from gateway_agent.agent import Agent
+from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
+from meter_profiles.loader import load_profiles
+from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
+from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
+from tests.conftest import group_spec
+
+pytestmark = pytest.mark.e2e
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+async def test_exhaustion_trips_and_topup_restores(
+    db: Database,
+    db_url: str,
+    mqtt_url: str,
+    shared_group: str | None,
+    topic_prefix: str,
+    tmp_path: Path,
+) -> None:
+    spec = group_spec(meters=1, balance="0.30", price="1.0000")
+    seeded = await seed_group(db, spec)
+    profile = load_profiles()["acrel-ddsy1352-modbus"]
+    # 3.6 kW at 100x: 0.1 kWh (¥0.10) per wall-clock second, so ¥0.30 lasts about 3 s.
+    meter = SimulatedMeter(
+        profile,
+        1,
+        curve=LoadCurve(base_kw=3.6, peak_kw=3.6, noise=0.0),
+        speed=100.0,
+        start_kwh=50.0,
+    )
+    sim = ModbusTcpSimulator([meter])
+    await sim.start()
+    topics = Topics(topic_prefix)
+    timing = CommandTiming(deadline=timedelta(seconds=30), retry=timedelta(seconds=2))
+    agent = Agent(
+        AgentConfig(
+            gateway=spec.gateway_code,
+            mqtt_url=mqtt_url,
+            mqtt_prefix=topic_prefix,
+            data_dir=tmp_path / "gw",
+            poll_interval_s=0.5,
+            buses=[
+                BusConfig(
+                    name="bus1",
+                    port=sim.port,
+                    devices=[DeviceConfig(key="m1", profile=profile.model, unit=1)],
+                )
+            ],
+        ),
+        load_profiles(),
+    )
+    ingest = IngestConsumer(IngestService(db, timing), mqtt_url, topics, shared_group)
+    dispatcher = Dispatcher(db, mqtt_url, topics, timing)
+    wiring = Wiring.build(CloudSettings(database_url=db_url), db_url)
+    wiring.services.timing = timing
+    tasks = [asyncio.create_task(c.run()) for c in (ingest, dispatcher)]
+    await asyncio.wait_for(ingest.ready.wait(), 10)
+    await asyncio.wait_for(dispatcher.ready.wait(), 10)
+    tasks.append(asyncio.create_task(agent.run()))
+    channel = seeded.channels["m1"]
+    account = seeded.accounts["m1"]
+
+    async def q(query: str) -> object:
+        async with db.tenant(seeded.tenant_id) as conn:
+            return await conn.scalar(sa.text(query), {"c": channel, "a": account})
+
+    balance_q = (
+        "SELECT la.balance FROM account a JOIN ledger_account la ON la.id = a.wallet_id "
+        "WHERE a.number = :a"
+    )
+    try:
+        # Balance falls with consumption, and the trip happens at zero.
+        async def readings() -> bool:
+            return int(await q("SELECT count(*) FROM reading WHERE channel_id = :c")) >= 2
+
+        await wait_for(readings, 15, "readings stored")
+
+        async def tripped() -> bool:
+            return await q("SELECT reported FROM supply_twin WHERE channel_id = :c") == "off"
+
+        await wait_for(tripped, 20, "trip reported by the meter")
+        assert not meter.channels[1].relay_closed
+        balance = await q(balance_q)
+        assert isinstance(balance, Decimal) and balance <= 0
+        assert (
+            await q("SELECT state FROM device_command WHERE channel_id = :c AND action = 'trip'")
+            == "acked"
+        )
+        # The simulator's consumption stops: the register no longer moves.
+        frozen = meter.channels[1].energy_kwh
+        await asyncio.sleep(1.5)
+        assert meter.channels[1].energy_kwh == frozen
+        assert (
+            await q(
+                "SELECT supply_on FROM reading WHERE channel_id = :c "
+                "ORDER BY measured_at DESC LIMIT 1"
+            )
+            is False
+        )
+
+        # An operator's counter sale credits the wallet and restores supply.
+        app = create_app(wiring.services)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as http:
+            tok = (
+                await http.post(
+                    "/api/v1/auth/token",
+                    json={
+                        "tenant": spec.slug,
+                        "username": "admin",
+                        "password": spec.admin_password,
+                    },
+                )
+            ).json()["access_token"]
+            sale = await http.post(
+                "/api/v1/sales",
+                json={"account": account, "amount": "5.00", "method": "cash"},
+                headers={"authorization": f"Bearer {tok}", "Idempotency-Key": "loop-topup-1"},
+            )
+            assert sale.status_code == 201, sale.text
+
+        async def restored() -> bool:
+            return await q("SELECT reported FROM supply_twin WHERE channel_id = :c") == "on"
+
+        await wait_for(restored, 15, "supply restored")
+        assert meter.channels[1].relay_closed
+        before = meter.channels[1].energy_kwh
+        await asyncio.sleep(1.0)
+        assert meter.channels[1].energy_kwh > before  # consumption resumed
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await sim.stop()
+        await wiring.db.dispose()
+
+    report = await check(db, [seeded.tenant_id])
+    assert report.ok, report.breaches
+    assert report.entries >= 3  # opening balance, usage, top-up
