@@ -115,3 +115,7 @@ async def _check(wiring: Wiring, slug: str | None) -> int:
         f"{'OK' if report.ok else f'{len(report.breaches)} breach(es)'}"
     )
     return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

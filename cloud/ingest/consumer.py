@@ -76,7 +76,12 @@ class IngestConsumer:
 
     async def handle(self, topic: str, raw: bytes) -> None:
         """Handle one uplink message; never raises for bad input."""
-        self.handled += 1
+        try:
+            await self._handle(topic, raw)
+        finally:
+            self.handled += 1
+
+    async def _handle(self, topic: str, raw: bytes) -> None:
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] is not Direction.UP:
             self._reject("unknown", "foreign_topic", topic)
