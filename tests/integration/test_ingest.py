@@ -63,6 +63,11 @@ async def _settle(c: IngestConsumer, n: int) -> None:
     raise AssertionError(f"consumer handled {c.handled} of {n}")
 
 
+async def _gateway_code(db: Database, group: Seeded) -> str:
+    async with db.tenant(group.tenant_id) as conn:
+        return str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+
+
 async def _state(db: Database, group: Seeded) -> tuple[int, Decimal, int]:
     async with db.tenant(group.tenant_id) as conn:
         readings = await conn.scalar(sa.text("SELECT count(*) FROM reading"))
@@ -76,8 +81,7 @@ async def _state(db: Database, group: Seeded) -> tuple[int, Decimal, int]:
 async def test_bad_payloads_are_counted_and_do_not_block_the_next_message(
     db: Database, group: Seeded, consumer: IngestConsumer, mqtt_url: str, topic_prefix: str
 ) -> None:
-    async with db.tenant(group.tenant_id) as conn:
-        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    gw = await _gateway_code(db, group)
     topic = Topics(topic_prefix).up(gw, UpKind.TELEMETRY)
     good = dump(batch(gw, 1, [("m1", T0, "100.00"), ("m1", T0 + timedelta(minutes=15), "101.50")]))
     bad = [
@@ -101,8 +105,7 @@ async def test_bad_payloads_are_counted_and_do_not_block_the_next_message(
 async def test_replayed_batch_changes_nothing(
     db: Database, group: Seeded, consumer: IngestConsumer, mqtt_url: str, topic_prefix: str
 ) -> None:
-    async with db.tenant(group.tenant_id) as conn:
-        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    gw = await _gateway_code(db, group)
     topic = Topics(topic_prefix).up(gw, UpKind.TELEMETRY)
     first = dump(batch(gw, 1, [("m1", T0, "10.00"), ("m1", T0 + timedelta(hours=1), "12.00")]))
     await _publish(mqtt_url, topic, [first])
@@ -119,8 +122,7 @@ async def test_replayed_batch_changes_nothing(
 async def test_suspicious_readings_are_quarantined_not_rated(
     db: Database, group: Seeded, consumer: IngestConsumer, mqtt_url: str, topic_prefix: str
 ) -> None:
-    async with db.tenant(group.tenant_id) as conn:
-        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    gw = await _gateway_code(db, group)
     service = consumer.service
     far_future = datetime.now(UTC) + timedelta(days=3)
     result = await service.store_telemetry(
