@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import ssl
 import uuid
@@ -119,7 +120,6 @@ class BusRunner:
     async def execute(self, cmd: Command) -> Ack:
         dev = self.devices[cmd.device]
         profile = self.profiles[cmd.device]
-        now = self.agent.clock
         if cmd.action is CommandAction.READ_NOW:
             readings = await self.poll(dev)
             status = AckStatus.OK if readings else AckStatus.FAILED
@@ -141,8 +141,7 @@ class BusRunner:
             self.agent.enqueue(readings)
         supply = next((r.supply for r in readings if r.channel == cmd.channel), None)
         answer = {"supply": supply.value} if supply else {}
-        ack = self.agent.ack(cmd, AckStatus.OK, f"{action} done", answer)
-        return ack.model_copy(update={"reported_supply": supply, "at": now()})
+        return self.agent.ack(cmd, AckStatus.OK, f"{action} done", answer, reported=supply)
 
 
 def _reading(
@@ -227,7 +226,12 @@ class Agent:
 
     # -- commands -------------------------------------------------------------------
     def ack(
-        self, cmd: Command, status: AckStatus, detail: str, answer: dict[str, str] | None = None
+        self,
+        cmd: Command,
+        status: AckStatus,
+        detail: str,
+        answer: dict[str, str] | None = None,
+        reported: Supply | None = None,
     ) -> Ack:
         return Ack(
             id=cmd.id,
@@ -235,6 +239,7 @@ class Agent:
             status=status,
             detail=detail,
             meter_answer=answer or {},
+            reported_supply=reported,
             device=cmd.device,
             channel=cmd.channel,
             at=self.clock(),
@@ -342,8 +347,6 @@ class Agent:
 
 
 def _command_id(raw: bytes) -> uuid.UUID | None:
-    import json
-
     try:
         return uuid.UUID(str(json.loads(raw)["id"]))
     except (ValueError, KeyError, TypeError):
