@@ -29,9 +29,13 @@ from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
 
 log = logging.getLogger(__name__)
 
+SIM_SPEED = 60.0  # one wall-clock second = one simulated minute
 DEMO = GroupSpec(
     slug="demo",
     name="Demo Property Group",
+    # Simulated time runs SIM_SPEED times faster than the readings' wall-clock timestamps,
+    # so the points may draw that much more per hour before rating calls it impossible.
+    max_rate=Decimal(15) * Decimal(SIM_SPEED),
     meters=[
         MeterSpec("shop-101", 1, "Lucky Noodles (101)", Decimal("1.50")),
         MeterSpec("shop-102", 2, "Green Tea House (102)", Decimal("6.00")),
@@ -39,7 +43,6 @@ DEMO = GroupSpec(
         MeterSpec("shop-104", 4, "Fresh Fruit (104)", Decimal("50.00")),
     ],
 )
-SIM_SPEED = 60.0  # one wall-clock second = one simulated minute
 
 
 async def run_demo(settings: CloudSettings, port: int | None = None) -> None:

@@ -123,8 +123,10 @@ class TariffVersion(SQLModel, table=True):
     tenant_id: uuid.UUID = _tenant()
     tariff_id: uuid.UUID = Field(foreign_key="tariff.id")
     effective_from: datetime = Field(sa_type=TS)
-    kind: str = "flat"
-    unit_price: Decimal = Field(sa_type=PRICE)
+    kind: str = "flat"  # flat | tiered | tou (cloud.tariffs.core.plan_from_spec)
+    unit_price: Decimal | None = Field(default=None, sa_type=PRICE)  # flat
+    spec: dict[str, Any] = Field(default_factory=dict, sa_type=pg.JSONB)  # tiered / tou
+    monthly_fee: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
 
 
 class ServicePoint(SQLModel, table=True):
@@ -140,6 +142,9 @@ class ServicePoint(SQLModel, table=True):
     utility: str = Field(max_length=12)
     control_mode: str = Field(default="cloud", max_length=8)  # cloud | meter
     credit_limit: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+    max_rate: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 3))  # kW or m³/h
+    floor_area: Decimal | None = Field(default=None, sa_type=sa.Numeric(12, 2))  # m², for 公摊
+    common_area: bool = False  # a common meter: consumption tracked, shared out, not charged
 
 
 class Gateway(SQLModel, table=True):
@@ -211,6 +216,7 @@ class Reading(SQLModel, table=True):
     tenant_id: uuid.UUID = Field(foreign_key="tenant.id")
     received_at: datetime = Field(sa_type=TS)
     total: Decimal | None = Field(default=None, sa_type=REGISTER)
+    tou: list[Decimal] | None = Field(default=None, sa_type=pg.ARRAY(REGISTER))  # 尖峰平谷
     voltage: Decimal | None = Field(default=None, sa_type=sa.Numeric(8, 1))
     current: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 3))
     power: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 4))
@@ -219,7 +225,11 @@ class Reading(SQLModel, table=True):
 
 
 class RatingState(SQLModel, table=True):
-    """Per service point: how far rating has advanced (the "last rated" mark)."""
+    """Per service point: how far rating has advanced (the "last rated" mark).
+
+    ``charge_billed_total`` is the exact total to the fen and is already in the wallet's
+    live balance; ``charge_posted_total`` is what usage entries in the journal carry. The
+    difference is the point's rated-but-unposted usage (posted when its hour closes)."""
 
     __tablename__ = "rating_state"
     service_point_id: uuid.UUID = Field(foreign_key="service_point.id", primary_key=True)
@@ -227,13 +237,23 @@ class RatingState(SQLModel, table=True):
     channel_id: uuid.UUID | None = Field(default=None, foreign_key="channel.id")
     last_measured_at: datetime | None = _ts(nullable=True)
     last_register: Decimal | None = Field(default=None, sa_type=REGISTER)
+    last_tou: list[Decimal] | None = Field(default=None, sa_type=pg.ARRAY(REGISTER))
     consumption_total: Decimal = Field(default=Decimal("0"), sa_type=REGISTER)
     charge_exact_total: Decimal = Field(default=Decimal("0"), sa_type=sa.Numeric(20, 8))
+    charge_billed_total: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
     charge_posted_total: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+    cycle: str | None = Field(default=None, max_length=7)
+    cycle_consumption: Decimal = Field(default=Decimal("0"), sa_type=REGISTER)
+    window_start: datetime | None = _ts(nullable=True)
+    fee_month: str | None = Field(default=None, max_length=7)
+    stuck: bool = False
 
 
 class LedgerAccount(SQLModel, table=True):
-    """A ledger account; ``balance`` is the cached balance on its normal side."""
+    """A ledger account; ``balance`` is the live balance on its normal side.
+
+    ``balance`` = the account's postings + ``unposted``: usage rated but not yet journaled
+    (a wallet's is negative; it moves into the journal when the usage window posts)."""
 
     __tablename__ = "ledger_account"
     __table_args__ = (sa.UniqueConstraint("tenant_id", "code"),)
@@ -244,6 +264,7 @@ class LedgerAccount(SQLModel, table=True):
     name: str
     normal_side: str = Field(max_length=6)  # debit | credit
     balance: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+    unposted: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
 
 
 class JournalEntry(SQLModel, table=True):

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.policy import SupplyState
-from cloud.control.service import CommandTiming, apply_ack, record_reported
+from cloud.control.service import CommandTiming, apply_ack
 from cloud.db import Database
 from cloud.rating.core import RegisterReading
 from cloud.rating.service import PointReading, rate_new_readings
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 MAX_FUTURE = timedelta(minutes=10)
 _COLUMNS = (
-    "channel_id, measured_at, tenant_id, received_at, total, voltage, current, power, "
+    "channel_id, measured_at, tenant_id, received_at, total, tou, voltage, current, power, "
     "supply_on, meter_balance"
 )
 _STAGING = (
@@ -101,9 +101,9 @@ class IngestService:
             by_channel = {t.channel_id: t for t in targets.values()}
             await _record_supply(conn, new)
             rated = [
-                PointReading(sp, ch, RegisterReading(at, total))
-                for ch, at, total, _supply in new
-                if (sp := by_channel[ch].service_point_id) is not None
+                PointReading(sp, r.channel_id, r.register())
+                for r in new
+                if (sp := by_channel[r.channel_id].service_point_id) is not None
             ]
             report = await rate_new_readings(conn, tenant_id, rated, received_at, self.timing)
             result.charged, result.commands = report.charged, report.commands
@@ -170,6 +170,7 @@ def _row(
         tenant_id,
         received_at,
         r.total,
+        None if r.tou is None else list(r.tou),
         r.voltage,
         r.current,
         r.power,
@@ -178,9 +179,22 @@ def _row(
     )
 
 
-async def _insert(
-    conn: AsyncConnection, rows: list[tuple[object, ...]]
-) -> list[tuple[uuid.UUID, datetime, Decimal | None, bool | None]]:
+@dataclass(frozen=True)
+class _Stored:
+    channel_id: uuid.UUID
+    measured_at: datetime
+    total: Decimal | None
+    supply_on: bool | None
+    tou: list[Decimal] | None
+    power: Decimal | None
+
+    def register(self) -> RegisterReading:
+        tou = self.tou
+        four = (tou[0], tou[1], tou[2], tou[3]) if tou is not None and len(tou) == 4 else None
+        return RegisterReading(self.measured_at, self.total, four, self.power)
+
+
+async def _insert(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> list[_Stored]:
     if not rows:
         return []
     await conn.execute(sa.text(_STAGING))
@@ -194,27 +208,38 @@ async def _insert(
         await cur.execute(
             f"INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM reading_in "
             "ON CONFLICT (channel_id, measured_at) DO NOTHING "
-            "RETURNING channel_id, measured_at, total, supply_on"
+            "RETURNING channel_id, measured_at, total, supply_on, tou, power"
         )
-        new = [(r[0], r[1], r[2], r[3]) for r in await cur.fetchall()]
+        new = [_Stored(*r) for r in await cur.fetchall()]
         await cur.execute("DELETE FROM reading_in")
     return new
 
 
-async def _record_supply(
-    conn: AsyncConnection, new: list[tuple[uuid.UUID, datetime, Decimal | None, bool | None]]
-) -> None:
+async def _record_supply(conn: AsyncConnection, new: list[_Stored]) -> None:
+    """The meters' own word on their supply state, newest per channel, in one statement;
+    older news never overwrites newer."""
     latest: dict[uuid.UUID, tuple[datetime, bool]] = {}
-    for ch, at, _total, supply in new:
-        if supply is not None and (ch not in latest or latest[ch][0] < at):
-            latest[ch] = (at, supply)
-    for ch, (at, on) in latest.items():
-        await conn.execute(
-            sa.text(
-                "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason) "
-                "SELECT :c, tenant_id, '' FROM channel WHERE id = :c "
-                "ON CONFLICT (channel_id) DO NOTHING"
-            ),
-            {"c": ch},
-        )
-        await record_reported(conn, ch, SupplyState.ON if on else SupplyState.OFF, at)
+    for r in new:
+        if r.supply_on is not None and (
+            r.channel_id not in latest or latest[r.channel_id][0] < r.measured_at
+        ):
+            latest[r.channel_id] = (r.measured_at, r.supply_on)
+    if not latest:
+        return
+    channels = sorted(latest)
+    await conn.execute(
+        sa.text(
+            "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason, reported, "
+            "reported_at) SELECT v.c, ch.tenant_id, '', v.s, v.at FROM unnest("
+            "CAST(:c AS uuid[]), CAST(:s AS text[]), CAST(:at AS timestamptz[])) AS v(c, s, at) "
+            "JOIN channel ch ON ch.id = v.c ORDER BY v.c "
+            "ON CONFLICT (channel_id) DO UPDATE SET reported = excluded.reported, "
+            "reported_at = excluded.reported_at WHERE supply_twin.reported_at IS NULL "
+            "OR supply_twin.reported_at <= excluded.reported_at"
+        ),
+        {
+            "c": channels,
+            "s": [(SupplyState.ON if latest[c][1] else SupplyState.OFF).value for c in channels],
+            "at": [latest[c][0] for c in channels],
+        },
+    )

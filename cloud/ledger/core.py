@@ -8,7 +8,7 @@ legs of an entry sum to zero. An account's balance is shown on its normal side: 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -55,8 +55,11 @@ NORMAL_SIDE: dict[AccountKind, Side] = {
 class EntryKind(StrEnum):
     TOPUP = "topup"
     USAGE = "usage"
+    FIXED_CHARGE = "fixed_charge"
+    COMMON_AREA = "common_area"
     REVERSAL = "reversal"
     ADJUSTMENT = "adjustment"
+    REFUND = "refund"
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ def clearing(channel: str) -> AccountRef:
     return AccountRef(f"clearing:{channel}", AccountKind.CLEARING, f"Clearing, {channel}")
 
 
+def refunds_payable() -> AccountRef:
+    return AccountRef("refunds_payable", AccountKind.REFUNDS_PAYABLE, "Refunds payable")
+
+
+def adjustments() -> AccountRef:
+    return AccountRef("adjustments", AccountKind.ADJUSTMENTS, "Adjustments")
+
+
 @dataclass(frozen=True)
 class Leg:
     account: AccountRef
@@ -103,7 +114,10 @@ class EntryDraft:
     legs: tuple[Leg, ...]
     reason: str = ""
     reverses: uuid.UUID | None = None
-    meta: dict[str, str] = field(default_factory=dict)
+    settles: str | None = None
+    """Code of an account whose live balance already holds this entry's effect (a wallet
+    charged for rated usage before its window posted): posting moves that amount out of the
+    account's ``unposted`` into the journal instead of changing the live balance again."""
 
     def __post_init__(self) -> None:
         validate_legs(self.legs)
@@ -111,6 +125,10 @@ class EntryDraft:
             raise LedgerError("an entry needs an idempotency key")
         if self.effective_at.tzinfo is None:
             raise LedgerError("effective_at must be timezone-aware")
+        if (self.kind is EntryKind.REVERSAL) != (self.reverses is not None):
+            raise LedgerError("a reversal, and only a reversal, names the entry it reverses")
+        if self.settles is not None and self.settles not in {g.account.code for g in self.legs}:
+            raise LedgerError(f"settled account {self.settles} has no leg in the entry")
 
 
 def validate_legs(legs: tuple[Leg, ...]) -> None:
@@ -154,3 +172,40 @@ def reversal_key(entry_id: uuid.UUID) -> str:
 def mirror(legs: tuple[Leg, ...]) -> tuple[Leg, ...]:
     """The legs of a reversal: every posting with its sign flipped."""
     return tuple(Leg(leg.account, -leg.amount) for leg in legs)
+
+
+def reversal(
+    original_id: uuid.UUID,
+    original_kind: EntryKind,
+    original_legs: tuple[Leg, ...],
+    actor: str,
+    reason: str,
+    at: datetime,
+) -> EntryDraft:
+    """The entry that undoes ``original``: its mirror, linked to it, keyed by it."""
+    if original_kind is EntryKind.REVERSAL:
+        raise LedgerError("a reversal is not reversed; post a new entry instead")
+    if not reason.strip():
+        raise LedgerError("a reversal needs a reason")
+    return EntryDraft(
+        idempotency_key=reversal_key(original_id),
+        kind=EntryKind.REVERSAL,
+        actor=actor,
+        effective_at=at,
+        legs=mirror(original_legs),
+        reason=reason,
+        reverses=original_id,
+    )
+
+
+def live_deltas(legs: tuple[Leg, ...], settles: str | None) -> dict[str, tuple[Decimal, Decimal]]:
+    """Per account code: (change of live balance, change of unposted) when ``legs`` post."""
+    out: dict[str, tuple[Decimal, Decimal]] = {}
+    for leg in legs:
+        delta = balance_delta(leg.account.normal_side, leg.amount)
+        b, u = out.get(leg.account.code, (Decimal(0), Decimal(0)))
+        if leg.account.code == settles:
+            out[leg.account.code] = (b, u - delta)
+        else:
+            out[leg.account.code] = (b + delta, u)
+    return out

@@ -1,22 +1,64 @@
-"""Posting entries: idempotent by key, balances cached in the same transaction under a lock."""
+"""Posting entries: idempotent by key, balances cached in the same transaction under a lock.
+
+Everything here is set-based: a batch of entries is one INSERT of entries, one of postings,
+one locking SELECT and one UPDATE of balances, whatever the batch's size. Accounts are
+locked in id order, so concurrent batches never deadlock on each other.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.ledger.core import AccountRef, EntryDraft, Leg, Side, balance_delta
+from cloud.ledger.core import (
+    AccountKind,
+    AccountRef,
+    EntryDraft,
+    EntryKind,
+    LedgerError,
+    Leg,
+    Side,
+    live_deltas,
+    reversal,
+)
 
 _ENSURE_ACCOUNT = sa.text(
-    "INSERT INTO ledger_account (id, tenant_id, code, kind, name, normal_side, balance) "
-    "VALUES (:id, :t, :code, :kind, :name, :side, 0) "
+    "INSERT INTO ledger_account (id, tenant_id, code, kind, name, normal_side, balance, unposted) "
+    "VALUES (:id, :t, :code, :kind, :name, :side, 0, 0) "
     "ON CONFLICT (tenant_id, code) DO NOTHING"
 )
+_INSERT_ENTRIES = sa.text(
+    "INSERT INTO journal_entry "
+    "(id, tenant_id, idempotency_key, kind, actor, reason, effective_at, reverses) "
+    "SELECT id, :t, key, kind, actor, reason, eff, rev FROM unnest("
+    "CAST(:ids AS uuid[]), CAST(:keys AS text[]), CAST(:kinds AS text[]), "
+    "CAST(:actors AS text[]), CAST(:reasons AS text[]), CAST(:effs AS timestamptz[]), "
+    "CAST(:revs AS uuid[])) AS v(id, key, kind, actor, reason, eff, rev) "
+    "ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id"
+)
+_INSERT_POSTINGS = sa.text(
+    "INSERT INTO posting (id, tenant_id, entry_id, ledger_account_id, amount) "
+    "SELECT gen_random_uuid(), :t, e, a, m FROM unnest("
+    "CAST(:entries AS uuid[]), CAST(:accounts AS uuid[]), CAST(:amounts AS numeric[])) "
+    "AS v(e, a, m)"
+)
+_LOCK = sa.text("SELECT id FROM ledger_account WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+_APPLY = sa.text(
+    "UPDATE ledger_account a SET balance = a.balance + v.b, unposted = a.unposted + v.u "
+    "FROM unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), CAST(:u AS numeric[])) "
+    "AS v(id, b, u) WHERE a.id = v.id RETURNING a.id, a.balance"
+)
+
+
+class EntryNotFound(LedgerError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -25,8 +67,14 @@ class Posted:
     created: bool  # False: the idempotency key was already applied; nothing changed
 
 
+@dataclass(frozen=True)
+class Batch:
+    posted: list[Posted]
+    balances: dict[uuid.UUID, Decimal]  # live balance after the batch, of every account it moved
+
+
 async def ensure_accounts(
-    conn: AsyncConnection, tenant_id: uuid.UUID, refs: list[AccountRef]
+    conn: AsyncConnection, tenant_id: uuid.UUID, refs: Sequence[AccountRef]
 ) -> dict[str, tuple[uuid.UUID, Side]]:
     """Create missing ledger accounts; return code → (id, normal side)."""
     codes = sorted({r.code for r in refs})
@@ -61,71 +109,144 @@ async def _lookup(conn: AsyncConnection, codes: list[str]) -> dict[str, tuple[uu
 
 async def post(conn: AsyncConnection, tenant_id: uuid.UUID, draft: EntryDraft) -> Posted:
     """Post ``draft`` once. A replay of its idempotency key returns the original entry."""
-    entry_id = uuid.uuid4()
-    inserted = await conn.scalar(
-        sa.text(
-            "INSERT INTO journal_entry "
-            "(id, tenant_id, idempotency_key, kind, actor, reason, effective_at, reverses) "
-            "VALUES (:id, :t, :key, :kind, :actor, :reason, :eff, :rev) "
-            "ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id"
-        ),
+    return (await post_many(conn, tenant_id, [draft])).posted[0]
+
+
+async def post_many(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    drafts: Sequence[EntryDraft],
+    live: Mapping[AccountRef, Decimal] | None = None,
+    known: Mapping[str, tuple[uuid.UUID, Side]] | None = None,
+) -> Batch:
+    """Post each draft once (replayed keys change nothing) and, in the same locked update,
+    move ``live`` amounts (rated usage not yet journaled) into accounts' live balances and
+    their ``unposted``. ``known`` spares the lookup of accounts the caller already has.
+    Returns one :class:`Posted` per draft, in order, and the moved accounts' balances."""
+    live = live or {}
+    keys = [d.idempotency_key for d in drafts]
+    if len(set(keys)) != len(keys):
+        raise LedgerError("a batch names the same idempotency key twice")
+    ids = [uuid.uuid4() for _ in drafts]
+    created: set[uuid.UUID] = set()
+    if drafts:
+        rows = await conn.execute(
+            _INSERT_ENTRIES,
+            {
+                "t": tenant_id,
+                "ids": ids,
+                "keys": keys,
+                "kinds": [d.kind.value for d in drafts],
+                "actors": [d.actor for d in drafts],
+                "reasons": [d.reason for d in drafts],
+                "effs": [d.effective_at for d in drafts],
+                "revs": [d.reverses for d in drafts],
+            },
+        )
+        created = {r[0] for r in rows}
+    fresh = [(i, d) for i, d in zip(ids, drafts, strict=True) if i in created]
+    refs = [leg.account for _, d in fresh for leg in d.legs] + list(live)
+    if not refs:
+        return Batch(await _results(conn, ids, drafts, created), {})
+    accounts = dict(known or {})
+    if any(r.code not in accounts for r in refs):
+        accounts.update(await ensure_accounts(conn, tenant_id, refs))
+    if fresh:
+        legs = [(i, leg) for i, d in fresh for leg in d.legs]
+        await conn.execute(
+            _INSERT_POSTINGS,
+            {
+                "t": tenant_id,
+                "entries": [i for i, _ in legs],
+                "accounts": [accounts[leg.account.code][0] for _, leg in legs],
+                "amounts": [leg.amount for _, leg in legs],
+            },
+        )
+    deltas: dict[uuid.UUID, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
+    for _, d in fresh:
+        for code, (b, u) in live_deltas(d.legs, d.settles).items():
+            acc = deltas[accounts[code][0]]
+            acc[0] += b
+            acc[1] += u
+    for ref, amount in live.items():
+        acc = deltas[accounts[ref.code][0]]
+        acc[0] += amount
+        acc[1] += amount
+    balances = await apply_deltas(conn, {k: (v[0], v[1]) for k, v in deltas.items()})
+    return Batch(await _results(conn, ids, drafts, created), balances)
+
+
+async def _results(
+    conn: AsyncConnection,
+    ids: list[uuid.UUID],
+    drafts: Sequence[EntryDraft],
+    created: set[uuid.UUID],
+) -> list[Posted]:
+    replayed = [d.idempotency_key for i, d in zip(ids, drafts, strict=True) if i not in created]
+    existing: dict[str, uuid.UUID] = {}
+    if replayed:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT idempotency_key, id FROM journal_entry WHERE idempotency_key = ANY(:k)"
+            ),
+            {"k": replayed},
+        )
+        existing = {r[0]: r[1] for r in rows}
+    return [
+        Posted(i, True) if i in created else Posted(existing[d.idempotency_key], False)
+        for i, d in zip(ids, drafts, strict=True)
+    ]
+
+
+async def apply_deltas(
+    conn: AsyncConnection, deltas: Mapping[uuid.UUID, tuple[Decimal, Decimal]]
+) -> dict[uuid.UUID, Decimal]:
+    """Move cached (live balance, unposted) by ``deltas``, locking accounts in id order;
+    return the new live balances."""
+    moving = sorted(k for k, (b, u) in deltas.items() if b != 0 or u != 0)
+    if not moving:
+        return {}
+    await conn.execute(_LOCK, {"ids": moving})
+    rows = await conn.execute(
+        _APPLY,
         {
-            "id": entry_id,
-            "t": tenant_id,
-            "key": draft.idempotency_key,
-            "kind": draft.kind.value,
-            "actor": draft.actor,
-            "reason": draft.reason,
-            "eff": draft.effective_at,
-            "rev": draft.reverses,
+            "ids": moving,
+            "b": [deltas[k][0] for k in moving],
+            "u": [deltas[k][1] for k in moving],
         },
     )
-    if inserted is None:
-        existing = await conn.scalar(
-            sa.text("SELECT id FROM journal_entry WHERE idempotency_key = :k"),
-            {"k": draft.idempotency_key},
-        )
-        assert isinstance(existing, uuid.UUID)
-        return Posted(existing, created=False)
+    return {r[0]: r[1] for r in rows}
 
-    accounts = await ensure_accounts(conn, tenant_id, [leg.account for leg in draft.legs])
-    await conn.execute(
-        sa.text(
-            "INSERT INTO posting (id, tenant_id, entry_id, ledger_account_id, amount) "
-            "VALUES (:id, :t, :e, :a, :amt)"
-        ),
-        [
-            {
-                "id": uuid.uuid4(),
-                "t": tenant_id,
-                "e": entry_id,
-                "a": accounts[leg.account.code][0],
-                "amt": leg.amount,
-            }
-            for leg in draft.legs
-        ],
+
+async def reverse(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    entry_id: uuid.UUID,
+    actor: str,
+    reason: str,
+    at: datetime,
+) -> Posted:
+    """Post the mirror of ``entry_id``, linked to it; reversing twice is a no-op."""
+    kind = await conn.scalar(
+        sa.text("SELECT kind FROM journal_entry WHERE id = :e"), {"e": entry_id}
     )
-    await apply_balances(conn, accounts, draft.legs)
-    return Posted(entry_id, created=True)
-
-
-async def apply_balances(
-    conn: AsyncConnection, accounts: dict[str, tuple[uuid.UUID, Side]], legs: tuple[Leg, ...]
-) -> None:
-    """Update cached balances, locking accounts in id order so concurrent posts never deadlock."""
-    deltas: dict[uuid.UUID, Decimal] = defaultdict(Decimal)
-    for leg in legs:
-        acc_id, side = accounts[leg.account.code]
-        deltas[acc_id] += balance_delta(side, leg.amount)
-    for acc_id in sorted(deltas):
-        if deltas[acc_id] != 0:
-            await conn.execute(
-                sa.text("UPDATE ledger_account SET balance = balance + :d WHERE id = :id"),
-                {"d": deltas[acc_id], "id": acc_id},
-            )
+    if kind is None:
+        raise EntryNotFound(f"journal entry {entry_id} not found")
+    rows = await conn.execute(
+        sa.text(
+            "SELECT a.code, a.kind, a.name, p.amount FROM posting p "
+            "JOIN ledger_account a ON a.id = p.ledger_account_id WHERE p.entry_id = :e "
+            "ORDER BY p.amount DESC"
+        ),
+        {"e": entry_id},
+    )
+    legs = tuple(Leg(AccountRef(r.code, AccountKind(r.kind), r.name), r.amount) for r in rows)
+    draft = reversal(entry_id, EntryKind(kind), legs, actor, reason, at)
+    return await post(conn, tenant_id, draft)
 
 
 async def balance_of(conn: AsyncConnection, code: str) -> Decimal:
+    """The live balance: posted entries plus usage rated but not yet posted."""
     value = await conn.scalar(
         sa.text("SELECT balance FROM ledger_account WHERE code = :c"), {"c": code}
     )

@@ -1,42 +1,119 @@
 """Rating over plain values: consumption from cumulative registers, charges with carry.
 
-Charges are computed exactly and rounded once per posting against the running exact total
-(``posted = to_fen(exact_total) - already_posted``), so a point's charges always sum to the
-tariff applied to its total consumption, to the fen, however the readings are split.
+Consumption is the difference between cumulative registers. Every case where that
+difference would be a wrong charge is an explicit :class:`Anomaly` (a work order for a
+person) instead: a register rollover (charged, flagged), a register going down or jumping
+further than the channel can draw in the elapsed time (not charged, re-based), a register
+stuck while the meter reports power, a gap in readings, a meter swap.
+
+Charges are computed exactly (``exact_total``); ``billed_total`` is its value to the fen,
+and a usage posting carries ``billed_total - posted_total`` when its hourly window closes.
+Rounding happens once per posting against the running exact total, so a point's postings
+always sum to the tariff applied to its total consumption, to the fen, however the
+readings are split into batches and windows.
+
+Readings at or before the mark (late, out of order, re-delivered) never charge: the mark
+only moves forward.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
-from datetime import datetime
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, tzinfo
 from decimal import Decimal
 from enum import StrEnum
 
 from cloud.money import to_fen
+from cloud.tariffs.core import (
+    TOU_ORDER,
+    Flat,
+    Tariff,
+    TariffVersion,
+    Tiered,
+    TimeOfUse,
+    as_of,
+    cycle_key,
+    month_key,
+)
+
+WINDOW = timedelta(hours=1)
+_HOUR_US = Decimal(3_600_000_000)
+_US = timedelta(microseconds=1)
+
+TouRegisters = tuple[Decimal, Decimal, Decimal, Decimal]
 
 
 class AnomalyKind(StrEnum):
+    ROLLOVER = "rollover"
     REGISTER_DOWN = "register_down"
-    LATE_READING = "late_reading"
+    IMPOSSIBLE_JUMP = "impossible_jump"
+    STUCK_REGISTER = "stuck_register"
+    GAP = "reading_gap"
+    METER_SWAP = "meter_swap"
 
 
 @dataclass(frozen=True)
 class RegisterReading:
     measured_at: datetime
     total: Decimal | None
+    tou: TouRegisters | None = None  # cumulative 尖/峰/平/谷 registers, when the meter has them
+    power: Decimal | None = None  # instantaneous demand, kW (m³/h for water)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a channel can physically do; beyond it a difference is an anomaly."""
+
+    max_rate: Decimal  # units per hour (kW for electricity, m³/h for water)
+    register_modulus: Decimal  # the register wraps to zero here (999999.99 → 0)
+    gap: timedelta  # longer between readings is a gap worth a look
+    stuck_min: Decimal  # expected units (power × time) above which a still register is stuck
+    slack: Decimal = Decimal("0.01")  # one register step of tolerance
+
+
+ELECTRICITY = Limits(Decimal(100), Decimal(1_000_000), timedelta(hours=2), Decimal("0.05"))
+WATER = Limits(
+    Decimal(20), Decimal(100_000), timedelta(hours=6), Decimal("0.005"), Decimal("0.001")
+)
+
+
+def limits_for(utility: str, max_rate: Decimal | None = None) -> Limits:
+    base = WATER if utility == "water" else ELECTRICITY
+    return base if max_rate is None else replace(base, max_rate=max_rate)
+
+
+@dataclass(frozen=True)
+class PointTerms:
+    """Everything rating needs to know about a service point besides its mark."""
+
+    tariff: Tariff
+    tz: tzinfo
+    limits: Limits = ELECTRICITY
+    charged: bool = True  # False for a common-area meter: consumption tracked, not charged
 
 
 @dataclass(frozen=True)
 class RatingMark:
-    """How far a service point has been rated."""
+    """How far a service point has been rated (persisted in ``rating_state``)."""
 
     last_measured_at: datetime | None = None
     last_register: Decimal | None = None
+    last_tou: TouRegisters | None = None
     consumption_total: Decimal = Decimal(0)
     exact_total: Decimal = Decimal(0)
-    posted_total: Decimal = Decimal(0)
+    billed_total: Decimal = Decimal(0)  # to_fen(exact_total)
+    posted_total: Decimal = Decimal(0)  # what usage entries in the journal carry
+    cycle: str | None = None  # current tier cycle ("2026-03" or "2026")
+    cycle_consumption: Decimal = Decimal(0)
+    window_start: datetime | None = None
+    fee_month: str | None = None  # last month a fixed fee was charged for
+    stuck: bool = False
+
+    @property
+    def unposted(self) -> Decimal:
+        """Rated usage not yet in the journal (already in the wallet's live balance)."""
+        return self.billed_total - self.posted_total
 
 
 @dataclass(frozen=True)
@@ -44,70 +121,262 @@ class Anomaly:
     kind: AnomalyKind
     measured_at: datetime
     detail: str
+    charged: Decimal | None = None  # the consumption that was charged despite it, if any
+
+
+@dataclass(frozen=True)
+class UsagePosting:
+    """A closed window's usage: ``amount`` in fen, bringing ``posted_total`` to ``billed_to``."""
+
+    window_start: datetime
+    amount: Decimal
+    billed_to: Decimal
+
+    @property
+    def effective_at(self) -> datetime:
+        return self.window_start + WINDOW
+
+    def key(self, point: object) -> str:
+        return f"usage:{point}:{self.window_start.isoformat()}/{self.billed_to}"
+
+
+@dataclass(frozen=True)
+class FeeCharge:
+    month: str
+    amount: Decimal
+    effective_at: datetime
+
+    def key(self, point: object) -> str:
+        return f"fee:{point}:{self.month}"
 
 
 @dataclass(frozen=True)
 class RatingOutcome:
     mark: RatingMark
-    consumption: Decimal
-    charge: Decimal
-    anomalies: tuple[Anomaly, ...]
-
-    @property
-    def advanced(self) -> bool:
-        return self.consumption != 0 or self.charge != 0
-
-
-@dataclass(frozen=True)
-class FlatPrices:
-    """Unit prices by effective date (sorted ascending); a change never re-rates the past."""
-
-    versions: tuple[tuple[datetime, Decimal], ...]
-
-    def at(self, ts: datetime) -> Decimal:
-        i = bisect_right([v[0] for v in self.versions], ts)
-        if i == 0:
-            raise LookupError(f"no tariff version effective at {ts.isoformat()}")
-        return self.versions[i - 1][1]
+    consumption: Decimal = Decimal(0)
+    anomalies: tuple[Anomaly, ...] = ()
+    postings: tuple[UsagePosting, ...] = ()
+    fees: tuple[FeeCharge, ...] = ()
+    late: int = 0
+    billed: Decimal = Decimal(0)  # increase of billed_total (what the wallet loses now)
 
 
-def rate(
-    mark: RatingMark, readings: Sequence[RegisterReading], prices: FlatPrices
-) -> RatingOutcome:
+@dataclass
+class _Run:
+    mark: RatingMark
+    consumption: Decimal = Decimal(0)
+    anomalies: list[Anomaly] = field(default_factory=list)
+    postings: list[UsagePosting] = field(default_factory=list)
+    fees: list[FeeCharge] = field(default_factory=list)
+    late: int = 0
+
+
+def window_of(interval_end: datetime) -> datetime:
+    """The hourly usage window an interval ending at ``interval_end`` belongs to (UTC)."""
+    t = as_of(interval_end)
+    return t - timedelta(minutes=t.minute, seconds=t.second, microseconds=t.microsecond)
+
+
+def _hours(d: timedelta) -> Decimal:
+    return Decimal(d // _US) / _HOUR_US
+
+
+def rate(mark: RatingMark, readings: Sequence[RegisterReading], terms: PointTerms) -> RatingOutcome:
     """Advance ``mark`` over ``readings`` (any order); only readings after the mark count."""
-    anomalies: list[Anomaly] = []
-    consumption = Decimal(0)
-    exact = mark.exact_total
-    last_at, last_reg = mark.last_measured_at, mark.last_register
+    run = _Run(mark)
     for r in sorted(readings, key=lambda x: x.measured_at):
         if r.total is None:
             continue
-        if last_at is not None and r.measured_at <= last_at:
-            anomalies.append(
-                Anomaly(AnomalyKind.LATE_READING, r.measured_at, "at or before the rated mark")
-            )
+        last = run.mark.last_measured_at
+        if last is not None and r.measured_at <= last:
+            run.late += 1
             continue
-        if last_reg is not None:
-            delta = r.total - last_reg
-            if delta < 0:
-                anomalies.append(
+        _advance(run, r, terms)
+    return _outcome(mark, run)
+
+
+def _outcome(before: RatingMark, run: _Run) -> RatingOutcome:
+    return RatingOutcome(
+        run.mark,
+        run.consumption,
+        tuple(run.anomalies),
+        tuple(run.postings),
+        tuple(run.fees),
+        run.late,
+        run.mark.billed_total - before.billed_total,
+    )
+
+
+def _version(terms: PointTerms, interval_end: datetime) -> TariffVersion | None:
+    try:
+        return terms.tariff.for_interval(interval_end)
+    except LookupError:
+        return None
+
+
+def _close_window(run: _Run, window: datetime) -> None:
+    m = run.mark
+    if m.window_start is not None and window != m.window_start:
+        amount = m.unposted
+        if amount != 0:
+            run.postings.append(UsagePosting(m.window_start, amount, m.billed_total))
+        run.mark = replace(m, posted_total=m.billed_total, window_start=window)
+    elif m.window_start is None:
+        run.mark = replace(m, window_start=window)
+
+
+def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
+    assert r.total is not None
+    at = r.measured_at
+    _close_window(run, window_of(at))
+    version = _version(terms, at)
+    m = run.mark
+    if terms.charged and version is not None and version.monthly_fee > 0:
+        month = month_key(as_of(at), terms.tz)
+        if m.fee_month != month:
+            run.fees.append(FeeCharge(month, version.monthly_fee, at))
+            m = replace(m, fee_month=month)
+    if m.last_register is None or m.last_measured_at is None:
+        run.mark = replace(m, last_measured_at=at, last_register=r.total, last_tou=r.tou)
+        return
+    lim = terms.limits
+    elapsed = at - m.last_measured_at
+    ceiling = lim.max_rate * _hours(elapsed) + lim.slack
+    delta = r.total - m.last_register
+    used: Decimal | None = None
+    stuck = m.stuck
+    if elapsed > lim.gap:
+        run.anomalies.append(
+            Anomaly(AnomalyKind.GAP, at, f"no reading for {elapsed} (since {m.last_measured_at})")
+        )
+    if delta < 0:
+        wrapped = lim.register_modulus - m.last_register + r.total
+        if wrapped <= ceiling:
+            used = wrapped
+            run.anomalies.append(
+                Anomaly(
+                    AnomalyKind.ROLLOVER,
+                    at,
+                    f"register rolled over from {m.last_register} to {r.total}: {wrapped} charged",
+                    wrapped,
+                )
+            )
+        else:
+            run.anomalies.append(
+                Anomaly(
+                    AnomalyKind.REGISTER_DOWN,
+                    at,
+                    f"register went from {m.last_register} to {r.total}; not charged, re-based",
+                )
+            )
+    elif delta > ceiling:
+        run.anomalies.append(
+            Anomaly(
+                AnomalyKind.IMPOSSIBLE_JUMP,
+                at,
+                f"register jumped {delta} in {elapsed} (at most {ceiling} possible); "
+                "not charged, re-based",
+            )
+        )
+    else:
+        used = delta
+        if delta > 0:
+            stuck = False
+        elif r.power is not None and r.power > 0 and not stuck:
+            expected = r.power * _hours(elapsed)
+            if expected >= lim.stuck_min:
+                stuck = True
+                run.anomalies.append(
                     Anomaly(
-                        AnomalyKind.REGISTER_DOWN,
-                        r.measured_at,
-                        f"register went from {last_reg} to {r.total}; not charged, re-based",
+                        AnomalyKind.STUCK_REGISTER,
+                        at,
+                        f"register still at {r.total} for {elapsed} while drawing {r.power} "
+                        f"(about {expected} expected)",
                     )
                 )
-            elif delta > 0:
-                consumption += delta
-                exact += delta * prices.at(r.measured_at)
-        last_at, last_reg = r.measured_at, r.total
-    charge = to_fen(exact) - mark.posted_total
+    m = replace(m, last_measured_at=at, last_register=r.total, stuck=stuck)
+    if used:
+        m = _charge(m, used, r, version, terms)
+        run.consumption += used
+    run.mark = replace(m, last_tou=r.tou)
+
+
+def _tou_deltas(before: TouRegisters | None, now: TouRegisters | None) -> list[Decimal] | None:
+    if before is None or now is None:
+        return None
+    deltas = [b - a for a, b in zip(before, now, strict=True)]
+    return deltas if all(d >= 0 for d in deltas) else None
+
+
+def _charge(
+    m: RatingMark,
+    used: Decimal,
+    r: RegisterReading,
+    version: TariffVersion | None,
+    terms: PointTerms,
+) -> RatingMark:
+    m = replace(m, consumption_total=m.consumption_total + used)
+    if not terms.charged:
+        return m
+    if version is None:
+        raise LookupError(f"no tariff version effective at {r.measured_at.isoformat()}")
+    plan = version.plan
+    at = r.measured_at
+    if isinstance(plan, Flat):
+        exact = plan.charge(used)
+    elif isinstance(plan, Tiered):
+        cycle = cycle_key(plan.cycle, as_of(at), terms.tz)
+        before = m.cycle_consumption if m.cycle == cycle else Decimal(0)
+        exact = plan.charge(before, used)
+        m = replace(m, cycle=cycle, cycle_consumption=before + used)
+    else:
+        exact = _tou_charge(plan, used, m.last_tou, r, terms)
+    total = m.exact_total + exact
+    return replace(m, exact_total=total, billed_total=to_fen(total))
+
+
+def _tou_charge(
+    plan: TimeOfUse,
+    used: Decimal,
+    last_tou: TouRegisters | None,
+    r: RegisterReading,
+    terms: PointTerms,
+) -> Decimal:
+    deltas = _tou_deltas(last_tou, r.tou)
+    if deltas is not None:
+        return plan.charge_registers(dict(zip(TOU_ORDER, deltas, strict=True)))
+    return used * plan.price(plan.interval_period(r.measured_at, terms.tz))
+
+
+def flush(mark: RatingMark, now: datetime) -> tuple[RatingMark, UsagePosting | None]:
+    """Post a window that has ended by ``now`` without waiting for the next reading."""
+    if mark.window_start is None or mark.window_start + WINDOW > now or mark.unposted == 0:
+        return mark, None
+    posting = UsagePosting(mark.window_start, mark.unposted, mark.billed_total)
+    return replace(mark, posted_total=mark.billed_total), posting
+
+
+def swap_meter(
+    mark: RatingMark,
+    at: datetime,
+    final_register: Decimal,
+    initial_register: Decimal,
+    terms: PointTerms,
+    final_tou: TouRegisters | None = None,
+) -> RatingOutcome:
+    """The old meter's final reading is rated as a reading; the new meter's initial reading
+    becomes the base the next readings are measured from. Recorded as an anomaly so the
+    swap appears beside the point's other reading events."""
+    out = rate(mark, [RegisterReading(at, final_register, final_tou)], terms)
+    old = out.mark
+    last = old.last_measured_at if old.last_measured_at and old.last_measured_at > at else at
     new_mark = replace(
-        mark,
-        last_measured_at=last_at,
-        last_register=last_reg,
-        consumption_total=mark.consumption_total + consumption,
-        exact_total=exact,
-        posted_total=mark.posted_total + charge,
+        old, last_measured_at=last, last_register=initial_register, last_tou=None, stuck=False
     )
-    return RatingOutcome(new_mark, consumption, charge, tuple(anomalies))
+    swap = Anomaly(
+        AnomalyKind.METER_SWAP,
+        at,
+        f"meter swapped: old meter final {final_register}, new meter initial {initial_register}",
+        out.consumption,
+    )
+    return replace(out, mark=new_mark, anomalies=(*out.anomalies, swap))

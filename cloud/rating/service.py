@@ -1,13 +1,22 @@
-"""Rating service: advance each point's mark under a row lock, post usage, steer supply."""
+"""Rating service: advance each point's mark under a row lock, post usage, steer supply.
+
+Per batch, whatever its size: one locking SELECT of the points' marks (in id order), one
+query for their tariffs, one ``UPDATE … FROM unnest(…)`` of the marks, one batch of ledger
+writes (live wallet balances for rated usage, journal entries for closed hourly windows and
+monthly fees), one query of supply twins — and a command only where supply must change.
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,8 +24,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloud.control.policy import PointFinance, desired_supply
 from cloud.control.service import CommandTiming, steer_supply
 from cloud.ledger import core as ledger
-from cloud.ledger.service import balance_of, post
-from cloud.rating.core import FlatPrices, RatingMark, RegisterReading, rate
+from cloud.ledger.service import post_many
+from cloud.rating.core import (
+    Anomaly,
+    PointTerms,
+    RatingMark,
+    RatingOutcome,
+    RegisterReading,
+    flush,
+    limits_for,
+    rate,
+)
+from cloud.tariffs.core import Tariff, TariffVersion, plan_from_spec
 
 
 @dataclass(frozen=True)
@@ -29,9 +48,264 @@ class PointReading:
 @dataclass
 class RatingReport:
     points: int = 0
-    charged: Decimal = Decimal(0)
-    anomalies: int = 0
+    charged: Decimal = Decimal(0)  # billed now (live balances), fen
+    journaled: Decimal = Decimal(0)  # moved into the journal (closed windows, fees), fen
+    anomalies: list[Anomaly] = field(default_factory=list)
+    late: int = 0
     commands: int = 0
+
+
+@dataclass(frozen=True)
+class _Point:
+    id: uuid.UUID
+    mark: RatingMark
+    terms: PointTerms
+    utility: str
+    wallet: ledger.AccountRef
+    wallet_id: uuid.UUID
+    control_mode: str
+    credit_limit: Decimal
+    channel_id: uuid.UUID | None
+
+
+_SELECT_STATES = sa.text(
+    "SELECT rs.*, sp.tariff_id, sp.utility, sp.credit_limit, sp.control_mode, sp.max_rate, "
+    "sp.common_area, a.id AS account_id, a.number AS account_number, a.wallet_id, "
+    "s.timezone FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
+    "JOIN account a ON a.id = sp.account_id JOIN site s ON s.id = sp.site_id "
+    "WHERE rs.service_point_id = ANY(:ids) ORDER BY rs.service_point_id FOR UPDATE OF rs"
+)
+_INSERT_STATES = sa.text(
+    "INSERT INTO rating_state (service_point_id, tenant_id, consumption_total, "
+    "charge_exact_total, charge_billed_total, charge_posted_total, cycle_consumption, stuck) "
+    "SELECT id, tenant_id, 0, 0, 0, 0, 0, false FROM service_point WHERE id = ANY(:ids) "
+    "ON CONFLICT (service_point_id) DO NOTHING"
+)
+_UPDATE_STATES = sa.text(
+    "UPDATE rating_state rs SET last_measured_at = v.at, last_register = v.reg, "
+    "last_tou = CAST(v.tou AS numeric[]), consumption_total = v.ct, charge_exact_total = v.ex, "
+    "charge_billed_total = v.bi, charge_posted_total = v.po, cycle = v.cy, "
+    "cycle_consumption = v.cc, window_start = v.ws, fee_month = v.fm, stuck = v.st, "
+    "channel_id = coalesce(v.ch, rs.channel_id) FROM unnest("
+    "CAST(:p AS uuid[]), CAST(:at AS timestamptz[]), CAST(:reg AS numeric[]), "
+    "CAST(:tou AS text[]), CAST(:ct AS numeric[]), CAST(:ex AS numeric[]), "
+    "CAST(:bi AS numeric[]), CAST(:po AS numeric[]), CAST(:cy AS text[]), "
+    "CAST(:cc AS numeric[]), CAST(:ws AS timestamptz[]), CAST(:fm AS text[]), "
+    "CAST(:st AS boolean[]), CAST(:ch AS uuid[])) "
+    "AS v(p, at, reg, tou, ct, ex, bi, po, cy, cc, ws, fm, st, ch) "
+    "WHERE rs.service_point_id = v.p"
+)
+_INSERT_WORK_ORDERS = sa.text(
+    "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, status, "
+    "created_at) SELECT gen_random_uuid(), :t, k, p, c, CAST(d AS jsonb), 'open', :now "
+    "FROM unnest(CAST(:k AS text[]), CAST(:p AS uuid[]), CAST(:c AS uuid[]), "
+    "CAST(:d AS text[])) AS v(k, p, c, d)"
+)
+_TWINS = sa.text(
+    "SELECT v.ch, tw.desired, tw.reported FROM unnest(CAST(:ch AS uuid[])) AS v(ch) "
+    "LEFT JOIN supply_twin tw ON tw.channel_id = v.ch"
+)
+
+
+def _tou(values: Sequence[Decimal] | None) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
+    if values is None or len(values) != 4:
+        return None
+    return (values[0], values[1], values[2], values[3])
+
+
+async def _tariffs(conn: AsyncConnection, tariff_ids: set[uuid.UUID]) -> dict[uuid.UUID, Tariff]:
+    versions: dict[uuid.UUID, list[TariffVersion]] = defaultdict(list)
+    rows = await conn.execute(
+        sa.text(
+            "SELECT tariff_id, effective_from, kind, unit_price, spec, monthly_fee "
+            "FROM tariff_version WHERE tariff_id = ANY(:ids) ORDER BY effective_from"
+        ),
+        {"ids": sorted(tariff_ids)},
+    )
+    for r in rows:
+        plan = plan_from_spec(r.kind, r.spec or {}, r.unit_price)
+        versions[r.tariff_id].append(TariffVersion(r.effective_from, plan, r.monthly_fee))
+    return {t: Tariff(tuple(v)) for t, v in versions.items()}
+
+
+async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> list[_Point]:
+    """Lock the points' marks (in id order) and load what rating them needs."""
+    ids = sorted(set(point_ids))
+    if not ids:
+        return []
+    rows = (await conn.execute(_SELECT_STATES, {"ids": ids})).all()
+    if len(rows) < len(ids):
+        await conn.execute(_INSERT_STATES, {"ids": ids})
+        rows = (await conn.execute(_SELECT_STATES, {"ids": ids})).all()
+    tariffs = await _tariffs(conn, {r.tariff_id for r in rows})
+    return [
+        _Point(
+            id=r.service_point_id,
+            mark=RatingMark(
+                last_measured_at=r.last_measured_at,
+                last_register=r.last_register,
+                last_tou=_tou(r.last_tou),
+                consumption_total=r.consumption_total,
+                exact_total=r.charge_exact_total,
+                billed_total=r.charge_billed_total,
+                posted_total=r.charge_posted_total,
+                cycle=r.cycle,
+                cycle_consumption=r.cycle_consumption,
+                window_start=r.window_start,
+                fee_month=r.fee_month,
+                stuck=r.stuck,
+            ),
+            terms=PointTerms(
+                tariffs[r.tariff_id],
+                ZoneInfo(r.timezone),
+                limits_for(r.utility, r.max_rate),
+                charged=not r.common_area,
+            ),
+            utility=r.utility,
+            wallet=ledger.wallet(r.account_id, r.account_number),
+            wallet_id=r.wallet_id,
+            control_mode=r.control_mode,
+            credit_limit=r.credit_limit,
+            channel_id=r.channel_id,
+        )
+        for r in rows
+    ]
+
+
+def _tou_text(tou: tuple[Decimal, ...] | None) -> str | None:
+    return None if tou is None else "{" + ",".join(str(v) for v in tou) + "}"
+
+
+async def persist(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    outcomes: Sequence[tuple[_Point, RatingOutcome, uuid.UUID | None]],
+    now: datetime,
+    timing: CommandTiming,
+    actor: str = "rating",
+) -> RatingReport:
+    """Write the marks, work orders and money of ``outcomes`` (point, outcome, channel) and
+    steer the supply of the cloud-controlled points among them."""
+    report = RatingReport(points=len(outcomes))
+    if not outcomes:
+        return report
+    marks = [(p, o.mark, ch) for p, o, ch in outcomes]
+    await conn.execute(
+        _UPDATE_STATES,
+        {
+            "p": [p.id for p, _, _ in marks],
+            "at": [m.last_measured_at for _, m, _ in marks],
+            "reg": [m.last_register for _, m, _ in marks],
+            "tou": [_tou_text(m.last_tou) for _, m, _ in marks],
+            "ct": [m.consumption_total for _, m, _ in marks],
+            "ex": [m.exact_total for _, m, _ in marks],
+            "bi": [m.billed_total for _, m, _ in marks],
+            "po": [m.posted_total for _, m, _ in marks],
+            "cy": [m.cycle for _, m, _ in marks],
+            "cc": [m.cycle_consumption for _, m, _ in marks],
+            "ws": [m.window_start for _, m, _ in marks],
+            "fm": [m.fee_month for _, m, _ in marks],
+            "st": [m.stuck for _, m, _ in marks],
+            "ch": [ch for _, _, ch in marks],
+        },
+    )
+    orders = [(p, a, ch or p.channel_id) for p, o, ch in outcomes for a in o.anomalies]
+    if orders:
+        await conn.execute(
+            _INSERT_WORK_ORDERS,
+            {
+                "t": tenant_id,
+                "now": now,
+                "k": [a.kind.value for _, a, _ in orders],
+                "p": [p.id for p, _, _ in orders],
+                "c": [ch for _, _, ch in orders],
+                "d": [_detail(a) for _, a, _ in orders],
+            },
+        )
+        report.anomalies = [a for _, a, _ in orders]
+    drafts: list[ledger.EntryDraft] = []
+    live: dict[ledger.AccountRef, Decimal] = defaultdict(Decimal)
+    for p, o, _ in outcomes:
+        report.late += o.late
+        report.charged += o.billed
+        if o.billed:
+            live[p.wallet] -= o.billed
+        revenue = ledger.revenue(p.utility)
+        for u in o.postings:
+            drafts.append(
+                ledger.EntryDraft(
+                    idempotency_key=u.key(p.id),
+                    kind=ledger.EntryKind.USAGE,
+                    actor=actor,
+                    effective_at=u.effective_at,
+                    legs=ledger.usage(p.wallet, revenue, u.amount),
+                    reason=f"usage {u.window_start.isoformat()} to {u.effective_at.isoformat()}",
+                    settles=p.wallet.code,
+                )
+            )
+            report.journaled += u.amount
+        for f in o.fees:
+            drafts.append(
+                ledger.EntryDraft(
+                    idempotency_key=f.key(p.id),
+                    kind=ledger.EntryKind.FIXED_CHARGE,
+                    actor=actor,
+                    effective_at=f.effective_at,
+                    legs=ledger.usage(p.wallet, revenue, f.amount),
+                    reason=f"monthly fee {f.month}",
+                )
+            )
+            report.charged += f.amount
+            report.journaled += f.amount
+    known = {p.wallet.code: (p.wallet_id, p.wallet.normal_side) for p, _, _ in outcomes}
+    batch = await post_many(conn, tenant_id, drafts, live, known)
+    cloud = [
+        (p, ch or p.channel_id)
+        for p, _, ch in outcomes
+        if p.control_mode == "cloud" and p.terms.charged and (ch or p.channel_id)
+    ]
+    if cloud:
+        report.commands = await _steer(conn, tenant_id, cloud, batch.balances, now, timing)
+    return report
+
+
+async def _steer(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    points: list[tuple[_Point, uuid.UUID | None]],
+    moved: dict[uuid.UUID, Decimal],
+    now: datetime,
+    timing: CommandTiming,
+) -> int:
+    """Steer supply where the desired state differs from the twin's desired or reported."""
+    missing = sorted({p.wallet_id for p, _ in points} - set(moved))
+    balances = dict(moved)
+    if missing:
+        rows = await conn.execute(
+            sa.text("SELECT id, balance FROM ledger_account WHERE id = ANY(:ids)"),
+            {"ids": missing},
+        )
+        balances.update({r[0]: r[1] for r in rows})
+    channels = [ch for _, ch in points if ch is not None]
+    twins = {r[0]: (r[1], r[2]) for r in await conn.execute(_TWINS, {"ch": channels})}
+    commands = 0
+    for p, ch in points:
+        assert ch is not None
+        decision = desired_supply(PointFinance(balances[p.wallet_id], p.credit_limit))
+        desired, reported = twins.get(ch, (None, None))
+        want = decision.supply.value
+        if desired == want and reported == want:
+            continue  # converged: nothing to do, no round trip
+        if await steer_supply(conn, tenant_id, ch, decision, now, timing):
+            commands += 1
+    return commands
+
+
+def _detail(a: Anomaly) -> str:
+    doc: dict[str, Any] = {"measured_at": a.measured_at.isoformat(), "detail": a.detail}
+    if a.charged is not None:
+        doc["charged_consumption"] = str(a.charged)
+    return json.dumps(doc, ensure_ascii=False)
 
 
 async def rate_new_readings(
@@ -43,124 +317,53 @@ async def rate_new_readings(
 ) -> RatingReport:
     """Rate readings just stored (in this transaction). Late and duplicate readings never
     charge twice: each point's mark only moves forward, under ``FOR UPDATE``."""
-    report = RatingReport()
     by_point: dict[uuid.UUID, list[PointReading]] = defaultdict(list)
     for pr in new:
         by_point[pr.service_point_id].append(pr)
-    if not by_point:
-        return report
-    point_ids = sorted(by_point)
-    await conn.execute(
-        sa.text(
-            "INSERT INTO rating_state (service_point_id, tenant_id, consumption_total, "
-            "charge_exact_total, charge_posted_total) "
-            "SELECT id, tenant_id, 0, 0, 0 FROM service_point WHERE id = ANY(:ids) "
-            "ON CONFLICT (service_point_id) DO NOTHING"
-        ),
-        {"ids": point_ids},
-    )
-    states = {
-        r.service_point_id: r
+    points = await load_points(conn, list(by_point))
+    outcomes = []
+    for p in points:
+        batch = by_point[p.id]
+        latest = max(batch, key=lambda pr: pr.reading.measured_at).channel_id
+        outcomes.append((p, rate(p.mark, [pr.reading for pr in batch], p.terms), latest))
+    return await persist(conn, tenant_id, outcomes, now, timing)
+
+
+async def apply_to_points(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    point_ids: Sequence[uuid.UUID],
+    step: Callable[[_Point], RatingOutcome | None],
+    now: datetime,
+    timing: CommandTiming,
+    actor: str,
+    channel: uuid.UUID | None = None,
+) -> RatingReport:
+    """Lock ``point_ids``, run ``step`` on each (None: leave it) and persist the outcomes."""
+    points = await load_points(conn, point_ids)
+    outcomes = [(p, o, channel) for p in points if (o := step(p)) is not None]
+    return await persist(conn, tenant_id, outcomes, now, timing, actor)
+
+
+async def post_closed_windows(
+    conn: AsyncConnection, tenant_id: uuid.UUID, now: datetime, timing: CommandTiming
+) -> RatingReport:
+    """Journal every point's usage window that ended by ``now`` (a periodic job, so the
+    journal catches up with live balances without waiting for the next reading)."""
+    due = [
+        r[0]
         for r in await conn.execute(
             sa.text(
-                "SELECT rs.*, sp.tariff_id, sp.utility, sp.credit_limit, sp.control_mode, "
-                "a.id AS account_id, a.number AS account_number "
-                "FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
-                "JOIN account a ON a.id = sp.account_id "
-                "WHERE rs.service_point_id = ANY(:ids) ORDER BY rs.service_point_id "
-                "FOR UPDATE OF rs"
+                "SELECT service_point_id FROM rating_state WHERE "
+                "charge_billed_total <> charge_posted_total AND window_start + interval '1 hour' "
+                "<= :now"
             ),
-            {"ids": point_ids},
+            {"now": now},
         )
-    }
-    prices = await _prices(conn, {s.tariff_id for s in states.values()})
-    for point_id in point_ids:
-        st = states[point_id]
-        mark = RatingMark(
-            st.last_measured_at,
-            st.last_register,
-            st.consumption_total,
-            st.charge_exact_total,
-            st.charge_posted_total,
-        )
-        outcome = rate(mark, [pr.reading for pr in by_point[point_id]], prices[st.tariff_id])
-        report.points += 1
-        m = outcome.mark
-        await conn.execute(
-            sa.text(
-                "UPDATE rating_state SET last_measured_at = :at, last_register = :reg, "
-                "consumption_total = :ct, charge_exact_total = :ex, charge_posted_total = :po, "
-                "channel_id = :ch WHERE service_point_id = :p"
-            ),
-            {
-                "at": m.last_measured_at,
-                "reg": m.last_register,
-                "ct": m.consumption_total,
-                "ex": m.exact_total,
-                "po": m.posted_total,
-                "ch": by_point[point_id][-1].channel_id,
-                "p": point_id,
-            },
-        )
-        for anomaly in outcome.anomalies:
-            report.anomalies += 1
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, "
-                    "detail, status, created_at) VALUES (:id, :t, :k, :p, :c, CAST(:d AS jsonb), "
-                    "'open', :now)"
-                ),
-                {
-                    "id": uuid.uuid4(),
-                    "t": tenant_id,
-                    "k": anomaly.kind.value,
-                    "p": point_id,
-                    "c": by_point[point_id][-1].channel_id,
-                    "d": json.dumps(
-                        {"measured_at": anomaly.measured_at.isoformat(), "detail": anomaly.detail}
-                    ),
-                    "now": now,
-                },
-            )
-        wallet = ledger.wallet(st.account_id, st.account_number)
-        if outcome.charge != 0:
-            assert m.last_measured_at is not None
-            legs: tuple[ledger.Leg, ...] = ledger.usage(
-                wallet, ledger.revenue(st.utility), abs(outcome.charge)
-            )
-            if outcome.charge < 0:  # only a negative price can lower the exact total
-                legs = ledger.mirror(legs)
-            await post(
-                conn,
-                tenant_id,
-                ledger.EntryDraft(
-                    idempotency_key=f"usage:{point_id}:{m.last_measured_at.isoformat()}",
-                    kind=ledger.EntryKind.USAGE,
-                    actor="rating",
-                    effective_at=m.last_measured_at,
-                    legs=legs,
-                    reason=f"{outcome.consumption} consumed",
-                ),
-            )
-            report.charged += outcome.charge
-        if st.control_mode == "cloud":
-            balance = await balance_of(conn, wallet.code)
-            decision = desired_supply(PointFinance(balance, st.credit_limit))
-            channel_id = by_point[point_id][-1].channel_id
-            if await steer_supply(conn, tenant_id, channel_id, decision, now, timing):
-                report.commands += 1
-    return report
+    ]
 
+    def step(p: _Point) -> RatingOutcome | None:
+        mark, posting = flush(p.mark, now)
+        return None if posting is None else RatingOutcome(mark, postings=(posting,))
 
-async def _prices(conn: AsyncConnection, tariff_ids: set[uuid.UUID]) -> dict[uuid.UUID, FlatPrices]:
-    versions: dict[uuid.UUID, list[tuple[datetime, Decimal]]] = defaultdict(list)
-    rows = await conn.execute(
-        sa.text(
-            "SELECT tariff_id, effective_from, unit_price FROM tariff_version "
-            "WHERE tariff_id = ANY(:ids) ORDER BY effective_from"
-        ),
-        {"ids": sorted(tariff_ids)},
-    )
-    for r in rows:
-        versions[r.tariff_id].append((r.effective_from, r.unit_price))
-    return {t: FlatPrices(tuple(v)) for t, v in versions.items()}
+    return await apply_to_points(conn, tenant_id, due, step, now, timing, "rating")

@@ -63,6 +63,7 @@ class GroupSpec:
     gateway_code: str = "gw-demo-1"
     bus: str = "bus1"
     unit_price: Decimal = Decimal("1.2000")
+    max_rate: Decimal | None = None  # kW a point can draw (None: the utility's default)
     admin_username: str = "admin"
     admin_password: str = "demo-admin"  # noqa: S105 - demo seed only; printed by `prepay demo`
     meters: list[MeterSpec] = field(default_factory=list)
@@ -157,6 +158,7 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
                 utility="electricity",
                 control_mode="cloud",
                 credit_limit=Decimal(0),
+                max_rate=spec.max_rate,
                 **t,
             )
             device = await _add(
@@ -188,9 +190,7 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
                         actor="seed",
                         effective_at=now,
                         legs=ledger.transfer(
-                            ledger.AccountRef(
-                                "adjustments", ledger.AccountKind.ADJUSTMENTS, "Adjustments"
-                            ),
+                            ledger.adjustments(),
                             wallet,
                             m.opening_balance,
                         ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -21,6 +21,7 @@ from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.service import IngestService
+from cloud.rating.service import post_closed_windows
 from cloud.registry.service import seed_group
 from cloud.runtime import Wiring
 from cloud.settings import CloudSettings
@@ -52,6 +53,7 @@ async def test_exhaustion_trips_and_topup_restores(
     tmp_path: Path,
 ) -> None:
     spec = group_spec(meters=1, balance="0.30", price="1.0000")
+    spec.max_rate = Decimal(1000)  # the simulator runs 100x faster than wall-clock time
     seeded = await seed_group(db, spec)
     profile = load_profiles()["acrel-ddsy1352-modbus"]
     # 3.6 kW at 100x: 0.1 kWh (¥0.10) per wall-clock second, so ¥0.30 lasts about 3 s.
@@ -170,6 +172,12 @@ async def test_exhaustion_trips_and_topup_restores(
             await sim.stop()
         await wiring.db.dispose()
 
+    report = await check(db, [seeded.tenant_id])
+    assert report.ok, report.breaches  # usage so far is live in the balance, not yet journaled
+    async with db.tenant(seeded.tenant_id) as conn:  # the hourly job journals it
+        await post_closed_windows(
+            conn, seeded.tenant_id, datetime.now(UTC) + timedelta(hours=2), timing
+        )
     report = await check(db, [seeded.tenant_id])
     assert report.ok, report.breaches
     assert report.entries >= 3  # opening balance, usage, top-up
