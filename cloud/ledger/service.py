@@ -49,7 +49,10 @@ _INSERT_POSTINGS = sa.text(
     "CAST(:entries AS uuid[]), CAST(:accounts AS uuid[]), CAST(:amounts AS numeric[])) "
     "AS v(e, a, m)"
 )
-_LOCK = sa.text("SELECT id FROM ledger_account WHERE id = ANY(:ids) ORDER BY id FOR UPDATE")
+# NO KEY UPDATE, the lock an UPDATE of the balance takes anyway: a plain FOR UPDATE would
+# conflict with the KEY SHARE locks that inserting postings (a foreign key) takes, and two
+# sessions posting to the same wallet would deadlock.
+_LOCK = sa.text("SELECT id FROM ledger_account WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE")
 _APPLY = sa.text(
     "UPDATE ledger_account a SET balance = a.balance + v.b, unposted = a.unposted + v.u "
     "FROM unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), CAST(:u AS numeric[])) "

@@ -14,10 +14,13 @@ from sqlmodel import SQLModel
 
 from cloud import schema
 from cloud.auth import PERMISSIONS, hash_password
+from cloud.control.service import CommandTiming
 from cloud.db import Database, next_number
 from cloud.errors import Conflict
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post
+from cloud.rating.core import swap_meter as rate_swap
+from cloud.rating.service import RatingReport, apply_to_points
 
 
 async def create_tenant(db: Database, slug: str, name: str) -> uuid.UUID:
@@ -199,3 +202,53 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
                 )
             accounts[m.key], points[m.key], channels[m.key] = number, point, channel
     return Seeded(tenant_id, site, outlet, gateway, operator, accounts, points, channels)
+
+
+@dataclass(frozen=True)
+class MeterSwap:
+    """An installer's meter swap: the old meter's final and the new meter's initial reading."""
+
+    service_point_id: uuid.UUID
+    new_channel_id: uuid.UUID
+    at: datetime
+    final_register: Decimal
+    initial_register: Decimal
+
+
+async def swap_meter(
+    db: Database, tenant_id: uuid.UUID, swap: MeterSwap, actor: str, timing: CommandTiming
+) -> RatingReport:
+    """Close the point's binding at the final reading, bind the new channel at the initial
+    one, and rate the final reading, all in one transaction. Readings of the old channel
+    after the swap are stored but no longer rated for the point."""
+    async with db.tenant(tenant_id) as conn:
+        old = await conn.scalar(
+            sa.text(
+                "UPDATE binding SET removed_at = :at, removal_register = :fin "
+                "WHERE service_point_id = :p AND removed_at IS NULL RETURNING channel_id"
+            ),
+            {"at": swap.at, "fin": swap.final_register, "p": swap.service_point_id},
+        )
+        if old is None:
+            raise Conflict(f"service point {swap.service_point_id} has no meter bound")
+        await _add(
+            conn,
+            schema.Binding,
+            tenant_id=tenant_id,
+            service_point_id=swap.service_point_id,
+            channel_id=swap.new_channel_id,
+            installed_at=swap.at,
+            install_register=swap.initial_register,
+        )
+        return await apply_to_points(
+            conn,
+            tenant_id,
+            [swap.service_point_id],
+            lambda p: rate_swap(
+                p.mark, swap.at, swap.final_register, swap.initial_register, p.terms
+            ),
+            swap.at,
+            timing,
+            actor,
+            channel=swap.new_channel_id,
+        )
