@@ -132,6 +132,31 @@ async def record_reported(
     )
 
 
+async def record_reported_many(
+    conn: AsyncConnection, latest: dict[uuid.UUID, tuple[datetime, SupplyState]]
+) -> None:
+    """:func:`record_reported` for a batch of channels in one statement (in channel order)."""
+    if not latest:
+        return
+    channels = sorted(latest)
+    await conn.execute(
+        sa.text(
+            "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason, reported, "
+            "reported_at) SELECT v.c, ch.tenant_id, '', v.s, v.at FROM unnest("
+            "CAST(:c AS uuid[]), CAST(:s AS text[]), CAST(:at AS timestamptz[])) AS v(c, s, at) "
+            "JOIN channel ch ON ch.id = v.c ORDER BY v.c "
+            "ON CONFLICT (channel_id) DO UPDATE SET reported = excluded.reported, "
+            "reported_at = excluded.reported_at WHERE supply_twin.reported_at IS NULL "
+            "OR supply_twin.reported_at <= excluded.reported_at"
+        ),
+        {
+            "c": channels,
+            "s": [latest[c][1].value for c in channels],
+            "at": [latest[c][0] for c in channels],
+        },
+    )
+
+
 _FINAL = {
     AckStatus.OK: "acked",
     AckStatus.FAILED: "failed",

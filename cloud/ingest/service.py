@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 
+import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -26,6 +27,11 @@ from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
 log = logging.getLogger(__name__)
 
 MAX_FUTURE = timedelta(minutes=10)
+SEEN_RESOLUTION = timedelta(seconds=5)  # gateway.last_seen_at is kept to this resolution
+RETRIES = 3
+# Two workers can meet in the same rows (a stream fed twice); PostgreSQL breaks the rare
+# cycle and the batch is simply run again.
+TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _COLUMNS = (
     "channel_id, measured_at, tenant_id, received_at, total, tou, voltage, current, power, "
     "supply_on, meter_balance"
@@ -79,6 +85,18 @@ class IngestService:
         if batch.gateway != topic_gateway:
             raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
         tenant_id = await self.tenant_of(topic_gateway)
+        for attempt in range(1, RETRIES + 1):
+            try:
+                return await self._store(tenant_id, topic_gateway, batch, received_at)
+            except sa.exc.DBAPIError as exc:
+                if not isinstance(exc.orig, TRANSIENT) or attempt == RETRIES:
+                    raise
+                log.warning("telemetry batch retried after %s (attempt %d)", exc.orig, attempt)
+        raise AssertionError("unreachable")
+
+    async def _store(
+        self, tenant_id: uuid.UUID, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
+    ) -> IngestResult:
         result = IngestResult()
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
@@ -94,19 +112,25 @@ class IngestService:
             new = await _insert(conn, rows)
             result.stored = len(new)
             result.duplicates = len(rows) - len(new)
-            await conn.execute(
-                sa.text("UPDATE gateway SET online = true, last_seen_at = :at WHERE id = :id"),
-                {"at": received_at, "id": gateway_id},
-            )
             by_channel = {t.channel_id: t for t in targets.values()}
-            await _record_supply(conn, new)
             rated = [
                 PointReading(sp, r.channel_id, r.register())
                 for r in new
                 if (sp := by_channel[r.channel_id].service_point_id) is not None
             ]
-            report = await rate_new_readings(conn, tenant_id, rated, received_at, self.timing)
+            report = await rate_new_readings(
+                conn, tenant_id, rated, received_at, self.timing, _latest_supply(new)
+            )
             result.charged, result.commands = report.charged, report.commands
+            # Last, and only when it changes anything worth a write: every worker's batch of
+            # the same gateway would otherwise queue on this one row until commit.
+            await conn.execute(
+                sa.text(
+                    "UPDATE gateway SET online = true, last_seen_at = :at WHERE id = :id AND "
+                    "(NOT online OR last_seen_at IS NULL OR last_seen_at < :stale)"
+                ),
+                {"at": received_at, "id": gateway_id, "stale": received_at - SEEN_RESOLUTION},
+            )
         return result
 
     async def store_ack(self, topic_gateway: str, ack: Ack, received_at: datetime) -> bool:
@@ -207,6 +231,7 @@ async def _insert(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> list
                 await copy.write_row(row)
         await cur.execute(
             f"INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM reading_in "
+            "ORDER BY channel_id, measured_at "  # one lock order for every worker
             "ON CONFLICT (channel_id, measured_at) DO NOTHING "
             "RETURNING channel_id, measured_at, total, supply_on, tou, power"
         )
@@ -215,31 +240,13 @@ async def _insert(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> list
     return new
 
 
-async def _record_supply(conn: AsyncConnection, new: list[_Stored]) -> None:
-    """The meters' own word on their supply state, newest per channel, in one statement;
-    older news never overwrites newer."""
-    latest: dict[uuid.UUID, tuple[datetime, bool]] = {}
+def _latest_supply(new: list[_Stored]) -> dict[uuid.UUID, tuple[datetime, SupplyState]]:
+    """The newest reported supply state per channel in the batch."""
+    latest: dict[uuid.UUID, tuple[datetime, SupplyState]] = {}
     for r in new:
         if r.supply_on is not None and (
             r.channel_id not in latest or latest[r.channel_id][0] < r.measured_at
         ):
-            latest[r.channel_id] = (r.measured_at, r.supply_on)
-    if not latest:
-        return
-    channels = sorted(latest)
-    await conn.execute(
-        sa.text(
-            "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason, reported, "
-            "reported_at) SELECT v.c, ch.tenant_id, '', v.s, v.at FROM unnest("
-            "CAST(:c AS uuid[]), CAST(:s AS text[]), CAST(:at AS timestamptz[])) AS v(c, s, at) "
-            "JOIN channel ch ON ch.id = v.c ORDER BY v.c "
-            "ON CONFLICT (channel_id) DO UPDATE SET reported = excluded.reported, "
-            "reported_at = excluded.reported_at WHERE supply_twin.reported_at IS NULL "
-            "OR supply_twin.reported_at <= excluded.reported_at"
-        ),
-        {
-            "c": channels,
-            "s": [(SupplyState.ON if latest[c][1] else SupplyState.OFF).value for c in channels],
-            "at": [latest[c][0] for c in channels],
-        },
-    )
+            state = SupplyState.ON if r.supply_on else SupplyState.OFF
+            latest[r.channel_id] = (r.measured_at, state)
+    return latest

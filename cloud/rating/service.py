@@ -21,8 +21,8 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.control.policy import PointFinance, desired_supply
-from cloud.control.service import CommandTiming, steer_supply
+from cloud.control.policy import PointFinance, SupplyState, desired_supply
+from cloud.control.service import CommandTiming, record_reported_many, steer_supply
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post_many
 from cloud.rating.core import (
@@ -36,6 +36,8 @@ from cloud.rating.core import (
     rate,
 )
 from cloud.tariffs.core import Tariff, TariffVersion, plan_from_spec
+
+Reported = dict[uuid.UUID, tuple[datetime, SupplyState]]  # channel → (at, state)
 
 
 @dataclass(frozen=True)
@@ -183,11 +185,17 @@ async def persist(
     now: datetime,
     timing: CommandTiming,
     actor: str = "rating",
+    reported: Reported | None = None,
 ) -> RatingReport:
-    """Write the marks, work orders and money of ``outcomes`` (point, outcome, channel) and
-    steer the supply of the cloud-controlled points among them."""
+    """Write the marks, work orders and money of ``outcomes`` (point, outcome, channel),
+    record the supply states meters ``reported``, and steer the supply of the
+    cloud-controlled points among them.
+
+    Locks are taken in one order everywhere: rating marks (by point), ledger accounts (by
+    id), then supply twins (by channel) — so concurrent workers never deadlock."""
     report = RatingReport(points=len(outcomes))
     if not outcomes:
+        await record_reported_many(conn, reported or {})
         return report
     marks = [(p, o.mark, ch) for p, o, ch in outcomes]
     await conn.execute(
@@ -259,6 +267,7 @@ async def persist(
             report.journaled += f.amount
     known = {p.wallet.code: (p.wallet_id, p.wallet.normal_side) for p, _, _ in outcomes}
     batch = await post_many(conn, tenant_id, drafts, live, known)
+    await record_reported_many(conn, reported or {})
     cloud = [
         (p, ch or p.channel_id)
         for p, _, ch in outcomes
@@ -314,6 +323,7 @@ async def rate_new_readings(
     new: list[PointReading],
     now: datetime,
     timing: CommandTiming,
+    reported: Reported | None = None,
 ) -> RatingReport:
     """Rate readings just stored (in this transaction). Late and duplicate readings never
     charge twice: each point's mark only moves forward, under ``FOR UPDATE``."""
@@ -326,7 +336,7 @@ async def rate_new_readings(
         batch = by_point[p.id]
         latest = max(batch, key=lambda pr: pr.reading.measured_at).channel_id
         outcomes.append((p, rate(p.mark, [pr.reading for pr in batch], p.terms), latest))
-    return await persist(conn, tenant_id, outcomes, now, timing)
+    return await persist(conn, tenant_id, outcomes, now, timing, reported=reported)
 
 
 async def apply_to_points(
