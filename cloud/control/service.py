@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.policy import Decision, SupplyState
+from cloud.db import pg_array, pg_text_array
 from contract.mqtt import AckStatus, CommandAction
 
 NOTIFY_CHANNEL = "prepay_command"
@@ -150,9 +151,9 @@ async def record_reported_many(
             "OR supply_twin.reported_at <= excluded.reported_at"
         ),
         {
-            "c": channels,
-            "s": [latest[c][1].value for c in channels],
-            "at": [latest[c][0] for c in channels],
+            "c": pg_array(channels),
+            "s": pg_text_array(latest[c][1].value for c in channels),
+            "at": pg_array(latest[c][0] for c in channels),
         },
     )
 

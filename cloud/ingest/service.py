@@ -69,6 +69,8 @@ class IngestService:
         self.db = db
         self.timing = timing
         self._tenants: dict[str, uuid.UUID] = {}
+        # gateway code → (registry version, gateway id, targets); see _targets
+        self._maps: dict[str, tuple[int, uuid.UUID, dict[tuple[str, int], _Target]]] = {}
 
     async def tenant_of(self, gateway_code: str) -> uuid.UUID:
         tenant = self._tenants.get(gateway_code)
@@ -149,6 +151,23 @@ class IngestService:
             )
 
     async def _targets(
+        self, conn: AsyncConnection, gateway_code: str
+    ) -> tuple[uuid.UUID, dict[tuple[str, int], _Target]]:
+        """The gateway's (device, channel) → channel / bound service point map, re-read only
+        when the tenant's registry changed since (a trigger counts every change to devices,
+        channels and bindings; reading the counter is one row, the map is thousands)."""
+        version = int(
+            await conn.scalar(sa.text("SELECT value FROM tenant_counter WHERE name = 'registry'"))
+            or 0
+        )
+        cached = self._maps.get(gateway_code)
+        if cached is not None and cached[0] == version:
+            return cached[1], cached[2]
+        gateway_id, targets = await self._load_targets(conn, gateway_code)
+        self._maps[gateway_code] = (version, gateway_id, targets)
+        return gateway_id, targets
+
+    async def _load_targets(
         self, conn: AsyncConnection, gateway_code: str
     ) -> tuple[uuid.UUID, dict[tuple[str, int], _Target]]:
         rows = (

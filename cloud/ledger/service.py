@@ -17,6 +17,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.db import pg_array, pg_text_array
 from cloud.ledger.core import (
     AccountKind,
     AccountRef,
@@ -104,8 +105,10 @@ async def ensure_accounts(
 
 async def _lookup(conn: AsyncConnection, codes: list[str]) -> dict[str, tuple[uuid.UUID, Side]]:
     rows = await conn.execute(
-        sa.text("SELECT code, id, normal_side FROM ledger_account WHERE code = ANY(:c)"),
-        {"c": codes},
+        sa.text(
+            "SELECT code, id, normal_side FROM ledger_account WHERE code = ANY(CAST(:c AS text[]))"
+        ),
+        {"c": pg_text_array(codes)},
     )
     return {r.code: (r.id, Side(r.normal_side)) for r in rows}
 
@@ -137,13 +140,13 @@ async def post_many(
             _INSERT_ENTRIES,
             {
                 "t": tenant_id,
-                "ids": ids,
+                "ids": pg_array(ids),
                 "keys": keys,
-                "kinds": [d.kind.value for d in drafts],
-                "actors": [d.actor for d in drafts],
-                "reasons": [d.reason for d in drafts],
-                "effs": [d.effective_at for d in drafts],
-                "revs": [d.reverses for d in drafts],
+                "kinds": pg_text_array(d.kind.value for d in drafts),
+                "actors": pg_text_array(d.actor for d in drafts),
+                "reasons": pg_text_array(d.reason for d in drafts),
+                "effs": pg_array(d.effective_at for d in drafts),
+                "revs": pg_array(d.reverses for d in drafts),
             },
         )
         created = {r[0] for r in rows}
@@ -160,9 +163,9 @@ async def post_many(
             _INSERT_POSTINGS,
             {
                 "t": tenant_id,
-                "entries": [i for i, _ in legs],
-                "accounts": [accounts[leg.account.code][0] for _, leg in legs],
-                "amounts": [leg.amount for _, leg in legs],
+                "entries": pg_array(i for i, _ in legs),
+                "accounts": pg_array(accounts[leg.account.code][0] for _, leg in legs),
+                "amounts": pg_array(leg.amount for _, leg in legs),
             },
         )
     deltas: dict[uuid.UUID, list[Decimal]] = defaultdict(lambda: [Decimal(0), Decimal(0)])
@@ -190,9 +193,10 @@ async def _results(
     if replayed:
         rows = await conn.execute(
             sa.text(
-                "SELECT idempotency_key, id FROM journal_entry WHERE idempotency_key = ANY(:k)"
+                "SELECT idempotency_key, id FROM journal_entry "
+                "WHERE idempotency_key = ANY(CAST(:k AS text[]))"
             ),
-            {"k": replayed},
+            {"k": pg_text_array(replayed)},
         )
         existing = {r[0]: r[1] for r in rows}
     return [
@@ -209,13 +213,13 @@ async def apply_deltas(
     moving = sorted(k for k, (b, u) in deltas.items() if b != 0 or u != 0)
     if not moving:
         return {}
-    await conn.execute(_LOCK, {"ids": moving})
+    await conn.execute(_LOCK, {"ids": pg_array(moving)})
     rows = await conn.execute(
         _APPLY,
         {
-            "ids": moving,
-            "b": [deltas[k][0] for k in moving],
-            "u": [deltas[k][1] for k in moving],
+            "ids": pg_array(moving),
+            "b": pg_array(deltas[k][0] for k in moving),
+            "u": pg_array(deltas[k][1] for k in moving),
         },
     )
     return {r[0]: r[1] for r in rows}

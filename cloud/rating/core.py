@@ -161,14 +161,61 @@ class RatingOutcome:
     billed: Decimal = Decimal(0)  # increase of billed_total (what the wallet loses now)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Run:
-    mark: RatingMark
+    """A mark being advanced: mutable while rating one batch, frozen once at the end (a
+    ``replace()`` per reading was most of the hot path's cost)."""
+
+    last_measured_at: datetime | None
+    last_register: Decimal | None
+    last_tou: TouRegisters | None
+    consumption_total: Decimal
+    exact_total: Decimal
+    billed_total: Decimal
+    posted_total: Decimal
+    cycle: str | None
+    cycle_consumption: Decimal
+    window_start: datetime | None
+    fee_month: str | None
+    stuck: bool
     consumption: Decimal = Decimal(0)
     anomalies: list[Anomaly] = field(default_factory=list)
     postings: list[UsagePosting] = field(default_factory=list)
     fees: list[FeeCharge] = field(default_factory=list)
     late: int = 0
+
+    @classmethod
+    def start(cls, m: RatingMark) -> _Run:
+        return cls(
+            m.last_measured_at,
+            m.last_register,
+            m.last_tou,
+            m.consumption_total,
+            m.exact_total,
+            m.billed_total,
+            m.posted_total,
+            m.cycle,
+            m.cycle_consumption,
+            m.window_start,
+            m.fee_month,
+            m.stuck,
+        )
+
+    def mark(self) -> RatingMark:
+        return RatingMark(
+            self.last_measured_at,
+            self.last_register,
+            self.last_tou,
+            self.consumption_total,
+            self.exact_total,
+            self.billed_total,
+            self.posted_total,
+            self.cycle,
+            self.cycle_consumption,
+            self.window_start,
+            self.fee_month,
+            self.stuck,
+        )
 
 
 def window_of(interval_end: datetime) -> datetime:
@@ -183,27 +230,24 @@ def _hours(d: timedelta) -> Decimal:
 
 def rate(mark: RatingMark, readings: Sequence[RegisterReading], terms: PointTerms) -> RatingOutcome:
     """Advance ``mark`` over ``readings`` (any order); only readings after the mark count."""
-    run = _Run(mark)
-    for r in sorted(readings, key=lambda x: x.measured_at):
+    run = _Run.start(mark)
+    ordered = readings if len(readings) == 1 else sorted(readings, key=lambda x: x.measured_at)
+    for r in ordered:
         if r.total is None:
             continue
-        last = run.mark.last_measured_at
+        last = run.last_measured_at
         if last is not None and r.measured_at <= last:
             run.late += 1
             continue
         _advance(run, r, terms)
-    return _outcome(mark, run)
-
-
-def _outcome(before: RatingMark, run: _Run) -> RatingOutcome:
     return RatingOutcome(
-        run.mark,
+        run.mark(),
         run.consumption,
         tuple(run.anomalies),
         tuple(run.postings),
         tuple(run.fees),
         run.late,
-        run.mark.billed_total - before.billed_total,
+        run.billed_total - mark.billed_total,
     )
 
 
@@ -215,49 +259,50 @@ def _version(terms: PointTerms, interval_end: datetime) -> TariffVersion | None:
 
 
 def _close_window(run: _Run, window: datetime) -> None:
-    m = run.mark
-    if m.window_start is not None and window != m.window_start:
-        amount = m.unposted
+    if run.window_start is None:
+        run.window_start = window
+    elif window != run.window_start:
+        amount = run.billed_total - run.posted_total
         if amount != 0:
-            run.postings.append(UsagePosting(m.window_start, amount, m.billed_total))
-        run.mark = replace(m, posted_total=m.billed_total, window_start=window)
-    elif m.window_start is None:
-        run.mark = replace(m, window_start=window)
+            run.postings.append(UsagePosting(run.window_start, amount, run.billed_total))
+        run.posted_total = run.billed_total
+        run.window_start = window
 
 
 def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
-    assert r.total is not None
+    total = r.total
+    assert total is not None
     at = r.measured_at
     _close_window(run, window_of(at))
     version = _version(terms, at)
-    m = run.mark
     if terms.charged and version is not None and version.monthly_fee > 0:
         month = month_key(as_of(at), terms.tz)
-        if m.fee_month != month:
+        if run.fee_month != month:
             run.fees.append(FeeCharge(month, version.monthly_fee, at))
-            m = replace(m, fee_month=month)
-    if m.last_register is None or m.last_measured_at is None:
-        run.mark = replace(m, last_measured_at=at, last_register=r.total, last_tou=r.tou)
+            run.fee_month = month
+    last_at, last_reg = run.last_measured_at, run.last_register
+    run.last_measured_at, run.last_register = at, total
+    if last_reg is None or last_at is None:
+        run.last_tou = r.tou
         return
     lim = terms.limits
-    elapsed = at - m.last_measured_at
+    elapsed = at - last_at
     ceiling = lim.max_rate * _hours(elapsed) + lim.slack
-    delta = r.total - m.last_register
+    delta = total - last_reg
     used: Decimal | None = None
-    stuck = m.stuck
     if elapsed > lim.gap:
         run.anomalies.append(
-            Anomaly(AnomalyKind.GAP, at, f"no reading for {elapsed} (since {m.last_measured_at})")
+            Anomaly(AnomalyKind.GAP, at, f"no reading for {elapsed} (since {last_at})")
         )
     if delta < 0:
-        wrapped = lim.register_modulus - m.last_register + r.total
+        wrapped = lim.register_modulus - last_reg + total
         if wrapped <= ceiling:
             used = wrapped
             run.anomalies.append(
                 Anomaly(
                     AnomalyKind.ROLLOVER,
                     at,
-                    f"register rolled over from {m.last_register} to {r.total}: {wrapped} charged",
+                    f"register rolled over from {last_reg} to {total}: {wrapped} charged",
                     wrapped,
                 )
             )
@@ -266,7 +311,7 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
                 Anomaly(
                     AnomalyKind.REGISTER_DOWN,
                     at,
-                    f"register went from {m.last_register} to {r.total}; not charged, re-based",
+                    f"register went from {last_reg} to {total}; not charged, re-based",
                 )
             )
     elif delta > ceiling:
@@ -281,24 +326,23 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
     else:
         used = delta
         if delta > 0:
-            stuck = False
-        elif r.power is not None and r.power > 0 and not stuck:
+            run.stuck = False
+        elif r.power is not None and r.power > 0 and not run.stuck:
             expected = r.power * _hours(elapsed)
             if expected >= lim.stuck_min:
-                stuck = True
+                run.stuck = True
                 run.anomalies.append(
                     Anomaly(
                         AnomalyKind.STUCK_REGISTER,
                         at,
-                        f"register still at {r.total} for {elapsed} while drawing {r.power} "
+                        f"register still at {total} for {elapsed} while drawing {r.power} "
                         f"(about {expected} expected)",
                     )
                 )
-    m = replace(m, last_measured_at=at, last_register=r.total, stuck=stuck)
     if used:
-        m = _charge(m, used, r, version, terms)
+        _charge(run, used, r, version, terms)
         run.consumption += used
-    run.mark = replace(m, last_tou=r.tou)
+    run.last_tou = r.tou
 
 
 def _tou_deltas(before: TouRegisters | None, now: TouRegisters | None) -> list[Decimal] | None:
@@ -309,15 +353,15 @@ def _tou_deltas(before: TouRegisters | None, now: TouRegisters | None) -> list[D
 
 
 def _charge(
-    m: RatingMark,
+    run: _Run,
     used: Decimal,
     r: RegisterReading,
     version: TariffVersion | None,
     terms: PointTerms,
-) -> RatingMark:
-    m = replace(m, consumption_total=m.consumption_total + used)
+) -> None:
+    run.consumption_total += used
     if not terms.charged:
-        return m
+        return
     if version is None:
         raise LookupError(f"no tariff version effective at {r.measured_at.isoformat()}")
     plan = version.plan
@@ -326,13 +370,13 @@ def _charge(
         exact = plan.charge(used)
     elif isinstance(plan, Tiered):
         cycle = cycle_key(plan.cycle, as_of(at), terms.tz)
-        before = m.cycle_consumption if m.cycle == cycle else Decimal(0)
+        before = run.cycle_consumption if run.cycle == cycle else Decimal(0)
         exact = plan.charge(before, used)
-        m = replace(m, cycle=cycle, cycle_consumption=before + used)
+        run.cycle, run.cycle_consumption = cycle, before + used
     else:
-        exact = _tou_charge(plan, used, m.last_tou, r, terms)
-    total = m.exact_total + exact
-    return replace(m, exact_total=total, billed_total=to_fen(total))
+        exact = _tou_charge(plan, used, run.last_tou, r, terms)
+    run.exact_total += exact
+    run.billed_total = to_fen(run.exact_total)
 
 
 def _tou_charge(

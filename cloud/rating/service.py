@@ -23,6 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.policy import PointFinance, SupplyState, desired_supply
 from cloud.control.service import CommandTiming, record_reported_many, steer_supply
+from cloud.db import pg_array, pg_text_array
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post_many
 from cloud.rating.core import (
@@ -75,12 +76,14 @@ _SELECT_STATES = sa.text(
     "sp.common_area, a.id AS account_id, a.number AS account_number, a.wallet_id, "
     "s.timezone FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
     "JOIN account a ON a.id = sp.account_id JOIN site s ON s.id = sp.site_id "
-    "WHERE rs.service_point_id = ANY(:ids) ORDER BY rs.service_point_id FOR UPDATE OF rs"
+    "WHERE rs.service_point_id = ANY(CAST(:ids AS uuid[])) ORDER BY rs.service_point_id "
+    "FOR UPDATE OF rs"
 )
 _INSERT_STATES = sa.text(
     "INSERT INTO rating_state (service_point_id, tenant_id, consumption_total, "
     "charge_exact_total, charge_billed_total, charge_posted_total, cycle_consumption, stuck) "
-    "SELECT id, tenant_id, 0, 0, 0, 0, 0, false FROM service_point WHERE id = ANY(:ids) "
+    "SELECT id, tenant_id, 0, 0, 0, 0, 0, false FROM service_point "
+    "WHERE id = ANY(CAST(:ids AS uuid[])) "
     "ON CONFLICT (service_point_id) DO NOTHING"
 )
 _UPDATE_STATES = sa.text(
@@ -120,9 +123,10 @@ async def _tariffs(conn: AsyncConnection, tariff_ids: set[uuid.UUID]) -> dict[uu
     rows = await conn.execute(
         sa.text(
             "SELECT tariff_id, effective_from, kind, unit_price, spec, monthly_fee "
-            "FROM tariff_version WHERE tariff_id = ANY(:ids) ORDER BY effective_from"
+            "FROM tariff_version WHERE tariff_id = ANY(CAST(:ids AS uuid[])) "
+            "ORDER BY effective_from"
         ),
-        {"ids": sorted(tariff_ids)},
+        {"ids": pg_array(sorted(tariff_ids))},
     )
     for r in rows:
         plan = plan_from_spec(r.kind, r.spec or {}, r.unit_price)
@@ -135,43 +139,51 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
     ids = sorted(set(point_ids))
     if not ids:
         return []
-    rows = (await conn.execute(_SELECT_STATES, {"ids": ids})).all()
+    arr = pg_array(ids)
+    rows = (await conn.execute(_SELECT_STATES, {"ids": arr})).all()
     if len(rows) < len(ids):
-        await conn.execute(_INSERT_STATES, {"ids": ids})
-        rows = (await conn.execute(_SELECT_STATES, {"ids": ids})).all()
+        await conn.execute(_INSERT_STATES, {"ids": arr})
+        rows = (await conn.execute(_SELECT_STATES, {"ids": arr})).all()
     tariffs = await _tariffs(conn, {r.tariff_id for r in rows})
-    return [
-        _Point(
-            id=r.service_point_id,
-            mark=RatingMark(
-                last_measured_at=r.last_measured_at,
-                last_register=r.last_register,
-                last_tou=_tou(r.last_tou),
-                consumption_total=r.consumption_total,
-                exact_total=r.charge_exact_total,
-                billed_total=r.charge_billed_total,
-                posted_total=r.charge_posted_total,
-                cycle=r.cycle,
-                cycle_consumption=r.cycle_consumption,
-                window_start=r.window_start,
-                fee_month=r.fee_month,
-                stuck=r.stuck,
-            ),
-            terms=PointTerms(
+    terms: dict[tuple[object, ...], PointTerms] = {}  # most points of a batch share terms
+    points = []
+    for r in rows:
+        key = (r.tariff_id, r.timezone, r.utility, r.max_rate, r.common_area)
+        t = terms.get(key)
+        if t is None:
+            t = terms[key] = PointTerms(
                 tariffs[r.tariff_id],
                 ZoneInfo(r.timezone),
                 limits_for(r.utility, r.max_rate),
                 charged=not r.common_area,
-            ),
-            utility=r.utility,
-            wallet=ledger.wallet(r.account_id, r.account_number),
-            wallet_id=r.wallet_id,
-            control_mode=r.control_mode,
-            credit_limit=r.credit_limit,
-            channel_id=r.channel_id,
+            )
+        points.append(
+            _Point(
+                id=r.service_point_id,
+                mark=RatingMark(
+                    r.last_measured_at,
+                    r.last_register,
+                    _tou(r.last_tou),
+                    r.consumption_total,
+                    r.charge_exact_total,
+                    r.charge_billed_total,
+                    r.charge_posted_total,
+                    r.cycle,
+                    r.cycle_consumption,
+                    r.window_start,
+                    r.fee_month,
+                    r.stuck,
+                ),
+                terms=t,
+                utility=r.utility,
+                wallet=ledger.wallet(r.account_id, r.account_number),
+                wallet_id=r.wallet_id,
+                control_mode=r.control_mode,
+                credit_limit=r.credit_limit,
+                channel_id=r.channel_id,
+            )
         )
-        for r in rows
-    ]
+    return points
 
 
 def _tou_text(tou: tuple[Decimal, ...] | None) -> str | None:
@@ -201,20 +213,20 @@ async def persist(
     await conn.execute(
         _UPDATE_STATES,
         {
-            "p": [p.id for p, _, _ in marks],
-            "at": [m.last_measured_at for _, m, _ in marks],
-            "reg": [m.last_register for _, m, _ in marks],
-            "tou": [_tou_text(m.last_tou) for _, m, _ in marks],
-            "ct": [m.consumption_total for _, m, _ in marks],
-            "ex": [m.exact_total for _, m, _ in marks],
-            "bi": [m.billed_total for _, m, _ in marks],
-            "po": [m.posted_total for _, m, _ in marks],
-            "cy": [m.cycle for _, m, _ in marks],
-            "cc": [m.cycle_consumption for _, m, _ in marks],
-            "ws": [m.window_start for _, m, _ in marks],
-            "fm": [m.fee_month for _, m, _ in marks],
-            "st": [m.stuck for _, m, _ in marks],
-            "ch": [ch for _, _, ch in marks],
+            "p": pg_array(p.id for p, _, _ in marks),
+            "at": pg_array(m.last_measured_at for _, m, _ in marks),
+            "reg": pg_array(m.last_register for _, m, _ in marks),
+            "tou": pg_text_array(_tou_text(m.last_tou) for _, m, _ in marks),
+            "ct": pg_array(m.consumption_total for _, m, _ in marks),
+            "ex": pg_array(m.exact_total for _, m, _ in marks),
+            "bi": pg_array(m.billed_total for _, m, _ in marks),
+            "po": pg_array(m.posted_total for _, m, _ in marks),
+            "cy": pg_text_array(m.cycle for _, m, _ in marks),
+            "cc": pg_array(m.cycle_consumption for _, m, _ in marks),
+            "ws": pg_array(m.window_start for _, m, _ in marks),
+            "fm": pg_text_array(m.fee_month for _, m, _ in marks),
+            "st": pg_array(m.stuck for _, m, _ in marks),
+            "ch": pg_array(ch for _, _, ch in marks),
         },
     )
     orders = [(p, a, ch or p.channel_id) for p, o, ch in outcomes for a in o.anomalies]
@@ -224,10 +236,10 @@ async def persist(
             {
                 "t": tenant_id,
                 "now": now,
-                "k": [a.kind.value for _, a, _ in orders],
-                "p": [p.id for p, _, _ in orders],
-                "c": [ch for _, _, ch in orders],
-                "d": [_detail(a) for _, a, _ in orders],
+                "k": pg_text_array(a.kind.value for _, a, _ in orders),
+                "p": pg_array(p.id for p, _, _ in orders),
+                "c": pg_array(ch for _, _, ch in orders),
+                "d": pg_text_array(_detail(a) for _, a, _ in orders),
             },
         )
         report.anomalies = [a for _, a, _ in orders]
@@ -291,12 +303,12 @@ async def _steer(
     balances = dict(moved)
     if missing:
         rows = await conn.execute(
-            sa.text("SELECT id, balance FROM ledger_account WHERE id = ANY(:ids)"),
-            {"ids": missing},
+            sa.text("SELECT id, balance FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[]))"),
+            {"ids": pg_array(missing)},
         )
         balances.update({r[0]: r[1] for r in rows})
     channels = [ch for _, ch in points if ch is not None]
-    twins = {r[0]: (r[1], r[2]) for r in await conn.execute(_TWINS, {"ch": channels})}
+    twins = {r[0]: (r[1], r[2]) for r in await conn.execute(_TWINS, {"ch": pg_array(channels)})}
     commands = 0
     for p, ch in points:
         assert ch is not None

@@ -28,10 +28,17 @@ async def _gw(db: Database, group: Seeded) -> str:
         return str(await conn.scalar(sa.text("SELECT code FROM gateway")))
 
 
-async def feed(db: Database, group: Seeded, readings: list[Reading], seq: int = 1) -> IngestResult:
+async def feed(
+    db: Database,
+    group: Seeded,
+    readings: list[Reading],
+    seq: int = 1,
+    service: IngestService | None = None,
+) -> IngestResult:
     gw = await _gw(db, group)
     batch = TelemetryBatch(gateway=gw, boot_id="b", seq=seq, sent_at=T0, readings=tuple(readings))
-    return await IngestService(db, TIMING).store_telemetry(gw, batch, datetime.now(UTC))
+    service = service or IngestService(db, TIMING)
+    return await service.store_telemetry(gw, batch, datetime.now(UTC))
 
 
 def r(minutes: float, total: str, **kw: object) -> Reading:
@@ -135,7 +142,8 @@ async def test_late_and_out_of_order_readings_never_double_charge(
 async def test_meter_swap_charges_the_final_reading_and_rebases_on_the_new_meter(
     db: Database, group: Seeded
 ) -> None:
-    await feed(db, group, [r(0, "500.00")])
+    ingest = IngestService(db, TIMING)  # one worker throughout: its registry cache must notice
+    await feed(db, group, [r(0, "500.00")], service=ingest)
     async with db.tenant(group.tenant_id) as conn:
         device = uuid.uuid4()
         await conn.execute(
@@ -166,7 +174,7 @@ async def test_meter_swap_charges_the_final_reading_and_rebases_on_the_new_meter
     assert [k for k, _ in kinds] == ["meter_swap"]
     assert "final 503" in kinds[0][1]["detail"] and "initial 0.4" in kinds[0][1]["detail"]
     # the old meter's readings no longer rate; the new one's do, from its initial reading
-    await feed(db, group, [r(45, "520.00"), r(60, "2.40", device="m1-new")], seq=2)
+    await feed(db, group, [r(45, "520.00"), r(60, "2.40", device="m1-new")], seq=2, service=ingest)
     assert await balance(db, group) == Decimal("5.00")
     async with db.tenant(group.tenant_id) as conn:
         bindings = (

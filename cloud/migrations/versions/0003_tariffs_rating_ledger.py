@@ -16,6 +16,7 @@ depends_on = None
 
 REGISTER = sa.Numeric(16, 3)
 MONEY = sa.Numeric(14, 2)
+REGISTRY_TABLES = ("device", "channel", "binding")
 ENTRY_KINDS = (
     "topup",
     "usage",
@@ -90,8 +91,30 @@ def upgrade() -> None:
         "(kind = 'reversal') = (reverses IS NOT NULL)",
     )
 
+    # Ingest caches each gateway's device → channel → service point map; any change to
+    # devices, channels or bindings bumps the tenant's "registry" counter, which the ingest
+    # compares (one tiny query) instead of re-reading the whole map for every batch.
+    op.execute("""
+    CREATE FUNCTION prepay_registry_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+    DECLARE t uuid;
+    BEGIN
+      t := CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END;
+      INSERT INTO tenant_counter (tenant_id, name, value) VALUES (t, 'registry', 1)
+        ON CONFLICT (tenant_id, name) DO UPDATE SET value = tenant_counter.value + 1;
+      RETURN NULL;
+    END $$
+    """)
+    for table in REGISTRY_TABLES:
+        op.execute(
+            f"CREATE TRIGGER {table}_registry_changed AFTER INSERT OR UPDATE OR DELETE ON {table} "
+            "FOR EACH ROW EXECUTE FUNCTION prepay_registry_changed()"
+        )
+
 
 def downgrade() -> None:
+    for table in REGISTRY_TABLES:
+        op.execute(f"DROP TRIGGER {table}_registry_changed ON {table}")
+    op.execute("DROP FUNCTION prepay_registry_changed()")
     op.drop_constraint("journal_entry_reversal_linked", "journal_entry")
     op.drop_constraint("journal_entry_kind", "journal_entry")
     op.drop_column("ledger_account", "unposted")
