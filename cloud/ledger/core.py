@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
+from functools import lru_cache
 
 from cloud.money import FEN
 
@@ -75,6 +76,7 @@ class AccountRef:
         return NORMAL_SIDE[self.kind]
 
 
+@lru_cache(maxsize=65536)
 def wallet(account_id: uuid.UUID, number: str) -> AccountRef:
     return AccountRef(f"wallet:{account_id}", AccountKind.WALLET, f"Wallet {number}")
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -210,7 +211,7 @@ async def apply_deltas(
 ) -> dict[uuid.UUID, Decimal]:
     """Move cached (live balance, unposted) by ``deltas``, locking accounts in id order;
     return the new live balances."""
-    moving = sorted(k for k, (b, u) in deltas.items() if b != 0 or u != 0)
+    moving = sorted((k for k, (b, u) in deltas.items() if b != 0 or u != 0), key=attrgetter("int"))
     if not moving:
         return {}
     await conn.execute(_LOCK, {"ids": pg_array(moving)})

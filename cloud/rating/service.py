@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from operator import attrgetter
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -69,13 +70,18 @@ class _Point:
     control_mode: str
     credit_limit: Decimal
     channel_id: uuid.UUID | None
+    twin: tuple[str | None, str | None, datetime | None]  # desired, reported, reported at
 
 
+_BY_INT = attrgetter("int")  # PostgreSQL's uuid order, without uuid.__lt__ in Python
 _SELECT_STATES = sa.text(
     "SELECT rs.*, sp.tariff_id, sp.utility, sp.credit_limit, sp.control_mode, sp.max_rate, "
     "sp.common_area, a.id AS account_id, a.number AS account_number, a.wallet_id, "
-    "s.timezone FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
+    "s.timezone, tw.desired AS twin_desired, tw.reported AS twin_reported, "
+    "tw.reported_at AS twin_reported_at "
+    "FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
     "JOIN account a ON a.id = sp.account_id JOIN site s ON s.id = sp.site_id "
+    "LEFT JOIN supply_twin tw ON tw.channel_id = rs.channel_id "
     "WHERE rs.service_point_id = ANY(CAST(:ids AS uuid[])) ORDER BY rs.service_point_id "
     "FOR UPDATE OF rs"
 )
@@ -107,7 +113,8 @@ _INSERT_WORK_ORDERS = sa.text(
     "CAST(:d AS text[])) AS v(k, p, c, d)"
 )
 _TWINS = sa.text(
-    "SELECT v.ch, tw.desired, tw.reported FROM unnest(CAST(:ch AS uuid[])) AS v(ch) "
+    "SELECT v.ch, tw.desired, tw.reported, tw.reported_at "
+    "FROM unnest(CAST(:ch AS uuid[])) AS v(ch) "
     "LEFT JOIN supply_twin tw ON tw.channel_id = v.ch"
 )
 
@@ -136,7 +143,7 @@ async def _tariffs(conn: AsyncConnection, tariff_ids: set[uuid.UUID]) -> dict[uu
 
 async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> list[_Point]:
     """Lock the points' marks (in id order) and load what rating them needs."""
-    ids = sorted(set(point_ids))
+    ids = sorted(set(point_ids), key=_BY_INT)
     if not ids:
         return []
     arr = pg_array(ids)
@@ -181,6 +188,7 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
                 control_mode=r.control_mode,
                 credit_limit=r.credit_limit,
                 channel_id=r.channel_id,
+                twin=(r.twin_desired, r.twin_reported, r.twin_reported_at),
             )
         )
     return points
@@ -286,7 +294,9 @@ async def persist(
         if p.control_mode == "cloud" and p.terms.charged and (ch or p.channel_id)
     ]
     if cloud:
-        report.commands = await _steer(conn, tenant_id, cloud, batch.balances, now, timing)
+        report.commands = await _steer(
+            conn, tenant_id, cloud, batch.balances, reported or {}, now, timing
+        )
     return report
 
 
@@ -295,11 +305,13 @@ async def _steer(
     tenant_id: uuid.UUID,
     points: list[tuple[_Point, uuid.UUID | None]],
     moved: dict[uuid.UUID, Decimal],
+    reported: Reported,
     now: datetime,
     timing: CommandTiming,
 ) -> int:
-    """Steer supply where the desired state differs from the twin's desired or reported."""
-    missing = sorted({p.wallet_id for p, _ in points} - set(moved))
+    """Steer supply where the desired state differs from the twin's desired or reported
+    (the twins were read with the marks; this batch's reports are newer where newer)."""
+    missing = sorted({p.wallet_id for p, _ in points} - set(moved), key=_BY_INT)
     balances = dict(moved)
     if missing:
         rows = await conn.execute(
@@ -307,15 +319,25 @@ async def _steer(
             {"ids": pg_array(missing)},
         )
         balances.update({r[0]: r[1] for r in rows})
-    channels = [ch for _, ch in points if ch is not None]
-    twins = {r[0]: (r[1], r[2]) for r in await conn.execute(_TWINS, {"ch": pg_array(channels)})}
+    moved_channel = [ch for p, ch in points if ch is not None and ch != p.channel_id]
+    twins = (
+        {
+            r[0]: (r[1], r[2], r[3])
+            for r in await conn.execute(_TWINS, {"ch": pg_array(moved_channel)})
+        }
+        if moved_channel
+        else {}
+    )
     commands = 0
     for p, ch in points:
         assert ch is not None
         decision = desired_supply(PointFinance(balances[p.wallet_id], p.credit_limit))
-        desired, reported = twins.get(ch, (None, None))
+        desired, state, state_at = twins.get(ch, p.twin) if ch != p.channel_id else p.twin
+        news = reported.get(ch)
+        if news is not None and (state_at is None or state_at <= news[0]):
+            state = news[1].value
         want = decision.supply.value
-        if desired == want and reported == want:
+        if desired == want and state == want:
             continue  # converged: nothing to do, no round trip
         if await steer_supply(conn, tenant_id, ch, decision, now, timing):
             commands += 1
