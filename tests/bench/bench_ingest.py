@@ -92,7 +92,9 @@ def _payload(gw: str, keys: list[str], step0: int, polls: int, t0: datetime, seq
     ).encode()
 
 
-def _worker(url: str, mqtt_url: str, prefix: str, group: str, name: str, done: object) -> None:
+def _worker(
+    url: str, mqtt_url: str, prefix: str, group: str, name: str, done: object, ready: object
+) -> None:
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -110,9 +112,17 @@ def _worker(url: str, mqtt_url: str, prefix: str, group: str, name: str, done: o
                 done.value += 1  # type: ignore[attr-defined]
 
         consumer.handle = counted  # type: ignore[method-assign]
+
+        async def subscribed() -> None:
+            await consumer.ready.wait()
+            with ready.get_lock():  # type: ignore[attr-defined]
+                ready.value += 1  # type: ignore[attr-defined]
+
+        announce = asyncio.create_task(subscribed())
         try:
             await consumer.run()
         finally:
+            announce.cancel()
             await db.dispose()
 
     try:
@@ -204,13 +214,19 @@ def main(argv: list[str] | None = None) -> int:
         topics = Topics(prefix)
         ctx = mp.get_context("spawn")
         done = ctx.Value("q", 0)
+        ready = ctx.Value("q", 0)
         for w in range(args.workers):
             p = ctx.Process(
-                target=_worker, args=(url, mqtt_url, prefix, "bench", f"bench-w{w}", done)
+                target=_worker, args=(url, mqtt_url, prefix, "bench", f"{prefix}-w{w}", done, ready)
             )
             p.start()
             procs.append(p)
-        time.sleep(3.0)  # let the workers subscribe
+        # A shared subscription with no subscriber yet drops what is published to it.
+        deadline = time.monotonic() + 120
+        while ready.value < args.workers:
+            if time.monotonic() > deadline or not all(p.is_alive() for p in procs):
+                raise SystemExit("ingest workers did not subscribe")
+            time.sleep(0.1)
 
         addr = BrokerAddress.parse(mqtt_url)
         pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"{prefix}-pub")
