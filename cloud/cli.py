@@ -33,7 +33,10 @@ def main(argv: list[str] | None = None) -> int:
     api = sub.add_parser("api", help="serve the REST API and console")
     api.add_argument("--port", type=int, default=None)
     sub.add_parser("ingest", help="consume gateway telemetry and acks (scale horizontally)")
-    sub.add_parser("worker", help="dispatch commands to gateways (scale horizontally)")
+    sub.add_parser(
+        "worker",
+        help="dispatch commands to gateways and journal closed usage windows (scale horizontally)",
+    )
     chk = sub.add_parser("check", help="verify ledger invariants; non-zero exit on any breach")
     chk.add_argument("--tenant", help="property group slug (default: all)")
     args = parser.parse_args(argv)
@@ -88,9 +91,16 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 settings.mqtt_shared_group,
             ).run()
         elif args.cmd == "worker":
-            from cloud.control.dispatcher import Dispatcher
+            from datetime import UTC, datetime
 
-            await Dispatcher(wiring.db, settings.mqtt_url, topics, wiring.services.timing).run()
+            from cloud.control.dispatcher import Dispatcher
+            from cloud.rating.service import close_usage_windows_forever
+
+            timing = wiring.services.timing
+            await asyncio.gather(
+                Dispatcher(wiring.db, settings.mqtt_url, topics, timing).run(),
+                close_usage_windows_forever(wiring.db, timing, lambda: datetime.now(UTC)),
+            )
         return 0
     finally:
         await wiring.db.dispose()

@@ -8,12 +8,14 @@ monthly fees), one query of supply twins — and a command only where supply mus
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from operator import attrgetter
 from typing import Any
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.policy import PointFinance, SupplyState, desired_supply
 from cloud.control.service import CommandTiming, record_reported_many, steer_supply
-from cloud.db import pg_array, pg_text_array
+from cloud.db import Database, pg_array, pg_text_array
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post_many
 from cloud.rating.core import (
@@ -39,6 +41,7 @@ from cloud.rating.core import (
 )
 from cloud.tariffs.core import Tariff, TariffVersion, plan_from_spec
 
+log = logging.getLogger(__name__)
 Reported = dict[uuid.UUID, tuple[datetime, SupplyState]]  # channel → (at, state)
 
 
@@ -411,3 +414,28 @@ async def post_closed_windows(
         return None if posting is None else RatingOutcome(mark, postings=(posting,))
 
     return await apply_to_points(conn, tenant_id, due, step, now, timing, "rating")
+
+
+async def close_usage_windows(db: Database, now: datetime, timing: CommandTiming) -> Decimal:
+    """Journal every tenant's usage windows that ended by ``now``; returns the amount."""
+    journaled = Decimal(0)
+    for tenant_id in await db.tenant_ids():
+        async with db.tenant(tenant_id) as conn:
+            journaled += (await post_closed_windows(conn, tenant_id, now, timing)).journaled
+    return journaled
+
+
+async def close_usage_windows_forever(
+    db: Database,
+    timing: CommandTiming,
+    clock: Callable[[], datetime],
+    every: timedelta = timedelta(minutes=5),
+) -> None:
+    """The periodic job `prepay worker` runs: the journal catches up with live balances
+    within ``every`` of a window's end, even for a point whose meter went quiet."""
+    while True:
+        try:
+            await close_usage_windows(db, clock(), timing)
+        except Exception:
+            log.exception("closing usage windows failed; retrying in %s", every)
+        await asyncio.sleep(every.total_seconds())

@@ -15,7 +15,7 @@ from cloud.check import check
 from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.ingest.service import IngestResult, IngestService
-from cloud.rating.service import post_closed_windows
+from cloud.rating.service import close_usage_windows, post_closed_windows
 from cloud.registry.service import MeterSwap, Seeded, swap_meter
 from contract.mqtt import Reading, TelemetryBatch
 
@@ -286,3 +286,38 @@ async def test_a_new_price_version_never_rerates_what_was_rated(
     await feed(db, group, [r(60, "13.00")], seq=2)
     assert await balance(db, group) == Decimal("10.00") - 2 - 2
     await assert_books_close(db, group)
+
+
+async def test_the_worker_job_journals_windows_that_ended_and_only_those(
+    db: Database, group: Seeded
+) -> None:
+    await feed(db, group, [r(0, "10.00"), r(30, "11.00"), r(90, "12.50")])
+    # 10:00–11:00 closed when the 11:30 reading came; 11:00–12:00 is still open
+    async with db.tenant(group.tenant_id) as conn:
+        usage = await conn.scalar(sa.text("SELECT count(*) FROM journal_entry WHERE kind='usage'"))
+    assert usage == 1
+    assert await close_usage_windows(db, T0 + timedelta(minutes=119), TIMING) >= 0
+    async with db.tenant(group.tenant_id) as conn:
+        assert (
+            await conn.scalar(sa.text("SELECT count(*) FROM journal_entry WHERE kind='usage'")) == 1
+        )
+    await close_usage_windows(db, T0 + timedelta(minutes=120), TIMING)
+    async with db.tenant(group.tenant_id) as conn:
+        amounts = (
+            (
+                await conn.execute(
+                    sa.text(
+                        "SELECT p.amount FROM journal_entry e JOIN posting p ON p.entry_id = e.id "
+                        "WHERE e.kind = 'usage' AND p.amount > 0 ORDER BY e.effective_at"
+                    )
+                )
+            )
+            .scalars()
+            .all()
+        )
+        unposted = await conn.scalar(
+            sa.text("SELECT unposted FROM ledger_account WHERE kind = 'wallet'")
+        )
+    assert amounts == [Decimal("1.00"), Decimal("1.50")] and unposted == 0
+    assert await balance(db, group) == Decimal("7.50")
+    assert (await check(db, [group.tenant_id])).ok
