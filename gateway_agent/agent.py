@@ -32,11 +32,19 @@ from contract.mqtt import (
     dump,
 )
 from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
-from gateway_agent.drivers import DecodeFailure, DeviceException, DeviceTimeout, DriverError
-from gateway_agent.drivers.modbus import ModbusTcpBus
+from gateway_agent.drivers import (
+    Answer,
+    DecodeFailure,
+    DeviceException,
+    DeviceTimeout,
+    DriverError,
+    Unsupported,
+    Values,
+)
+from gateway_agent.drivers.factory import make_driver
 from gateway_agent.outbox import Outbox
 from meter_profiles.decode import supply_on
-from meter_profiles.schema import Profile
+from meter_profiles.schema import AnyProfile
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +71,12 @@ class BusStats:
 class BusRunner:
     """Owns one bus: polls its devices in turn; commands take the bus between two reads."""
 
-    def __init__(self, cfg: BusConfig, profiles: dict[str, Profile], agent: Agent) -> None:
+    def __init__(self, cfg: BusConfig, profiles: dict[str, AnyProfile], agent: Agent) -> None:
         self.cfg = cfg
         self.agent = agent
+        self.driver = make_driver(cfg, profiles)
         self.profiles = {d.key: profiles[d.profile] for d in cfg.devices}
         self.devices = {d.key: d for d in cfg.devices}
-        self.driver = ModbusTcpBus(cfg.host, cfg.port, cfg.timeout_s)
         self.lock = asyncio.Lock()
         self.stats = BusStats()
         self._due: dict[str, float] = {}
@@ -100,7 +108,7 @@ class BusRunner:
         at = self.agent.clock()
         self.stats.transactions += 1
         try:
-            values = await self.driver.read(dev.unit, profile)
+            values = await self.driver.read(dev, profile)
         except DriverError as exc:
             self._count_error(dev, exc)
             return []
@@ -124,30 +132,60 @@ class BusRunner:
             readings = await self.poll(dev)
             status = AckStatus.OK if readings else AckStatus.FAILED
             return self.agent.ack(cmd, status, "read" if readings else "no answer")
-        action = _SUPPLY_ACTIONS.get(cmd.action)
-        if action is None:
-            return self.agent.ack(cmd, AckStatus.FAILED, f"{cmd.action} not supported by this bus")
+        if cmd.channel > profile.channels:
+            return self.agent.ack(
+                cmd, AckStatus.INVALID, f"{profile.model} has no channel {cmd.channel}"
+            )
         async with self.lock:
             try:
-                await self.driver.control(dev.unit, profile, action, cmd.channel)
+                answer, done = await self._carry_out(cmd, dev, profile)
+            except Unsupported as exc:
+                return self.agent.ack(cmd, AckStatus.INVALID, str(exc))
             except DeviceException as exc:
-                return self.agent.ack(
-                    cmd, AckStatus.FAILED, str(exc), {"exception_code": str(exc.code)}
-                )
+                return self.agent.ack(cmd, AckStatus.FAILED, str(exc), exc.answer)
             except (DeviceTimeout, DecodeFailure) as exc:
                 return self.agent.ack(cmd, AckStatus.FAILED, str(exc))
             readings = await self._read(dev)
         if readings:
             self.agent.enqueue(readings)
         supply = next((r.supply for r in readings if r.channel == cmd.channel), None)
-        answer = {"supply": supply.value} if supply else {}
-        return self.agent.ack(cmd, AckStatus.OK, f"{action} done", answer, reported=supply)
+        if supply is not None:
+            answer = {**answer, "supply": supply.value}
+        return self.agent.ack(cmd, AckStatus.OK, done, answer, reported=supply)
+
+    async def _carry_out(
+        self, cmd: Command, dev: DeviceConfig, profile: AnyProfile
+    ) -> tuple[Answer, str]:
+        if cmd.action is CommandAction.RECHARGE:
+            amount, count = _recharge_params(cmd.params)
+            answer = await self.driver.recharge(dev, profile, amount, count)
+            return answer, f"recharged {amount} as purchase {count}"
+        if cmd.action is CommandAction.TIME_SYNC:
+            return await self.driver.time_sync(self.agent.clock()), "time set"
+        action = _SUPPLY_ACTIONS.get(cmd.action)
+        if action is None:
+            raise Unsupported(f"{cmd.action} is not supported")
+        answer = await self.driver.control(dev, profile, action, cmd.channel, cmd.deadline)
+        return answer, f"{action} done"
+
+
+def _recharge_params(params: dict[str, str]) -> tuple[Decimal, int]:
+    try:
+        amount = Decimal(params["amount"])
+        count = int(params["purchase_count"])
+    except (KeyError, ArithmeticError, ValueError) as exc:
+        raise Unsupported(
+            "recharge needs params amount (decimal string) and purchase_count (integer)"
+        ) from exc
+    if not amount.is_finite() or amount <= 0 or count <= 0:
+        raise Unsupported(f"recharge amount {amount} and purchase count {count} must be positive")
+    return amount, count
 
 
 def _reading(
     dev: DeviceConfig,
-    profile: Profile,
-    values: dict[tuple[str, int], Decimal],
+    profile: AnyProfile,
+    values: Values,
     ch: int,
     at: datetime,
 ) -> Reading:
@@ -163,8 +201,8 @@ def _reading(
         measured_at=at,
         total=q("total_energy") if profile.utility == "electricity" else q("total_volume"),
         tou=tou if all(v is not None for v in tou) else None,
-        voltage=q("voltage"),
-        current=q("current"),
+        voltage=q("voltage") if q("voltage") is not None else q("voltage_a"),
+        current=q("current") if q("current") is not None else q("current_a"),
         power=q("power"),
         supply=None if on is None else (Supply.ON if on else Supply.OFF),
         meter_balance=q("remaining_amount"),
@@ -176,19 +214,16 @@ class Agent:
     def __init__(
         self,
         cfg: AgentConfig,
-        profiles: dict[str, Profile],
+        profiles: dict[str, AnyProfile],
         clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
-        missing = {d.profile for b in cfg.buses for d in b.devices} - profiles.keys()
-        if missing:
-            raise ValueError(f"unknown meter profile(s): {sorted(missing)}")
         self.cfg = cfg
         self.clock = clock
         self.topics = Topics(cfg.mqtt_prefix)
         self.boot_id = uuid.uuid4().hex
         self.seq = 0
-        self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", cfg.queue_cap)
         self.buses = [BusRunner(b, profiles, self) for b in cfg.buses]
+        self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", cfg.queue_cap)
         self._bus_of = {d.key: bus for bus in self.buses for d in bus.cfg.devices}
         self._pending = asyncio.Event()
         self.connected = asyncio.Event()

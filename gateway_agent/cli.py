@@ -57,14 +57,27 @@ async def _run(path: Path) -> int:
 
 
 async def _sim(path: Path) -> int:
-    from meter_profiles.loader import load_profiles
-    from meter_profiles.simulators.bus import build, load_sim_bus
+    from meter_profiles.loader import ProfileError, load_profiles
+    from meter_profiles.simulators.bus import SimConfigError, load_sim_config, start_bus
 
-    sim = build(load_sim_bus(path), load_profiles())
-    await sim.start()
-    print(f"simulated bus on {sim.host}:{sim.port} with units {sorted(sim.meters)}", flush=True)
+    try:
+        cfg = load_sim_config(path)
+        profiles = load_profiles()
+        running = []
+        for bus in cfg.buses:
+            running.append(await start_bus(bus, profiles, cfg.speed))
+    except (SimConfigError, ProfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in running:
+        ids = [m.address if r.protocol != "modbus" else m.unit for m in r.meters]
+        print(
+            f"simulated bus {r.name}: {r.protocol} over {r.transport} at {r.where}, meters {ids}",
+            flush=True,
+        )
     try:
         await asyncio.Event().wait()
     finally:
-        await sim.stop()
+        for r in running:
+            await r.stop()
     return 0

@@ -20,25 +20,59 @@ class _Strict(BaseModel):
 
 
 class DeviceConfig(_Strict):
+    """One meter on a bus. Modbus meters are found by ``unit``; DL/T 645 meters by their
+    12-digit ``address`` and CJ/T 188 meters by their 14-digit one. DL/T 645 credentials
+    (password level, password, operator code) default to the profile's."""
+
     key: DeviceKey
     profile: str
     unit: Annotated[int, Field(ge=0, le=247)] = 1
+    address: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{12}([0-9A-Fa-f]{2})?$")
     poll_interval_s: float | None = Field(default=None, gt=0)
+    password_level: int | None = Field(default=None, ge=0, le=0xFF)
+    password: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{6}$")
+    operator_code: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8}$")
+
+    @property
+    def ident(self) -> str:
+        """How the device is addressed on its bus, for messages."""
+        return f"address {self.address}" if self.address else f"unit {self.unit}"
+
+
+class SerialPortConfig(_Strict):
+    """A local serial port (RS-485 adapter). Unset line settings come from the profiles."""
+
+    port: str
+    baudrate: int | None = Field(default=None, ge=300, le=115200)
+    parity: Literal["N", "E", "O"] | None = None
+    bytesize: Literal[7, 8] | None = None
+    stopbits: Literal[1, 2] | None = None
 
 
 class BusConfig(_Strict):
+    """``transport``: ``modbus_tcp`` (Modbus TCP, MBAP header), ``tcp`` (a serial-to-Ethernet
+    converter carrying the meters' own frames: Modbus RTU, DL/T 645 or CJ/T 188) or
+    ``serial`` (a local RS-485 port). All devices on one bus speak one protocol."""
+
     name: DeviceKey
-    transport: Literal["modbus_tcp"] = "modbus_tcp"
+    transport: Literal["modbus_tcp", "tcp", "serial"] = "modbus_tcp"
     host: str = "127.0.0.1"
     port: int = Field(default=502, ge=1, le=65535)
+    serial: SerialPortConfig | None = None
     timeout_s: float = Field(default=1.0, gt=0)
+    silence_s: float | None = Field(
+        default=None, ge=0, description="inter-frame silence; default 3.5 characters"
+    )
     devices: list[DeviceConfig]
 
     @model_validator(mode="after")
-    def _unique_units(self) -> BusConfig:
-        units = [d.unit for d in self.devices]
-        if len(units) != len(set(units)):
-            raise ValueError(f"bus {self.name}: two devices share a unit address")
+    def _unique_addresses(self) -> BusConfig:
+        if self.transport == "serial" and self.serial is None:
+            raise ValueError(f"bus {self.name}: transport serial needs a serial: section")
+        idents = [d.ident for d in self.devices]
+        dup = sorted({i for i in idents if idents.count(i) > 1})
+        if dup:
+            raise ValueError(f"bus {self.name}: two devices share {', '.join(dup)}")
         return self
 
 
