@@ -170,6 +170,42 @@ class GatewayState(_Payload):
     at: AwareDatetime | None = None
 
 
+class BusStats(BaseModel):
+    """One bus since the previous heartbeat (counters) and now (backlog)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    transactions: int = Field(ge=0)
+    timeouts: int = Field(ge=0)
+    errors: int = Field(ge=0)
+    utilisation: float = Field(ge=0, le=1, description="share of the interval the line was busy")
+    devices_backing_off: int = Field(default=0, ge=0)
+
+
+class EventKind(StrEnum):
+    HEARTBEAT = "heartbeat"
+    QUEUE_OVERFLOW = "queue_overflow"  # the outbox hit its cap and dropped readings
+    CONFIG_APPLIED = "config_applied"
+    CONFIG_REJECTED = "config_rejected"
+    DEVICE_OFFLINE = "device_offline"
+    DEVICE_ONLINE = "device_online"
+
+
+class GatewayEvent(_Payload):
+    """Something the gateway reports besides readings: heartbeats (with bus statistics and
+    the outbox backlog), queue overflow alarms, config applied / rejected, device health."""
+
+    gateway: GatewayId
+    boot_id: str = Field(min_length=1, max_length=64)
+    kind: EventKind
+    at: AwareDatetime
+    detail: str = ""
+    config_version: int | None = None
+    queue_depth: int | None = Field(default=None, ge=0)
+    dropped_total: int | None = Field(default=None, ge=0)
+    buses: dict[str, BusStats] = Field(default_factory=dict)
+    device: DeviceKey | None = None
+
+
 def schema_version(raw: bytes) -> int | None:
     """Read the ``v`` field of a payload without validating the rest (None if unreadable)."""
     try:

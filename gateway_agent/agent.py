@@ -10,20 +10,23 @@ import logging
 import ssl
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
 import aiomqtt
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from contract.mqtt import (
     Ack,
     AckStatus,
     BrokerAddress,
+    BusStats,
     Command,
     CommandAction,
     DownKind,
+    EventKind,
+    GatewayEvent,
     GatewayState,
     Reading,
     Supply,
@@ -37,16 +40,19 @@ from gateway_agent.drivers import (
     DecodeFailure,
     DeviceException,
     DeviceTimeout,
-    DriverError,
     Unsupported,
     Values,
 )
 from gateway_agent.drivers.factory import make_driver
-from gateway_agent.outbox import Outbox
+from gateway_agent.outbox import EVENT, READING, Outbox
+from gateway_agent.scheduler import BusScheduler
 from meter_profiles.decode import supply_on
 from meter_profiles.schema import AnyProfile
 
 log = logging.getLogger(__name__)
+
+QUEUE_DEPTH = Gauge("prepay_gateway_queue_depth", "Readings waiting in the on-disk outbox")
+DROPPED = Counter("prepay_gateway_readings_dropped_total", "Readings dropped at the outbox cap")
 
 Clock = Callable[[], datetime]
 _SUPPLY_ACTIONS = {
@@ -60,16 +66,9 @@ _SUPPLY_ACTIONS = {
 }
 
 
-@dataclass
-class BusStats:
-    transactions: int = 0
-    timeouts: int = 0
-    errors: int = 0
-    last_error: dict[str, str] = field(default_factory=dict)
-
-
 class BusRunner:
-    """Owns one bus: polls its devices in turn; commands take the bus between two reads."""
+    """One bus: its scheduler polls the devices; commands are submitted to the scheduler so
+    they run on the bus before the next poll, one transaction at a time."""
 
     def __init__(self, cfg: BusConfig, profiles: dict[str, AnyProfile], agent: Agent) -> None:
         self.cfg = cfg
@@ -77,53 +76,38 @@ class BusRunner:
         self.driver = make_driver(cfg, profiles)
         self.profiles = {d.key: profiles[d.profile] for d in cfg.devices}
         self.devices = {d.key: d for d in cfg.devices}
-        self.lock = asyncio.Lock()
-        self.stats = BusStats()
-        self._due: dict[str, float] = {}
+        self.scheduler = BusScheduler(
+            cfg,
+            self.driver,
+            profiles,
+            agent.cfg.poll_interval_s,
+            on_values=self._store,
+            on_health=agent.device_health,
+        )
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
-                now = loop.time()
-                for dev in self.cfg.devices:
-                    if self._due.get(dev.key, 0.0) <= now:
-                        interval = dev.poll_interval_s or self.agent.cfg.poll_interval_s
-                        self._due[dev.key] = now + interval
-                        await self.poll(dev)
-                next_due = min(self._due.values(), default=now + 1.0)
-                await asyncio.sleep(max(0.01, next_due - loop.time()))
-        finally:
-            await self.driver.close()
+        await self.scheduler.run()
 
-    async def poll(self, dev: DeviceConfig) -> list[Reading]:
-        async with self.lock:
-            readings = await self._read(dev)
-        if readings:
-            self.agent.enqueue(readings)
-        return readings
+    def _store(self, dev: DeviceConfig, values: Values) -> None:
+        self.agent.enqueue(self._readings(dev, values))
 
-    async def _read(self, dev: DeviceConfig) -> list[Reading]:
+    def _readings(self, dev: DeviceConfig, values: Values) -> list[Reading]:
         profile = self.profiles[dev.key]
         at = self.agent.clock()
-        self.stats.transactions += 1
-        try:
-            values = await self.driver.read(dev, profile)
-        except DriverError as exc:
-            self._count_error(dev, exc)
-            return []
-        self.stats.last_error.pop(dev.key, None)
         return [_reading(dev, profile, values, ch, at) for ch in range(1, profile.channels + 1)]
 
-    def _count_error(self, dev: DeviceConfig, exc: DriverError) -> None:
-        if isinstance(exc, DeviceTimeout):
-            self.stats.timeouts += 1
-        else:
-            self.stats.errors += 1
-        message = str(exc)
-        if self.stats.last_error.get(dev.key) != message:  # log once, then count
-            log.warning("device %s: %s", dev.key, message)
-            self.stats.last_error[dev.key] = message
+    async def poll(self, dev: DeviceConfig) -> list[Reading]:
+        """Read ``dev`` now (on the bus, before the next scheduled poll)."""
+
+        async def read() -> list[Reading]:
+            values = await self.scheduler.read(dev)
+            if values is None:
+                return []
+            readings = self._readings(dev, values)
+            self.agent.enqueue(readings)
+            return readings
+
+        return await self.scheduler.submit(read)
 
     async def execute(self, cmd: Command) -> Ack:
         dev = self.devices[cmd.device]
@@ -136,16 +120,25 @@ class BusRunner:
             return self.agent.ack(
                 cmd, AckStatus.INVALID, f"{profile.model} has no channel {cmd.channel}"
             )
-        async with self.lock:
-            try:
-                answer, done = await self._carry_out(cmd, dev, profile)
-            except Unsupported as exc:
-                return self.agent.ack(cmd, AckStatus.INVALID, str(exc))
-            except DeviceException as exc:
-                return self.agent.ack(cmd, AckStatus.FAILED, str(exc), exc.answer)
-            except (DeviceTimeout, DecodeFailure) as exc:
-                return self.agent.ack(cmd, AckStatus.FAILED, str(exc))
-            readings = await self._read(dev)
+        return await self.scheduler.submit(lambda: self._execute_on_bus(cmd, dev, profile))
+
+    async def _execute_on_bus(self, cmd: Command, dev: DeviceConfig, profile: AnyProfile) -> Ack:
+        if cmd.deadline <= self.agent.clock():  # it may have waited for the bus
+            return self.agent.ack(
+                cmd, AckStatus.EXPIRED, f"deadline {cmd.deadline.isoformat()} passed"
+            )
+        try:
+            answer, done = await self.scheduler.transaction(
+                dev, lambda: self._carry_out(cmd, dev, profile)
+            )
+        except Unsupported as exc:
+            return self.agent.ack(cmd, AckStatus.INVALID, str(exc))
+        except DeviceException as exc:
+            return self.agent.ack(cmd, AckStatus.FAILED, str(exc), exc.answer)
+        except (DeviceTimeout, DecodeFailure) as exc:
+            return self.agent.ack(cmd, AckStatus.FAILED, str(exc))
+        values = await self.scheduler.read(dev)
+        readings = self._readings(dev, values) if values is not None else []
         if readings:
             self.agent.enqueue(readings)
         supply = next((r.supply for r in readings if r.channel == cmd.channel), None)
@@ -226,30 +219,84 @@ class Agent:
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", cfg.queue_cap)
         self._bus_of = {d.key: bus for bus in self.buses for d in bus.cfg.devices}
         self._pending = asyncio.Event()
+        self._inflight: dict[str, asyncio.Future[Ack]] = {}
         self.connected = asyncio.Event()
 
     # -- outbox ---------------------------------------------------------------------
     def enqueue(self, readings: list[Reading]) -> None:
-        dropped = self.outbox.put("reading", [r.model_dump_json().encode() for r in readings])
+        dropped = self.outbox.put(READING, [r.model_dump_json().encode() for r in readings])
         if dropped:
+            DROPPED.inc(dropped)
             log.error(
-                "outbox over its cap: %d oldest readings dropped (%d in all)",
+                "outbox over its cap of %d: %d oldest readings dropped (%d in all)",
+                self.outbox.cap,
                 dropped,
                 self.outbox.dropped,
             )
+            self.event(
+                EventKind.QUEUE_OVERFLOW,
+                f"outbox cap {self.outbox.cap} reached: {dropped} oldest readings dropped",
+                dropped_total=self.outbox.dropped,
+            )
+        QUEUE_DEPTH.set(self.outbox.depth())
         self._pending.set()
+
+    def event(self, kind: EventKind, detail: str = "", **fields: object) -> None:
+        """Queue an event for the cloud (store-and-forward like readings, never dropped)."""
+        ev = GatewayEvent.model_validate(
+            {
+                "gateway": self.cfg.gateway,
+                "boot_id": self.boot_id,
+                "kind": kind,
+                "at": self.clock(),
+                "detail": detail,
+                **fields,
+            }
+        )
+        self.outbox.put(EVENT, [dump(ev)])
+        self._pending.set()
+
+    def device_health(self, dev: DeviceConfig, online: bool, detail: str) -> None:
+        kind = EventKind.DEVICE_ONLINE if online else EventKind.DEVICE_OFFLINE
+        self.event(kind, detail, device=dev.key)
 
     async def _publisher(self, mqtt: aiomqtt.Client) -> None:
         topic = self.topics.up(self.cfg.gateway, UpKind.TELEMETRY)
+        event_topic = self.topics.up(self.cfg.gateway, UpKind.EVENT)
         while True:
-            rows = self.outbox.peek("reading", self.cfg.publish_batch)
-            if not rows:
+            events = self.outbox.peek(EVENT, 50)
+            for i, body in events:
+                await mqtt.publish(event_topic, body, qos=1)
+                self.outbox.remove([i], EVENT)
+            rows = self.outbox.peek(READING, self.cfg.publish_batch)
+            if not rows and not events:
                 self._pending.clear()
                 await self._pending.wait()
                 continue
-            payload = self._batch([body for _, body in rows])
-            await mqtt.publish(topic, payload, qos=1)  # returns after the broker's PUBACK
-            self.outbox.remove([i for i, _ in rows])
+            if rows:
+                payload = self._batch([body for _, body in rows])
+                await mqtt.publish(topic, payload, qos=1)  # returns after the broker's PUBACK
+                self.outbox.remove([i for i, _ in rows])
+                QUEUE_DEPTH.set(self.outbox.depth())
+
+    def heartbeat(self) -> GatewayEvent:
+        return GatewayEvent(
+            gateway=self.cfg.gateway,
+            boot_id=self.boot_id,
+            kind=EventKind.HEARTBEAT,
+            at=self.clock(),
+            queue_depth=self.outbox.depth(),
+            dropped_total=self.outbox.dropped,
+            buses={
+                b.cfg.name: BusStats.model_validate(b.scheduler.take_stats()) for b in self.buses
+            },
+        )
+
+    async def _heartbeats(self, mqtt: aiomqtt.Client) -> None:
+        topic = self.topics.up(self.cfg.gateway, UpKind.EVENT)
+        while True:
+            await asyncio.sleep(self.cfg.heartbeat_s)
+            await mqtt.publish(topic, dump(self.heartbeat()), qos=0)
 
     def _batch(self, bodies: list[bytes]) -> bytes:
         self.seq += 1
@@ -281,7 +328,9 @@ class Agent:
         )
 
     async def handle_command(self, raw: bytes) -> Ack:
-        """Execute a command once per id; a repeat returns the stored ack untouched."""
+        """Execute a command at most once per id, across restarts: a repeat returns the
+        stored ack (``duplicate``) without touching the meter; a repeat that arrives while
+        the first is still on the bus waits for its result."""
         try:
             cmd = Command.model_validate_json(raw)
         except ValidationError as exc:
@@ -292,17 +341,43 @@ class Agent:
                 detail=f"invalid command: {exc.errors()[0]['msg']}",
                 at=self.clock(),
             )
-        stored = self.outbox.executed(str(cmd.id))
-        if stored is not None:
-            return Ack.model_validate_json(stored).model_copy(update={"duplicate": True})
-        if cmd.deadline <= self.clock():
-            ack = self.ack(cmd, AckStatus.EXPIRED, f"deadline {cmd.deadline.isoformat()} passed")
-        elif cmd.device not in self._bus_of:
-            ack = self.ack(cmd, AckStatus.INVALID, f"unknown device {cmd.device!r}")
-        else:
-            ack = await self._bus_of[cmd.device].execute(cmd)
-        self.outbox.remember(str(cmd.id), dump(ack))
-        return ack
+        key = str(cmd.id)
+        running = self._inflight.get(key)
+        if running is not None:
+            ack = await asyncio.shield(running)
+            return ack.model_copy(update={"duplicate": True})
+        first, stored = self.outbox.begin(key)
+        if not first:
+            if stored is not None:
+                return Ack.model_validate_json(stored).model_copy(update={"duplicate": True})
+            ack = self.ack(
+                cmd,
+                AckStatus.FAILED,
+                "interrupted by a restart before the meter answered; not repeated "
+                "(send a new command after checking the meter)",
+            )
+            self.outbox.remember(key, dump(ack))
+            return ack
+        future: asyncio.Future[Ack] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = future
+        try:
+            if cmd.deadline <= self.clock():
+                ack = self.ack(
+                    cmd, AckStatus.EXPIRED, f"deadline {cmd.deadline.isoformat()} passed"
+                )
+            elif cmd.device not in self._bus_of:
+                ack = self.ack(cmd, AckStatus.INVALID, f"unknown device {cmd.device!r}")
+            else:
+                ack = await self._bus_of[cmd.device].execute(cmd)
+            self.outbox.remember(key, dump(ack))
+            future.set_result(ack)
+            return ack
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self._inflight[key]
 
     async def _commands(self, mqtt: aiomqtt.Client) -> None:
         ack_topic = self.topics.up(self.cfg.gateway, UpKind.ACK)
@@ -368,6 +443,7 @@ class Agent:
             tasks = [
                 asyncio.create_task(self._publisher(mqtt)),
                 asyncio.create_task(self._commands(mqtt)),
+                asyncio.create_task(self._heartbeats(mqtt)),
             ]
             try:
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)

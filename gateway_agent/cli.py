@@ -1,4 +1,4 @@
-"""`prepay-gateway`: the gateway agent's command line (run, sim, decode)."""
+"""`prepay-gateway`: the gateway agent's command line (run, sim, scan, decode)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
 
         code: int = decode_main(argv[1:])
         return code
+    if argv[:1] == ["scan"]:
+        from gateway_agent.scan import main as scan_main
+
+        return scan_main(argv[1:])
     parser = argparse.ArgumentParser(prog="prepay-gateway", description="PrepayCloud gateway agent")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -24,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("sim", help="serve a bus of simulated meters from a YAML file")
     sim.add_argument("--config", type=Path, required=True)
     sub.add_parser("decode", help="decode a captured frame (DL/T 645, CJ/T 188, Modbus RTU)")
+    sub.add_parser("scan", help="find the meters on a bus and print a config snippet")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

@@ -151,6 +151,14 @@ class ModbusRecharge(_Strict):
     verified: bool = True
 
 
+class Identity(_Strict):
+    """How ``prepay-gateway scan`` recognises the model: ``quantity`` reads ``value``."""
+
+    quantity: str
+    value: int
+    verified: bool = True
+
+
 class ModbusProfile(_ProfileBase):
     protocol: Literal["modbus"]
     channel_stride: int = Field(default=0, ge=0, description="register offset between channels")
@@ -165,10 +173,13 @@ class ModbusProfile(_ProfileBase):
     )
     controls: dict[ControlName, RegisterWrite] = Field(default_factory=dict)
     recharge: ModbusRecharge | None = None
+    identity: Identity | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> ModbusProfile:
         self._check_common(set(self.quantities), set(self.controls))
+        if self.identity is not None and self.identity.quantity not in self.quantities:
+            raise ValueError(f"identity.quantity {self.identity.quantity!r} is not a quantity")
         unknown = self.shared - self.quantities.keys()
         if unknown:
             raise ValueError(f"shared names unknown quantities: {sorted(unknown)}")

@@ -60,7 +60,8 @@ class LineStats:
 class Responder(Protocol):
     """A protocol's meter side: looks at the head of the receive buffer."""
 
-    faults: Faults
+    @property
+    def faults(self) -> Faults: ...
 
     def respond(self, buffer: bytes) -> tuple[int, bytes | None] | None:
         """``None``: the frame is incomplete, wait for more bytes. Otherwise ``(consumed,
