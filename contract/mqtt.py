@@ -143,6 +143,16 @@ class Command(_Payload):
     deadline: AwareDatetime
 
 
+class ConfigPush(_Payload):
+    """A versioned configuration for one gateway, retained on its ``down/config`` topic. The
+    gateway applies a higher version than it runs and answers with an ack carrying ``id``."""
+
+    id: UUID
+    version: int = Field(ge=1)
+    config: dict[str, Any]
+    issued_at: AwareDatetime
+
+
 class AckStatus(StrEnum):
     OK = "ok"  # executed; the meter confirmed
     FAILED = "failed"  # executed but the meter refused or did not answer

@@ -7,14 +7,16 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 import ssl
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
-from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
 from contract.mqtt import (
@@ -24,6 +26,7 @@ from contract.mqtt import (
     BusStats,
     Command,
     CommandAction,
+    ConfigPush,
     DownKind,
     EventKind,
     GatewayEvent,
@@ -34,7 +37,14 @@ from contract.mqtt import (
     UpKind,
     dump,
 )
-from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
+from gateway_agent.config import (
+    AgentConfig,
+    BusConfig,
+    ConfigError,
+    DeviceConfig,
+    TlsConfig,
+    merge_pushed,
+)
 from gateway_agent.drivers import (
     Answer,
     DecodeFailure,
@@ -47,12 +57,11 @@ from gateway_agent.drivers.factory import make_driver
 from gateway_agent.outbox import EVENT, READING, Outbox
 from gateway_agent.scheduler import BusScheduler
 from meter_profiles.decode import supply_on
+from meter_profiles.loader import PROFILE_ADAPTER
 from meter_profiles.schema import AnyProfile
 
 log = logging.getLogger(__name__)
 
-QUEUE_DEPTH = Gauge("prepay_gateway_queue_depth", "Readings waiting in the on-disk outbox")
-DROPPED = Counter("prepay_gateway_readings_dropped_total", "Readings dropped at the outbox cap")
 
 Clock = Callable[[], datetime]
 _SUPPLY_ACTIONS = {
@@ -210,23 +219,41 @@ class Agent:
         profiles: dict[str, AnyProfile],
         clock: Clock = lambda: datetime.now(UTC),
     ) -> None:
-        self.cfg = cfg
         self.clock = clock
         self.topics = Topics(cfg.mqtt_prefix)
         self.boot_id = uuid.uuid4().hex
         self.seq = 0
-        self.buses = [BusRunner(b, profiles, self) for b in cfg.buses]
+        self.base_profiles = profiles
+        self.cfg = cfg
+        self.buses: list[BusRunner] = []
+        self._bus_of: dict[str, BusRunner] = {}
+        pushed = _load_pushed(cfg)
+        self._install(pushed or cfg)  # a persisted pushed config outranks the local file
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", cfg.queue_cap)
-        self._bus_of = {d.key: bus for bus in self.buses for d in bus.cfg.devices}
         self._pending = asyncio.Event()
         self._inflight: dict[str, asyncio.Future[Ack]] = {}
+        self._bus_tasks: list[asyncio.Task[None]] = []
+        self._command_tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
+
+    def _install(self, cfg: AgentConfig) -> None:
+        """Build the buses of ``cfg`` (raises ConfigError / ValueError, changing nothing)."""
+        profiles = dict(self.base_profiles)
+        for doc in cfg.profiles:
+            try:
+                p = PROFILE_ADAPTER.validate_python(doc)
+            except ValidationError as exc:
+                raise ConfigError(f"pushed profile: {exc.errors()[0]['msg']}") from exc
+            profiles[p.model] = p
+        buses = [BusRunner(b, profiles, self) for b in cfg.buses]
+        self.cfg = cfg
+        self.buses = buses
+        self._bus_of = {d.key: bus for bus in buses for d in bus.cfg.devices}
 
     # -- outbox ---------------------------------------------------------------------
     def enqueue(self, readings: list[Reading]) -> None:
         dropped = self.outbox.put(READING, [r.model_dump_json().encode() for r in readings])
         if dropped:
-            DROPPED.inc(dropped)
             log.error(
                 "outbox over its cap of %d: %d oldest readings dropped (%d in all)",
                 self.outbox.cap,
@@ -238,7 +265,6 @@ class Agent:
                 f"outbox cap {self.outbox.cap} reached: {dropped} oldest readings dropped",
                 dropped_total=self.outbox.dropped,
             )
-        QUEUE_DEPTH.set(self.outbox.depth())
         self._pending.set()
 
     def event(self, kind: EventKind, detail: str = "", **fields: object) -> None:
@@ -277,7 +303,6 @@ class Agent:
                 payload = self._batch([body for _, body in rows])
                 await mqtt.publish(topic, payload, qos=1)  # returns after the broker's PUBACK
                 self.outbox.remove([i for i, _ in rows])
-                QUEUE_DEPTH.set(self.outbox.depth())
 
     def heartbeat(self) -> GatewayEvent:
         return GatewayEvent(
@@ -379,16 +404,74 @@ class Agent:
         finally:
             del self._inflight[key]
 
-    async def _commands(self, mqtt: aiomqtt.Client) -> None:
+    # -- pushed configuration ---------------------------------------------------------
+    async def apply_config(self, raw: bytes) -> Ack:
+        """Validate and apply a pushed config; the queue and the command journal stay. An
+        invalid one is refused with the reason and the running config stays."""
+        try:
+            push = ConfigPush.model_validate_json(raw)
+        except ValidationError as exc:
+            return self._config_ack(_command_id(raw), AckStatus.INVALID, _first_error(exc))
+        if push.version <= self.cfg.config_version:
+            return self._config_ack(
+                push.id, AckStatus.OK, f"version {push.version} already applied", duplicate=True
+            )
+        previous = (self.cfg, self.buses, self._bus_of)
+        try:
+            new_cfg = merge_pushed(self.cfg, push.version, push.config)
+            self._install(new_cfg)
+        except (ConfigError, ValueError) as exc:
+            self.cfg, self.buses, self._bus_of = previous
+            detail = f"config version {push.version} rejected: {exc}"
+            log.error("%s", detail)
+            self.event(EventKind.CONFIG_REJECTED, detail, config_version=push.version)
+            return self._config_ack(push.id, AckStatus.INVALID, detail)
+        old_tasks, self._bus_tasks = self._bus_tasks, []
+        if self._command_tasks:
+            await asyncio.gather(*self._command_tasks, return_exceptions=True)
+        for t in old_tasks:
+            t.cancel()
+        await asyncio.gather(*old_tasks, return_exceptions=True)
+        self._start_buses()
+        _save_pushed(new_cfg, push.config)
+        self.event(EventKind.CONFIG_APPLIED, f"version {push.version}", config_version=push.version)
+        log.info("applied config version %d", push.version)
+        return self._config_ack(push.id, AckStatus.OK, f"version {push.version} applied")
+
+    def _config_ack(
+        self, id_: uuid.UUID | None, status: AckStatus, detail: str, *, duplicate: bool = False
+    ) -> Ack:
+        return Ack(
+            id=id_,
+            gateway=self.cfg.gateway,
+            status=status,
+            detail=detail,
+            meter_answer={"config_version": str(self.cfg.config_version)},
+            at=self.clock(),
+            duplicate=duplicate,
+        )
+
+    async def _downlink(self, mqtt: aiomqtt.Client) -> None:
         ack_topic = self.topics.up(self.cfg.gateway, UpKind.ACK)
+        config_topic = self.topics.down(self.cfg.gateway, DownKind.CONFIG)
+
+        async def command(raw: bytes) -> None:
+            ack = await self.handle_command(raw)
+            await mqtt.publish(ack_topic, dump(ack), qos=1)
+
         async for message in mqtt.messages:
             raw = (
                 message.payload
                 if isinstance(message.payload, bytes)
                 else str(message.payload).encode()
             )
-            ack = await self.handle_command(raw)
-            await mqtt.publish(ack_topic, dump(ack), qos=1)
+            if message.topic.matches(config_topic):
+                if raw:  # an empty retained message clears the topic
+                    await mqtt.publish(ack_topic, dump(await self.apply_config(raw)), qos=1)
+                continue
+            task = asyncio.create_task(command(raw))  # buses run their commands concurrently
+            self._command_tasks.add(task)
+            task.add_done_callback(self._command_tasks.discard)
 
     # -- lifecycle ------------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
@@ -399,35 +482,46 @@ class Agent:
             addr.host,
             addr.port,
             identifier=self.cfg.gateway,
-            username=addr.username,
-            password=addr.password,
-            tls_context=ssl.create_default_context() if addr.tls else None,
-            clean_session=False,
+            username=self.cfg.mqtt_username or addr.username,
+            password=self.cfg.mqtt_password or addr.password,
+            tls_context=tls_context(self.cfg.tls) if addr.tls or self.cfg.tls else None,
+            clean_session=False,  # a persistent session: commands sent while offline wait
             keepalive=30,
             will=aiomqtt.Will(state_topic, offline, qos=1, retain=True),
         )
 
+    def _start_buses(self) -> None:
+        self._bus_tasks = [
+            asyncio.create_task(b.run(), name=f"bus-{b.cfg.name}") for b in self.buses
+        ]
+
     async def run(self) -> None:
-        pollers = [asyncio.create_task(b.run(), name=f"bus-{b.cfg.name}") for b in self.buses]
-        backoff = 1.0
+        self._start_buses()
+        failures = 0
         try:
             while True:
                 try:
                     await self._session()
+                    failures = 0
                 except aiomqtt.MqttError as exc:
                     self.connected.clear()
-                    log.warning("broker link down (%s); retry in %.1fs", exc, backoff)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, 60.0)
+                    failures += 1
+                    delay = reconnect_delay(
+                        failures, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s
+                    )
+                    log.warning("broker link down (%s); retry in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
         finally:
-            for t in pollers:
+            tasks = self._bus_tasks + list(self._command_tasks)
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*pollers, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             self.outbox.close()
 
     async def _session(self) -> None:
         async with self._client() as mqtt:
             await mqtt.subscribe(self.topics.down(self.cfg.gateway, DownKind.CMD), qos=1)
+            await mqtt.subscribe(self.topics.down(self.cfg.gateway, DownKind.CONFIG), qos=1)
             await mqtt.publish(
                 self.topics.up(self.cfg.gateway, UpKind.STATE),
                 dump(
@@ -442,7 +536,7 @@ class Agent:
             self._pending.set()
             tasks = [
                 asyncio.create_task(self._publisher(mqtt)),
-                asyncio.create_task(self._commands(mqtt)),
+                asyncio.create_task(self._downlink(mqtt)),
                 asyncio.create_task(self._heartbeats(mqtt)),
             ]
             try:
@@ -455,6 +549,52 @@ class Agent:
                 for t in tasks:
                     with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
                         await t
+
+
+def reconnect_delay(failures: int, low: float, high: float) -> float:
+    """Exponential backoff with full jitter, so a site's gateways do not reconnect in step
+    after a broker restart."""
+    ceiling = min(high, low * 2 ** min(failures - 1, 16))
+    return low + random.uniform(0, max(0.0, ceiling - low))
+
+
+def tls_context(tls: TlsConfig | None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(tls.ca_file) if tls and tls.ca_file else None)
+    if tls and tls.cert_file and tls.key_file:
+        ctx.load_cert_chain(str(tls.cert_file), str(tls.key_file))
+    return ctx
+
+
+def _pushed_path(cfg: AgentConfig) -> Path:
+    return cfg.data_dir / "pushed-config.json"
+
+
+def _save_pushed(cfg: AgentConfig, pushed: dict[str, Any]) -> None:
+    path = _pushed_path(cfg)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"version": cfg.config_version, "config": pushed}))
+    tmp.replace(path)  # atomic: a crash leaves the old or the new file, never half of one
+
+
+def _load_pushed(cfg: AgentConfig) -> AgentConfig | None:
+    path = _pushed_path(cfg)
+    if not path.exists():
+        return None
+    try:
+        doc = json.loads(path.read_text())
+        version = int(doc["version"])
+        if version <= cfg.config_version:
+            return None
+        return merge_pushed(cfg, version, doc["config"])
+    except (OSError, ValueError, KeyError, TypeError, ConfigError) as exc:
+        log.error("ignoring the stored pushed config %s: %s", path, exc)
+        return None
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    where = ".".join(str(p) for p in e["loc"])
+    return f"invalid config push: {where + ': ' if where else ''}{e['msg']}"
 
 
 def _command_id(raw: bytes) -> uuid.UUID | None:

@@ -76,9 +76,30 @@ class BusConfig(_Strict):
         return self
 
 
+class TlsConfig(_Strict):
+    """TLS to the broker: the CA that signed it and, for mutual TLS, our certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("tls: cert_file and key_file go together")
+        return self
+
+
+#: What the cloud may push (``down/config``); identity, broker and paths stay local.
+PUSHABLE = frozenset({"poll_interval_s", "publish_batch", "heartbeat_s", "buses", "profiles"})
+
+
 class AgentConfig(_Strict):
     gateway: GatewayId
     mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_username: str | None = None
+    mqtt_password: str | None = None
+    tls: TlsConfig | None = None
     mqtt_prefix: str = "prepay"
     data_dir: Path = Path("gateway-data")
     profiles_dir: Path | None = None
@@ -86,6 +107,12 @@ class AgentConfig(_Strict):
     publish_batch: int = Field(default=500, ge=1, le=5000)
     queue_cap: int = Field(default=1_000_000, ge=100)
     heartbeat_s: float = Field(default=60.0, gt=0)
+    reconnect_min_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    config_version: int = Field(default=0, ge=0, description="version of the applied config")
+    profiles: list[dict[str, object]] = Field(
+        default_factory=list, description="extra meter profiles pushed by the cloud"
+    )
     buses: list[BusConfig]
 
     @model_validator(mode="after")
@@ -97,6 +124,24 @@ class AgentConfig(_Strict):
         return self
 
 
+def _problems(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()
+    )
+
+
+def merge_pushed(local: AgentConfig, version: int, pushed: dict[str, object]) -> AgentConfig:
+    """The running config with the cloud's pushed fields applied (ConfigError if invalid)."""
+    foreign = sorted(set(pushed) - PUSHABLE)
+    if foreign:
+        raise ConfigError(f"fields that cannot be pushed: {', '.join(foreign)}")
+    doc = local.model_dump() | pushed | {"config_version": version}
+    try:
+        return AgentConfig.model_validate(doc)
+    except ValidationError as exc:
+        raise ConfigError(_problems(exc)) from exc
+
+
 def load_config(path: Path) -> AgentConfig:
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -104,7 +149,4 @@ def load_config(path: Path) -> AgentConfig:
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
-        )
-        raise ConfigError(f"{path}: {problems}") from exc
+        raise ConfigError(f"{path}: {_problems(exc)}") from exc

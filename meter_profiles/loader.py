@@ -10,7 +10,7 @@ from pydantic import TypeAdapter, ValidationError
 from meter_profiles.schema import AnyProfile, Profile
 
 SHIPPED = Path(__file__).parent / "profiles"
-_ADAPTER: TypeAdapter[AnyProfile] = TypeAdapter(Profile)
+PROFILE_ADAPTER: TypeAdapter[AnyProfile] = TypeAdapter(Profile)
 
 
 class ProfileError(ValueError):
@@ -23,7 +23,7 @@ def load_file(path: Path) -> AnyProfile:
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
     try:
-        return _ADAPTER.validate_python(doc)
+        return PROFILE_ADAPTER.validate_python(doc)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()

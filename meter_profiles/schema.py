@@ -61,19 +61,27 @@ class SupplyMapping(_Strict):
     quantity: str
     mask: int = Field(default=0xFFFF, ge=1, le=0xFFFFFFFF)
     on_value: int = 0
+    off_value: int | None = Field(
+        default=None, description="what the meter reports when off (default: on_value ^ mask)"
+    )
     keep_power_mask: int = Field(default=0, ge=0, le=0xFFFFFFFF)
 
     @model_validator(mode="after")
     def _on_inside_mask(self) -> SupplyMapping:
         if self.on_value & ~self.mask:
             raise ValueError("on_value has bits outside mask")
+        if self.off_value is not None and (
+            self.off_value & ~self.mask or self.off_value == self.on_value
+        ):
+            raise ValueError("off_value must be inside mask and differ from on_value")
         if self.keep_power_mask & self.mask:
             raise ValueError("keep_power_mask overlaps mask")
         return self
 
     def raw(self, on: bool, keep_power: bool = False, other: int = 0) -> int:
         """A raw state value meaning ``on`` (used by simulators)."""
-        value = self.on_value if on else (self.on_value ^ self.mask)
+        off = self.on_value ^ self.mask if self.off_value is None else self.off_value
+        value = self.on_value if on else off
         return (
             (other & ~(self.mask | self.keep_power_mask))
             | value
