@@ -1,4 +1,4 @@
-"""`prepay-gateway`: the gateway agent's command line (run, sim, scan, decode)."""
+"""`prepay-gateway`: the gateway agent's command line (run, sim, scan, decode, commission)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,10 @@ def main(argv: list[str] | None = None) -> int:
 
         code: int = decode_main(argv[1:])
         return code
+    if argv[:1] == ["commission"]:
+        from gateway_agent.commission import main as commission_main
+
+        return commission_main(argv[1:])
     if argv[:1] == ["scan"]:
         from gateway_agent.scan import main as scan_main
 
@@ -29,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--config", type=Path, required=True)
     sub.add_parser("decode", help="decode a captured frame (DL/T 645, CJ/T 188, Modbus RTU)")
     sub.add_parser("scan", help="find the meters on a bus and print a config snippet")
+    sub.add_parser("commission", help="exchange a claim code for this gateway's credentials")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
