@@ -50,3 +50,54 @@ async def test_modbus_scan_of_an_empty_bus_finds_nothing() -> None:
         assert await scan(bus, "modbus", profiles, units=range(1, 4)) == []
     finally:
         await sim.stop()
+
+
+async def _line_bus(protocol_profile: str, addresses: list[str]) -> tuple[object, BusConfig]:
+    from meter_profiles.simulators.bus import SimBus, start_bus
+
+    profiles = load_profiles()
+    sim_bus = SimBus(
+        name="b",
+        transport="tcp",
+        meters=[
+            {"profile": protocol_profile, "unit": i + 1, "address": a}  # type: ignore[misc]
+            for i, a in enumerate(addresses)
+        ],
+    )
+    running = await start_bus(sim_bus, profiles)
+    port = int(running.where.rsplit(":", 1)[1])
+    return running, BusConfig(name="b", transport="tcp", port=port, timeout_s=0.05, devices=[])
+
+
+async def test_dlt645_scan_separates_meters_that_answer_at_once() -> None:
+    addresses = ["000000000161", "000000000162", "000000001234"]
+    running, bus = await _line_bus("dlt645-2007-prepaid", addresses)
+    try:
+        found = await scan(bus, "dlt645", load_profiles(), timeout_s=0.05)
+    finally:
+        await running.stop()  # type: ignore[attr-defined]
+    assert sorted(f.address for f in found if f.address) == addresses
+    doc = yaml.safe_load(snippet(bus, found))
+    assert {d["address"] for d in doc["buses"][0]["devices"]} == set(addresses)
+
+
+async def test_dlt645_scan_of_a_single_meter_takes_one_request() -> None:
+    running, bus = await _line_bus("dlt645-2007-prepaid", ["000000000161"])
+    try:
+        found = await scan(bus, "dlt645", load_profiles(), timeout_s=0.05)
+        requests = running.server.stats.requests  # type: ignore[attr-defined]
+    finally:
+        await running.stop()  # type: ignore[attr-defined]
+    assert [f.address for f in found] == ["000000000161"]
+    assert requests == 1
+
+
+async def test_cjt188_scan_finds_each_water_meter() -> None:
+    addresses = ["00000012345678", "00000087654321"]
+    running, bus = await _line_bus("cjt188-valve-water", addresses)
+    try:
+        found = await scan(bus, "cjt188", load_profiles(), timeout_s=0.05)
+    finally:
+        await running.stop()  # type: ignore[attr-defined]
+    assert sorted(f.address for f in found if f.address) == addresses
+    assert all(f.profile == "cjt188-valve-water" for f in found)
