@@ -16,12 +16,48 @@ import re
 from decimal import Decimal
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION = 1
 
 DataType = Literal["uint16", "int16", "uint32", "int32", "float32"]
 REGISTER_COUNT: dict[str, int] = {"uint16": 1, "int16": 1, "uint32": 2, "int32": 2, "float32": 2}
+
+#: Units a quantity may carry (what the cloud knows how to store and show).
+UNITS = frozenset(
+    {
+        "kWh",
+        "kvarh",
+        "kW",
+        "kvar",
+        "kVA",
+        "V",
+        "A",
+        "Hz",
+        "yuan",
+        "m³",
+        "L",
+        "m³/h",
+        "L/h",
+        "°C",
+        "%",
+    }
+)
+Unit = Annotated[str, AfterValidator(lambda u: _known_unit(u))]
+
+
+def _known_unit(unit: str) -> str:
+    if unit not in UNITS:
+        raise ValueError(f"unknown unit {unit!r}; known: {', '.join(sorted(UNITS))}")
+    return unit
+
 
 ControlName = Literal[
     "trip",
@@ -119,7 +155,7 @@ class ModbusQuantity(_Strict):
     type: DataType
     word_order: Literal["big", "little"] = "big"
     scale: Decimal = Decimal(1)
-    unit: str | None = None
+    unit: Unit | None = None
     function: Literal[3, 4] = 3
     verified: bool = True
 
@@ -243,7 +279,7 @@ class DltQuantity(_Strict):
     width: int | None = Field(default=None, ge=1, le=16)
     signed: bool = False
     element: int = Field(default=0, ge=0, le=63)
-    unit: str | None = None
+    unit: Unit | None = None
     verified: bool = True
 
     @model_validator(mode="after")
@@ -371,7 +407,7 @@ class CjtQuantity(_Strict):
     """One field of the metering-data reply (DI 90 1F)."""
 
     field: CjtField
-    unit: str | None = None
+    unit: Unit | None = None
     verified: bool = True
 
 

@@ -51,7 +51,7 @@ def make_driver(bus: BusConfig, profiles: dict[str, AnyProfile]) -> MeterDriver:
     if protocol == "modbus":
         from gateway_agent.drivers.modbus import ModbusDriver
 
-        return ModbusDriver(bus)
+        return ModbusDriver(bus, profiles)
     if protocol == "dlt645":
         from gateway_agent.drivers.dlt645 import Dlt645Driver
 
