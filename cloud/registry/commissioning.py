@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud import audit
 from cloud.auth import Principal
 from cloud.db import Database
 from cloud.errors import Conflict, DomainError, NotFound
@@ -100,7 +99,9 @@ async def issue_claim(
                 "by": who.actor,
             },
         )
-        await _audit(conn, who.tenant_id, who.actor, "gateway.claim_issued", str(site_id), now)
+        await audit.record(
+            conn, who.tenant_id, who.actor, "gateway.claim_issued", str(site_id), now
+        )
     return Claim(code, site_id, now + ttl)
 
 
@@ -159,7 +160,7 @@ async def exchange_claim(
             sa.text("UPDATE gateway_claim SET used_at = :now, gateway_id = :g WHERE id = :id"),
             {"now": now, "g": gateway_id, "id": row.id},
         )
-        await _audit(conn, tenant_id, "installer:claim", "gateway.commissioned", gateway, now)
+        await audit.record(conn, tenant_id, "installer:claim", "gateway.commissioned", gateway, now)
     return GatewayIdentity(gateway, gateway, password, row.site_id)
 
 
@@ -179,7 +180,9 @@ async def revoke_credential(db: Database, who: Principal, gateway: str, now: dat
         )
         if result.rowcount == 0:
             raise Conflict(f"gateway {gateway} has no live credential")
-        await _audit(conn, who.tenant_id, who.actor, "gateway.credential_revoked", gateway, now)
+        await audit.record(
+            conn, who.tenant_id, who.actor, "gateway.credential_revoked", gateway, now
+        )
         return int(result.rowcount)
 
 
@@ -188,23 +191,3 @@ async def broker_password_lines(db: Database) -> list[str]:
     async with db.platform() as conn:
         rows = (await conn.execute(sa.text("SELECT * FROM prepay_broker_credentials()"))).all()
     return [f"{r.username}:{r.password_hash}" for r in rows]
-
-
-async def _audit(
-    conn: AsyncConnection, tenant_id: uuid.UUID, actor: str, action: str, target: str, now: datetime
-) -> None:
-    await conn.execute(
-        sa.text(
-            "INSERT INTO audit_event (id, tenant_id, actor, action, target, detail, at) "
-            "VALUES (:id, :t, :a, :ac, :tg, CAST(:d AS jsonb), :now)"
-        ),
-        {
-            "id": uuid.uuid4(),
-            "t": tenant_id,
-            "a": actor,
-            "ac": action,
-            "tg": target,
-            "d": json.dumps({}),
-            "now": now,
-        },
-    )
