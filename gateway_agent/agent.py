@@ -32,6 +32,8 @@ from contract.mqtt import (
     GatewayEvent,
     GatewayState,
     Reading,
+    Receipt,
+    ReceiptStatus,
     Supply,
     Topics,
     UpKind,
@@ -232,6 +234,7 @@ class Agent:
         self.outbox = Outbox(cfg.data_dir / "outbox.sqlite3", cfg.queue_cap)
         self._pending = asyncio.Event()
         self._inflight: dict[str, asyncio.Future[Ack]] = {}
+        self._unconfirmed: dict[int, float] = {}  # batch seq -> when it was published
         self._bus_tasks: list[asyncio.Task[None]] = []
         self._command_tasks: set[asyncio.Task[None]] = set()
         self.connected = asyncio.Event()
@@ -287,22 +290,57 @@ class Agent:
         self.event(kind, detail, device=dev.key)
 
     async def _publisher(self, mqtt: aiomqtt.Client) -> None:
+        """Events one by one (PUBACK), readings in numbered batches kept until the cloud's
+        receipt; at most ``publish_window`` batches unconfirmed at a time."""
         topic = self.topics.up(self.cfg.gateway, UpKind.TELEMETRY)
         event_topic = self.topics.up(self.cfg.gateway, UpKind.EVENT)
+        loop = asyncio.get_running_loop()
+        self.outbox.unmark_all()  # a new session: whatever was unconfirmed goes again
+        self._unconfirmed.clear()
         while True:
+            self._pending.clear()
             events = self.outbox.peek(EVENT, 50)
             for i, body in events:
                 await mqtt.publish(event_topic, body, qos=1)
                 self.outbox.remove([i], EVENT)
-            rows = self.outbox.peek(READING, self.cfg.publish_batch)
-            if not rows and not events:
-                self._pending.clear()
-                await self._pending.wait()
-                continue
-            if rows:
-                payload = self._batch([body for _, body in rows])
-                await mqtt.publish(topic, payload, qos=1)  # returns after the broker's PUBACK
-                self.outbox.remove([i for i, _ in rows])
+            now = loop.time()
+            for seq, sent in list(self._unconfirmed.items()):
+                if now - sent > self.cfg.receipt_timeout_s:
+                    log.warning("no receipt for batch %d in %.0fs: sending again", seq, now - sent)
+                    self.outbox.unmark(seq)
+                    del self._unconfirmed[seq]
+            if len(self._unconfirmed) < self.cfg.publish_window:
+                rows = self.outbox.peek_unsent(self.cfg.publish_batch)
+                if rows:
+                    self.seq += 1
+                    self.outbox.mark([i for i, _ in rows], self.seq)
+                    self._unconfirmed[self.seq] = now
+                    payload = self._batch([body for _, body in rows], self.seq)
+                    await mqtt.publish(topic, payload, qos=1)
+                    continue
+            if not events:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(max(0.5, self.cfg.receipt_timeout_s / 4)):
+                        await self._pending.wait()
+
+    def confirm(self, raw: bytes) -> None:
+        """The cloud's receipt for a batch: forget its rows (a receipt for another boot's
+        batch is ignored; those rows were sent again under this boot)."""
+        try:
+            receipt = Receipt.model_validate_json(raw)
+        except ValidationError as exc:
+            log.warning("unreadable receipt: %s", exc.errors()[0]["msg"])
+            return
+        if receipt.boot_id != self.boot_id or receipt.seq not in self._unconfirmed:
+            return
+        del self._unconfirmed[receipt.seq]
+        n = self.outbox.confirm(receipt.seq)
+        if receipt.status is ReceiptStatus.REJECTED:
+            detail = f"the cloud rejected batch {receipt.seq} ({n} readings): {receipt.detail}"
+            log.error("%s", detail)
+            self.event(EventKind.BATCH_REJECTED, detail)
+        self._pending.set()
 
     def heartbeat(self) -> GatewayEvent:
         return GatewayEvent(
@@ -310,6 +348,7 @@ class Agent:
             boot_id=self.boot_id,
             kind=EventKind.HEARTBEAT,
             at=self.clock(),
+            config_version=self.cfg.config_version,
             queue_depth=self.outbox.depth(),
             dropped_total=self.outbox.dropped,
             buses={
@@ -323,11 +362,10 @@ class Agent:
             await asyncio.sleep(self.cfg.heartbeat_s)
             await mqtt.publish(topic, dump(self.heartbeat()), qos=0)
 
-    def _batch(self, bodies: list[bytes]) -> bytes:
-        self.seq += 1
+    def _batch(self, bodies: list[bytes], seq: int) -> bytes:
         head = (
             f'{{"v":1,"gateway":"{self.cfg.gateway}","boot_id":"{self.boot_id}",'
-            f'"seq":{self.seq},"sent_at":"{self.clock().isoformat()}","readings":['
+            f'"seq":{seq},"sent_at":"{self.clock().isoformat()}","readings":['
         )
         return head.encode() + b",".join(bodies) + b"]}"
 
@@ -454,6 +492,7 @@ class Agent:
     async def _downlink(self, mqtt: aiomqtt.Client) -> None:
         ack_topic = self.topics.up(self.cfg.gateway, UpKind.ACK)
         config_topic = self.topics.down(self.cfg.gateway, DownKind.CONFIG)
+        receipt_topic = self.topics.down(self.cfg.gateway, DownKind.RECEIPT)
 
         async def command(raw: bytes) -> None:
             ack = await self.handle_command(raw)
@@ -465,6 +504,9 @@ class Agent:
                 if isinstance(message.payload, bytes)
                 else str(message.payload).encode()
             )
+            if message.topic.matches(receipt_topic):
+                self.confirm(raw)
+                continue
             if message.topic.matches(config_topic):
                 if raw:  # an empty retained message clears the topic
                     await mqtt.publish(ack_topic, dump(await self.apply_config(raw)), qos=1)
@@ -522,6 +564,7 @@ class Agent:
         async with self._client() as mqtt:
             await mqtt.subscribe(self.topics.down(self.cfg.gateway, DownKind.CMD), qos=1)
             await mqtt.subscribe(self.topics.down(self.cfg.gateway, DownKind.CONFIG), qos=1)
+            await mqtt.subscribe(self.topics.down(self.cfg.gateway, DownKind.RECEIPT), qos=1)
             await mqtt.publish(
                 self.topics.up(self.cfg.gateway, UpKind.STATE),
                 dump(

@@ -6,6 +6,12 @@ readings are dropped first (the newest registers carry the cumulative totals, so
 loses resolution, not consumption), every drop is counted, and the agent raises a
 ``queue_overflow`` event and a metric. Events are never dropped by the cap.
 
+A telemetry batch is published with a sequence number and its rows are marked with it; they
+are deleted only when the cloud's receipt for that batch arrives (not on the broker's
+PUBACK alone: a broker that restarts before a cloud worker has subscribed again drops what
+it acknowledged). Unconfirmed batches are unmarked and sent again after a timeout, on a
+new broker session and at start.
+
 The command journal records a command id before the meter is touched and its ack after, so
 a command is carried out at most once per id, across restarts.
 """
@@ -29,7 +35,12 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "kind TEXT NOT NULL, body BLOB NOT NULL)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        if "batch" not in columns:
+            self.db.execute("ALTER TABLE outbox ADD COLUMN batch INTEGER")
         self.db.execute("CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS outbox_batch ON outbox (batch)")
+        self.unmark_all()  # batches of an earlier run were never confirmed: send them again
         self.db.execute(
             "CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, ack BLOB)"
         )
@@ -80,6 +91,34 @@ class Outbox:
                 "SELECT id, body FROM outbox WHERE kind = ? ORDER BY id LIMIT ?", (kind, limit)
             )
         )
+
+    def peek_unsent(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest readings not in any unconfirmed batch."""
+        return list(
+            self.db.execute(
+                "SELECT id, body FROM outbox WHERE kind = ? AND batch IS NULL ORDER BY id LIMIT ?",
+                (READING, limit),
+            )
+        )
+
+    def mark(self, ids: list[int], batch: int) -> None:
+        """Put the rows just peeked (the oldest unsent ones) into ``batch``."""
+        self.db.execute(
+            "UPDATE outbox SET batch = ? WHERE kind = ? AND batch IS NULL AND id BETWEEN ? AND ?",
+            (batch, READING, min(ids), max(ids)),
+        )
+
+    def confirm(self, batch: int) -> int:
+        """The cloud has stored ``batch``: forget its rows; returns how many."""
+        cur = self.db.execute("DELETE FROM outbox WHERE batch = ? AND kind = ?", (batch, READING))
+        self._readings -= cur.rowcount
+        return cur.rowcount
+
+    def unmark(self, batch: int) -> None:
+        self.db.execute("UPDATE outbox SET batch = NULL WHERE batch = ?", (batch,))
+
+    def unmark_all(self) -> None:
+        self.db.execute("UPDATE outbox SET batch = NULL WHERE batch IS NOT NULL")
 
     def remove(self, ids: list[int], kind: str = READING) -> None:
         if not ids:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -101,10 +102,10 @@ class BusScheduler:
                 wait = (self.health[nxt.key].due - now) if nxt else 1.0
                 if wait > 0:
                     self._wake.clear()
-                    try:
-                        await asyncio.wait_for(self._wake.wait(), timeout=wait)
-                    except TimeoutError:
-                        pass
+                    # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(wait):
+                            await self._wake.wait()
                     continue
                 assert nxt is not None
                 await self.poll(nxt)

@@ -146,7 +146,8 @@ class Link:
                         + (f" ({len(buffer)} byte(s) of a frame)" if buffer else "")
                     )
                 try:
-                    chunk = await asyncio.wait_for(reader.read(512), timeout=left)
+                    async with asyncio.timeout(left):  # not wait_for: it can swallow a cancel
+                        chunk = await reader.read(512)
                 except TimeoutError:
                     continue
                 if not chunk:

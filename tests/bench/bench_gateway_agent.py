@@ -38,6 +38,8 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import yaml
 
+from contract.mqtt import Receipt, dump
+
 BIN = Path(sys.executable).with_name("prepay-gateway")
 MOSQUITTO = "/usr/sbin/mosquitto"
 PROFILE = "acrel-ddsy1352-modbus"
@@ -275,11 +277,19 @@ def memory_and_drain(tmp: Path, backlog: int, rss_seconds: float, drain: bool) -
                         await asyncio.sleep(0.25)
 
                 w = asyncio.create_task(watch())
+                receipts = f"{PREFIX}/gw/{GATEWAY}/down/receipt"
                 async for m in mqtt.messages:
                     p = m.payload
                     assert isinstance(p, bytes)
                     counted["messages"] += 1
-                    counted["readings"] += p.count(b'"measured_at"')
+                    n = p.count(b'"measured_at"')
+                    counted["readings"] += n
+                    # play the cloud: the agent forgets a batch only on its receipt
+                    head = json.loads(p[: p.index(b',"readings":[')] + b"}")
+                    receipt = Receipt(
+                        gateway=GATEWAY, boot_id=head["boot_id"], seq=head["seq"], stored=n
+                    )
+                    await mqtt.publish(receipts, dump(receipt), qos=1)
                     if counted["readings"] >= start_depth and depth(outbox) == 0:
                         break
                 w.cancel()
