@@ -64,6 +64,8 @@ from meter_profiles.schema import AnyProfile
 
 log = logging.getLogger(__name__)
 
+LOST_AFTER_S = 2.0  # an overtaken batch still unconfirmed this long after sending was lost
+
 
 Clock = Callable[[], datetime]
 _SUPPLY_ACTIONS = {
@@ -335,6 +337,17 @@ class Agent:
         if receipt.boot_id != self.boot_id or receipt.seq not in self._unconfirmed:
             return
         del self._unconfirmed[receipt.seq]
+        # The cloud answers a gateway's batches about in order: an earlier batch still
+        # without a receipt seconds after it was sent was lost (e.g. published while no
+        # ingest worker was subscribed). Send it again now rather than after the timeout.
+        now = asyncio.get_running_loop().time()
+        for seq, at in list(self._unconfirmed.items()):
+            if seq < receipt.seq and now - at > LOST_AFTER_S:
+                log.warning(
+                    "batch %d was overtaken by batch %d: sending it again", seq, receipt.seq
+                )
+                self.outbox.unmark(seq)
+                del self._unconfirmed[seq]
         n = self.outbox.confirm(receipt.seq)
         if receipt.status is ReceiptStatus.REJECTED:
             detail = f"the cloud rejected batch {receipt.seq} ({n} readings): {receipt.detail}"

@@ -106,7 +106,7 @@ class AgentConfig(_Strict):
     poll_interval_s: float = Field(default=15.0, gt=0)
     publish_batch: int = Field(default=500, ge=1, le=5000)
     publish_window: int = Field(default=8, ge=1, le=256, description="batches awaiting receipt")
-    receipt_timeout_s: float = Field(default=30.0, gt=0, description="re-send a batch after")
+    receipt_timeout_s: float = Field(default=15.0, gt=0, description="re-send a batch after")
     queue_cap: int = Field(default=1_000_000, ge=100)
     heartbeat_s: float = Field(default=60.0, gt=0)
     reconnect_min_s: float = Field(default=1.0, gt=0)

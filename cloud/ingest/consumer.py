@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import uuid
 from datetime import UTC, datetime
 
@@ -69,9 +70,11 @@ class IngestConsumer:
                             await mqtt.publish(down, dump(receipt), qos=1)
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
-                log.warning("ingest lost the broker (%s); reconnecting in %.0fs", exc, backoff)
+                log.warning("ingest lost the broker (%s); reconnecting in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # the broker is local to the cloud: come back soon, so gateways waiting for
+                # receipts are not left re-sending (a little jitter spreads the workers)
+                backoff = min(backoff * 2, 5.0) * random.uniform(0.8, 1.0)
 
     def _reject(self, kind: str, reason: str, topic: str) -> None:
         key = f"{kind}:{reason}"

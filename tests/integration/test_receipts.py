@@ -154,3 +154,29 @@ async def test_the_cloud_sends_receipts_for_stored_and_for_hopeless_batches(
     assert await consumer.handle(topic, newer) is None  # kept for a cloud that reads v2
     unknown = Topics(topic_prefix).up("gw-nobody", UpKind.TELEMETRY)
     assert await consumer.handle(unknown, dump(good)) is None  # kept until registered
+
+
+async def test_a_batch_overtaken_by_a_confirmed_one_goes_again_at_once(
+    mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    gateway = f"gw-{uuid.uuid4().hex[:8]}"
+    topics = Topics(topic_prefix)
+    agent = _agent(mqtt_url, topic_prefix, tmp_path, gateway, timeout=600.0)
+    agent.enqueue(_readings(2))
+    addr = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(addr.host, addr.port, identifier=f"c-{gateway}") as cloud:
+        await cloud.subscribe(topics.up(gateway, UpKind.TELEMETRY), qos=1)
+        running = asyncio.create_task(agent.run())
+        try:
+            lost = await _next_batch(cloud)  # as if nobody was subscribed: no receipt
+            await asyncio.sleep(2.5)
+            agent.enqueue(_readings(1))
+            later = await _next_batch(cloud)
+            receipt = Receipt(gateway=gateway, boot_id=later.boot_id, seq=later.seq, stored=1)
+            await cloud.publish(topics.down(gateway, DownKind.RECEIPT), dump(receipt), qos=1)
+            again = await _next_batch(cloud)  # long before the 600 s timeout
+            assert again.readings == lost.readings and again.seq > later.seq
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
