@@ -21,6 +21,7 @@ PERMISSIONS = (
     "control.keep_power",
     "tariff.edit",
     "finance.reconcile",
+    "gateway.commission",
 )
 
 _hasher = PasswordHash.recommended()

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import sys
 import uuid
+from pathlib import Path
 
 import sqlalchemy as sa
 
@@ -39,6 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     chk = sub.add_parser("check", help="verify ledger invariants; non-zero exit on any breach")
     chk.add_argument("--tenant", help="property group slug (default: all)")
+    bs = sub.add_parser("broker-sync", help="write Mosquitto's password file from credentials")
+    bs.add_argument("--password-file", type=Path, required=True)
+    bs.add_argument("--static", type=Path, help="static accounts (e.g. the cloud's own)")
+    bs.add_argument("--pid-file", type=Path, help="broker pid file: SIGHUP it on change")
+    bs.add_argument("--every", type=float, help="keep syncing every N seconds")
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     settings = CloudSettings()
@@ -66,6 +72,8 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
     try:
         if args.cmd == "check":
             return await _check(wiring, args.tenant)
+        if args.cmd == "broker-sync":
+            return await _broker_sync(wiring, args)
         if args.cmd == "api":
             from cloud.api.app import create_app
             from cloud.runtime import serve_http
@@ -104,6 +112,21 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
         return 0
     finally:
         await wiring.db.dispose()
+
+
+async def _broker_sync(wiring: Wiring, args: argparse.Namespace) -> int:
+    from cloud.registry.broker_sync import reload_broker, render, write_if_changed
+    from cloud.registry.commissioning import broker_password_lines
+
+    while True:
+        text = render(await broker_password_lines(wiring.db), args.static)
+        if write_if_changed(args.password_file, text):
+            print(f"{args.password_file}: {text.count(chr(10))} account(s)", flush=True)
+            if args.pid_file:
+                reload_broker(args.pid_file)
+        if not args.every:
+            return 0
+        await asyncio.sleep(args.every)
 
 
 async def _check(wiring: Wiring, slug: str | None) -> int:

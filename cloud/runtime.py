@@ -47,7 +47,20 @@ class Wiring:
     def build(cls, settings: CloudSettings, url: str) -> Wiring:
         db = Database.connect(url, settings.app_database_url, settings.app_role)
         sessions = Sessions(db, settings.secret_key.get_secret_value(), settings.session_max_age_s)
-        return cls(settings, db, Services(db, sessions, timing(settings)))
+        broker = settings.gateway_broker_url or _without_credentials(
+            settings.mqtt_url or "mqtt://127.0.0.1:1883"
+        )
+        services = Services(db, sessions, timing(settings), broker, settings.mqtt_prefix)
+        return cls(settings, db, services)
+
+
+def _without_credentials(url: str) -> str:
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    host = parts.hostname or "127.0.0.1"
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    return urlunsplit((parts.scheme, netloc, "", "", ""))
 
 
 class _Server(uvicorn.Server):

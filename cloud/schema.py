@@ -157,6 +157,44 @@ class Gateway(SQLModel, table=True):
     last_seen_at: datetime | None = _ts(nullable=True)
 
 
+class GatewayClaim(SQLModel, table=True):
+    """A one-time, expiring code an installer exchanges for a gateway's identity and MQTT
+    credentials. Only the code's SHA-256 is kept."""
+
+    __tablename__ = "gateway_claim"
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    code_hash: str = Field(unique=True, max_length=64)
+    expires_at: datetime = _ts()
+    created_at: datetime = _ts()
+    created_by: str = Field(max_length=128)
+    used_at: datetime | None = _ts(nullable=True)
+    gateway_id: uuid.UUID | None = Field(default=None, foreign_key="gateway.id")
+
+
+class GatewayCredential(SQLModel, table=True):
+    """A gateway's MQTT password, kept only as the broker's own hash format (Mosquitto
+    PBKDF2-SHA512), so the broker's password file can be written from it."""
+
+    __tablename__ = "gateway_credential"
+    __table_args__ = (
+        sa.Index(
+            "gateway_credential_live",
+            "gateway_id",
+            unique=True,
+            postgresql_where=sa.text("revoked_at IS NULL"),
+        ),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    gateway_id: uuid.UUID = Field(foreign_key="gateway.id", index=True)
+    username: str = Field(max_length=64)
+    password_hash: str = Field(max_length=256)
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
 class Device(SQLModel, table=True):
     """A physical meter on a gateway's bus."""
 

@@ -30,6 +30,10 @@ class CloudSettings(BaseSettings):
         description="mqtt://user:pass@host:port; unset = embedded broker",
     )
     mqtt_prefix: str = "prepay"
+    gateway_broker_url: str | None = Field(
+        default=None,
+        description="broker URL handed to commissioned gateways (default: mqtt_url's host)",
+    )
     mqtt_shared_group: str | None = "ingest"
     data_dir: Path = Path(".prepay")
     secret_key: SecretStr = SecretStr(_PLACEHOLDER)

@@ -49,6 +49,7 @@ class UpKind(StrEnum):
 class DownKind(StrEnum):
     CMD = "cmd"
     CONFIG = "config"
+    RECEIPT = "receipt"  # the cloud has stored a telemetry batch: the gateway may forget it
 
 
 class Topics:
@@ -143,6 +144,37 @@ class Command(_Payload):
     deadline: AwareDatetime
 
 
+class ReceiptStatus(StrEnum):
+    STORED = "stored"  # committed (new, duplicate or quarantined readings alike)
+    REJECTED = "rejected"  # the batch can never be stored (invalid); resending will not help
+
+
+class Receipt(_Payload):
+    """The cloud's end-to-end acknowledgement of a telemetry batch. A broker's PUBACK only
+    says the broker has it; a broker that restarts before an ingest worker subscribes again
+    loses it. The gateway keeps a batch until this receipt arrives and re-sends it
+    otherwise; duplicates are no-ops in the cloud."""
+
+    gateway: GatewayId
+    boot_id: str = Field(min_length=1, max_length=64)
+    seq: int = Field(ge=0)
+    status: ReceiptStatus = ReceiptStatus.STORED
+    stored: int = Field(default=0, ge=0)
+    duplicates: int = Field(default=0, ge=0)
+    quarantined: int = Field(default=0, ge=0)
+    detail: str = ""
+
+
+class ConfigPush(_Payload):
+    """A versioned configuration for one gateway, retained on its ``down/config`` topic. The
+    gateway applies a higher version than it runs and answers with an ack carrying ``id``."""
+
+    id: UUID
+    version: int = Field(ge=1)
+    config: dict[str, Any]
+    issued_at: AwareDatetime
+
+
 class AckStatus(StrEnum):
     OK = "ok"  # executed; the meter confirmed
     FAILED = "failed"  # executed but the meter refused or did not answer
@@ -168,6 +200,43 @@ class GatewayState(_Payload):
     online: bool
     boot_id: str | None = None
     at: AwareDatetime | None = None
+
+
+class BusStats(BaseModel):
+    """One bus since the previous heartbeat (counters) and now (backlog)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    transactions: int = Field(ge=0)
+    timeouts: int = Field(ge=0)
+    errors: int = Field(ge=0)
+    utilisation: float = Field(ge=0, le=1, description="share of the interval the line was busy")
+    devices_backing_off: int = Field(default=0, ge=0)
+
+
+class EventKind(StrEnum):
+    HEARTBEAT = "heartbeat"
+    QUEUE_OVERFLOW = "queue_overflow"  # the outbox hit its cap and dropped readings
+    CONFIG_APPLIED = "config_applied"
+    CONFIG_REJECTED = "config_rejected"
+    BATCH_REJECTED = "batch_rejected"  # the cloud can never store a batch: it was dropped
+    DEVICE_OFFLINE = "device_offline"
+    DEVICE_ONLINE = "device_online"
+
+
+class GatewayEvent(_Payload):
+    """Something the gateway reports besides readings: heartbeats (with bus statistics and
+    the outbox backlog), queue overflow alarms, config applied / rejected, device health."""
+
+    gateway: GatewayId
+    boot_id: str = Field(min_length=1, max_length=64)
+    kind: EventKind
+    at: AwareDatetime
+    detail: str = ""
+    config_version: int | None = None
+    queue_depth: int | None = Field(default=None, ge=0)
+    dropped_total: int | None = Field(default=None, ge=0)
+    buses: dict[str, BusStats] = Field(default_factory=dict)
+    device: DeviceKey | None = None
 
 
 def schema_version(raw: bytes) -> int | None:

@@ -1,4 +1,4 @@
-"""`prepay-gateway`: the gateway agent's command line (run, sim, decode)."""
+"""`prepay-gateway`: the gateway agent's command line (run, sim, scan, decode, commission)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,14 @@ def main(argv: list[str] | None = None) -> int:
 
         code: int = decode_main(argv[1:])
         return code
+    if argv[:1] == ["commission"]:
+        from gateway_agent.commission import main as commission_main
+
+        return commission_main(argv[1:])
+    if argv[:1] == ["scan"]:
+        from gateway_agent.scan import main as scan_main
+
+        return scan_main(argv[1:])
     parser = argparse.ArgumentParser(prog="prepay-gateway", description="PrepayCloud gateway agent")
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -24,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     sim = sub.add_parser("sim", help="serve a bus of simulated meters from a YAML file")
     sim.add_argument("--config", type=Path, required=True)
     sub.add_parser("decode", help="decode a captured frame (DL/T 645, CJ/T 188, Modbus RTU)")
+    sub.add_parser("scan", help="find the meters on a bus and print a config snippet")
+    sub.add_parser("commission", help="exchange a claim code for this gateway's credentials")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -57,14 +67,27 @@ async def _run(path: Path) -> int:
 
 
 async def _sim(path: Path) -> int:
-    from meter_profiles.loader import load_profiles
-    from meter_profiles.simulators.bus import build, load_sim_bus
+    from meter_profiles.loader import ProfileError, load_profiles
+    from meter_profiles.simulators.bus import SimConfigError, load_sim_config, start_bus
 
-    sim = build(load_sim_bus(path), load_profiles())
-    await sim.start()
-    print(f"simulated bus on {sim.host}:{sim.port} with units {sorted(sim.meters)}", flush=True)
+    try:
+        cfg = load_sim_config(path)
+        profiles = load_profiles()
+        running = []
+        for bus in cfg.buses:
+            running.append(await start_bus(bus, profiles, cfg.speed))
+    except (SimConfigError, ProfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for r in running:
+        ids = [m.address if r.protocol != "modbus" else m.unit for m in r.meters]
+        print(
+            f"simulated bus {r.name}: {r.protocol} over {r.transport} at {r.where}, meters {ids}",
+            flush=True,
+        )
     try:
         await asyncio.Event().wait()
     finally:
-        await sim.stop()
+        for r in running:
+            await r.stop()
     return 0

@@ -1,9 +1,28 @@
-"""Store-and-forward queue on disk (SQLite, WAL). A row leaves only after the broker's PUBACK."""
+"""Store-and-forward queue on disk (SQLite, WAL). A row leaves only after the broker's PUBACK.
+
+Two streams: readings (published in batches) and events (alarms, config results, device
+health; published one by one). The cap counts readings only. When it is reached, the oldest
+readings are dropped first (the newest registers carry the cumulative totals, so the cloud
+loses resolution, not consumption), every drop is counted, and the agent raises a
+``queue_overflow`` event and a metric. Events are never dropped by the cap.
+
+A telemetry batch is published with a sequence number and its rows are marked with it; they
+are deleted only when the cloud's receipt for that batch arrives (not on the broker's
+PUBACK alone: a broker that restarts before a cloud worker has subscribed again drops what
+it acknowledged). Unconfirmed batches are unmarked and sent again after a timeout, on a
+new broker session and at start.
+
+The command journal records a command id before the meter is touched and its ack after, so
+a command is carried out at most once per id, across restarts.
+"""
 
 from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+
+READING = "reading"
+EVENT = "event"
 
 
 class Outbox:
@@ -16,27 +35,55 @@ class Outbox:
             "CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, "
             "kind TEXT NOT NULL, body BLOB NOT NULL)"
         )
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(outbox)")}
+        if "batch" not in columns:
+            self.db.execute("ALTER TABLE outbox ADD COLUMN batch INTEGER")
+        self.db.execute("CREATE INDEX IF NOT EXISTS outbox_kind ON outbox (kind, id)")
+        self.db.execute("CREATE INDEX IF NOT EXISTS outbox_batch ON outbox (batch)")
+        self.unmark_all()  # batches of an earlier run were never confirmed: send them again
         self.db.execute(
-            "CREATE TABLE IF NOT EXISTS executed (command_id TEXT PRIMARY KEY, ack BLOB NOT NULL)"
+            "CREATE TABLE IF NOT EXISTS commands (command_id TEXT PRIMARY KEY, ack BLOB)"
         )
+        self.db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         self.cap = cap
-        self.dropped = 0
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'dropped'").fetchone()
+        self.dropped = int(row[0]) if row else 0
+        self._readings = self._count(READING)
+
+    def _count(self, kind: str) -> int:
+        row = self.db.execute("SELECT count(*) FROM outbox WHERE kind = ?", (kind,)).fetchone()
+        return int(row[0])
 
     def put(self, kind: str, bodies: list[bytes]) -> int:
-        """Append; when over the cap, the oldest readings are dropped and counted (the agent
-        raises an alarm event for every drop). Returns how many were dropped now."""
-        self.db.executemany(
-            "INSERT INTO outbox (kind, body) VALUES (?, ?)", [(kind, b) for b in bodies]
-        )
-        over = self.depth() - self.cap
-        if over > 0:
-            self.db.execute(
-                "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox ORDER BY id LIMIT ?)",
-                (over,),
+        """Append; returns how many of the oldest readings were dropped to stay at the cap."""
+        if not bodies:
+            return 0
+        self.db.execute("BEGIN")
+        try:
+            self.db.executemany(
+                "INSERT INTO outbox (kind, body) VALUES (?, ?)", [(kind, b) for b in bodies]
             )
-            self.dropped += over
-            return over
-        return 0
+            over = 0
+            if kind == READING:
+                self._readings += len(bodies)
+                over = self._readings - self.cap
+                if over > 0:
+                    self.db.execute(
+                        "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE kind = ? "
+                        "ORDER BY id LIMIT ?)",
+                        (READING, over),
+                    )
+                    self._readings -= over
+                    self.dropped += over
+                    self.db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
+                        (str(self.dropped),),
+                    )
+            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        return max(0, over)
 
     def peek(self, kind: str, limit: int) -> list[tuple[int, bytes]]:
         return list(
@@ -45,22 +92,70 @@ class Outbox:
             )
         )
 
-    def remove(self, ids: list[int]) -> None:
-        self.db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+    def peek_unsent(self, limit: int) -> list[tuple[int, bytes]]:
+        """The oldest readings not in any unconfirmed batch."""
+        return list(
+            self.db.execute(
+                "SELECT id, body FROM outbox WHERE kind = ? AND batch IS NULL ORDER BY id LIMIT ?",
+                (READING, limit),
+            )
+        )
 
-    def depth(self) -> int:
-        row = self.db.execute("SELECT count(*) FROM outbox").fetchone()
-        return int(row[0])
+    def mark(self, ids: list[int], batch: int) -> None:
+        """Put the rows just peeked (the oldest unsent ones) into ``batch``."""
+        self.db.execute(
+            "UPDATE outbox SET batch = ? WHERE kind = ? AND batch IS NULL AND id BETWEEN ? AND ?",
+            (batch, READING, min(ids), max(ids)),
+        )
+
+    def confirm(self, batch: int) -> int:
+        """The cloud has stored ``batch``: forget its rows; returns how many."""
+        cur = self.db.execute("DELETE FROM outbox WHERE batch = ? AND kind = ?", (batch, READING))
+        self._readings -= cur.rowcount
+        return cur.rowcount
+
+    def unmark(self, batch: int) -> None:
+        self.db.execute("UPDATE outbox SET batch = NULL WHERE batch = ?", (batch,))
+
+    def unmark_all(self) -> None:
+        self.db.execute("UPDATE outbox SET batch = NULL WHERE batch IS NOT NULL")
+
+    def remove(self, ids: list[int], kind: str = READING) -> None:
+        if not ids:
+            return
+        cur = self.db.execute(
+            "DELETE FROM outbox WHERE id BETWEEN ? AND ? AND kind = ?", (min(ids), max(ids), kind)
+        )
+        if kind == READING:
+            self._readings -= cur.rowcount
+
+    def depth(self, kind: str = READING) -> int:
+        return self._readings if kind == READING else self._count(kind)
+
+    # -- the command journal ---------------------------------------------------------------
+    def begin(self, command_id: str) -> tuple[bool, bytes | None]:
+        """Claim ``command_id``: ``(True, None)`` the first time; ``(False, ack)`` when it was
+        executed before; ``(False, None)`` when an earlier run was cut off mid-execution."""
+        try:
+            self.db.execute(
+                "INSERT INTO commands (command_id, ack) VALUES (?, NULL)", (command_id,)
+            )
+        except sqlite3.IntegrityError:
+            row = self.db.execute(
+                "SELECT ack FROM commands WHERE command_id = ?", (command_id,)
+            ).fetchone()
+            return False, None if row[0] is None else bytes(row[0])
+        return True, None
 
     def executed(self, command_id: str) -> bytes | None:
         row = self.db.execute(
-            "SELECT ack FROM executed WHERE command_id = ?", (command_id,)
+            "SELECT ack FROM commands WHERE command_id = ?", (command_id,)
         ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None or row[0] is None else bytes(row[0])
 
     def remember(self, command_id: str, ack: bytes) -> None:
         self.db.execute(
-            "INSERT OR REPLACE INTO executed (command_id, ack) VALUES (?, ?)", (command_id, ack)
+            "INSERT OR REPLACE INTO commands (command_id, ack) VALUES (?, ?)", (command_id, ack)
         )
 
     def close(self) -> None:

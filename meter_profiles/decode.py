@@ -6,7 +6,7 @@ import struct
 from dataclasses import dataclass
 from decimal import Decimal
 
-from meter_profiles.schema import Profile, Quantity
+from meter_profiles.schema import AnyProfile, ModbusProfile, ModbusQuantity
 
 
 class ProfileDecodeError(ValueError):
@@ -23,12 +23,13 @@ class Block:
     members: tuple[tuple[str, int], ...]  # (quantity, channel)
 
 
-def plan_blocks(profile: Profile) -> list[Block]:
+def plan_blocks(profile: ModbusProfile) -> list[Block]:
     """Group every quantity of every channel into the fewest contiguous read requests."""
     items = sorted(
         (q.function, profile.register_of(name, ch), q.count, name, ch)
         for ch in range(1, profile.channels + 1)
         for name, q in profile.quantities.items()
+        if ch == 1 or name not in profile.shared
     )
     blocks: list[Block] = []
     cur: list[tuple[int, int, int, str, int]] = []
@@ -54,7 +55,7 @@ def _block(items: list[tuple[int, int, int, str, int]]) -> Block:
     return Block(items[0][0], start, end - start, tuple((i[3], i[4]) for i in items))
 
 
-def decode_value(q: Quantity, words: list[int]) -> Decimal:
+def decode_value(q: ModbusQuantity, words: list[int]) -> Decimal:
     if len(words) != q.count:
         raise ProfileDecodeError(f"{q.type} needs {q.count} registers, got {len(words)}")
     if any(not 0 <= w <= 0xFFFF for w in words):
@@ -70,7 +71,7 @@ def decode_value(q: Quantity, words: list[int]) -> Decimal:
     return Decimal(value) * q.scale
 
 
-def encode_value(q: Quantity, value: Decimal) -> list[int]:
+def encode_value(q: ModbusQuantity, value: Decimal) -> list[int]:
     """Inverse of decode_value (used by simulators); truncates below the register's resolution."""
     if q.type == "float32":
         raw = struct.pack(">f", float(value / q.scale))
@@ -85,7 +86,7 @@ def encode_value(q: Quantity, value: Decimal) -> list[int]:
 
 
 def decode_block(
-    profile: Profile, block: Block, words: list[int]
+    profile: ModbusProfile, block: Block, words: list[int]
 ) -> dict[tuple[str, int], Decimal]:
     if len(words) != block.count:
         raise ProfileDecodeError(f"block of {block.count} registers answered with {len(words)}")
@@ -98,7 +99,7 @@ def decode_block(
 
 
 def supply_on(
-    profile: Profile, values: dict[tuple[str, int], Decimal], channel: int
+    profile: AnyProfile, values: dict[tuple[str, int], Decimal], channel: int
 ) -> bool | None:
     if profile.supply is None:
         return None

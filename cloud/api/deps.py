@@ -20,6 +20,8 @@ class Services:
     db: Database
     sessions: Sessions
     timing: CommandTiming
+    broker_url: str = "mqtt://127.0.0.1:1883"  # what commissioned gateways connect to
+    mqtt_prefix: str = "prepay"
 
 
 def services(request: Request) -> Services:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep
 from cloud.payments.counter import SaleRequest, sell_credit
+from cloud.registry.commissioning import exchange_claim, issue_claim, revoke_credential
 
 router = APIRouter(prefix="/api/v1")
 
@@ -144,3 +145,64 @@ async def create_sale(
         created_at=receipt.created_at,
         replayed=receipt.replayed,
     )
+
+
+class ClaimIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ttl_minutes: int = Field(default=24 * 60, ge=1, le=7 * 24 * 60)
+
+
+class ClaimOut(BaseModel):
+    code: str = Field(description="shown once; give it to the installer")
+    site_id: uuid.UUID
+    expires_at: datetime
+
+
+class CommissionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    claim: str = Field(min_length=4, max_length=40)
+    name: str | None = Field(default=None, max_length=100)
+
+
+class CommissionOut(BaseModel):
+    gateway: str
+    mqtt_url: str
+    mqtt_prefix: str
+    username: str
+    password: str
+
+
+class RevokedOut(BaseModel):
+    gateway: str
+    revoked: int
+
+
+@router.post("/sites/{site_id}/claim-codes", response_model=ClaimOut, status_code=201)
+async def create_claim_code(
+    site_id: uuid.UUID, body: ClaimIn, svc: ServicesDep, who: OperatorDep
+) -> ClaimOut:
+    """A one-time code an installer exchanges for a new gateway at this site."""
+    claim = await issue_claim(
+        svc.db, who, site_id, datetime.now(UTC), timedelta(minutes=body.ttl_minutes)
+    )
+    return ClaimOut(code=claim.code, site_id=claim.site_id, expires_at=claim.expires_at)
+
+
+@router.post("/gateways/commission", response_model=CommissionOut, status_code=201)
+async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> CommissionOut:
+    """Exchange a claim code (no login: the code is the authority) for the gateway's id and
+    its own MQTT credentials. The password is returned once and kept only as a hash."""
+    ident = await exchange_claim(svc.db, body.claim, datetime.now(UTC), body.name)
+    return CommissionOut(
+        gateway=ident.gateway,
+        mqtt_url=svc.broker_url,
+        mqtt_prefix=svc.mqtt_prefix,
+        username=ident.username,
+        password=ident.password,
+    )
+
+
+@router.post("/gateways/{code}/revoke-credential", response_model=RevokedOut)
+async def revoke_gateway_credential(code: str, svc: ServicesDep, who: OperatorDep) -> RevokedOut:
+    n = await revoke_credential(svc.db, who, code, datetime.now(UTC))
+    return RevokedOut(gateway=code, revoked=n)

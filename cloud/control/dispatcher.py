@@ -77,7 +77,8 @@ class Dispatcher:
         await self._sweep(mqtt)
         while True:
             try:
-                tenant = await asyncio.wait_for(self._wake.get(), timeout=self.sweep_s)
+                async with asyncio.timeout(self.sweep_s):  # wait_for can swallow a cancel
+                    tenant = await self._wake.get()
             except TimeoutError:
                 await self._sweep(mqtt)
                 continue

@@ -4,7 +4,9 @@ supports it), every message handled on its own so a bad one never blocks those b
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import random
 import uuid
 from datetime import UTC, datetime
 
@@ -18,10 +20,14 @@ from contract.mqtt import (
     SUPPORTED_VERSIONS,
     Ack,
     Direction,
+    DownKind,
     GatewayState,
+    Receipt,
+    ReceiptStatus,
     TelemetryBatch,
     Topics,
     UpKind,
+    dump,
     schema_version,
 )
 
@@ -58,12 +64,17 @@ class IngestConsumer:
                     self.ready.set()
                     backoff = 1.0
                     async for message in mqtt.messages:
-                        await self.handle(str(message.topic), _payload(message))
+                        receipt = await self.handle(str(message.topic), _payload(message))
+                        if receipt is not None:
+                            down = self.topics.down(receipt.gateway, DownKind.RECEIPT)
+                            await mqtt.publish(down, dump(receipt), qos=1)
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
-                log.warning("ingest lost the broker (%s); reconnecting in %.0fs", exc, backoff)
+                log.warning("ingest lost the broker (%s); reconnecting in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                # the broker is local to the cloud: come back soon, so gateways waiting for
+                # receipts are not left re-sending (a little jitter spreads the workers)
+                backoff = min(backoff * 2, 5.0) * random.uniform(0.8, 1.0)
 
     def _reject(self, kind: str, reason: str, topic: str) -> None:
         key = f"{kind}:{reason}"
@@ -74,27 +85,29 @@ class IngestConsumer:
                 "rejected %s message on %s: %s (x%d)", kind, topic, reason, self.rejected[key]
             )
 
-    async def handle(self, topic: str, raw: bytes) -> None:
-        """Handle one uplink message; never raises for bad input."""
+    async def handle(self, topic: str, raw: bytes) -> Receipt | None:
+        """Handle one uplink message; never raises for bad input. For a telemetry batch,
+        returns the receipt to send the gateway (None when it must re-send later)."""
         try:
-            await self._handle(topic, raw)
+            return await self._handle(topic, raw)
         finally:
             self.handled += 1
 
-    async def _handle(self, topic: str, raw: bytes) -> None:
+    async def _handle(self, topic: str, raw: bytes) -> Receipt | None:
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] is not Direction.UP:
             self._reject("unknown", "foreign_topic", topic)
-            return
+            return None
         gateway, _, kind = parsed
         version = schema_version(raw)
         if version is None:
             self._reject(kind, "malformed", topic)
-            return
+            return _rejected(gateway, kind, raw, "malformed JSON")
         if version not in SUPPORTED_VERSIONS:
             self._reject(kind, f"unsupported_version_{version}", topic)
-            return
+            return None  # a newer cloud may take it: the gateway keeps it
         now = datetime.now(UTC)
+        receipt: Receipt | None = None
         try:
             if kind == UpKind.TELEMETRY:
                 batch = TelemetryBatch.model_validate_json(raw)
@@ -103,6 +116,14 @@ class IngestConsumer:
                 READINGS.labels("duplicate").inc(result.duplicates)
                 for reason, n in result.quarantined.items():
                     READINGS.labels(f"quarantined_{reason}").inc(n)
+                receipt = Receipt(
+                    gateway=gateway,
+                    boot_id=batch.boot_id,
+                    seq=batch.seq,
+                    stored=result.stored,
+                    duplicates=result.duplicates,
+                    quarantined=sum(result.quarantined.values()),
+                )
             elif kind == UpKind.ACK:
                 await self.service.store_ack(gateway, Ack.model_validate_json(raw), now)
             elif kind == UpKind.STATE:
@@ -111,14 +132,33 @@ class IngestConsumer:
         except ValidationError as exc:
             self._reject(kind, "invalid", topic)
             log.debug("invalid %s payload: %s", kind, exc)
+            return _rejected(gateway, kind, raw, f"invalid: {exc.errors()[0]['msg']}")
         except UnknownGateway:
-            self._reject(kind, "unknown_gateway", topic)
+            self._reject(kind, "unknown_gateway", topic)  # kept by the gateway until known
         except Exception:
             # A database or bug error must not stop the stream; the message is counted and
-            # logged with its traceback. QoS 1 redelivery covers transient failures only
-            # when the broker re-sends, so the count is what an operator alarms on.
+            # logged with its traceback. No receipt: the gateway sends the batch again.
             self._reject(kind, "error", topic)
             log.exception("failed to ingest %s from %s", kind, gateway)
+        return receipt
+
+
+def _rejected(gateway: str, kind: str, raw: bytes, why: str) -> Receipt | None:
+    """A receipt that tells the gateway to drop a telemetry batch no cloud can ever store
+    (when the batch still says who sent it and which it was)."""
+    if kind != UpKind.TELEMETRY:
+        return None
+    try:
+        doc = json.loads(raw)
+        return Receipt(
+            gateway=gateway,
+            boot_id=str(doc["boot_id"]),
+            seq=int(doc["seq"]),
+            status=ReceiptStatus.REJECTED,
+            detail=why[:200],
+        )
+    except (ValueError, KeyError, TypeError, ValidationError):
+        return None
 
 
 def _payload(message: aiomqtt.Message) -> bytes:

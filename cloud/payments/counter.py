@@ -12,6 +12,7 @@ from decimal import Decimal
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud import audit
 from cloud.auth import Principal
 from cloud.control.policy import PointFinance, desired_supply
 from cloud.control.service import CommandTiming, steer_supply
@@ -114,9 +115,10 @@ async def sell_credit(
         )
         balance = await balance_of(conn, wallet.code)
         commands = await _restore_supply(conn, who.tenant_id, acct.id, balance, now, timing)
-        await _audit(
+        await audit.record(
             conn,
-            who,
+            who.tenant_id,
+            who.actor,
             "sale.create",
             f"account:{acct.number}",
             now,
@@ -172,28 +174,3 @@ async def _restore_supply(
         if await steer_supply(conn, tenant_id, p.channel_id, decision, now, timing):
             n += 1
     return n
-
-
-async def _audit(
-    conn: AsyncConnection,
-    who: Principal,
-    action: str,
-    target: str,
-    now: datetime,
-    detail: dict[str, str],
-) -> None:
-    await conn.execute(
-        sa.text(
-            "INSERT INTO audit_event (id, tenant_id, actor, action, target, detail, at) "
-            "VALUES (:id, :t, :a, :ac, :tg, CAST(:d AS jsonb), :now)"
-        ),
-        {
-            "id": uuid.uuid4(),
-            "t": who.tenant_id,
-            "a": who.actor,
-            "ac": action,
-            "tg": target,
-            "d": json.dumps(detail),
-            "now": now,
-        },
-    )

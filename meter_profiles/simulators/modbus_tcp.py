@@ -1,7 +1,7 @@
-"""A Modbus TCP server for simulated meters (functions 03, 04, 06).
+"""A Modbus TCP server (MBAP framing) for simulated meters.
 
 Written here rather than with pymodbus's server so that the simulator controls every byte:
-reply delays and fault injection (no reply, exception codes) for tests and training.
+reply delays and fault injection (no reply, corrupted frames, exception codes).
 """
 
 from __future__ import annotations
@@ -10,31 +10,28 @@ import asyncio
 import contextlib
 import logging
 import struct
-from dataclasses import dataclass, field
 
-from meter_profiles.simulators.meter import MeterRefused, SimulatedMeter
+from meter_profiles.simulators.line import Faults
+from meter_profiles.simulators.meter import SimulatedMeter
+from meter_profiles.simulators.modbus import ModbusDevices
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Faults:
-    """Injected faults per unit id: silence, or a fixed exception code."""
-
-    silent_units: set[int] = field(default_factory=set)
-    exception_units: dict[int, int] = field(default_factory=dict)
-    reply_delay_s: float = 0.0
 
 
 class ModbusTcpSimulator:
     def __init__(
         self, meters: list[SimulatedMeter], host: str = "127.0.0.1", port: int = 0
     ) -> None:
-        self.meters = {m.unit: m for m in meters}
+        self.devices = ModbusDevices(meters)
+        self.meters = self.devices.meters
         self.host = host
         self.port = port
-        self.faults = Faults()
+        self.reply_delay_s = 0.0
         self._server: asyncio.Server | None = None
+
+    @property
+    def faults(self) -> Faults:
+        return self.devices.faults
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, self.host, self.port)
@@ -56,11 +53,13 @@ class ModbusTcpSimulator:
                 header = await reader.readexactly(7)
                 tid, pid, length, unit = struct.unpack(">HHHB", header)
                 pdu = await reader.readexactly(length - 1)
-                reply = self.answer(unit, pdu)
+                reply = self.devices.answer(unit, pdu)
                 if reply is None:
                     continue
-                if self.faults.reply_delay_s:
-                    await asyncio.sleep(self.faults.reply_delay_s)
+                if unit in self.faults.corrupt:
+                    reply = reply[:1]  # a truncated PDU the client cannot decode
+                if self.reply_delay_s:
+                    await asyncio.sleep(self.reply_delay_s)
                 writer.write(struct.pack(">HHHB", tid, pid, len(reply) + 1, unit) + reply)
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -69,36 +68,4 @@ class ModbusTcpSimulator:
             writer.close()
 
     def answer(self, unit: int, pdu: bytes) -> bytes | None:
-        """The reply PDU for a request PDU, or None when the meter stays silent."""
-        meter = self.meters.get(unit)
-        if meter is None or unit in self.faults.silent_units or not pdu:
-            return None
-        fn = pdu[0]
-        if unit in self.faults.exception_units:
-            return bytes([fn | 0x80, self.faults.exception_units[unit]])
-        try:
-            if fn in (3, 4) and len(pdu) == 5:
-                start, count = struct.unpack(">HH", pdu[1:5])
-                if not 1 <= count <= 125:
-                    raise MeterRefused(0x03, "bad register count")
-                regs = meter.registers()
-                words = []
-                for a in range(start, start + count):
-                    if (fn, a) not in regs and not _in_gap(regs, fn, a):
-                        raise MeterRefused(0x02, f"illegal address {a:#06x}")
-                    words.append(regs.get((fn, a), 0))
-                return bytes([fn, 2 * count]) + b"".join(struct.pack(">H", w) for w in words)
-            if fn == 6 and len(pdu) == 5:
-                address, value = struct.unpack(">HH", pdu[1:5])
-                meter.write_register(address, value)
-                return pdu
-            raise MeterRefused(0x01, f"illegal function {fn}")
-        except MeterRefused as exc:
-            return bytes([fn | 0x80, exc.code])
-
-
-def _in_gap(regs: dict[tuple[int, int], int], fn: int, address: int, span: int = 4) -> bool:
-    """Real meters answer small unmapped holes inside a register block with zeros."""
-    return any((fn, address - d) in regs for d in range(1, span + 1)) and any(
-        (fn, address + d) in regs for d in range(1, span + 1)
-    )
+        return self.devices.answer(unit, pdu)

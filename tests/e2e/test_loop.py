@@ -60,7 +60,7 @@ async def test_exhaustion_trips_and_topup_restores(
     meter = SimulatedMeter(
         profile,
         1,
-        curve=LoadCurve(base_kw=3.6, peak_kw=3.6, noise=0.0),
+        curve=LoadCurve(base=3.6, peak=3.6, noise=0.0),
         speed=100.0,
         start_kwh=50.0,
     )
@@ -123,9 +123,9 @@ async def test_exhaustion_trips_and_topup_restores(
             == "acked"
         )
         # The simulator's consumption stops: the register no longer moves.
-        frozen = meter.channels[1].energy_kwh
+        frozen = meter.channels[1].total
         await asyncio.sleep(1.5)
-        assert meter.channels[1].energy_kwh == frozen
+        assert meter.channels[1].total == frozen
         assert (
             await q(
                 "SELECT supply_on FROM reading WHERE channel_id = :c "
@@ -161,9 +161,9 @@ async def test_exhaustion_trips_and_topup_restores(
 
         await wait_for(restored, 15, "supply restored")
         assert meter.channels[1].relay_closed
-        before = meter.channels[1].energy_kwh
+        before = meter.channels[1].total
         await asyncio.sleep(1.0)
-        assert meter.channels[1].energy_kwh > before  # consumption resumed
+        assert meter.channels[1].total > before  # consumption resumed
     finally:
         for t in tasks:
             t.cancel()

@@ -1,0 +1,343 @@
+"""`prepay-gateway scan`: find the meters on a bus and print them as a config snippet.
+
+- DL/T 645-2007: read-address (C = 13) to the all-``AA`` wildcard. One meter on the line
+  answers cleanly. When several answer at once their replies collide (a broken frame): the
+  scan then narrows the address one byte at a time (``AA`` bytes are wildcards, lowest byte
+  first), reading the communication address (DI 04 00 04 01) of whoever matches.
+- CJ/T 188: the same with read-address (C = 03, DI 81 0A) and the 7-byte address, narrowing
+  with read-data (DI 90 1F) to the wildcard meter type.
+- Modbus: probe each unit id in a range by reading the identity register the profiles
+  declare (``identity: {quantity, value}``, e.g. Acrel's model id); a unit that answers but
+  matches no identity is listed for the installer to name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+
+from gateway_agent.config import BusConfig, DeviceConfig, SerialPortConfig
+from gateway_agent.drivers import DecodeFailure, DeviceException, DeviceTimeout
+from gateway_agent.drivers.factory import make_driver, make_link
+from gateway_agent.drivers.link import Link
+from gateway_agent.protocols import cjt188, dlt645
+from meter_profiles.loader import ProfileError, load_profiles
+from meter_profiles.schema import AnyProfile, ModbusProfile
+
+log = logging.getLogger(__name__)
+
+WILDCARD = 0xAA
+DI_COMMUNICATION_ADDRESS = 0x04000401
+F = TypeVar("F")
+
+
+@dataclass
+class Found:
+    protocol: str
+    unit: int | None = None
+    address: str | None = None
+    profile: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+# -- address search (DL/T 645, CJ/T 188) ---------------------------------------------------
+
+ONE, MANY, NONE = "one", "many", "none"
+Probe = Callable[[bytes], Awaitable[tuple[str, str | None]]]
+
+
+async def search_addresses(probe: Probe, width: int, first: Probe | None = None) -> list[str]:
+    """Every meter address on the line. ``probe(wire_address)`` answers NONE (silence), ONE
+    with the address (a clean reply) or MANY (a collision); ``first`` probes the all-wildcard
+    address (read-address) when the protocol has a dedicated request for it."""
+    everyone = bytes([WILDCARD] * width)
+    outcome, address = await (first or probe)(everyone)
+    if outcome == NONE:
+        return []
+    if outcome == ONE and address is not None:
+        return [address]
+    found: list[str] = []
+
+    async def narrow(prefix: bytes) -> None:
+        for digit in range(100):
+            fixed = prefix + bytes([digit // 10 << 4 | digit % 10])
+            outcome, address = await probe(fixed + bytes([WILDCARD] * (width - len(fixed))))
+            if outcome == ONE and address is not None:
+                found.append(address)
+            elif outcome == MANY:
+                if len(fixed) == width:
+                    log.warning("two meters answer to the same address %s", fixed.hex())
+                    continue
+                await narrow(fixed)
+
+    await narrow(b"")
+    return sorted(set(found))
+
+
+def _matches(wire: bytes, address_wire: bytes) -> bool:
+    return all(w in (WILDCARD, a) for w, a in zip(wire, address_wire, strict=True))
+
+
+def dlt645_probes(link: Link, timeout_s: float, wakeup: bool = True) -> tuple[Probe, Probe]:
+    async def read_address(wire: bytes) -> tuple[str, str | None]:
+        request = dlt645.encode_frame(dlt645.read_address_request(wakeup=wakeup))
+        return await _outcome(link, request, wire, timeout_s, dlt645.extract_frame, _dlt_addr)
+
+    async def read_comm_address(wire: bytes) -> tuple[str, str | None]:
+        address = dlt645.decode_address(wire)
+        frame = dlt645.read_data_request(address, DI_COMMUNICATION_ADDRESS, wakeup=wakeup)
+        request = dlt645.encode_frame(frame)
+        return await _outcome(link, request, wire, timeout_s, dlt645.extract_frame, _dlt_addr)
+
+    return read_address, read_comm_address
+
+
+def _dlt_addr(frame: dlt645.Frame) -> str | None:
+    if not frame.is_reply:
+        return None
+    return frame.address
+
+
+def cjt188_probes(link: Link, timeout_s: float, wakeup: bool = True) -> tuple[Probe, Probe]:
+    async def read_address(wire: bytes) -> tuple[str, str | None]:
+        request = cjt188.encode_frame(cjt188.read_address_request(wakeup=wakeup))
+        return await _outcome(link, request, wire, timeout_s, cjt188.extract_frame, _cjt_addr)
+
+    async def read_data(wire: bytes) -> tuple[str, str | None]:
+        frame = cjt188.read_data_request(
+            cjt188.MeterType.WILDCARD, cjt188.decode_address(wire), wakeup=wakeup
+        )
+        request = cjt188.encode_frame(frame)
+        return await _outcome(link, request, wire, timeout_s, cjt188.extract_frame, _cjt_addr)
+
+    return read_address, read_data
+
+
+def _cjt_addr(frame: cjt188.Frame) -> str | None:
+    if not frame.is_reply:
+        return None
+    return f"{frame.address}"
+
+
+async def _outcome(
+    link: Link,
+    request: bytes,
+    wire: bytes,
+    timeout_s: float,
+    extract: Callable[[bytes], tuple[F | None, int]],
+    address_of: Callable[[F], str | None],
+) -> tuple[str, str | None]:
+    try:
+        frame = await link.transact(request, extract, timeout_s)
+    except DeviceTimeout:
+        return NONE, None
+    except DecodeFailure:
+        return MANY, None
+    address = address_of(frame)
+    width = len(wire)
+    if address is None:
+        return MANY, None
+    encoded = (dlt645.encode_address if width == 6 else cjt188.encode_address)(address)
+    if not _matches(wire, encoded):
+        return MANY, None
+    # the rest of a collision may still be arriving: a second frame means two meters
+    return ONE, address
+
+
+# -- Modbus --------------------------------------------------------------------------------
+
+
+def _identity_groups(profiles: dict[str, AnyProfile]) -> dict[tuple[int, int, str], ModbusProfile]:
+    """One probe profile per distinct identity register (address, function, type)."""
+    groups: dict[tuple[int, int, str], ModbusProfile] = {}
+    for p in profiles.values():
+        if not isinstance(p, ModbusProfile) or p.identity is None:
+            continue
+        q = p.quantities[p.identity.quantity]
+        key = (q.address, q.function, q.type)
+        if key not in groups:
+            groups[key] = ModbusProfile.model_validate(
+                {
+                    "schema_version": 1,
+                    "model": f"scan-probe-{q.address:04x}",
+                    "vendor": "scan",
+                    "utility": "electricity",
+                    "protocol": "modbus",
+                    "quantities": {
+                        "identity": {"register": q.address, "type": q.type, "function": q.function}
+                    },
+                }
+            )
+    return groups
+
+
+async def scan_modbus(
+    bus: BusConfig, profiles: dict[str, AnyProfile], units: Sequence[int]
+) -> list[Found]:
+    groups = _identity_groups(profiles)
+    driver = make_driver(bus.model_copy(update={"devices": []}), profiles)
+    found: list[Found] = []
+    try:
+        for unit in units:
+            device = DeviceConfig(key=f"probe-{unit}", profile="scan-probe", unit=unit)
+            present = False
+            matches: list[str] = []
+            for (address, function, type_), probe in groups.items():
+                try:
+                    values = await driver.read(device, probe)
+                except DeviceTimeout:
+                    if not present:
+                        break  # silence: nobody at this unit id
+                    continue
+                except (DeviceException, DecodeFailure):
+                    present = True
+                    continue
+                present = True
+                value = int(values[("identity", 1)])
+                for p in profiles.values():
+                    if not isinstance(p, ModbusProfile) or p.identity is None:
+                        continue
+                    q = p.quantities[p.identity.quantity]
+                    same = (q.address, q.function, q.type) == (address, function, type_)
+                    if same and p.identity.value == value:
+                        matches.append(p.model)
+                if matches:
+                    break
+            if not present:
+                continue
+            f = Found("modbus", unit=unit, profile=matches[0] if matches else None)
+            if len(matches) > 1:
+                f.notes.append(f"also matches {', '.join(matches[1:])}: pick the right one")
+            if not matches:
+                f.notes.append("answers, but matches no profile identity: name its profile")
+            found.append(f)
+    finally:
+        await driver.close()
+    return found
+
+
+# -- the command -----------------------------------------------------------------------------
+
+
+async def scan(
+    bus: BusConfig,
+    protocol: str,
+    profiles: dict[str, AnyProfile],
+    *,
+    units: Sequence[int] = range(1, 248),
+    timeout_s: float = 0.3,
+) -> list[Found]:
+    if protocol == "modbus":
+        return await scan_modbus(bus, profiles, units)
+    link = make_link(bus, profiles)
+    try:
+        if protocol == "dlt645":
+            first, probe = dlt645_probes(link, timeout_s)
+            addresses = await search_addresses(probe, dlt645.ADDRESS_WIDTH, first)
+            model = "dlt645-2007-prepaid" if "dlt645-2007-prepaid" in profiles else None
+        elif protocol == "cjt188":
+            first, probe = cjt188_probes(link, timeout_s)
+            addresses = await search_addresses(probe, cjt188.ADDRESS_WIDTH, first)
+            model = "cjt188-valve-water" if "cjt188-valve-water" in profiles else None
+        else:
+            raise ValueError(f"cannot scan protocol {protocol!r}")
+    finally:
+        await link.close()
+    return [
+        Found(
+            protocol,
+            address=a,
+            profile=model,
+            notes=["DL/T 645 and CJ/T 188 do not say the model: check the profile"],
+        )
+        for a in addresses
+    ]
+
+
+def snippet(bus: BusConfig, found: list[Found]) -> str:
+    """The bus as agent config YAML, with the found meters as its devices."""
+    devices: list[dict[str, object]] = []
+    for f in found:
+        ident = f"u{f.unit}" if f.unit is not None else f"a{f.address}"
+        device: dict[str, object] = {
+            "key": f"{bus.name}-{ident}",
+            "profile": f.profile or "FILL-IN",
+        }
+        if f.unit is not None:
+            device["unit"] = f.unit
+        if f.address is not None:
+            device["address"] = f.address
+        devices.append(device)
+    entry = bus.model_dump(mode="json", exclude_defaults=True, exclude={"devices"})
+    entry["name"] = bus.name
+    entry["transport"] = bus.transport
+    entry["devices"] = devices
+    lines = [f"# prepay-gateway scan: {len(found)} meter(s) on bus {bus.name}"]
+    for f in found:
+        for note in f.notes:
+            lines.append(f"# {f.address or f'unit {f.unit}'}: {note}")
+    body = yaml.safe_dump({"buses": [entry]}, sort_keys=False, allow_unicode=True)
+    return "\n".join(lines) + "\n" + body
+
+
+def _units(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.split(","):
+        lo, _, hi = part.partition("-")
+        first, last = int(lo), int(hi or lo)
+        if not 1 <= first <= last <= 247:
+            raise argparse.ArgumentTypeError(f"unit range {part!r} is not within 1-247")
+        out.extend(range(first, last + 1))
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="prepay-gateway scan", description=__doc__.split("\n")[0])
+    p.add_argument("--protocol", choices=("modbus", "dlt645", "cjt188"), required=True)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--serial", metavar="PORT", help="local serial port, e.g. /dev/ttyUSB0")
+    where.add_argument("--tcp", metavar="HOST:PORT", help="serial-to-Ethernet converter")
+    where.add_argument("--modbus-tcp", metavar="HOST:PORT", help="Modbus TCP gateway")
+    p.add_argument("--baudrate", type=int, default=None)
+    p.add_argument("--parity", choices=("N", "E", "O"), default=None)
+    p.add_argument("--units", type=_units, default=list(range(1, 248)), help="e.g. 1-32,100")
+    p.add_argument("--timeout", type=float, default=0.3, help="seconds to wait per probe")
+    p.add_argument("--name", default="bus1", help="bus name in the snippet")
+    p.add_argument("--profiles-dir", default=None, help="installer's extra profiles")
+    return p
+
+
+def bus_from_args(args: argparse.Namespace) -> BusConfig:
+    common: dict[str, object] = {"name": args.name, "timeout_s": args.timeout, "devices": []}
+    if args.serial:
+        serial = SerialPortConfig(port=args.serial, baudrate=args.baudrate, parity=args.parity)
+        return BusConfig.model_validate({**common, "transport": "serial", "serial": serial})
+    target = args.tcp or args.modbus_tcp
+    host, _, port = str(target).rpartition(":")
+    transport = "tcp" if args.tcp else "modbus_tcp"
+    return BusConfig.model_validate(
+        {**common, "transport": transport, "host": host or "127.0.0.1", "port": int(port)}
+    )
+
+
+def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        profiles = load_profiles(Path(args.profiles_dir) if args.profiles_dir else None)
+        bus = bus_from_args(args)
+    except (ProfileError, ValueError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    found = asyncio.run(
+        scan(bus, args.protocol, profiles, units=args.units, timeout_s=args.timeout)
+    )
+    sys.stdout.write(snippet(bus, found))
+    return 0 if found else 1

@@ -1,0 +1,182 @@
+"""End-to-end delivery: a gateway forgets a telemetry batch only on the cloud's receipt,
+re-sends it when none comes, and drops it only when the cloud says it can never be stored."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiomqtt
+
+from cloud.control.service import CommandTiming
+from cloud.db import Database
+from cloud.ingest.consumer import IngestConsumer
+from cloud.ingest.service import IngestService
+from cloud.registry.service import Seeded
+from contract.mqtt import (
+    BrokerAddress,
+    DownKind,
+    EventKind,
+    GatewayEvent,
+    Reading,
+    Receipt,
+    ReceiptStatus,
+    TelemetryBatch,
+    Topics,
+    UpKind,
+    dump,
+)
+from gateway_agent.agent import Agent
+from gateway_agent.config import AgentConfig
+from gateway_agent.outbox import EVENT
+from meter_profiles.loader import load_profiles
+
+
+def _agent(mqtt_url: str, prefix: str, tmp_path: Path, gateway: str, timeout: float) -> Agent:
+    cfg = AgentConfig(
+        gateway=gateway,
+        mqtt_url=mqtt_url,
+        mqtt_prefix=prefix,
+        data_dir=tmp_path,
+        receipt_timeout_s=timeout,
+        buses=[],
+    )
+    return Agent(cfg, load_profiles())
+
+
+def _readings(n: int) -> list[Reading]:
+    now = datetime.now(UTC)
+    return [Reading(device="m1", measured_at=now.replace(microsecond=i)) for i in range(n)]
+
+
+async def _next_batch(cloud: aiomqtt.Client) -> TelemetryBatch:
+    async with asyncio.timeout(10):
+        async for m in cloud.messages:
+            if str(m.topic).endswith("/up/telemetry") and isinstance(m.payload, bytes):
+                return TelemetryBatch.model_validate_json(m.payload)
+    raise AssertionError("no batch")
+
+
+async def _until(cond: object, what: str) -> None:
+    for _ in range(200):
+        if cond():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(what)
+
+
+async def test_a_batch_stays_until_its_receipt_and_goes_again_without_one(
+    mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    gateway = f"gw-{uuid.uuid4().hex[:8]}"
+    topics = Topics(topic_prefix)
+    agent = _agent(mqtt_url, topic_prefix, tmp_path, gateway, timeout=1.0)
+    agent.enqueue(_readings(3))
+    addr = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(addr.host, addr.port, identifier=f"c-{gateway}") as cloud:
+        await cloud.subscribe(topics.up(gateway, UpKind.TELEMETRY), qos=1)
+        running = asyncio.create_task(agent.run())
+        try:
+            first = await _next_batch(cloud)
+            assert len(first.readings) == 3
+            assert agent.outbox.depth() == 3  # the broker has it; the cloud has not said so
+            again = await _next_batch(cloud)  # no receipt within 1 s: sent again
+            assert again.seq > first.seq and again.readings == first.readings
+            assert again.boot_id == first.boot_id
+
+            receipt_topic = topics.down(gateway, DownKind.RECEIPT)
+            stale = Receipt(gateway=gateway, boot_id="another-boot", seq=again.seq)
+            await cloud.publish(receipt_topic, dump(stale), qos=1)
+            await cloud.publish(receipt_topic, b"{not json", qos=1)
+            await asyncio.sleep(0.3)
+            assert agent.outbox.depth() == 3  # neither counts
+            ok = Receipt(gateway=gateway, boot_id=again.boot_id, seq=again.seq, stored=3)
+            await cloud.publish(receipt_topic, dump(ok), qos=1)
+            await _until(lambda: agent.outbox.depth() == 0, "receipt did not clear the batch")
+
+            agent.enqueue(_readings(2))
+            bad = await _next_batch(cloud)
+            no = Receipt(
+                gateway=gateway,
+                boot_id=bad.boot_id,
+                seq=bad.seq,
+                status=ReceiptStatus.REJECTED,
+                detail="invalid: test",
+            )
+            await cloud.publish(receipt_topic, dump(no), qos=1)
+            await _until(lambda: agent.outbox.depth() == 0, "rejected batch was kept")
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+    box = agent.outbox.__class__(tmp_path / "outbox.sqlite3", 1000)
+    kinds = [GatewayEvent.model_validate_json(b).kind for _, b in box.peek(EVENT, 10)]
+    box.close()
+    # the event was published (and so removed) or is still queued: either way it was raised
+    assert kinds in ([], [EventKind.BATCH_REJECTED])
+
+
+async def test_the_cloud_sends_receipts_for_stored_and_for_hopeless_batches(
+    db: Database, group: Seeded, topic_prefix: str
+) -> None:
+    async with db.tenant(group.tenant_id) as conn:
+        import sqlalchemy as sa
+
+        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    consumer = IngestConsumer(
+        IngestService(db, CommandTiming()), "mqtt://unused", Topics(topic_prefix), None
+    )
+    topic = Topics(topic_prefix).up(gw, UpKind.TELEMETRY)
+    now = datetime.now(UTC)
+    good = TelemetryBatch(
+        gateway=gw,
+        boot_id="b1",
+        seq=4,
+        sent_at=now,
+        readings=(Reading(device="m1", measured_at=now, total=None),),
+    )
+    receipt = await consumer.handle(topic, dump(good))
+    assert receipt is not None and receipt.status is ReceiptStatus.STORED
+    assert (receipt.boot_id, receipt.seq, receipt.gateway) == ("b1", 4, gw)
+    again = await consumer.handle(topic, dump(good))
+    assert again is not None and again.status is ReceiptStatus.STORED  # a duplicate: still ok
+
+    hopeless = json.dumps({"v": 1, "gateway": gw, "boot_id": "b1", "seq": 5, "readings": 3})
+    rejected = await consumer.handle(topic, hopeless.encode())
+    assert rejected is not None and rejected.status is ReceiptStatus.REJECTED
+    assert rejected.seq == 5 and "invalid" in rejected.detail
+    assert await consumer.handle(topic, b"\xff garbage") is None  # nobody to answer
+    newer = json.dumps({"v": 2, "gateway": gw, "boot_id": "b1", "seq": 6}).encode()
+    assert await consumer.handle(topic, newer) is None  # kept for a cloud that reads v2
+    unknown = Topics(topic_prefix).up("gw-nobody", UpKind.TELEMETRY)
+    assert await consumer.handle(unknown, dump(good)) is None  # kept until registered
+
+
+async def test_a_batch_overtaken_by_a_confirmed_one_goes_again_at_once(
+    mqtt_url: str, topic_prefix: str, tmp_path: Path
+) -> None:
+    gateway = f"gw-{uuid.uuid4().hex[:8]}"
+    topics = Topics(topic_prefix)
+    agent = _agent(mqtt_url, topic_prefix, tmp_path, gateway, timeout=600.0)
+    agent.enqueue(_readings(2))
+    addr = BrokerAddress.parse(mqtt_url)
+    async with aiomqtt.Client(addr.host, addr.port, identifier=f"c-{gateway}") as cloud:
+        await cloud.subscribe(topics.up(gateway, UpKind.TELEMETRY), qos=1)
+        running = asyncio.create_task(agent.run())
+        try:
+            lost = await _next_batch(cloud)  # as if nobody was subscribed: no receipt
+            await asyncio.sleep(2.5)
+            agent.enqueue(_readings(1))
+            later = await _next_batch(cloud)
+            receipt = Receipt(gateway=gateway, boot_id=later.boot_id, seq=later.seq, stored=1)
+            await cloud.publish(topics.down(gateway, DownKind.RECEIPT), dump(receipt), qos=1)
+            again = await _next_batch(cloud)  # long before the 600 s timeout
+            assert again.readings == lost.readings and again.seq > later.seq
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running

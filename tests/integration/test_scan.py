@@ -1,0 +1,103 @@
+"""`prepay-gateway scan` against simulated buses: what it finds is what is there."""
+
+from __future__ import annotations
+
+import yaml
+
+from gateway_agent.config import BusConfig
+from gateway_agent.scan import scan, snippet
+from meter_profiles.loader import load_profiles
+from meter_profiles.simulators.meter import SimulatedMeter
+from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
+
+
+async def test_modbus_scan_finds_and_identifies_every_unit() -> None:
+    profiles = load_profiles()
+    ddsy = profiles["acrel-ddsy1352-modbus"]
+    sim = ModbusTcpSimulator([SimulatedMeter(ddsy, u) for u in (1, 3, 7, 9)])
+    sim.faults.exception[9] = 0x02  # answers, but not with a model id
+    await sim.start()
+    try:
+        bus = BusConfig(
+            name="shops", transport="modbus_tcp", port=sim.port, timeout_s=0.2, devices=[]
+        )
+        found = await scan(bus, "modbus", profiles, units=range(1, 11))
+    finally:
+        await sim.stop()
+    assert [(f.unit, f.profile) for f in found] == [
+        (1, "acrel-ddsy1352-modbus"),
+        (3, "acrel-ddsy1352-modbus"),
+        (7, "acrel-ddsy1352-modbus"),
+        (9, None),
+    ]
+    assert "matches no profile identity" in found[-1].notes[0]
+
+    text = snippet(bus, found)
+    doc = yaml.safe_load(text)
+    parsed = BusConfig.model_validate(doc["buses"][0] | {"devices": doc["buses"][0]["devices"][:3]})
+    assert [d.unit for d in parsed.devices] == [1, 3, 7]
+    assert "unit 9: answers, but matches no profile identity" in text
+
+
+async def test_modbus_scan_of_an_empty_bus_finds_nothing() -> None:
+    profiles = load_profiles()
+    sim = ModbusTcpSimulator([])
+    await sim.start()
+    try:
+        bus = BusConfig(
+            name="empty", transport="modbus_tcp", port=sim.port, timeout_s=0.1, devices=[]
+        )
+        assert await scan(bus, "modbus", profiles, units=range(1, 4)) == []
+    finally:
+        await sim.stop()
+
+
+async def _line_bus(protocol_profile: str, addresses: list[str]) -> tuple[object, BusConfig]:
+    from meter_profiles.simulators.bus import SimBus, start_bus
+
+    profiles = load_profiles()
+    sim_bus = SimBus(
+        name="b",
+        transport="tcp",
+        meters=[
+            {"profile": protocol_profile, "unit": i + 1, "address": a}  # type: ignore[misc]
+            for i, a in enumerate(addresses)
+        ],
+    )
+    running = await start_bus(sim_bus, profiles)
+    port = int(running.where.rsplit(":", 1)[1])
+    return running, BusConfig(name="b", transport="tcp", port=port, timeout_s=0.05, devices=[])
+
+
+async def test_dlt645_scan_separates_meters_that_answer_at_once() -> None:
+    addresses = ["000000000161", "000000000162", "000000001234"]
+    running, bus = await _line_bus("dlt645-2007-prepaid", addresses)
+    try:
+        found = await scan(bus, "dlt645", load_profiles(), timeout_s=0.05)
+    finally:
+        await running.stop()  # type: ignore[attr-defined]
+    assert sorted(f.address for f in found if f.address) == addresses
+    doc = yaml.safe_load(snippet(bus, found))
+    assert {d["address"] for d in doc["buses"][0]["devices"]} == set(addresses)
+
+
+async def test_dlt645_scan_of_a_single_meter_takes_one_request() -> None:
+    running, bus = await _line_bus("dlt645-2007-prepaid", ["000000000161"])
+    try:
+        found = await scan(bus, "dlt645", load_profiles(), timeout_s=0.05)
+        requests = running.server.stats.requests  # type: ignore[attr-defined]
+    finally:
+        await running.stop()  # type: ignore[attr-defined]
+    assert [f.address for f in found] == ["000000000161"]
+    assert requests == 1
+
+
+async def test_cjt188_scan_finds_each_water_meter() -> None:
+    addresses = ["00000012345678", "00000087654321"]
+    running, bus = await _line_bus("cjt188-valve-water", addresses)
+    try:
+        found = await scan(bus, "cjt188", load_profiles(), timeout_s=0.05)
+    finally:
+        await running.stop()  # type: ignore[attr-defined]
+    assert sorted(f.address for f in found if f.address) == addresses
+    assert all(f.profile == "cjt188-valve-water" for f in found)
