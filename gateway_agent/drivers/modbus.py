@@ -124,6 +124,7 @@ class ModbusDriver:
         self._plans: dict[str, list[Block]] = {}
         # the transaction in flight (one at a time)
         self._abort: asyncio.Future[DriverError] | None = None
+        self.hard_timeout_s = 2 * bus.timeout_s + 2.0
         self._rx_count = 0
         self._rx_seen = b""
         self._gap: asyncio.TimerHandle | None = None
@@ -188,7 +189,13 @@ class ModbusDriver:
     async def _ensure(self) -> None:
         if self.client.connected:
             return
-        if not await self.client.connect():
+        try:
+            async with asyncio.timeout(self.hard_timeout_s):  # never trust a library to return
+                connected = await self.client.connect()
+        except TimeoutError:
+            connected = False
+        if not connected:
+            self.client.close()
             raise DeviceTimeout(f"{self.where}: cannot connect")
 
     async def _transact(
@@ -206,7 +213,14 @@ class ModbusDriver:
         self._abort = abort
         task = asyncio.ensure_future(call())
         try:
-            await asyncio.wait((task, abort), return_when=asyncio.FIRST_COMPLETED)
+            # pymodbus times the request out itself; the outer bound only guards against a
+            # request future it never resolves (seen once: a hung test run)
+            await asyncio.wait(
+                (task, abort), timeout=self.hard_timeout_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            if not task.done() and not abort.done():
+                abort.set_result(DeviceTimeout(f"{self.where}: no answer (hard timeout)"))
+                self.client.close()
         except asyncio.CancelledError:
             task.cancel()
             raise
