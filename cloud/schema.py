@@ -155,6 +155,7 @@ class Gateway(SQLModel, table=True):
     name: str
     online: bool = False
     last_seen_at: datetime | None = _ts(nullable=True)
+    config_version: int = 0  # the pushed config version the gateway reports it runs
 
 
 class GatewayClaim(SQLModel, table=True):

@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--config", type=Path, required=True, help="agent YAML config")
     sim = sub.add_parser("sim", help="serve a bus of simulated meters from a YAML file")
     sim.add_argument("--config", type=Path, required=True)
+    sim.add_argument("--profiles-dir", type=Path, default=None, help="installer's profiles")
     sub.add_parser("decode", help="decode a captured frame (DL/T 645, CJ/T 188, Modbus RTU)")
     sub.add_parser("scan", help="find the meters on a bus and print a config snippet")
     sub.add_parser("commission", help="exchange a claim code for this gateway's credentials")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run":
             return asyncio.run(_run(args.config))
         if args.cmd == "sim":
-            return asyncio.run(_sim(args.config))
+            return asyncio.run(_sim(args.config, args.profiles_dir))
     except KeyboardInterrupt:
         return 130
     return 2
@@ -66,13 +67,13 @@ async def _run(path: Path) -> int:
     return 0
 
 
-async def _sim(path: Path) -> int:
+async def _sim(path: Path, profiles_dir: Path | None = None) -> int:
     from meter_profiles.loader import ProfileError, load_profiles
     from meter_profiles.simulators.bus import SimConfigError, load_sim_config, start_bus
 
     try:
         cfg = load_sim_config(path)
-        profiles = load_profiles()
+        profiles = load_profiles(profiles_dir)
         running = []
         for bus in cfg.buses:
             running.append(await start_bus(bus, profiles, cfg.speed))

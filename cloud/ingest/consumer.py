@@ -21,6 +21,8 @@ from contract.mqtt import (
     Ack,
     Direction,
     DownKind,
+    EventKind,
+    GatewayEvent,
     GatewayState,
     Receipt,
     ReceiptStatus,
@@ -127,7 +129,23 @@ class IngestConsumer:
             elif kind == UpKind.ACK:
                 await self.service.store_ack(gateway, Ack.model_validate_json(raw), now)
             elif kind == UpKind.STATE:
-                GatewayState.model_validate_json(raw)  # presence tracking comes with issue #4
+                state = GatewayState.model_validate_json(raw)
+                if state.gateway != gateway:
+                    raise UnknownGateway(f"state names {state.gateway!r} on {gateway!r}'s topic")
+                await self.service.gateway_presence(gateway, state.online, now, None)
+            elif kind == UpKind.EVENT:
+                event = GatewayEvent.model_validate_json(raw)
+                if event.gateway != gateway:
+                    raise UnknownGateway(f"event names {event.gateway!r} on {gateway!r}'s topic")
+                if event.kind is EventKind.HEARTBEAT:
+                    await self.service.gateway_presence(gateway, True, now, event.config_version)
+                elif event.kind in (EventKind.CONFIG_APPLIED, EventKind.CONFIG_REJECTED):
+                    applied = (
+                        event.config_version if event.kind is EventKind.CONFIG_APPLIED else None
+                    )
+                    await self.service.gateway_presence(gateway, True, now, applied)
+                if event.kind is not EventKind.HEARTBEAT:
+                    log.info("gateway %s: %s %s", gateway, event.kind.value, event.detail)
             MESSAGES.labels(kind, "ok").inc()
         except ValidationError as exc:
             self._reject(kind, "invalid", topic)

@@ -135,6 +135,21 @@ class IngestService:
             )
         return result
 
+    async def gateway_presence(
+        self, topic_gateway: str, online: bool, seen_at: datetime, config_version: int | None
+    ) -> None:
+        """The gateway's retained online/offline state (its last will says offline) and its
+        heartbeats: who is connected, since when, on which config version."""
+        tenant_id = await self.tenant_of(topic_gateway)
+        async with self.db.tenant(tenant_id) as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE gateway SET online = :on, last_seen_at = :at, "
+                    "config_version = coalesce(:v, config_version) WHERE code = :c"
+                ),
+                {"on": online, "at": seen_at, "v": config_version, "c": topic_gateway},
+            )
+
     async def store_ack(self, topic_gateway: str, ack: Ack, received_at: datetime) -> bool:
         if ack.gateway != topic_gateway or ack.id is None:
             return False

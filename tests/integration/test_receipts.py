@@ -180,3 +180,44 @@ async def test_a_batch_overtaken_by_a_confirmed_one_goes_again_at_once(
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+async def test_state_and_heartbeats_track_presence_and_config_version(
+    db: Database, group: Seeded, topic_prefix: str
+) -> None:
+    import sqlalchemy as sa
+
+    from contract.mqtt import GatewayState
+
+    async with db.tenant(group.tenant_id) as conn:
+        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    consumer = IngestConsumer(
+        IngestService(db, CommandTiming()), "mqtt://unused", Topics(topic_prefix), None
+    )
+    topics = Topics(topic_prefix)
+
+    async def presence() -> tuple[bool, int]:
+        async with db.tenant(group.tenant_id) as conn:
+            row = (await conn.execute(sa.text("SELECT online, config_version FROM gateway"))).one()
+        return bool(row.online), int(row.config_version)
+
+    now = datetime.now(UTC)
+    await consumer.handle(
+        topics.up(gw, UpKind.STATE), dump(GatewayState(gateway=gw, online=True, at=now))
+    )
+    assert await presence() == (True, 0)
+    applied = GatewayEvent(
+        gateway=gw, boot_id="b", kind=EventKind.CONFIG_APPLIED, at=now, config_version=3
+    )
+    await consumer.handle(topics.up(gw, UpKind.EVENT), dump(applied))
+    assert await presence() == (True, 3)
+    will = GatewayState(gateway=gw, online=False)  # the last will
+    await consumer.handle(topics.up(gw, UpKind.STATE), dump(will))
+    assert await presence() == (False, 3)
+    beat = GatewayEvent(gateway=gw, boot_id="b", kind=EventKind.HEARTBEAT, at=now)
+    await consumer.handle(topics.up(gw, UpKind.EVENT), dump(beat))
+    assert await presence() == (True, 3)
+    forged = GatewayState(gateway="someone-else", online=False)
+    await consumer.handle(topics.up(gw, UpKind.STATE), dump(forged))
+    assert await presence() == (True, 3)
+    assert consumer.rejected.get("state:unknown_gateway") == 1

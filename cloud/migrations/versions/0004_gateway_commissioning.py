@@ -1,4 +1,5 @@
-"""Gateway commissioning: one-time claim codes and gateways' own MQTT credentials.
+"""Gateway commissioning: one-time claim codes and gateways' own MQTT credentials; the
+config version a gateway reports.
 
 Revision ID: 0004
 Revises: 0003
@@ -18,6 +19,10 @@ TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     app = context.config.attributes.get("app_role", "prepay_app")
+    op.add_column(
+        "gateway",
+        sa.Column("config_version", sa.Integer(), nullable=False, server_default="0"),
+    )
     op.create_table(
         "gateway_claim",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -93,3 +98,4 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION prepay_claim_tenant(text)")
     op.drop_table("gateway_credential")
     op.drop_table("gateway_claim")
+    op.drop_column("gateway", "config_version")
