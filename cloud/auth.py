@@ -22,6 +22,7 @@ PERMISSIONS = (
     "tariff.edit",
     "finance.reconcile",
     "gateway.commission",
+    "gateway.configure",
 )
 
 _hasher = PasswordHash.recommended()

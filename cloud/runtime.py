@@ -50,7 +50,9 @@ class Wiring:
         broker = settings.gateway_broker_url or _without_credentials(
             settings.mqtt_url or "mqtt://127.0.0.1:1883"
         )
-        services = Services(db, sessions, timing(settings), broker, settings.mqtt_prefix)
+        services = Services(
+            db, sessions, timing(settings), broker, settings.mqtt_prefix, settings.mqtt_url
+        )
         return cls(settings, db, services)
 
 

@@ -156,6 +156,7 @@ class Gateway(SQLModel, table=True):
     online: bool = False
     last_seen_at: datetime | None = _ts(nullable=True)
     config_version: int = 0  # the pushed config version the gateway reports it runs
+    config_pushed: int = 0  # the last version the cloud pushed
 
 
 class GatewayClaim(SQLModel, table=True):

@@ -165,6 +165,12 @@ class Receipt(_Payload):
     detail: str = ""
 
 
+#: What a gateway takes from the cloud in a pushed config; identity, broker and paths stay local.
+CONFIG_PUSHABLE = frozenset(
+    {"poll_interval_s", "publish_batch", "heartbeat_s", "buses", "profiles"}
+)
+
+
 class ConfigPush(_Payload):
     """A versioned configuration for one gateway, retained on its ``down/config`` topic. The
     gateway applies a higher version than it runs and answers with an ack carrying ``id``."""

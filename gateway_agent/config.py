@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from contract.mqtt import DeviceKey, GatewayId
+from contract.mqtt import CONFIG_PUSHABLE, DeviceKey, GatewayId
 
 
 class ConfigError(ValueError):
@@ -90,8 +90,7 @@ class TlsConfig(_Strict):
         return self
 
 
-#: What the cloud may push (``down/config``); identity, broker and paths stay local.
-PUSHABLE = frozenset({"poll_interval_s", "publish_batch", "heartbeat_s", "buses", "profiles"})
+PUSHABLE = CONFIG_PUSHABLE  # what the cloud may push (``down/config``)
 
 
 class AgentConfig(_Strict):

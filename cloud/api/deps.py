@@ -22,6 +22,7 @@ class Services:
     timing: CommandTiming
     broker_url: str = "mqtt://127.0.0.1:1883"  # what commissioned gateways connect to
     mqtt_prefix: str = "prepay"
+    cloud_mqtt_url: str | None = None  # the cloud's own broker account (config pushes)
 
 
 def services(request: Request) -> Services:

@@ -5,15 +5,18 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep
+from cloud.errors import DomainError
 from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.registry.commissioning import exchange_claim, issue_claim, revoke_credential
+from cloud.registry.gateway_config import push_config
+from contract.mqtt import Topics
 
 router = APIRouter(prefix="/api/v1")
 
@@ -206,3 +209,36 @@ async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> Commission
 async def revoke_gateway_credential(code: str, svc: ServicesDep, who: OperatorDep) -> RevokedOut:
     n = await revoke_credential(svc.db, who, code, datetime.now(UTC))
     return RevokedOut(gateway=code, revoked=n)
+
+
+class ConfigIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    config: dict[str, Any] = Field(
+        description="poll_interval_s, publish_batch, heartbeat_s, buses, profiles"
+    )
+
+
+class ConfigOut(BaseModel):
+    gateway: str
+    version: int
+    id: uuid.UUID
+
+
+@router.post("/gateways/{code}/config", response_model=ConfigOut, status_code=202)
+async def push_gateway_config(
+    code: str, body: ConfigIn, svc: ServicesDep, who: OperatorDep
+) -> ConfigOut:
+    """Push a new config version (retained). 202: the gateway applies it when it gets it and
+    reports the version it runs; a config it refuses is reported with the reason."""
+    if not svc.cloud_mqtt_url:
+        raise DomainError("this API has no broker connection configured (MQTT_URL)")
+    pushed = await push_config(
+        svc.db,
+        who,
+        code,
+        body.config,
+        datetime.now(UTC),
+        svc.cloud_mqtt_url,
+        Topics(svc.mqtt_prefix),
+    )
+    return ConfigOut(gateway=pushed.gateway, version=pushed.version, id=pushed.push_id)

@@ -19,10 +19,10 @@ TS = sa.DateTime(timezone=True)
 
 def upgrade() -> None:
     app = context.config.attributes.get("app_role", "prepay_app")
-    op.add_column(
-        "gateway",
-        sa.Column("config_version", sa.Integer(), nullable=False, server_default="0"),
-    )
+    for column in ("config_version", "config_pushed"):
+        op.add_column(
+            "gateway", sa.Column(column, sa.Integer(), nullable=False, server_default="0")
+        )
     op.create_table(
         "gateway_claim",
         sa.Column("id", sa.Uuid(), nullable=False),
@@ -98,4 +98,5 @@ def downgrade() -> None:
     op.execute("DROP FUNCTION prepay_claim_tenant(text)")
     op.drop_table("gateway_credential")
     op.drop_table("gateway_claim")
+    op.drop_column("gateway", "config_pushed")
     op.drop_column("gateway", "config_version")
