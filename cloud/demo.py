@@ -73,7 +73,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
                 m.unit,
                 curve=LoadCurve(seed=m.unit, peak=1.5 + m.unit / 2),
                 speed=SIM_SPEED,
-                start_kwh=start_kwh.get(m.key, 100.0 * m.unit),
+                start_total=start_kwh.get(m.key, 100.0 * m.unit),
             )
             for m in DEMO.meters
         ]

@@ -101,8 +101,10 @@ class BusRunner:
     async def run(self) -> None:
         await self.scheduler.run()
 
-    def _store(self, dev: DeviceConfig, values: Values) -> None:
-        self.agent.enqueue(self._readings(dev, values))
+    def _store(self, dev: DeviceConfig, values: Values) -> list[Reading]:
+        readings = self._readings(dev, values)
+        self.agent.enqueue(readings)
+        return readings
 
     def _readings(self, dev: DeviceConfig, values: Values) -> list[Reading]:
         profile = self.profiles[dev.key]
@@ -112,15 +114,11 @@ class BusRunner:
     async def poll(self, dev: DeviceConfig) -> list[Reading]:
         """Read ``dev`` now (on the bus, before the next scheduled poll)."""
 
-        async def read() -> list[Reading]:
-            values = await self.scheduler.read(dev)
-            if values is None:
-                return []
-            readings = self._readings(dev, values)
-            self.agent.enqueue(readings)
-            return readings
+        return await self.scheduler.submit(lambda: self._read_and_store(dev))
 
-        return await self.scheduler.submit(read)
+    async def _read_and_store(self, dev: DeviceConfig) -> list[Reading]:
+        values = await self.scheduler.read(dev)
+        return [] if values is None else self._store(dev, values)
 
     async def execute(self, cmd: Command) -> Ack:
         dev = self.devices[cmd.device]
@@ -150,10 +148,7 @@ class BusRunner:
             return self.agent.ack(cmd, AckStatus.FAILED, str(exc), exc.answer)
         except (DeviceTimeout, DecodeFailure) as exc:
             return self.agent.ack(cmd, AckStatus.FAILED, str(exc))
-        values = await self.scheduler.read(dev)
-        readings = self._readings(dev, values) if values is not None else []
-        if readings:
-            self.agent.enqueue(readings)
+        readings = await self._read_and_store(dev)
         supply = next((r.supply for r in readings if r.channel == cmd.channel), None)
         if supply is not None:
             answer = {**answer, "supply": supply.value}

@@ -90,9 +90,6 @@ class TlsConfig(_Strict):
         return self
 
 
-PUSHABLE = CONFIG_PUSHABLE  # what the cloud may push (``down/config``)
-
-
 class AgentConfig(_Strict):
     gateway: GatewayId
     mqtt_url: str = "mqtt://127.0.0.1:1883"
@@ -133,7 +130,7 @@ def _problems(exc: ValidationError) -> str:
 
 def merge_pushed(local: AgentConfig, version: int, pushed: dict[str, object]) -> AgentConfig:
     """The running config with the cloud's pushed fields applied (ConfigError if invalid)."""
-    foreign = sorted(set(pushed) - PUSHABLE)
+    foreign = sorted(set(pushed) - CONFIG_PUSHABLE)
     if foreign:
         raise ConfigError(f"fields that cannot be pushed: {', '.join(foreign)}")
     doc = local.model_dump() | pushed | {"config_version": version}

@@ -147,12 +147,6 @@ class Outbox:
             return False, None if row[0] is None else bytes(row[0])
         return True, None
 
-    def executed(self, command_id: str) -> bytes | None:
-        row = self.db.execute(
-            "SELECT ack FROM commands WHERE command_id = ?", (command_id,)
-        ).fetchone()
-        return None if row is None or row[0] is None else bytes(row[0])
-
     def remember(self, command_id: str, ack: bytes) -> None:
         self.db.execute(
             "INSERT OR REPLACE INTO commands (command_id, ack) VALUES (?, ?)", (command_id, ack)

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol
 
 import yaml
 
@@ -36,7 +36,16 @@ log = logging.getLogger(__name__)
 
 WILDCARD = 0xAA
 DI_COMMUNICATION_ADDRESS = 0x04000401
-F = TypeVar("F")
+
+
+class _Reply(Protocol):
+    """A DL/T 645 or CJ/T 188 frame: who sent it, and whether it is a reply."""
+
+    @property
+    def address(self) -> str: ...
+
+    @property
+    def is_reply(self) -> bool: ...
 
 
 @dataclass
@@ -89,42 +98,30 @@ def _matches(wire: bytes, address_wire: bytes) -> bool:
 def dlt645_probes(link: Link, timeout_s: float, wakeup: bool = True) -> tuple[Probe, Probe]:
     async def read_address(wire: bytes) -> tuple[str, str | None]:
         request = dlt645.encode_frame(dlt645.read_address_request(wakeup=wakeup))
-        return await _outcome(link, request, wire, timeout_s, dlt645.extract_frame, _dlt_addr)
+        return await _outcome(link, request, wire, timeout_s, dlt645.extract_frame)
 
     async def read_comm_address(wire: bytes) -> tuple[str, str | None]:
         address = dlt645.decode_address(wire)
         frame = dlt645.read_data_request(address, DI_COMMUNICATION_ADDRESS, wakeup=wakeup)
         request = dlt645.encode_frame(frame)
-        return await _outcome(link, request, wire, timeout_s, dlt645.extract_frame, _dlt_addr)
+        return await _outcome(link, request, wire, timeout_s, dlt645.extract_frame)
 
     return read_address, read_comm_address
-
-
-def _dlt_addr(frame: dlt645.Frame) -> str | None:
-    if not frame.is_reply:
-        return None
-    return frame.address
 
 
 def cjt188_probes(link: Link, timeout_s: float, wakeup: bool = True) -> tuple[Probe, Probe]:
     async def read_address(wire: bytes) -> tuple[str, str | None]:
         request = cjt188.encode_frame(cjt188.read_address_request(wakeup=wakeup))
-        return await _outcome(link, request, wire, timeout_s, cjt188.extract_frame, _cjt_addr)
+        return await _outcome(link, request, wire, timeout_s, cjt188.extract_frame)
 
     async def read_data(wire: bytes) -> tuple[str, str | None]:
         frame = cjt188.read_data_request(
             cjt188.MeterType.WILDCARD, cjt188.decode_address(wire), wakeup=wakeup
         )
         request = cjt188.encode_frame(frame)
-        return await _outcome(link, request, wire, timeout_s, cjt188.extract_frame, _cjt_addr)
+        return await _outcome(link, request, wire, timeout_s, cjt188.extract_frame)
 
     return read_address, read_data
-
-
-def _cjt_addr(frame: cjt188.Frame) -> str | None:
-    if not frame.is_reply:
-        return None
-    return f"{frame.address}"
 
 
 async def _outcome(
@@ -132,8 +129,7 @@ async def _outcome(
     request: bytes,
     wire: bytes,
     timeout_s: float,
-    extract: Callable[[bytes], tuple[F | None, int]],
-    address_of: Callable[[F], str | None],
+    extract: Callable[[bytes], tuple[_Reply | None, int]],
 ) -> tuple[str, str | None]:
     try:
         frame = await link.transact(request, extract, timeout_s)
@@ -141,11 +137,10 @@ async def _outcome(
         return NONE, None
     except DecodeFailure:
         return MANY, None
-    address = address_of(frame)
-    width = len(wire)
-    if address is None:
+    if not frame.is_reply:  # an echo of our own request: nobody answered cleanly
         return MANY, None
-    encoded = (dlt645.encode_address if width == 6 else cjt188.encode_address)(address)
+    address = frame.address
+    encoded = (dlt645.encode_address if len(wire) == 6 else cjt188.encode_address)(address)
     if not _matches(wire, encoded):
         return MANY, None
     # the rest of a collision may still be arriving: a second frame means two meters

@@ -61,7 +61,7 @@ class BusScheduler:
         driver: MeterDriver,
         profiles: dict[str, AnyProfile],
         interval_s: float,
-        on_values: Callable[[DeviceConfig, Values], None],
+        on_values: Callable[[DeviceConfig, Values], object],
         on_health: Callable[[DeviceConfig, bool, str], None] | None = None,
         max_backoff_s: float = MAX_BACKOFF_S,
     ) -> None:
@@ -77,7 +77,6 @@ class BusScheduler:
         self.counters = BusCounters()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._wake = asyncio.Event()
-        self._started = False
 
     def interval_of(self, dev: DeviceConfig) -> float:
         return dev.poll_interval_s or self.interval_s
@@ -90,7 +89,6 @@ class BusScheduler:
         n = max(1, len(self.cfg.devices))
         for i, dev in enumerate(self.cfg.devices):  # stagger the first round over the interval
             self.health[dev.key].due = start + self.interval_of(dev) * i / n
-        self._started = True
         try:
             while True:
                 if self._jobs:

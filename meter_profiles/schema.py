@@ -70,7 +70,6 @@ ControlName = Literal[
     "valve_open",
     "valve_close",
 ]
-CONTROL_NAMES: tuple[str, ...] = ControlName.__args__  # type: ignore[attr-defined]
 
 
 class _Strict(BaseModel):
@@ -171,18 +170,12 @@ class ModbusQuantity(_Strict):
         return v
 
 
-Quantity = ModbusQuantity  # the name the skeleton used
-
-
 class RegisterWrite(_Strict):
     """A control action: write ``value`` to the register at ``address`` (function 06)."""
 
     address: int = Field(alias="register", ge=0, le=0xFFFF)
     value: int = Field(ge=0, le=0xFFFF)
     verified: bool = True
-
-
-ControlAction = RegisterWrite  # the name the skeleton used
 
 
 class ModbusRecharge(_Strict):

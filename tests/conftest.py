@@ -8,6 +8,7 @@ group (tenant), so row-level security keeps tests apart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 import uuid
@@ -15,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from decimal import Decimal
 from pathlib import Path
 
+import httpx
 import psycopg
 import pytest
 from psycopg import sql
@@ -22,6 +24,7 @@ from psycopg import sql
 from cloud.db import Database, libpq_url, migrate
 from cloud.embedded import EmbeddedBroker, start_embedded_postgres
 from cloud.registry.service import GroupSpec, MeterSpec, Seeded, seed_group
+from cloud.settings import CloudSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -120,3 +123,27 @@ def group_spec(meters: int = 1, balance: str = "10.00", price: str = "1.0000") -
 @pytest.fixture
 async def group(db: Database) -> Seeded:
     return await seed_group(db, group_spec())
+
+
+@contextlib.asynccontextmanager
+async def api_client(settings: CloudSettings, db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    """The REST API in-process (ASGI) on ``settings``, against the test database."""
+    from cloud.api.app import create_app
+    from cloud.runtime import Wiring
+
+    wiring = Wiring.build(settings, db_url)
+    transport = httpx.ASGITransport(app=create_app(wiring.services))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            yield client
+    finally:
+        await wiring.db.dispose()
+
+
+async def admin_auth(http: httpx.AsyncClient, slug: str) -> dict[str, str]:
+    """Bearer headers for the seeded group's administrator."""
+    r = await http.post(
+        "/api/v1/auth/token", json={"tenant": slug, "username": "admin", "password": "demo-admin"}
+    )
+    assert r.status_code == 200, r.text
+    return {"authorization": f"Bearer {r.json()['access_token']}"}

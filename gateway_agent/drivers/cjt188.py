@@ -66,14 +66,8 @@ def _cjt188(profile: AnyProfile) -> Cjt188Profile:
 
 
 def layout_of(profile: Cjt188Profile) -> StatusLayout:
-    s = profile.status
-    return StatusLayout(
-        valve_shift=s.valve_shift,
-        open_code=s.open_code,
-        closed_code=s.closed_code,
-        abnormal_code=s.abnormal_code,
-        battery_low_bit=s.battery_low_bit,
-    )
+    """The codec's status layout from the profile's (same fields, by name)."""
+    return StatusLayout(**profile.status.model_dump())
 
 
 def valve_code(status: MeterStatus) -> int:

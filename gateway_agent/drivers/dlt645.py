@@ -159,21 +159,13 @@ class Dlt645Driver:
         if p.edition == "1997":
             request = dlt.read_data_request_1997(address, di, wakeup=p.wakeup)
             reply = await self._transact(request, f"read {dlt.format_di(di, 2)}")
-            try:
-                parsed = dlt.parse_read_reply_1997(reply)
-            except FrameError as exc:
-                raise DecodeFailure(f"meter {address}: {exc}") from exc
-            if parsed.di != di:
-                raise DecodeFailure(
-                    f"meter {address}: asked for DI {dlt.format_di(di, 2)}, "
-                    f"reply carries {dlt.format_di(parsed.di, 2)}"
-                )
+            value = self._check_read(reply, address, di, None, di_width=2)
             if reply.has_followup:
                 raise DecodeFailure(
                     f"meter {address}: DI {dlt.format_di(di, 2)} announces follow-up frames, "
                     "which this driver does not read for DL/T 645-1997"
                 )
-            return parsed.value
+            return value
         name = dlt.format_di(di)
         reply = await self._transact(
             dlt.read_data_request(address, di, wakeup=p.wakeup), f"read {name}"
@@ -190,15 +182,19 @@ class Dlt645Driver:
         return value
 
     @staticmethod
-    def _check_read(reply: dlt.Frame, address: str, di: int, seq: int | None) -> bytes:
+    def _check_read(
+        reply: dlt.Frame, address: str, di: int, seq: int | None, *, di_width: int = 4
+    ) -> bytes:
+        """The value bytes of a read reply that answers ``di`` (2-byte DIs: DL/T 645-1997)."""
+        parse = dlt.parse_read_reply if di_width == 4 else dlt.parse_read_reply_1997
         try:
-            parsed = dlt.parse_read_reply(reply)
+            parsed = parse(reply)
         except FrameError as exc:
             raise DecodeFailure(f"meter {address}: {exc}") from exc
         if parsed.di != di:
             raise DecodeFailure(
-                f"meter {address}: asked for DI {dlt.format_di(di)}, "
-                f"reply carries {dlt.format_di(parsed.di)}"
+                f"meter {address}: asked for DI {dlt.format_di(di, di_width)}, "
+                f"reply carries {dlt.format_di(parsed.di, di_width)}"
             )
         if seq is not None and parsed.seq != seq:
             raise DecodeFailure(

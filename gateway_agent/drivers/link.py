@@ -103,8 +103,8 @@ class Link:
             buffered.clear()
             log.debug("%s: dropped %d stale byte(s)", self.what, stale)
 
-    async def send(self, request: bytes) -> None:
-        """Write a frame that gets no reply (broadcasts)."""
+    async def _write(self, request: bytes) -> asyncio.StreamReader:
+        """After the inter-frame silence, put ``request`` on the line; the reader to answer."""
         reader, writer = await self._ensure()
         await self._quiet(reader)
         try:
@@ -113,6 +113,11 @@ class Link:
         except OSError as exc:
             await self._drop()
             raise DeviceTimeout(f"{self.what}: write failed ({exc})") from exc
+        return reader
+
+    async def send(self, request: bytes) -> None:
+        """Write a frame that gets no reply (broadcasts)."""
+        await self._write(request)
         self._quiet_from = asyncio.get_running_loop().time()
 
     async def transact(self, request: bytes, extract: Extractor[T], timeout_s: float) -> T:
@@ -120,15 +125,8 @@ class Link:
 
         Raises DeviceTimeout when nothing complete arrives in time, DecodeFailure when a
         frame arrives broken (bad checksum, missing end byte)."""
-        reader, writer = await self._ensure()
-        await self._quiet(reader)
+        reader = await self._write(request)
         loop = asyncio.get_running_loop()
-        try:
-            writer.write(request)
-            await writer.drain()
-        except OSError as exc:
-            await self._drop()
-            raise DeviceTimeout(f"{self.what}: write failed ({exc})") from exc
         deadline = loop.time() + timeout_s
         buffer = b""
         try:

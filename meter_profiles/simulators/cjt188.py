@@ -33,7 +33,7 @@ from gateway_agent.protocols.cjt188 import (
 )
 from gateway_agent.protocols.errors import FrameError
 from meter_profiles.schema import Cjt188Profile
-from meter_profiles.simulators.line import Faults
+from meter_profiles.simulators.line import Faults, collide
 from meter_profiles.simulators.meter import MeterRefused, SimulatedMeter
 
 log = logging.getLogger(__name__)
@@ -50,17 +50,6 @@ _MAX_PENDING = 4 + cjt188.FRAME_OVERHEAD + 0xFF
 #: Status bits of an error reply to a request the meter does not know (maker-specific;
 #: the valve and battery bits of the status word are left as they are).
 _UNKNOWN_REQUEST_BIT = 1 << 15
-
-
-def _layout(profile: Cjt188Profile) -> StatusLayout:
-    s = profile.status
-    return StatusLayout(
-        valve_shift=s.valve_shift,
-        open_code=s.open_code,
-        closed_code=s.closed_code,
-        abnormal_code=s.abnormal_code,
-        battery_low_bit=s.battery_low_bit,
-    )
 
 
 def _matches(request: Frame, meter: SimulatedMeter) -> bool:
@@ -107,7 +96,7 @@ class Cjt188Responder:
         ]
         if not replies:
             return consumed, None
-        return consumed, _collide(replies)
+        return consumed, collide(replies)
 
     # -- one meter --------------------------------------------------------------------------
     def _reply(self, meter: SimulatedMeter, request: Frame) -> bytes | None:
@@ -117,7 +106,7 @@ class Cjt188Responder:
             return None
         profile = meter.profile
         assert isinstance(profile, Cjt188Profile)
-        layout = _layout(profile)
+        layout = StatusLayout(**profile.status.model_dump())
         meter_type = profile.meter_type
         try:
             low_first = profile.di_low_first and request.function != ControlCode.READ_ADDRESS
@@ -232,14 +221,3 @@ class Cjt188Responder:
             body = bytes([cjt188.START, frame.meter_type]) + bytes(7) + bytes([0x81, 0x03])
             return b"\x00\x5a\xc3" + body + b"\x90\x1f\x00" + bytes([sum(body) & 0xFF, 0x00])
         return bytes(raw)
-
-
-def _collide(replies: list[bytes]) -> bytes:
-    """Several transmitters at once: the line reads the AND of what they send."""
-    if len(replies) == 1:
-        return replies[0]
-    out = bytearray(b"\xff" * max(len(r) for r in replies))
-    for reply in replies:
-        for i, byte in enumerate(reply):
-            out[i] &= byte
-    return bytes(out)

@@ -36,7 +36,7 @@ from decimal import ROUND_DOWN, Decimal
 from gateway_agent.protocols import dlt645 as dlt
 from gateway_agent.protocols.errors import FrameError
 from meter_profiles.schema import Dlt645Profile, DltQuantity
-from meter_profiles.simulators.line import Faults
+from meter_profiles.simulators.line import Faults, collide
 from meter_profiles.simulators.meter import MeterRefused, SimulatedMeter
 
 OTHER = dlt.ErrorFlag.OTHER
@@ -125,7 +125,7 @@ class Dlt645Responder:
         ]
         if not replies:
             return consumed, None
-        return consumed, _collide(replies)
+        return consumed, collide(replies)
 
     def _addressed(self, pattern: str) -> list[SimulatedMeter]:
         return [m for address, m in self.meters.items() if _matches(pattern, address)]
@@ -295,14 +295,3 @@ class Dlt645Responder:
         count = dlt.bcd_to_int(wr.value[width:])
         meter.recharge(amount, count)
         return dlt.ok_reply(address, fn)
-
-
-def _collide(replies: list[bytes]) -> bytes:
-    """Several transmitters at once: the line reads the AND of what they send."""
-    if len(replies) == 1:
-        return replies[0]
-    out = bytearray(b"\xff" * max(len(r) for r in replies))
-    for reply in replies:
-        for i, byte in enumerate(reply):
-            out[i] &= byte
-    return bytes(out)

@@ -57,6 +57,17 @@ class LineStats:
     bytes_out: int = 0
 
 
+def collide(replies: list[bytes]) -> bytes:
+    """Several transmitters at once: the line reads the AND of what they send."""
+    if len(replies) == 1:
+        return replies[0]
+    out = bytearray(b"\xff" * max(len(r) for r in replies))
+    for reply in replies:
+        for i, byte in enumerate(reply):
+            out[i] &= byte
+    return bytes(out)
+
+
 class Responder(Protocol):
     """A protocol's meter side: looks at the head of the receive buffer."""
 

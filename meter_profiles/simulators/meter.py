@@ -55,10 +55,6 @@ class LoadCurve:
         level = self.base + (self.peak - self.base) * daytime
         return max(0.0, level * (1 + self._rng.uniform(-self.noise, self.noise)))
 
-    # the skeleton's names
-    def power_kw(self, sim_seconds: float) -> float:
-        return self.rate(sim_seconds)
-
 
 def tou_period(sim_seconds: float) -> str:
     """The TOU register a simulated meter counts into at this simulated hour (a typical
@@ -86,15 +82,6 @@ class ChannelState:
     rate: float = 0.0  # kW or m³/h now
     curve: LoadCurve = field(default_factory=LoadCurve)
 
-    # the skeleton's names
-    @property
-    def energy_kwh(self) -> float:
-        return self.total
-
-    @property
-    def power_kw(self) -> float:
-        return self.rate
-
 
 class SimulatedMeter:
     """One meter on a bus. ``speed`` makes simulated time run faster than the wall clock.
@@ -113,7 +100,6 @@ class SimulatedMeter:
         curve: LoadCurve | None = None,
         speed: float = 1.0,
         start_total: float = 0.0,
-        start_kwh: float | None = None,
         start_hour: float = 10.0,
         price: Decimal = Decimal("1.00"),
         meter_prepaid: bool | None = None,
@@ -128,7 +114,6 @@ class SimulatedMeter:
         self.clock = clock
         self.price = price
         self.meter_prepaid = profile.meter_prepaid if meter_prepaid is None else meter_prepaid
-        start = start_kwh if start_kwh is not None else start_total
         water = profile.utility == "water"
         self.channels: dict[int, ChannelState] = {}
         for ch in range(1, profile.channels + 1):
@@ -139,8 +124,8 @@ class SimulatedMeter:
             )
             if curve is not None and profile.channels > 1:
                 c = LoadCurve(curve.base, curve.peak, curve.noise, seed=curve.seed * 100 + ch)
-            st = ChannelState(total=start, curve=c)
-            st.tou["tou_flat"] = start
+            st = ChannelState(total=start_total, curve=c)
+            st.tou["tou_flat"] = start_total
             self.channels[ch] = st
         self.balance = balance
         self.purchase_count = 0

@@ -66,6 +66,3 @@ class ModbusTcpSimulator:
             pass
         finally:
             writer.close()
-
-    def answer(self, unit: int, pdu: bytes) -> bytes | None:
-        return self.devices.answer(unit, pdu)

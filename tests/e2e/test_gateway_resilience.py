@@ -307,7 +307,7 @@ async def start_meters(n: int) -> tuple[ModbusTcpSimulator, list[SimulatedMeter]
             unit,
             curve=LoadCurve(base=2.0, peak=4.0, seed=unit),
             speed=60.0,
-            start_kwh=100.0 * unit,
+            start_total=100.0 * unit,
         )
         for unit in range(1, n + 1)
     ]

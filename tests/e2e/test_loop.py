@@ -62,7 +62,7 @@ async def test_exhaustion_trips_and_topup_restores(
         1,
         curve=LoadCurve(base=3.6, peak=3.6, noise=0.0),
         speed=100.0,
-        start_kwh=50.0,
+        start_total=50.0,
     )
     sim = ModbusTcpSimulator([meter])
     await sim.start()

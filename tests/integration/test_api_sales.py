@@ -7,29 +7,16 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from cloud.api.app import create_app
 from cloud.db import Database
 from cloud.registry.service import Seeded, seed_group
-from cloud.runtime import Wiring
 from cloud.settings import CloudSettings
-from tests.conftest import group_spec
+from tests.conftest import admin_auth, api_client, group_spec
 
 
 @pytest.fixture
 async def http(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    wiring = Wiring.build(CloudSettings(database_url=db_url), db_url)
-    transport = httpx.ASGITransport(app=create_app(wiring.services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with api_client(CloudSettings(database_url=db_url), db_url) as client:
         yield client
-    await wiring.db.dispose()
-
-
-async def _token(http: httpx.AsyncClient, slug: str) -> dict[str, str]:
-    r = await http.post(
-        "/api/v1/auth/token", json={"tenant": slug, "username": "admin", "password": "demo-admin"}
-    )
-    assert r.status_code == 200, r.text
-    return {"authorization": f"Bearer {r.json()['access_token']}"}
 
 
 async def _group(db: Database) -> tuple[Seeded, str]:
@@ -41,7 +28,7 @@ async def test_sale_credits_once_and_replay_changes_nothing(
     db: Database, http: httpx.AsyncClient
 ) -> None:
     group, slug = await _group(db)
-    auth = await _token(http, slug)
+    auth = await admin_auth(http, slug)
     account = group.accounts["m1"]
     body = {"account": account, "amount": "25.50", "method": "cash"}
     headers = {**auth, "Idempotency-Key": "counter-0001"}
@@ -66,7 +53,7 @@ async def test_bad_amount_is_a_clear_422(
     db: Database, http: httpx.AsyncClient, amount: object
 ) -> None:
     group, slug = await _group(db)
-    auth = await _token(http, slug)
+    auth = await admin_auth(http, slug)
     r = await http.post(
         "/api/v1/sales",
         json={"account": group.accounts["m1"], "amount": amount},
@@ -83,7 +70,7 @@ async def test_missing_idempotency_key_is_422(db: Database, http: httpx.AsyncCli
     r = await http.post(
         "/api/v1/sales",
         json={"account": group.accounts["m1"], "amount": "5.00"},
-        headers=await _token(http, slug),
+        headers=await admin_auth(http, slug),
     )
     assert r.status_code == 422
 
@@ -91,7 +78,7 @@ async def test_missing_idempotency_key_is_422(db: Database, http: httpx.AsyncCli
 async def test_another_groups_account_is_not_found(db: Database, http: httpx.AsyncClient) -> None:
     mine, slug = await _group(db)
     theirs, _ = await _group(db)
-    auth = await _token(http, slug)
+    auth = await admin_auth(http, slug)
     # Account numbers are per group, so look the other group's account up by point id.
     r = await http.get(f"/api/v1/service-points/{theirs.points['m1']}", headers=auth)
     assert r.status_code == 404

@@ -35,7 +35,7 @@ from cloud.runtime import Wiring
 from cloud.settings import CloudSettings
 from gateway_agent.commission import CommissionError, exchange, write_config
 from gateway_agent.config import load_config
-from tests.conftest import group_spec
+from tests.conftest import admin_auth, group_spec
 
 
 @pytest.fixture
@@ -53,14 +53,6 @@ async def http(wiring: Wiring) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(wiring.services))
     async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
         yield client
-
-
-async def _login(http: httpx.AsyncClient, slug: str) -> dict[str, str]:
-    r = await http.post(
-        "/api/v1/auth/token", json={"tenant": slug, "username": "admin", "password": "demo-admin"}
-    )
-    assert r.status_code == 200, r.text
-    return {"authorization": f"Bearer {r.json()['access_token']}"}
 
 
 def _verify(password: str, hashed: str) -> bool:
@@ -90,7 +82,7 @@ async def test_claim_code_exchanged_once_for_a_gateway_and_its_credential(
 ) -> None:
     spec = group_spec()
     group = await seed_group(db, spec)
-    auth = await _login(http, spec.slug)
+    auth = await admin_auth(http, spec.slug)
     r = await http.post(
         f"/api/v1/sites/{group.site_id}/claim-codes", json={"ttl_minutes": 30}, headers=auth
     )
@@ -133,7 +125,7 @@ async def test_claim_code_exchanged_once_for_a_gateway_and_its_credential(
     await seed_group(db, other)
     foreign = await http.post(
         f"/api/v1/gateways/{ident['gateway']}/revoke-credential",
-        headers=await _login(http, other.slug),
+        headers=await admin_auth(http, other.slug),
     )
     assert foreign.status_code == 404
     revoked = await http.post(
@@ -148,7 +140,7 @@ async def test_claim_code_exchanged_once_for_a_gateway_and_its_credential(
 async def test_an_expired_claim_is_refused(db: Database, http: httpx.AsyncClient) -> None:
     spec = group_spec()
     group = await seed_group(db, spec)
-    auth = await _login(http, spec.slug)
+    auth = await admin_auth(http, spec.slug)
     r = await http.post(
         f"/api/v1/sites/{group.site_id}/claim-codes", json={"ttl_minutes": 1}, headers=auth
     )
@@ -180,7 +172,7 @@ async def test_the_installer_command_writes_a_private_config(
 ) -> None:
     spec = group_spec()
     group = await seed_group(db, spec)
-    auth = await _login(http, spec.slug)
+    auth = await admin_auth(http, spec.slug)
     code = (
         await http.post(f"/api/v1/sites/{group.site_id}/claim-codes", json={}, headers=auth)
     ).json()["code"]

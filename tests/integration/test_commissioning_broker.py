@@ -13,15 +13,13 @@ import aiomqtt
 import httpx
 import pytest
 
-from cloud.api.app import create_app
 from cloud.db import Database
 from cloud.registry.broker_sync import render, write_if_changed
 from cloud.registry.commissioning import broker_password_lines
 from cloud.registry.service import seed_group
-from cloud.runtime import Wiring
 from cloud.settings import CloudSettings
 from contract.mqtt import Topics, UpKind
-from tests.conftest import group_spec
+from tests.conftest import admin_auth, api_client, group_spec
 from tests.integration.test_broker_acl import (
     GATEWAYS_PASSWD,
     NOT_AUTHORIZED,
@@ -37,11 +35,8 @@ T = Topics()
 
 @pytest.fixture
 async def http(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
-    wiring = Wiring.build(CloudSettings(database_url=db_url), db_url)
-    transport = httpx.ASGITransport(app=create_app(wiring.services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with api_client(CloudSettings(database_url=db_url), db_url) as client:
         yield client
-    await wiring.db.dispose()
 
 
 async def _sync(db: Database, broker: Broker) -> None:
@@ -57,11 +52,7 @@ async def test_a_commissioned_gateway_connects_with_only_its_rights_until_revoke
 ) -> None:
     spec = group_spec()
     group = await seed_group(db, spec)
-    login = await http.post(
-        "/api/v1/auth/token",
-        json={"tenant": spec.slug, "username": "admin", "password": "demo-admin"},
-    )
-    auth = {"authorization": f"Bearer {login.json()['access_token']}"}
+    auth = await admin_auth(http, spec.slug)
     claim = await http.post(f"/api/v1/sites/{group.site_id}/claim-codes", json={}, headers=auth)
     ident = (
         await http.post("/api/v1/gateways/commission", json={"claim": claim.json()["code"]})

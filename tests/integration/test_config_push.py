@@ -12,29 +12,24 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from cloud.api.app import create_app
 from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.service import IngestService
 from cloud.registry.service import seed_group
-from cloud.runtime import Wiring
 from cloud.settings import CloudSettings
 from contract.mqtt import Topics
 from gateway_agent.agent import Agent
 from gateway_agent.config import AgentConfig
 from meter_profiles.loader import load_profiles
-from tests.conftest import group_spec
+from tests.conftest import admin_auth, api_client, group_spec
 
 
 @pytest.fixture
 async def http(db_url: str, mqtt_url: str, topic_prefix: str) -> AsyncIterator[httpx.AsyncClient]:
     settings = CloudSettings(database_url=db_url, mqtt_url=mqtt_url, mqtt_prefix=topic_prefix)
-    wiring = Wiring.build(settings, db_url)
-    transport = httpx.ASGITransport(app=create_app(wiring.services))
-    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+    async with api_client(settings, db_url) as client:
         yield client
-    await wiring.db.dispose()
 
 
 async def test_a_pushed_config_reaches_a_gateway_that_connects_later(
@@ -47,11 +42,7 @@ async def test_a_pushed_config_reaches_a_gateway_that_connects_later(
 ) -> None:
     spec = group_spec()
     group = await seed_group(db, spec)
-    login = await http.post(
-        "/api/v1/auth/token",
-        json={"tenant": spec.slug, "username": "admin", "password": "demo-admin"},
-    )
-    auth = {"authorization": f"Bearer {login.json()['access_token']}"}
+    auth = await admin_auth(http, spec.slug)
     gw = spec.gateway_code
 
     bad = await http.post(

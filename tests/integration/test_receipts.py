@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
+import sqlalchemy as sa
 
 from cloud.control.service import CommandTiming
 from cloud.db import Database
@@ -22,6 +23,7 @@ from contract.mqtt import (
     DownKind,
     EventKind,
     GatewayEvent,
+    GatewayState,
     Reading,
     Receipt,
     ReceiptStatus,
@@ -124,8 +126,6 @@ async def test_the_cloud_sends_receipts_for_stored_and_for_hopeless_batches(
     db: Database, group: Seeded, topic_prefix: str
 ) -> None:
     async with db.tenant(group.tenant_id) as conn:
-        import sqlalchemy as sa
-
         gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
     consumer = IngestConsumer(
         IngestService(db, CommandTiming()), "mqtt://unused", Topics(topic_prefix), None
@@ -185,10 +185,6 @@ async def test_a_batch_overtaken_by_a_confirmed_one_goes_again_at_once(
 async def test_state_and_heartbeats_track_presence_and_config_version(
     db: Database, group: Seeded, topic_prefix: str
 ) -> None:
-    import sqlalchemy as sa
-
-    from contract.mqtt import GatewayState
-
     async with db.tenant(group.tenant_id) as conn:
         gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
     consumer = IngestConsumer(

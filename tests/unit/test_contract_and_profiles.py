@@ -20,7 +20,7 @@ from contract.mqtt import (
 )
 from meter_profiles.decode import decode_value, encode_value, plan_blocks
 from meter_profiles.loader import ProfileError, load_file, load_profiles
-from meter_profiles.schema import Quantity
+from meter_profiles.schema import ModbusQuantity as Quantity
 
 
 def test_topics_round_trip_and_refuse_foreign_topics() -> None:
