@@ -36,6 +36,9 @@ DEMO = GroupSpec(
     # Simulated time runs SIM_SPEED times faster than the readings' wall-clock timestamps,
     # so the points may draw that much more per hour before rating calls it impossible.
     max_rate=Decimal(15) * Decimal(SIM_SPEED),
+    # The demo shows a cut at any hour; a real site keeps the default friendly hours.
+    friendly_hours=False,
+    alarms=(Decimal("5.00"), Decimal("2.00")),
     meters=[
         MeterSpec("shop-101", 1, "Lucky Noodles (101)", Decimal("1.50")),
         MeterSpec("shop-102", 2, "Green Tea House (102)", Decimal("6.00")),

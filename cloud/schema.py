@@ -8,7 +8,7 @@ Money is NUMERIC(14,2), prices NUMERIC(12,4), registers NUMERIC(16,3); time is t
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -57,6 +57,13 @@ class Site(SQLModel, table=True):
     tenant_id: uuid.UUID = _tenant()
     name: str
     timezone: str = "Asia/Shanghai"
+    # Friendly hours: no cut for arrears at night, at weekends, on public holidays.
+    friendly_night_start: time | None = Field(default=time(22), nullable=True)
+    friendly_night_end: time | None = Field(default=time(8), nullable=True)
+    friendly_weekends: bool = True
+    friendly_holidays: bool = True
+    notice_minutes: int = 0  # notice before a cut for arrears
+    alarm_hysteresis: Decimal = Field(default=Decimal("1.00"), sa_type=MONEY)
 
 
 class Outlet(SQLModel, table=True):
@@ -142,6 +149,9 @@ class ServicePoint(SQLModel, table=True):
     utility: str = Field(max_length=12)
     control_mode: str = Field(default="cloud", max_length=8)  # cloud | meter
     credit_limit: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+    emergency_credit: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+    alarm1: Decimal | None = Field(default=None, sa_type=MONEY)  # low-balance level 1
+    alarm2: Decimal | None = Field(default=None, sa_type=MONEY)  # level 2 (≤ level 1)
     max_rate: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 3))  # kW or m³/h
     floor_area: Decimal | None = Field(default=None, sa_type=sa.Numeric(12, 2))  # m², for 公摊
     common_area: bool = False  # a common meter: consumption tracked, shared out, not charged
@@ -209,6 +219,7 @@ class Device(SQLModel, table=True):
     bus: str
     address: str
     serial: str | None = None
+    close_only: bool = False  # the relay only allows closing: the tenant presses a button
 
 
 class Channel(SQLModel, table=True):
@@ -364,17 +375,29 @@ class SupplyTwin(SQLModel, table=True):
     desired_reason: str = ""
     reported: str | None = Field(default=None, max_length=3)
     reported_at: datetime | None = _ts(nullable=True)
+    desired_keep: bool | None = None  # keep-power (保电) at the meter
+    reported_keep: bool | None = None
+    reported_keep_at: datetime | None = _ts(nullable=True)
 
 
 class DeviceCommand(SQLModel, table=True):
     """A command to a device: queued → sent → acked | failed | expired | superseded."""
 
     __tablename__ = "device_command"
-    __table_args__ = (sa.Index("device_command_open", "tenant_id", "state"),)
+    __table_args__ = (
+        sa.Index("device_command_open", "tenant_id", "state"),
+        sa.Index(
+            "device_command_channel_open",
+            "channel_id",
+            postgresql_where=sa.text("state IN ('queued', 'sent')"),
+        ),
+    )
     id: uuid.UUID = _id()
     tenant_id: uuid.UUID = _tenant()
     gateway_id: uuid.UUID = Field(foreign_key="gateway.id")
     channel_id: uuid.UUID = Field(foreign_key="channel.id", index=True)
+    service_point_id: uuid.UUID | None = Field(default=None, foreign_key="service_point.id")
+    origin: str = Field(default="policy", max_length=40)  # policy | operator:<name> | topup
     action: str = Field(max_length=20)
     params: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
     state: str = Field(default="queued", max_length=10)
@@ -386,6 +409,57 @@ class DeviceCommand(SQLModel, table=True):
     finished_at: datetime | None = _ts(nullable=True)
     result: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
     superseded_by: uuid.UUID | None = Field(default=None, foreign_key="device_command.id")
+
+
+class ControlState(SQLModel, table=True):
+    """What the control policy remembers about a point between decisions, and the
+    meter-held balance and purchase count mirrored for meter-controlled points."""
+
+    __tablename__ = "control_state"
+    __table_args__ = (
+        sa.Index(
+            "control_state_recheck",
+            "recheck_at",
+            postgresql_where=sa.text("recheck_at IS NOT NULL"),
+        ),
+    )
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id", primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
+    supply: str | None = Field(default=None, max_length=3)  # the last desired state
+    reason: str = ""
+    alarm_level: int = Field(default=0, sa_type=sa.SmallInteger)
+    emergency: bool = False
+    notice_at: datetime | None = _ts(nullable=True)
+    deferred_until: datetime | None = _ts(nullable=True)
+    keep_power_by: str | None = None
+    keep_power_reason: str | None = None
+    keep_power_until: datetime | None = _ts(nullable=True)
+    override: str | None = Field(default=None, max_length=3)
+    override_by: str | None = None
+    override_reason: str | None = None
+    override_until: datetime | None = _ts(nullable=True)
+    override_until_credit: bool = False
+    recheck_at: datetime | None = _ts(nullable=True)
+    meter_balance: Decimal | None = Field(default=None, sa_type=MONEY)
+    meter_balance_at: datetime | None = _ts(nullable=True)
+    purchase_count: int | None = None
+    decided_at: datetime | None = _ts(nullable=True)
+
+
+class ControlEvent(SQLModel, table=True):
+    """A control event (low balance, notice, cut, restored…) for the notifications worker."""
+
+    __tablename__ = "control_event"
+    __table_args__ = (sa.Index("control_event_point", "service_point_id", "at"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id")
+    kind: str = Field(max_length=30)
+    at: datetime = Field(sa_type=TS)
+    balance: Decimal | None = Field(default=None, sa_type=MONEY)
+    detail: str = ""
+    actor: str = "policy"
+    notified_at: datetime | None = _ts(nullable=True)
 
 
 class WorkOrder(SQLModel, table=True):

@@ -116,6 +116,7 @@ def group_spec(meters: int = 1, balance: str = "10.00", price: str = "1.0000") -
         name=f"Group {tag}",
         gateway_code=f"gw-{tag}",
         unit_price=Decimal(price),
+        friendly_hours=False,  # a test cuts at any hour unless it sets friendly hours
         meters=[MeterSpec(f"m{i}", i, f"Shop {i}", Decimal(balance)) for i in range(1, meters + 1)],
     )
 

@@ -8,10 +8,18 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep
+from cloud.control.operator import (
+    ControlAction,
+    ControlRequest,
+    PointResult,
+    control_view,
+    operate_point,
+    operate_site,
+)
 from cloud.errors import DomainError
 from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.registry.commissioning import exchange_claim, issue_claim, revoke_credential
@@ -242,3 +250,70 @@ async def push_gateway_config(
         Topics(svc.mqtt_prefix),
     )
     return ConfigOut(gateway=pushed.gateway, version=pushed.version, id=pushed.push_id)
+
+
+class ControlIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    action: ControlAction
+    reason: str = Field(min_length=3, max_length=500)
+    override: bool = Field(
+        default=False, description="trip a point that is not in arrears (say why in reason)"
+    )
+    until: AwareDatetime | None = Field(
+        default=None, description="when keep-power or the override ends"
+    )
+
+
+class ControlOut(BaseModel):
+    point_id: uuid.UUID
+    name: str
+    done: bool
+    message: str
+    balance: str
+    in_arrears: bool
+    supply: str
+
+
+def _control_out(r: PointResult) -> ControlOut:
+    return ControlOut(
+        point_id=r.point_id,
+        name=r.name,
+        done=r.done,
+        message=r.message,
+        balance=str(r.balance),
+        in_arrears=r.in_arrears,
+        supply=r.supply,
+    )
+
+
+@router.get("/service-points/{point_id}/control")
+async def get_point_control(
+    point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep
+) -> dict[str, Any]:
+    """The pre-disconnection check and the device twin: live balance and arrears, what the
+    policy decides now and why, keep-power, overrides, desired vs reported supply, recent
+    commands and control events."""
+    return await control_view(svc.db, who, point_id, datetime.now(UTC))
+
+
+@router.post("/service-points/{point_id}/control", response_model=ControlOut)
+async def control_point(
+    point_id: uuid.UUID, body: ControlIn, svc: ServicesDep, who: OperatorDep
+) -> ControlOut:
+    """Trip, restore, keep-power on/off. A trip of a point that is not in arrears is refused
+    (409, with the live balance) unless ``override`` is set; a trip under keep-power is
+    refused too."""
+    req = ControlRequest(body.action, body.reason, body.override, body.until)
+    result = await operate_point(svc.db, who, point_id, req, datetime.now(UTC), svc.timing)
+    return _control_out(result)
+
+
+@router.post("/sites/{site_id}/control", response_model=list[ControlOut])
+async def control_site(
+    site_id: uuid.UUID, body: ControlIn, svc: ServicesDep, who: OperatorDep
+) -> list[ControlOut]:
+    """The same for every point of a site (a building); each point is checked on its own and
+    refusals are listed with ``done: false``."""
+    req = ControlRequest(body.action, body.reason, body.override, body.until)
+    results = await operate_site(svc.db, who, site_id, req, datetime.now(UTC), svc.timing)
+    return [_control_out(r) for r in results]

@@ -3,6 +3,13 @@
 Woken by ``NOTIFY prepay_command`` (payload: the tenant) the instant a service queues a
 command, and sweeping every tenant once a second for retries and deadlines. Rows are taken
 ``FOR UPDATE SKIP LOCKED`` so several dispatchers can run side by side.
+
+A gateway known to be offline (its retained state or last will said so) gets nothing: its
+commands wait, expire at their deadline, and when it is back the control sweep converges
+its twins with fresh commands for the current desired state, never the stale ones. Every
+few seconds the dispatcher also runs that sweep (:func:`cloud.control.service.sweep_tenant`):
+decisions that fall due (a notice or friendly period ends, keep-power expires) and twins
+that have not converged.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import psycopg
 import sqlalchemy as sa
 from prometheus_client import Counter
 
-from cloud.control.service import NOTIFY_CHANNEL, CommandTiming
+from cloud.control.service import NOTIFY_CHANNEL, CommandTiming, expire_overdue, sweep_tenant
 from cloud.db import Database
 from cloud.mqtt import client
 from contract.mqtt import Command, CommandAction, DownKind, Topics, dump
@@ -32,7 +39,8 @@ _DUE = sa.text(
     "c.attempts, g.code AS gateway, d.key AS device, ch.number AS channel "
     "FROM device_command c JOIN gateway g ON g.id = c.gateway_id "
     "JOIN channel ch ON ch.id = c.channel_id JOIN device d ON d.id = ch.device_id "
-    "WHERE c.state = 'queued' OR (c.state = 'sent' AND c.sent_at < :retry_before) "
+    "WHERE (c.state = 'queued' OR (c.state = 'sent' AND c.sent_at < :retry_before)) "
+    "AND c.deadline > :now AND (g.online OR g.last_seen_at IS NULL) "
     "ORDER BY c.created_at FOR UPDATE OF c SKIP LOCKED LIMIT 500"
 )
 
@@ -46,6 +54,7 @@ class Dispatcher:
         timing: CommandTiming,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sweep_s: float = 1.0,
+        control_every: int = 5,
     ) -> None:
         self.db = db
         self.mqtt_url = mqtt_url
@@ -53,6 +62,8 @@ class Dispatcher:
         self.timing = timing
         self.clock = clock
         self.sweep_s = sweep_s
+        self.control_every = control_every
+        self._sweeps = 0
         self._wake: asyncio.Queue[uuid.UUID | None] = asyncio.Queue()
         self.ready = asyncio.Event()
 
@@ -86,7 +97,15 @@ class Dispatcher:
                 await self.dispatch(mqtt, tenant)
 
     async def _sweep(self, mqtt: aiomqtt.Client) -> None:
+        control = self._sweeps % self.control_every == 0
+        self._sweeps += 1
         for tenant in await self.db.tenant_ids():
+            if control:
+                try:
+                    async with self.db.tenant(tenant) as conn:
+                        await sweep_tenant(conn, tenant, self.clock(), self.timing)
+                except Exception:  # one tenant's failure must not stop the others
+                    log.exception("control sweep failed for tenant %s", tenant)
             await self.dispatch(mqtt, tenant)
 
     async def _listen(self) -> None:
@@ -109,18 +128,11 @@ class Dispatcher:
         now = self.clock()
         sent = 0
         async with self.db.tenant(tenant_id) as conn:
-            rows = (await conn.execute(_DUE, {"retry_before": now - self.timing.retry})).all()
-            for r in rows:
-                if r.deadline <= now:
-                    await conn.execute(
-                        sa.text(
-                            "UPDATE device_command SET state = 'expired', finished_at = :now "
-                            "WHERE id = :id"
-                        ),
-                        {"now": now, "id": r.id},
-                    )
-                    DISPATCHED.labels("expired").inc()
-                    continue
+            expired = await expire_overdue(conn, now)
+            if expired:
+                DISPATCHED.labels("expired").inc(expired)
+            due = {"retry_before": now - self.timing.retry, "now": now}
+            for r in (await conn.execute(_DUE, due)).all():
                 if (
                     r.state == "sent"
                     and r.sent_at + self.timing.retry * (2 ** min(r.attempts - 1, 5)) > now

@@ -1,119 +1,559 @@
-"""Device twin and command queue: turn a policy decision into at most one live command."""
+"""Prepaid control, the imperative shell around :mod:`cloud.control.policy`.
+
+``evaluate`` is the one way a point's supply is decided: it locks the points' control
+state (in id order, after the caller has moved their wallets, so the lock order is always
+wallet → control state), runs the pure policy, records its events, and converges each
+channel's **twin** (desired vs reported supply and keep-power) by queuing commands. A
+command is queued only where the twin must change, or where it has not converged and
+nothing is in flight (re-issued with backoff). A newer supply command supersedes an open
+one of the same channel (a top-up landing while a trip is in flight ends supplied).
+"""
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.control.policy import Decision, SupplyState
+from cloud.control.policy import (
+    Calendar,
+    ChineseCalendar,
+    ControlMemory,
+    Decision,
+    FriendlyHours,
+    KeepPower,
+    Override,
+    PointPolicy,
+    PolicyEvent,
+    SupplyState,
+    alarms_only,
+    decide,
+    in_arrears,
+)
 from cloud.db import pg_array, pg_text_array
 from contract.mqtt import AckStatus, CommandAction
 
 NOTIFY_CHANNEL = "prepay_command"
-OPEN_STATES = ("queued", "sent")
-ACTION_FOR: dict[SupplyState, CommandAction] = {
-    SupplyState.OFF: CommandAction.TRIP,
-    SupplyState.ON: CommandAction.CLOSE,
-}
+CALENDAR: Calendar = ChineseCalendar()
+SUPPLY_ACTIONS = ("trip", "close", "close_allowed", "valve_open", "valve_close")
+KEEP_ACTIONS = ("keep_power_on", "keep_power_off")
 
 
 @dataclass(frozen=True)
 class CommandTiming:
-    deadline: timedelta = timedelta(minutes=5)
+    # Short, so a gateway that was away never carries out a stale supply command (it refuses
+    # an expired one); the twin re-issues a fresh command when the gateway is back.
+    deadline: timedelta = timedelta(minutes=2)
     retry: timedelta = timedelta(seconds=5)
+    recharge_deadline: timedelta = timedelta(hours=24)  # idempotent at the meter (count)
 
 
-async def steer_supply(
+@dataclass(frozen=True)
+class PointControl:
+    """A point as control sees it, loaded and locked by :func:`_load`."""
+
+    id: uuid.UUID
+    mode: str  # cloud | meter
+    utility: str
+    wallet_id: uuid.UUID
+    policy: PointPolicy
+    memory: ControlMemory
+    recheck_at: datetime | None
+    channel_id: uuid.UUID | None
+    close_only: bool
+    twin: tuple[str | None, str | None, datetime | None, bool | None, bool | None]
+    meter_balance: Decimal | None
+    meter_balance_at: datetime | None
+    purchase_count: int | None
+
+
+_ENSURE_STATES = sa.text(
+    "INSERT INTO control_state (service_point_id, tenant_id) "
+    "SELECT id, tenant_id FROM service_point WHERE id = ANY(CAST(:ids AS uuid[])) "
+    "ORDER BY id ON CONFLICT (service_point_id) DO NOTHING"
+)
+_LOAD = sa.text(
+    "SELECT sp.id, sp.control_mode, sp.utility, sp.credit_limit, sp.emergency_credit, "
+    "sp.alarm1, sp.alarm2, a.wallet_id, s.timezone, s.friendly_night_start, "
+    "s.friendly_night_end, s.friendly_weekends, s.friendly_holidays, s.notice_minutes, "
+    "s.alarm_hysteresis, cs.supply, cs.alarm_level, cs.emergency, cs.notice_at, "
+    "cs.deferred_until, cs.keep_power_by, cs.keep_power_reason, cs.keep_power_until, "
+    "cs.override, cs.override_by, cs.override_reason, cs.override_until, "
+    "cs.override_until_credit, cs.recheck_at, cs.meter_balance, cs.meter_balance_at, "
+    "cs.purchase_count, b.channel_id, coalesce(d.close_only, false) AS close_only, "
+    "tw.desired, tw.reported, tw.reported_at, tw.desired_keep, tw.reported_keep "
+    "FROM control_state cs JOIN service_point sp ON sp.id = cs.service_point_id "
+    "JOIN account a ON a.id = sp.account_id JOIN site s ON s.id = sp.site_id "
+    "LEFT JOIN binding b ON b.service_point_id = sp.id AND b.removed_at IS NULL "
+    "LEFT JOIN channel ch ON ch.id = b.channel_id LEFT JOIN device d ON d.id = ch.device_id "
+    "LEFT JOIN supply_twin tw ON tw.channel_id = b.channel_id "
+    "WHERE cs.service_point_id = ANY(CAST(:ids AS uuid[])) ORDER BY cs.service_point_id "
+    "FOR UPDATE OF cs"
+)
+
+
+def _policy(r: Any) -> PointPolicy:
+    friendly = FriendlyHours(
+        timezone=r.timezone,
+        night_start=r.friendly_night_start,
+        night_end=r.friendly_night_end,
+        weekends=r.friendly_weekends,
+        holidays=r.friendly_holidays,
+    )
+    return PointPolicy(
+        credit_limit=r.credit_limit,
+        emergency_credit=r.emergency_credit,
+        alarm1=r.alarm1,
+        alarm2=r.alarm2,
+        hysteresis=r.alarm_hysteresis,
+        notice=timedelta(minutes=r.notice_minutes),
+        friendly=friendly,
+    )
+
+
+def _memory(r: Any) -> ControlMemory:
+    keep = (
+        KeepPower(r.keep_power_by, r.keep_power_reason or "", r.keep_power_until)
+        if r.keep_power_by is not None
+        else None
+    )
+    override = (
+        Override(
+            SupplyState(r.override),
+            r.override_by or "",
+            r.override_reason or "",
+            r.override_until,
+            r.override_until_credit,
+        )
+        if r.override is not None
+        else None
+    )
+    return ControlMemory(
+        supply=SupplyState(r.supply) if r.supply else None,
+        alarm_level=r.alarm_level,
+        emergency=r.emergency,
+        notice_at=r.notice_at,
+        keep_power=keep,
+        override=override,
+        deferred_until=r.deferred_until,
+    )
+
+
+async def load(conn: AsyncConnection, point_ids: Iterable[uuid.UUID]) -> list[PointControl]:
+    """Lock and load the points' control state (created on first use), in id order."""
+    wanted = sorted(set(point_ids), key=lambda u: u.int)
+    rows = (await conn.execute(_LOAD, {"ids": pg_array(wanted)})).all()
+    if len(rows) < len(wanted):  # first decision for some: create their state, then lock
+        await conn.execute(_ENSURE_STATES, {"ids": pg_array(wanted)})
+        rows = (await conn.execute(_LOAD, {"ids": pg_array(wanted)})).all()
+    return [
+        PointControl(
+            id=r.id,
+            mode=r.control_mode,
+            utility=r.utility,
+            wallet_id=r.wallet_id,
+            policy=_policy(r),
+            memory=_memory(r),
+            recheck_at=r.recheck_at,
+            channel_id=r.channel_id,
+            close_only=r.close_only,
+            twin=(r.desired, r.reported, r.reported_at, r.desired_keep, r.reported_keep),
+            meter_balance=r.meter_balance,
+            meter_balance_at=r.meter_balance_at,
+            purchase_count=r.purchase_count,
+        )
+        for r in rows
+    ]
+
+
+async def wallet_balances(
+    conn: AsyncConnection, wallet_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, Decimal]:
+    rows = await conn.execute(
+        sa.text("SELECT id, balance FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[]))"),
+        {"ids": pg_array(set(wallet_ids))},
+    )
+    return {r[0]: r[1] for r in rows}
+
+
+@dataclass(frozen=True)
+class MeterNews:
+    """What a meter-controlled point's meter last said about its own balance."""
+
+    at: datetime
+    balance: Decimal | None
+    purchase_count: int | None
+
+
+@dataclass
+class Outcome:
+    decisions: dict[uuid.UUID, Decision]
+    commands: int = 0
+    events: int = 0
+
+
+async def evaluate(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
-    channel_id: uuid.UUID,
-    decision: Decision,
+    point_ids: Iterable[uuid.UUID],
     now: datetime,
     timing: CommandTiming,
-) -> uuid.UUID | None:
-    """Record the desired state in the channel's twin and enqueue a command when the device
-    must change. Returns the new command's id, if one was queued."""
+    balances: dict[uuid.UUID, Decimal] | None = None,
+    meter_news: dict[uuid.UUID, MeterNews] | None = None,
+    calendar: Calendar = CALENDAR,
+    actor: str = "policy",
+) -> Outcome:
+    """Decide supply for ``point_ids`` (wallet balances as moved in this transaction, the
+    rest read), record events and converge their twins. Returns the decisions."""
+    points = await load(conn, point_ids)
+    return await evaluate_loaded(
+        conn, tenant_id, points, now, timing, balances, meter_news, calendar, actor
+    )
+
+
+async def evaluate_loaded(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    points: Sequence[PointControl],
+    now: datetime,
+    timing: CommandTiming,
+    balances: dict[uuid.UUID, Decimal] | None = None,
+    meter_news: dict[uuid.UUID, MeterNews] | None = None,
+    calendar: Calendar = CALENDAR,
+    actor: str = "policy",
+) -> Outcome:
+    known = dict(balances or {})
+    missing = {p.wallet_id for p in points if p.mode == "cloud"} - set(known)
+    if missing:
+        known.update(await wallet_balances(conn, missing))
+    outcome = Outcome({})
+    events: list[tuple[uuid.UUID, PolicyEvent, Decimal | None]] = []
+    for p in points:
+        news = (meter_news or {}).get(p.id)
+        if (
+            news is not None
+            and p.mode == "meter"
+            and (p.meter_balance_at is None or p.meter_balance_at < news.at)
+        ):
+            p = replace(
+                p,
+                meter_balance=news.balance if news.balance is not None else p.meter_balance,
+                meter_balance_at=news.at,
+                purchase_count=news.purchase_count
+                if news.purchase_count is not None
+                else p.purchase_count,
+            )
+            await _store_meter_news(conn, p)
+        if p.mode == "cloud":
+            balance: Decimal | None = known[p.wallet_id]
+            d = decide(known[p.wallet_id], p.policy, p.memory, now, calendar)
+        else:
+            balance = p.meter_balance
+            d = meter_decision(p, now)
+        outcome.decisions[p.id] = d
+        events += [(p.id, e, balance) for e in d.events]
+        if d.memory != p.memory or d.recheck_at != p.recheck_at:
+            await store_memory(conn, p.id, d.memory, d.recheck_at, d.reason, now)
+        if p.channel_id is not None:
+            outcome.commands += await _converge(conn, tenant_id, p, d, now, timing, actor)
+    if events:
+        await record_events(conn, tenant_id, events, now, actor)
+        outcome.events = len(events)
+    return outcome
+
+
+def meter_decision(p: PointControl, now: datetime) -> Decision:
+    """A meter-controlled point: alarms from the meter's own balance; the cloud steers its
+    supply only on an operator's override; keep-power is still sent to the meter."""
+    mem = p.memory
+    keep = mem.keep_power if mem.keep_power and mem.keep_power.active(now) else None
+    override = mem.override if mem.override and mem.override.active(now) else None
+    if (
+        override is not None
+        and override.until_credit
+        and p.meter_balance is not None
+        and not in_arrears(p.meter_balance, p.policy)
+    ):
+        override = None  # the meter has credit again: it decides its supply itself
+    mem = replace(mem, keep_power=keep, override=override)
+    if p.meter_balance is not None:
+        d = alarms_only(p.meter_balance, p.policy, mem)
+    else:
+        d = Decision(mem.supply or SupplyState.ON, "the meter controls supply", mem)
+    if override is not None:
+        return replace(
+            d,
+            supply=override.supply,
+            reason=f"{override.supply} by {override.by}: {override.reason}",
+            memory=replace(d.memory, supply=override.supply),
+        )
+    return d
+
+
+async def _store_meter_news(conn: AsyncConnection, p: PointControl) -> None:
+    await conn.execute(
+        sa.text(
+            "UPDATE control_state SET meter_balance = :b, meter_balance_at = :at, "
+            "purchase_count = greatest(purchase_count, :n) WHERE service_point_id = :p"
+        ),
+        {"b": p.meter_balance, "at": p.meter_balance_at, "n": p.purchase_count, "p": p.id},
+    )
+
+
+async def store_memory(
+    conn: AsyncConnection,
+    point_id: uuid.UUID,
+    m: ControlMemory,
+    recheck_at: datetime | None,
+    reason: str,
+    now: datetime,
+) -> None:
+    keep, override = m.keep_power, m.override
+    await conn.execute(
+        sa.text(
+            "UPDATE control_state SET supply = :supply, reason = :reason, alarm_level = :lvl, "
+            "emergency = :em, notice_at = :notice, deferred_until = :deferred, "
+            "keep_power_by = :kb, keep_power_reason = :kr, keep_power_until = :ku, "
+            "override = :o, override_by = :ob, override_reason = :orr, override_until = :ou, "
+            "override_until_credit = :oc, recheck_at = :recheck, decided_at = :now "
+            "WHERE service_point_id = :p"
+        ),
+        {
+            "supply": m.supply.value if m.supply else None,
+            "reason": reason,
+            "lvl": m.alarm_level,
+            "em": m.emergency,
+            "notice": m.notice_at,
+            "deferred": m.deferred_until,
+            "kb": keep.by if keep else None,
+            "kr": keep.reason if keep else None,
+            "ku": keep.until if keep else None,
+            "o": override.supply.value if override else None,
+            "ob": override.by if override else None,
+            "orr": override.reason if override else None,
+            "ou": override.until if override else None,
+            "oc": override.until_credit if override else False,
+            "recheck": recheck_at,
+            "now": now,
+            "p": point_id,
+        },
+    )
+
+
+async def record_events(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    events: Sequence[tuple[uuid.UUID, PolicyEvent, Decimal | None]],
+    now: datetime,
+    actor: str,
+) -> None:
+    """Control events for the notifications worker, in the decision's transaction."""
+    await conn.execute(
+        sa.text(
+            "INSERT INTO control_event (id, tenant_id, service_point_id, kind, at, balance, "
+            "detail, actor) SELECT gen_random_uuid(), :t, v.p, v.k, :now, v.b, v.d, :actor "
+            "FROM unnest(CAST(:p AS uuid[]), CAST(:k AS text[]), CAST(:b AS numeric[]), "
+            "CAST(:d AS text[])) AS v(p, k, b, d)"
+        ),
+        {
+            "t": tenant_id,
+            "now": now,
+            "actor": actor,
+            "p": pg_array(p for p, _, _ in events),
+            "k": pg_text_array(e.kind.value for _, e, _ in events),
+            "b": pg_array(b for _, _, b in events),
+            "d": pg_text_array(e.detail for _, e, _ in events),
+        },
+    )
+
+
+def supply_action(p: PointControl, supply: SupplyState) -> CommandAction:
+    if p.utility == "water":
+        return CommandAction.VALVE_OPEN if supply is SupplyState.ON else CommandAction.VALVE_CLOSE
+    if supply is SupplyState.OFF:
+        return CommandAction.TRIP
+    return CommandAction.CLOSE_ALLOWED if p.close_only else CommandAction.CLOSE
+
+
+async def _converge(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    p: PointControl,
+    d: Decision,
+    now: datetime,
+    timing: CommandTiming,
+    actor: str,
+) -> int:
+    """Bring the channel's twin to the decision: keep-power first (a trip after keep-power
+    ends must reach a meter that no longer refuses it), then supply."""
+    assert p.channel_id is not None
+    desired, reported, _, desired_keep, reported_keep = p.twin
+    keep_want = d.memory.keep_power is not None
+    supply_want: SupplyState | None = d.supply
+    if p.mode == "meter" and d.memory.override is None:
+        supply_want = None  # the meter decides
+    if (
+        (supply_want is None or (desired == supply_want.value and reported == desired))
+        and desired_keep is not None
+        and desired_keep == keep_want == reported_keep
+    ):
+        return 0  # converged: the hot path's usual case, no round trip
+    if (
+        desired_keep is None
+        and not keep_want
+        and (supply_want is None or (desired == supply_want.value and reported == desired))
+    ):
+        return 0  # keep-power never used on this channel and supply converged
     await conn.execute(
         sa.text(
             "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason) VALUES (:c, :t, '') "
             "ON CONFLICT (channel_id) DO NOTHING"
         ),
-        {"c": channel_id, "t": tenant_id},
+        {"c": p.channel_id, "t": tenant_id},
     )
     twin = (
         await conn.execute(
-            sa.text("SELECT desired, reported FROM supply_twin WHERE channel_id = :c FOR UPDATE"),
-            {"c": channel_id},
+            sa.text(
+                "SELECT desired, desired_at, reported, desired_keep, reported_keep "
+                "FROM supply_twin WHERE channel_id = :c FOR UPDATE"
+            ),
+            {"c": p.channel_id},
         )
     ).one()
-    want = decision.supply.value
+    origin = actor if actor != "policy" else "policy"
+    queued = 0
+    at = now
+    if keep_want or twin.desired_keep is not None:
+        action = CommandAction.KEEP_POWER_ON if keep_want else CommandAction.KEEP_POWER_OFF
+        if twin.desired_keep is not keep_want:
+            await conn.execute(
+                sa.text("UPDATE supply_twin SET desired_keep = :k WHERE channel_id = :c"),
+                {"k": keep_want, "c": p.channel_id},
+            )
+            await enqueue(
+                conn, tenant_id, p, action, {}, d.reason, at, timing, origin, KEEP_ACTIONS
+            )
+            queued += 1
+            at = at + timedelta(microseconds=1)
+        elif twin.reported_keep is not keep_want and await _may_retry(
+            conn, p.channel_id, KEEP_ACTIONS, None, now, timing
+        ):
+            await enqueue(
+                conn, tenant_id, p, action, {}, d.reason, at, timing, origin, KEEP_ACTIONS
+            )
+            queued += 1
+            at = at + timedelta(microseconds=1)
+    if supply_want is None:
+        return queued
+    want = supply_want.value
+    action = supply_action(p, supply_want)
     if twin.desired != want:
         await conn.execute(
             sa.text(
                 "UPDATE supply_twin SET desired = :d, desired_at = :now, desired_reason = :r "
                 "WHERE channel_id = :c"
             ),
-            {"d": want, "now": now, "r": decision.reason, "c": channel_id},
+            {"d": want, "now": now, "r": d.reason, "c": p.channel_id},
         )
-        return await _enqueue(conn, tenant_id, channel_id, decision, now, timing)
+        await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS)
+        return queued + 1
     if twin.reported == want:
-        return None
-    # Desired unchanged but not reached: re-issue only when nothing is in flight and the
-    # last attempt finished more than one retry interval ago (a gateway back from offline
-    # converges to the current desired state, never to stale commands).
-    recent = await conn.scalar(
-        sa.text(
-            "SELECT 1 FROM device_command WHERE channel_id = :c AND "
-            "(state IN ('queued', 'sent') OR finished_at > :since) LIMIT 1"
-        ),
-        {"c": channel_id, "since": now - timing.retry},
-    )
-    if recent:
-        return None
-    return await _enqueue(conn, tenant_id, channel_id, decision, now, timing)
+        return queued
+    waiting_for = twin.desired_at if action is CommandAction.CLOSE_ALLOWED else None
+    if await _may_retry(conn, p.channel_id, SUPPLY_ACTIONS, waiting_for, now, timing):
+        await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS)
+        queued += 1
+    return queued
 
 
-async def _enqueue(
+async def _may_retry(
     conn: AsyncConnection,
-    tenant_id: uuid.UUID,
     channel_id: uuid.UUID,
-    decision: Decision,
+    family: tuple[str, ...],
+    close_allowed_since: datetime | None,
     now: datetime,
     timing: CommandTiming,
+) -> bool:
+    """A twin that has not converged gets a fresh command only when none of its family is in
+    flight and the last one finished long enough ago (backoff doubling per failed attempt
+    since the last success, up to 64 × the retry interval). A close-allowed that was acked
+    waits for the tenant's button: the twin waits for the reported state."""
+    row = (
+        await conn.execute(
+            sa.text(
+                "SELECT count(*) FILTER (WHERE state IN ('queued', 'sent')) AS open, "
+                "max(finished_at) AS last, count(*) FILTER (WHERE state IN ('failed', 'expired') "
+                "AND created_at > coalesce((SELECT max(created_at) FROM device_command "
+                "WHERE channel_id = :c AND state = 'acked' AND action = ANY(CAST(:f AS text[]))),"
+                " '-infinity')) AS failures, "
+                "bool_or(state = 'acked' AND action = 'close_allowed' AND created_at >= :since) "
+                "AS allowed FROM device_command WHERE channel_id = :c "
+                "AND action = ANY(CAST(:f AS text[]))"
+            ),
+            {"c": channel_id, "f": pg_text_array(family), "since": close_allowed_since or now},
+        )
+    ).one()
+    if row.open or (close_allowed_since is not None and row.allowed):
+        return False
+    if row.last is None:
+        return True
+    backoff = timing.retry * (2 ** min(int(row.failures or 0), 6))
+    return bool(row.last + backoff <= now)
+
+
+async def enqueue(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    p: PointControl,
+    action: CommandAction,
+    params: dict[str, str],
+    reason: str,
+    now: datetime,
+    timing: CommandTiming,
+    origin: str,
+    supersedes: tuple[str, ...] = (),
+    deadline: timedelta | None = None,
 ) -> uuid.UUID:
+    """Queue a command for the point's channel; an open command of the ``supersedes``
+    family on that channel is superseded by it (the newest decision wins)."""
     command_id = uuid.uuid4()
     await conn.execute(
         sa.text(
-            "INSERT INTO device_command (id, tenant_id, gateway_id, channel_id, action, params, "
-            "state, reason, created_at, deadline, attempts, result) "
-            "SELECT :id, :t, d.gateway_id, ch.id, :action, '{}'::jsonb, 'queued', :reason, :now, "
-            ":deadline, 0, '{}'::jsonb FROM channel ch JOIN device d ON d.id = ch.device_id "
-            "WHERE ch.id = :c"
+            "INSERT INTO device_command (id, tenant_id, gateway_id, channel_id, "
+            "service_point_id, action, params, state, reason, created_at, deadline, attempts, "
+            "result, origin) SELECT :id, :t, d.gateway_id, ch.id, :p, :action, "
+            "CAST(:params AS jsonb), 'queued', :reason, :now, :deadline, 0, '{}'::jsonb, :o "
+            "FROM channel ch JOIN device d ON d.id = ch.device_id WHERE ch.id = :c"
         ),
         {
             "id": command_id,
             "t": tenant_id,
-            "action": ACTION_FOR[decision.supply].value,
-            "reason": decision.reason,
+            "p": p.id,
+            "action": action.value,
+            "params": json.dumps(params),
+            "reason": reason,
             "now": now,
-            "deadline": now + timing.deadline,
-            "c": channel_id,
+            "deadline": now + (deadline or timing.deadline),
+            "o": origin,
+            "c": p.channel_id,
         },
     )
-    # Whatever was in flight for this channel is now stale: the newest decision wins.
-    await conn.execute(
-        sa.text(
-            "UPDATE device_command SET state = 'superseded', superseded_by = :id, "
-            "finished_at = :now WHERE channel_id = :c AND state IN ('queued', 'sent') "
-            "AND id <> :id"
-        ),
-        {"id": command_id, "now": now, "c": channel_id},
-    )
+    if supersedes:
+        await conn.execute(
+            sa.text(
+                "UPDATE device_command SET state = 'superseded', superseded_by = :id, "
+                "finished_at = :now WHERE channel_id = :c AND state IN ('queued', 'sent') "
+                "AND action = ANY(CAST(:f AS text[])) AND id <> :id"
+            ),
+            {"id": command_id, "now": now, "c": p.channel_id, "f": pg_text_array(supersedes)},
+        )
     await conn.execute(
         sa.text("SELECT pg_notify(:ch, :t)"), {"ch": NOTIFY_CHANNEL, "t": str(tenant_id)}
     )
@@ -175,32 +615,230 @@ async def apply_ack(
     at: datetime,
 ) -> bool:
     """Close an open command with the gateway's answer. A duplicate or late ack (for a command
-    already acked, superseded or expired) changes nothing and returns False."""
+    already acked, superseded or expired) changes nothing and returns False; the meter's
+    reported state in it is still news (record_reported keeps the newest)."""
     row = (
         await conn.execute(
             sa.text(
                 "UPDATE device_command SET state = :s, finished_at = :at, result = "
                 "CAST(:r AS jsonb) WHERE id = :id AND state IN ('queued', 'sent') "
-                "RETURNING channel_id"
+                "RETURNING channel_id, action, params, service_point_id, tenant_id"
             ),
-            {"s": _FINAL[status], "at": at, "r": _json(result), "id": command_id},
+            {"s": _FINAL[status], "at": at, "r": json.dumps(result), "id": command_id},
         )
     ).first()
     changed = row is not None
-    if reported is not None:
-        # The meter's answer is news about its state even when the command was already
-        # closed (a late ack of a superseded trip); record_reported keeps the newest.
-        channel_id = (
-            row.channel_id
-            if row is not None
-            else await conn.scalar(
-                sa.text("SELECT channel_id FROM device_command WHERE id = :id"), {"id": command_id}
+    if row is None:
+        row = (
+            await conn.execute(
+                sa.text(
+                    "SELECT channel_id, action, params, service_point_id, tenant_id "
+                    "FROM device_command WHERE id = :id"
+                ),
+                {"id": command_id},
             )
+        ).first()
+    if row is None:
+        return False
+    if reported is not None:
+        await record_reported(conn, row.channel_id, reported, at)
+    if status is AckStatus.OK and row.action in KEEP_ACTIONS:
+        await conn.execute(
+            sa.text(
+                "UPDATE supply_twin SET reported_keep = :k, reported_keep_at = :at "
+                "WHERE channel_id = :c AND (reported_keep_at IS NULL OR reported_keep_at <= :at)"
+            ),
+            {"k": row.action == "keep_power_on", "at": at, "c": row.channel_id},
         )
-        if isinstance(channel_id, uuid.UUID):
-            await record_reported(conn, channel_id, reported, at)
+    if changed and row.action == "recharge" and row.service_point_id is not None:
+        if status is AckStatus.OK:
+            await conn.execute(
+                sa.text(
+                    "UPDATE control_state SET purchase_count = greatest(purchase_count, :n) "
+                    "WHERE service_point_id = :p"
+                ),
+                {"n": int(row.params.get("purchase_count", 0)), "p": row.service_point_id},
+            )
+        else:
+            await _recharge_work_order(conn, row, status, result, at)
     return changed
 
 
-def _json(d: dict[str, str]) -> str:
-    return json.dumps(d, ensure_ascii=False)
+async def expire_overdue(conn: AsyncConnection, now: datetime) -> int:
+    """Open commands past their deadline expire. An undelivered recharge becomes a work
+    order: the money is safe in the wallet and the meter never took that purchase count."""
+    rows = (
+        await conn.execute(
+            sa.text(
+                "UPDATE device_command SET state = 'expired', finished_at = :now "
+                "WHERE state IN ('queued', 'sent') AND deadline <= :now "
+                "RETURNING id, tenant_id, action, service_point_id, channel_id, params"
+            ),
+            {"now": now},
+        )
+    ).all()
+    for r in rows:
+        if r.action == "recharge" and r.service_point_id is not None:
+            await _recharge_work_order(conn, r, AckStatus.EXPIRED, {"command": str(r.id)}, now)
+    return len(rows)
+
+
+async def _recharge_work_order(
+    conn: AsyncConnection, row: Any, status: AckStatus, result: dict[str, str], at: datetime
+) -> None:
+    detail = {**row.params, "status": status.value, **result}
+    await conn.execute(
+        sa.text(
+            "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, "
+            "status, created_at) VALUES (gen_random_uuid(), :t, 'recharge_failed', :p, :c, "
+            "CAST(:d AS jsonb), 'open', :at)"
+        ),
+        {
+            "t": row.tenant_id,
+            "p": row.service_point_id,
+            "c": row.channel_id,
+            "d": json.dumps(detail, ensure_ascii=False),
+            "at": at,
+        },
+    )
+
+
+async def after_topup(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    account_id: uuid.UUID,
+    amount: Decimal,
+    cause: str,
+    now: datetime,
+    timing: CommandTiming,
+    actor: str,
+) -> int:
+    """A top-up just credited the account's wallet (in this transaction): cloud-controlled
+    points are re-decided at once (restoring supply, superseding an in-flight trip);
+    a meter-controlled point gets a recharge command with the amount and the meter's next
+    purchase count. Returns the commands queued."""
+    ids = [
+        r[0]
+        for r in await conn.execute(
+            sa.text("SELECT id FROM service_point WHERE account_id = :a AND NOT common_area"),
+            {"a": account_id},
+        )
+    ]
+    if not ids:
+        return 0
+    points = await load(conn, ids)
+    outcome = await evaluate_loaded(conn, tenant_id, points, now, timing, actor=actor)
+    meter_points = [p for p in points if p.mode == "meter" and p.channel_id is not None]
+    if len(meter_points) > 1:
+        await _work_order(
+            conn,
+            tenant_id,
+            "recharge_ambiguous",
+            meter_points[0],
+            now,
+            {"cause": cause, "amount": str(amount), "points": str(len(meter_points))},
+        )
+        return outcome.commands
+    for p in meter_points:
+        if p.purchase_count is None:
+            await _work_order(
+                conn,
+                tenant_id,
+                "recharge_unknown_count",
+                p,
+                now,
+                {"cause": cause, "amount": str(amount)},
+            )
+            continue
+        count = p.purchase_count + 1
+        await conn.execute(
+            sa.text("UPDATE control_state SET purchase_count = :n WHERE service_point_id = :p"),
+            {"n": count, "p": p.id},
+        )
+        params = {"amount": str(amount), "purchase_count": str(count), "cause": cause}
+        await enqueue(
+            conn,
+            tenant_id,
+            p,
+            CommandAction.RECHARGE,
+            params,
+            f"top-up {cause}",
+            now,
+            timing,
+            actor,
+            deadline=timing.recharge_deadline,
+        )
+        outcome.commands += 1
+    return outcome.commands
+
+
+async def _work_order(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    kind: str,
+    p: PointControl,
+    now: datetime,
+    detail: dict[str, str],
+) -> None:
+    await conn.execute(
+        sa.text(
+            "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, "
+            "status, created_at) VALUES (gen_random_uuid(), :t, :k, :p, :c, "
+            "CAST(:d AS jsonb), 'open', :now)"
+        ),
+        {
+            "t": tenant_id,
+            "k": kind,
+            "p": p.id,
+            "c": p.channel_id,
+            "d": json.dumps(detail, ensure_ascii=False),
+            "now": now,
+        },
+    )
+
+
+_DUE_POINTS = sa.text(
+    "SELECT service_point_id FROM control_state WHERE recheck_at <= :now "
+    "UNION SELECT b.service_point_id FROM supply_twin tw "
+    "JOIN binding b ON b.channel_id = tw.channel_id AND b.removed_at IS NULL "
+    "JOIN channel ch ON ch.id = tw.channel_id JOIN device d ON d.id = ch.device_id "
+    "JOIN gateway g ON g.id = d.gateway_id "
+    "WHERE (g.online OR g.last_seen_at IS NULL) "
+    "AND ((tw.desired IS NOT NULL AND tw.desired IS DISTINCT FROM tw.reported) "
+    "OR (tw.desired_keep IS NOT NULL AND tw.desired_keep IS DISTINCT FROM tw.reported_keep)) "
+    "LIMIT 2000"
+)
+
+
+async def sweep_tenant(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    now: datetime,
+    timing: CommandTiming,
+    gateway_id: uuid.UUID | None = None,
+) -> Outcome:
+    """Re-decide the points whose decision is due (a notice or friendly period ended,
+    keep-power or an override expired) and those whose twin has not converged on an
+    online gateway (a command failed or expired, or the gateway just came back): they get
+    a fresh command for the current desired state, never a stale one."""
+    if gateway_id is not None:
+        ids = [
+            r[0]
+            for r in await conn.execute(
+                sa.text(
+                    "SELECT b.service_point_id FROM supply_twin tw "
+                    "JOIN binding b ON b.channel_id = tw.channel_id AND b.removed_at IS NULL "
+                    "JOIN channel ch ON ch.id = tw.channel_id "
+                    "JOIN device d ON d.id = ch.device_id WHERE d.gateway_id = :g "
+                    "AND ((tw.desired IS NOT NULL AND tw.desired IS DISTINCT FROM tw.reported) "
+                    "OR (tw.desired_keep IS NOT NULL "
+                    "AND tw.desired_keep IS DISTINCT FROM tw.reported_keep))"
+                ),
+                {"g": gateway_id},
+            )
+        ]
+    else:
+        ids = [r[0] for r in await conn.execute(_DUE_POINTS, {"now": now})]
+    if not ids:
+        return Outcome({})
+    return await evaluate(conn, tenant_id, ids, now, timing)

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.policy import SupplyState
-from cloud.control.service import CommandTiming, apply_ack
+from cloud.control.service import CommandTiming, apply_ack, sweep_tenant
 from cloud.db import Database
 from cloud.rating.core import RegisterReading
 from cloud.rating.service import PointReading, rate_new_readings
@@ -142,13 +142,19 @@ class IngestService:
         heartbeats: who is connected, since when, on which config version."""
         tenant_id = await self.tenant_of(topic_gateway)
         async with self.db.tenant(tenant_id) as conn:
-            await conn.execute(
+            back = await conn.scalar(
                 sa.text(
-                    "UPDATE gateway SET online = :on, last_seen_at = :at, "
-                    "config_version = coalesce(:v, config_version) WHERE code = :c"
+                    "UPDATE gateway g SET online = :on, last_seen_at = :at, "
+                    "config_version = coalesce(:v, g.config_version) FROM gateway old "
+                    "WHERE old.id = g.id AND g.code = :c "
+                    "RETURNING CASE WHEN :on AND NOT old.online THEN g.id END"
                 ),
                 {"on": online, "at": seen_at, "v": config_version, "c": topic_gateway},
             )
+            if back is not None:
+                # Back online: converge its twins to the current desired state with fresh
+                # commands (what it missed expired; it never replays stale ones).
+                await sweep_tenant(conn, tenant_id, seen_at, self.timing, gateway_id=back)
 
     async def store_ack(self, topic_gateway: str, ack: Ack, received_at: datetime) -> bool:
         if ack.gateway != topic_gateway or ack.id is None:

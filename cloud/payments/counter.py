@@ -14,8 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud import audit
 from cloud.auth import Principal
-from cloud.control.policy import PointFinance, desired_supply
-from cloud.control.service import CommandTiming, steer_supply
+from cloud.control.service import CommandTiming, after_topup
 from cloud.db import Database, next_number
 from cloud.errors import Conflict, NotFound
 from cloud.ledger import core as ledger
@@ -114,7 +113,9 @@ async def sell_credit(
             },
         )
         balance = await balance_of(conn, wallet.code)
-        commands = await _restore_supply(conn, who.tenant_id, acct.id, balance, now, timing)
+        commands = await after_topup(
+            conn, who.tenant_id, acct.id, req.amount, f"sale:{receipt_no}", now, timing, who.actor
+        )
         await audit.record(
             conn,
             who.tenant_id,
@@ -148,29 +149,3 @@ async def _replay(conn: AsyncConnection, key: str, req: SaleRequest) -> SaleRece
     return SaleReceipt(
         row.id, row.receipt_no, row.number, row.amount, row.method, balance, row.created_at, True
     )
-
-
-async def _restore_supply(
-    conn: AsyncConnection,
-    tenant_id: uuid.UUID,
-    account_id: uuid.UUID,
-    balance: Decimal,
-    now: datetime,
-    timing: CommandTiming,
-) -> int:
-    """Re-decide supply for every cloud-controlled point of the account (a top-up that lands
-    while a trip is in flight supersedes it)."""
-    points = await conn.execute(
-        sa.text(
-            "SELECT sp.credit_limit, b.channel_id FROM service_point sp "
-            "JOIN binding b ON b.service_point_id = sp.id AND b.removed_at IS NULL "
-            "WHERE sp.account_id = :a AND sp.control_mode = 'cloud' ORDER BY b.channel_id"
-        ),
-        {"a": account_id},
-    )
-    n = 0
-    for p in points.all():
-        decision = desired_supply(PointFinance(balance, p.credit_limit))
-        if await steer_supply(conn, tenant_id, p.channel_id, decision, now, timing):
-            n += 1
-    return n

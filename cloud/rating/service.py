@@ -24,8 +24,9 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud.control.policy import PointFinance, SupplyState, desired_supply
-from cloud.control.service import CommandTiming, record_reported_many, steer_supply
+from cloud.control import service as control
+from cloud.control.policy import SupplyState
+from cloud.control.service import CommandTiming, MeterNews, record_reported_many
 from cloud.db import Database, pg_array, pg_text_array
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post_many
@@ -292,9 +293,7 @@ async def persist(
     batch = await post_many(conn, tenant_id, drafts, live, known)
     await record_reported_many(conn, reported or {})
     cloud = [
-        (p, ch or p.channel_id)
-        for p, _, ch in outcomes
-        if p.control_mode == "cloud" and p.terms.charged and (ch or p.channel_id)
+        (p, ch or p.channel_id) for p, _, ch in outcomes if p.terms.charged and (ch or p.channel_id)
     ]
     if cloud:
         report.commands = await _steer(
@@ -312,39 +311,25 @@ async def _steer(
     now: datetime,
     timing: CommandTiming,
 ) -> int:
-    """Steer supply where the desired state differs from the twin's desired or reported
-    (the twins were read with the marks; this batch's reports are newer where newer)."""
-    missing = sorted({p.wallet_id for p, _ in points} - set(moved), key=_BY_INT)
-    balances = dict(moved)
-    if missing:
+    """Re-decide supply for the rated points (their wallets as just moved): the control
+    policy, its events and the twins (this batch's reports are already in them)."""
+    meter_channels = [ch for p, ch in points if p.control_mode == "meter" and ch is not None]
+    news: dict[uuid.UUID, MeterNews] = {}
+    if meter_channels:
+        by_channel = {ch: p.id for p, ch in points if ch is not None}
         rows = await conn.execute(
-            sa.text("SELECT id, balance FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[]))"),
-            {"ids": pg_array(missing)},
+            sa.text(
+                "SELECT DISTINCT ON (channel_id) channel_id, measured_at, meter_balance "
+                "FROM reading WHERE channel_id = ANY(CAST(:c AS uuid[])) "
+                "AND meter_balance IS NOT NULL ORDER BY channel_id, measured_at DESC"
+            ),
+            {"c": pg_array(meter_channels)},
         )
-        balances.update({r[0]: r[1] for r in rows})
-    moved_channel = [ch for p, ch in points if ch is not None and ch != p.channel_id]
-    twins = (
-        {
-            r[0]: (r[1], r[2], r[3])
-            for r in await conn.execute(_TWINS, {"ch": pg_array(moved_channel)})
-        }
-        if moved_channel
-        else {}
+        news = {by_channel[r[0]]: MeterNews(r[1], r[2], None) for r in rows}
+    outcome = await control.evaluate(
+        conn, tenant_id, [p.id for p, _ in points], now, timing, moved, news
     )
-    commands = 0
-    for p, ch in points:
-        assert ch is not None
-        decision = desired_supply(PointFinance(balances[p.wallet_id], p.credit_limit))
-        desired, state, state_at = twins.get(ch, p.twin) if ch != p.channel_id else p.twin
-        news = reported.get(ch)
-        if news is not None and (state_at is None or state_at <= news[0]):
-            state = news[1].value
-        want = decision.supply.value
-        if desired == want and state == want:
-            continue  # converged: nothing to do, no round trip
-        if await steer_supply(conn, tenant_id, ch, decision, now, timing):
-            commands += 1
-    return commands
+    return outcome.commands
 
 
 def _detail(a: Anomaly) -> str:

@@ -67,6 +67,10 @@ class GroupSpec:
     bus: str = "bus1"
     unit_price: Decimal = Decimal("1.2000")
     max_rate: Decimal | None = None  # kW a point can draw (None: the utility's default)
+    # Friendly hours (no cut at night, weekends, public holidays) as a new site has them;
+    # False for a site that may be cut at any hour (tests, the demo).
+    friendly_hours: bool = True
+    alarms: tuple[Decimal, Decimal] | None = None  # low-balance levels 1 and 2
     admin_username: str = "admin"
     admin_password: str = "demo-admin"  # noqa: S105 - demo seed only; printed by `prepay demo`
     meters: list[MeterSpec] = field(default_factory=list)
@@ -90,7 +94,19 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
     now = datetime.now(UTC)
     async with db.tenant(tenant_id) as conn:
         t = {"tenant_id": tenant_id}
-        site = await _add(conn, schema.Site, name=spec.site, timezone=spec.timezone, **t)
+        friendly: dict[str, Any] = (
+            {}
+            if spec.friendly_hours
+            else {
+                "friendly_night_start": None,
+                "friendly_night_end": None,
+                "friendly_weekends": False,
+                "friendly_holidays": False,
+            }
+        )
+        site = await _add(
+            conn, schema.Site, name=spec.site, timezone=spec.timezone, **friendly, **t
+        )
         outlet = await _add(conn, schema.Outlet, site_id=site, name="Counter 1", **t)
         role = await _add(
             conn, schema.Role, name="administrator", permissions=list(PERMISSIONS), **t
@@ -162,6 +178,8 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
                 control_mode="cloud",
                 credit_limit=Decimal(0),
                 max_rate=spec.max_rate,
+                alarm1=spec.alarms[0] if spec.alarms else None,
+                alarm2=spec.alarms[1] if spec.alarms else None,
                 **t,
             )
             device = await _add(
