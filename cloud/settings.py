@@ -40,7 +40,7 @@ class CloudSettings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     api_host: str = "127.0.0.1"
     api_port: int = 8000
-    command_deadline_s: int = 300
+    command_deadline_s: int = 120  # supply commands; a recharge has 24 h
     command_retry_s: float = 5.0
 
     @model_validator(mode="after")

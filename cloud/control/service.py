@@ -209,12 +209,13 @@ async def evaluate(
     meter_news: dict[uuid.UUID, MeterNews] | None = None,
     calendar: Calendar = CALENDAR,
     actor: str = "policy",
+    retry_now: bool = False,
 ) -> Outcome:
     """Decide supply for ``point_ids`` (wallet balances as moved in this transaction, the
     rest read), record events and converge their twins. Returns the decisions."""
     points = await load(conn, point_ids)
     return await evaluate_loaded(
-        conn, tenant_id, points, now, timing, balances, meter_news, calendar, actor
+        conn, tenant_id, points, now, timing, balances, meter_news, calendar, actor, retry_now
     )
 
 
@@ -228,7 +229,10 @@ async def evaluate_loaded(
     meter_news: dict[uuid.UUID, MeterNews] | None = None,
     calendar: Calendar = CALENDAR,
     actor: str = "policy",
+    retry_now: bool = False,
 ) -> Outcome:
+    """:func:`evaluate` for points already loaded and locked. ``retry_now``: a twin that has
+    not converged gets its command now, without the backoff (a gateway just came back)."""
     known = dict(balances or {})
     missing = {p.wallet_id for p in points if p.mode == "cloud"} - set(known)
     if missing:
@@ -262,7 +266,9 @@ async def evaluate_loaded(
         if d.memory != p.memory or d.recheck_at != p.recheck_at:
             await store_memory(conn, p.id, d.memory, d.recheck_at, d.reason, now)
         if p.channel_id is not None:
-            outcome.commands += await _converge(conn, tenant_id, p, d, now, timing, actor)
+            outcome.commands += await _converge(
+                conn, tenant_id, p, d, now, timing, actor, retry_now
+            )
     if events:
         await record_events(conn, tenant_id, events, now, actor)
         outcome.events = len(events)
@@ -390,6 +396,7 @@ async def _converge(
     now: datetime,
     timing: CommandTiming,
     actor: str,
+    retry_now: bool = False,
 ) -> int:
     """Bring the channel's twin to the decision: keep-power first (a trip after keep-power
     ends must reach a meter that no longer refuses it), then supply."""
@@ -443,7 +450,7 @@ async def _converge(
             queued += 1
             at = at + timedelta(microseconds=1)
         elif twin.reported_keep is not keep_want and await _may_retry(
-            conn, p.channel_id, KEEP_ACTIONS, None, now, timing
+            conn, p.channel_id, KEEP_ACTIONS, None, now, timing, retry_now
         ):
             await enqueue(
                 conn, tenant_id, p, action, {}, d.reason, at, timing, origin, KEEP_ACTIONS
@@ -462,15 +469,33 @@ async def _converge(
             ),
             {"d": want, "now": now, "r": d.reason, "c": p.channel_id},
         )
-        await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS)
-        return queued + 1
+        # A command in flight the other way may still reach the meter: follow it with
+        # this one (it supersedes it). Otherwise only a meter not already there gets one.
+        if twin.reported != want or await _open(conn, p.channel_id, SUPPLY_ACTIONS):
+            await enqueue(
+                conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS
+            )
+            return queued + 1
+        return queued
     if twin.reported == want:
         return queued
     waiting_for = twin.desired_at if action is CommandAction.CLOSE_ALLOWED else None
-    if await _may_retry(conn, p.channel_id, SUPPLY_ACTIONS, waiting_for, now, timing):
+    if await _may_retry(conn, p.channel_id, SUPPLY_ACTIONS, waiting_for, now, timing, retry_now):
         await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS)
         queued += 1
     return queued
+
+
+async def _open(conn: AsyncConnection, channel_id: uuid.UUID, family: tuple[str, ...]) -> bool:
+    return bool(
+        await conn.scalar(
+            sa.text(
+                "SELECT 1 FROM device_command WHERE channel_id = :c AND state IN "
+                "('queued', 'sent') AND action = ANY(CAST(:f AS text[])) LIMIT 1"
+            ),
+            {"c": channel_id, "f": pg_text_array(family)},
+        )
+    )
 
 
 async def _may_retry(
@@ -480,6 +505,7 @@ async def _may_retry(
     close_allowed_since: datetime | None,
     now: datetime,
     timing: CommandTiming,
+    retry_now: bool = False,
 ) -> bool:
     """A twin that has not converged gets a fresh command only when none of its family is in
     flight and the last one finished long enough ago (backoff doubling per failed attempt
@@ -502,7 +528,7 @@ async def _may_retry(
     ).one()
     if row.open or (close_allowed_since is not None and row.allowed):
         return False
-    if row.last is None:
+    if row.last is None or retry_now:
         return True
     backoff = timing.retry * (2 ** min(int(row.failures or 0), 6))
     return bool(row.last + backoff <= now)
@@ -841,4 +867,4 @@ async def sweep_tenant(
         ids = [r[0] for r in await conn.execute(_DUE_POINTS, {"now": now})]
     if not ids:
         return Outcome({})
-    return await evaluate(conn, tenant_id, ids, now, timing)
+    return await evaluate(conn, tenant_id, ids, now, timing, retry_now=gateway_id is not None)

@@ -126,13 +126,16 @@ class IngestService:
             result.charged, result.commands = report.charged, report.commands
             # Last, and only when it changes anything worth a write: every worker's batch of
             # the same gateway would otherwise queue on this one row until commit.
-            await conn.execute(
+            back = await conn.scalar(
                 sa.text(
-                    "UPDATE gateway SET online = true, last_seen_at = :at WHERE id = :id AND "
-                    "(NOT online OR last_seen_at IS NULL OR last_seen_at < :stale)"
+                    "UPDATE gateway g SET online = true, last_seen_at = :at FROM gateway old "
+                    "WHERE old.id = g.id AND g.id = :id AND (NOT g.online OR "
+                    "g.last_seen_at IS NULL OR g.last_seen_at < :stale) RETURNING NOT old.online"
                 ),
                 {"at": received_at, "id": gateway_id, "stale": received_at - SEEN_RESOLUTION},
             )
+            if back:  # it was offline: converge its twins (see gateway_presence)
+                await sweep_tenant(conn, tenant_id, received_at, self.timing, gateway_id)
         return result
 
     async def gateway_presence(

@@ -1,0 +1,462 @@
+"""Prepaid control against the real database and broker: twins, commands, supersede,
+late and duplicate acks, offline gateways, the operator API and meter-controlled points."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import aiomqtt
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from cloud.auth import Principal, hash_password
+from cloud.control.dispatcher import Dispatcher
+from cloud.control.policy import SupplyState
+from cloud.control.service import CommandTiming, apply_ack, expire_overdue, sweep_tenant
+from cloud.db import Database
+from cloud.ingest.service import IngestService
+from cloud.payments.counter import SaleRequest, sell_credit
+from cloud.registry.service import Seeded, seed_group
+from cloud.settings import CloudSettings
+from contract.mqtt import AckStatus, DownKind, Reading, TelemetryBatch, Topics
+from tests.conftest import admin_auth, api_client, group_spec
+
+TIMING = CommandTiming(deadline=timedelta(minutes=2), retry=timedelta(seconds=5))
+
+
+@pytest.fixture
+async def http(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(CloudSettings(database_url=db_url), db_url) as client:
+        yield client
+
+
+class Shop:
+    """One seeded group with one DDSY1352 point (¥10.00 at ¥1/kWh) and its gateway."""
+
+    def __init__(self, db: Database, group: Seeded, slug: str) -> None:
+        self.db, self.group, self.slug = db, group, slug
+        self.ingest = IngestService(db, TIMING)
+        self.seq = 0
+        self.t = datetime.now(UTC) - timedelta(minutes=30)
+
+    @property
+    def point(self) -> uuid.UUID:
+        return self.group.points["m1"]
+
+    async def gateway(self) -> str:
+        return str(await self.q("SELECT code FROM gateway"))
+
+    async def q(self, sql: str, **params: object) -> object:
+        async with self.db.tenant(self.group.tenant_id) as conn:
+            return await conn.scalar(sa.text(sql), params)
+
+    async def rows(self, sql: str, **params: object) -> list[sa.Row[tuple[object, ...]]]:
+        async with self.db.tenant(self.group.tenant_id) as conn:
+            return list((await conn.execute(sa.text(sql), params)).all())
+
+    async def read(self, total: str, supply: str = "on", **kw: object) -> None:
+        """A reading one minute after the last, as the gateway would send it."""
+        self.seq += 1
+        self.t += timedelta(minutes=1)
+        reading = Reading(
+            device="m1", measured_at=self.t, total=Decimal(total), supply=supply, **kw
+        )  # type: ignore[arg-type]
+        gw = await self.gateway()
+        batch = TelemetryBatch(
+            gateway=gw, boot_id="b", seq=self.seq, sent_at=self.t, readings=(reading,)
+        )
+        await self.ingest.store_telemetry(gw, batch, datetime.now(UTC))
+
+    async def commands(self) -> list[tuple[str, str]]:
+        rows = await self.rows("SELECT action, state FROM device_command ORDER BY created_at")
+        return [(r[0], r[1]) for r in rows]
+
+    async def twin(self) -> tuple[object, ...]:
+        rows = await self.rows(
+            "SELECT desired, reported, desired_keep, reported_keep FROM supply_twin"
+        )
+        return tuple(rows[0]) if rows else ()
+
+    async def events(self) -> list[str]:
+        return [str(r[0]) for r in await self.rows("SELECT kind FROM control_event ORDER BY at")]
+
+    async def sell(self, amount: str, key: str) -> None:
+        who = Principal(
+            self.group.tenant_id,
+            self.group.operator_id,
+            "admin",
+            frozenset({"sale.create"}),
+        )
+        req = SaleRequest(self.group.accounts["m1"], Decimal(amount), "cash")
+        await sell_credit(self.db, who, req, key, datetime.now(UTC), TIMING)
+
+
+async def shop(db: Database, balance: str = "10.00") -> Shop:
+    spec = group_spec(balance=balance)
+    spec.max_rate = Decimal(10_000)
+    return Shop(db, await seed_group(db, spec), spec.slug)
+
+
+async def test_exhaustion_trips_and_a_top_up_supersedes_the_trip_in_flight(
+    db: Database, mqtt_url: str, topic_prefix: str
+) -> None:
+    s = await shop(db)
+    await s.read("100.00")
+    await s.read("109.00")  # ¥1.00 left: on
+    assert await s.commands() == []
+    await s.read("111.00")  # ¥-1.00: exhausted, cut
+    assert await s.commands() == [("trip", "queued")]
+    assert await s.twin() == ("off", "on", None, None)
+
+    topics = Topics(topic_prefix)
+    gw = await s.gateway()
+    async with aiomqtt.Client("127.0.0.1", int(mqtt_url.rsplit(":", 1)[1])) as sub:
+        await sub.subscribe(topics.down(gw, DownKind.CMD), qos=1)
+        dispatcher = Dispatcher(db, mqtt_url, topics, TIMING)
+        async with aiomqtt.Client("127.0.0.1", int(mqtt_url.rsplit(":", 1)[1])) as pub:
+            assert await dispatcher.dispatch(pub, s.group.tenant_id) == 1
+        async with asyncio.timeout(5):
+            msg = await anext(sub.messages)
+    trip = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+    assert trip["action"] == "trip"
+    assert await s.commands() == [("trip", "sent")]
+
+    await s.sell("20.00", "race-1")  # lands while the trip is in flight
+    assert await s.commands() == [("trip", "superseded"), ("close", "queued")]
+    assert await s.twin() == ("on", "on", None, None)
+
+    close_id = await s.q("SELECT id FROM device_command WHERE action = 'close'")
+    trip_id = uuid.UUID(trip["id"])
+    t1 = datetime.now(UTC)
+    async with db.tenant(s.group.tenant_id) as conn:
+        # the trip had already reached the meter: its late ack changes no command...
+        late = await apply_ack(conn, trip_id, AckStatus.OK, {}, SupplyState.OFF, t1)
+    assert late is False
+    assert await s.commands() == [("trip", "superseded"), ("close", "queued")]
+    assert (await s.twin())[1] == "off"  # ...but the meter's word is news
+    async with db.tenant(s.group.tenant_id) as conn:
+        done = await apply_ack(
+            conn, close_id, AckStatus.OK, {}, SupplyState.ON, t1 + timedelta(seconds=1)
+        )
+        again = await apply_ack(
+            conn, close_id, AckStatus.OK, {}, SupplyState.ON, t1 + timedelta(seconds=2)
+        )
+        stale = await apply_ack(conn, trip_id, AckStatus.OK, {}, SupplyState.OFF, t1)
+    assert done is True and again is False and stale is False
+    assert await s.commands() == [("trip", "superseded"), ("close", "acked")]
+    assert await s.twin() == ("on", "on", None, None)  # ends supplied
+    assert await s.events() == ["supply_cut", "supply_restored"]
+
+
+async def test_an_offline_gateway_gets_nothing_and_converges_with_a_fresh_command(
+    db: Database, mqtt_url: str, topic_prefix: str
+) -> None:
+    s = await shop(db)
+    gw = await s.gateway()
+    now = datetime.now(UTC)
+    await s.read("100.00")
+    await s.read("111.00")  # exhausted: a trip is queued, and the gateway goes away
+    await s.ingest.gateway_presence(gw, False, now - timedelta(minutes=1), None)
+    assert await s.commands() == [("trip", "queued")]
+    stale_id = await s.q("SELECT id FROM device_command")
+
+    topics = Topics(topic_prefix)
+    port = int(mqtt_url.rsplit(":", 1)[1])
+    async with aiomqtt.Client("127.0.0.1", port) as sub:
+        await sub.subscribe(topics.down(gw, DownKind.CMD), qos=1)
+        # the dispatcher's clock an hour on: what it does meanwhile, and what it finds then
+        now -= timedelta(hours=1)
+        async with db.tenant(s.group.tenant_id) as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE device_command SET created_at = created_at - interval '1 hour', "
+                    "deadline = deadline - interval '1 hour'"
+                )
+            )
+        hour_later = Dispatcher(db, mqtt_url, topics, TIMING, clock=lambda: now)
+        async with aiomqtt.Client("127.0.0.1", port) as pub:
+            assert await hour_later.dispatch(pub, s.group.tenant_id) == 0  # offline: held
+            hour_later.clock = lambda: now + timedelta(hours=1)
+            assert await hour_later.dispatch(pub, s.group.tenant_id) == 0
+            assert await s.commands() == [("trip", "expired")]
+            # back online: one fresh trip for the state desired now, never the stale one
+            await s.ingest.gateway_presence(gw, True, datetime.now(UTC), None)
+            assert await s.commands() == [("trip", "expired"), ("trip", "queued")]
+            hour_later.clock = lambda: datetime.now(UTC)
+            assert await hour_later.dispatch(pub, s.group.tenant_id) == 1
+        async with asyncio.timeout(5):
+            msg = await anext(sub.messages)
+        got = json.loads(bytes(msg.payload))  # type: ignore[arg-type]
+        assert got["action"] == "trip" and got["id"] != str(stale_id)
+        assert datetime.fromisoformat(got["deadline"]) > datetime.now(UTC)
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.5):
+                await anext(sub.messages)  # nothing else: the stale trip never went out
+
+
+async def test_top_up_while_offline_needs_no_command_at_all(db: Database) -> None:
+    s = await shop(db)
+    gw = await s.gateway()
+    now = datetime.now(UTC)
+    await s.read("100.00")
+    await s.read("111.00")
+    await s.ingest.gateway_presence(gw, False, now - timedelta(minutes=1), None)
+    async with db.tenant(s.group.tenant_id) as conn:
+        assert await expire_overdue(conn, now + timedelta(hours=1)) == 1
+    await s.sell("50.00", "while-away")  # desired on again; the meter never went off
+    await s.ingest.gateway_presence(gw, True, datetime.now(UTC), None)
+    assert await s.commands() == [("trip", "expired")]
+    assert await s.twin() == ("on", "on", None, None)
+
+
+async def test_notice_period_then_the_sweep_cuts(db: Database) -> None:
+    s = await shop(db)
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE site SET notice_minutes = 60"))
+    await s.read("100.00")
+    await s.read("111.00")
+    assert await s.commands() == []
+    assert await s.events() == ["arrears_notice"]
+    recheck = await s.q("SELECT recheck_at FROM control_state")
+    assert isinstance(recheck, datetime)
+    async with db.tenant(s.group.tenant_id) as conn:
+        early = await sweep_tenant(conn, s.group.tenant_id, recheck - timedelta(seconds=1), TIMING)
+    assert early.commands == 0
+    async with db.tenant(s.group.tenant_id) as conn:
+        due = await sweep_tenant(conn, s.group.tenant_id, recheck, TIMING)
+    assert due.commands == 1
+    assert await s.commands() == [("trip", "queued")]
+    assert await s.events() == ["arrears_notice", "supply_cut"]
+
+
+async def test_low_balance_alarms_once_per_crossing(db: Database) -> None:
+    s = await shop(db, balance="30.00")
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE service_point SET alarm1 = 20, alarm2 = 5"))
+    for total in ["100", "105", "111", "112", "126", "127"]:
+        await s.read(total)
+    # 25 → 19 (level 1) → 18 → 4 (level 2) → 3
+    assert await s.events() == ["low_balance_1", "low_balance_2"]
+    await s.sell("30.00", "refill")  # 33: both re-armed
+    await s.read("142")  # 18: level 1 again
+    assert await s.events() == ["low_balance_1", "low_balance_2", "low_balance_1"]
+
+
+# --- operators -------------------------------------------------------------------------
+
+
+async def test_trip_needs_arrears_or_an_override_and_is_audited(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    s = await shop(db)
+    auth = await admin_auth(http, s.slug)
+    url = f"/api/v1/service-points/{s.point}/control"
+    refused = await http.post(url, json={"action": "trip", "reason": "dunning"}, headers=auth)
+    assert refused.status_code == 409
+    assert "not in arrears" in refused.json()["detail"]
+    assert "live balance 10.00" in refused.json()["detail"]
+    assert await s.commands() == []
+
+    ok = await http.post(
+        url,
+        json={"action": "trip", "reason": "unsafe wiring reported", "override": True},
+        headers=auth,
+    )
+    assert ok.status_code == 200, ok.text
+    assert ok.json()["supply"] == "off"
+    assert await s.commands() == [("trip", "queued")]
+    origin = await s.q("SELECT origin FROM device_command")
+    assert origin == "operator:admin"
+    audit = await s.rows("SELECT action, detail FROM audit_event WHERE action LIKE 'control.%'")
+    assert [a[0] for a in audit] == ["control.trip"]
+    assert audit[0][1]["reason"] == "unsafe wiring reported"
+    assert audit[0][1]["balance"] == "10.00"
+
+    view = (await http.get(url, headers=auth)).json()
+    assert view["balance"] == "10.00" and view["in_arrears"] is False
+    assert view["override"]["supply"] == "off" and view["decision"]["supply"] == "off"
+    assert view["twin"]["desired"] == "off"
+
+    back = await http.post(url, json={"action": "restore", "reason": "fixed"}, headers=auth)
+    assert back.status_code == 200 and back.json()["supply"] == "on"
+    assert await s.commands() == [("trip", "superseded"), ("close", "queued")]
+
+
+async def test_trip_of_a_point_in_arrears_is_allowed(db: Database, http: httpx.AsyncClient) -> None:
+    s = await shop(db)
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE site SET notice_minutes = 1440"))
+    await s.read("100.00")
+    await s.read("112.00")  # ¥-2.00, in the notice period: still on
+    assert await s.commands() == []
+    auth = await admin_auth(http, s.slug)
+    url = f"/api/v1/service-points/{s.point}/control"
+    view = (await http.get(url, headers=auth)).json()
+    assert view["in_arrears"] is True and view["arrears"] == "2.00"
+    r = await http.post(url, json={"action": "trip", "reason": "dunning visit"}, headers=auth)
+    assert r.status_code == 200 and r.json()["supply"] == "off"
+    assert await s.commands() == [("trip", "queued")]
+    await s.sell("10.00", "paid-up")  # the arrears trip ends once paid
+    assert await s.commands() == [("trip", "superseded"), ("close", "queued")]
+
+
+async def test_keep_power_refuses_cuts_in_the_cloud(db: Database, http: httpx.AsyncClient) -> None:
+    s = await shop(db)
+    await s.read("100.00")
+    auth = await admin_auth(http, s.slug)
+    url = f"/api/v1/service-points/{s.point}/control"
+    r = await http.post(
+        url, json={"action": "keep_power_on", "reason": "dialysis patient"}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    assert await s.commands() == [("keep_power_on", "queued")]
+    await s.read("120.00")  # ¥-10.00: would be cut
+    assert await s.commands() == [("keep_power_on", "queued")]
+    trip = await http.post(
+        url, json={"action": "trip", "reason": "x" * 5, "override": True}, headers=auth
+    )
+    assert trip.status_code == 409 and "keep-power" in trip.json()["detail"]
+    view = (await http.get(url, headers=auth)).json()
+    assert "keep-power" in view["decision"]["reason"]
+    off = await http.post(url, json={"action": "keep_power_off", "reason": "moved"}, headers=auth)
+    assert off.status_code == 200 and off.json()["supply"] == "off"
+    # keep-power off reaches the meter before the trip does
+    assert await s.commands() == [
+        ("keep_power_on", "superseded"),  # never reached the meter
+        ("keep_power_off", "queued"),
+        ("trip", "queued"),
+    ]
+
+
+async def test_site_wide_control_checks_each_point(db: Database, http: httpx.AsyncClient) -> None:
+    spec = group_spec(meters=3)
+    group = await seed_group(db, spec)
+    s = Shop(db, group, spec.slug)
+    await s.read("100.00")
+    await s.read("115.00")  # m1 in arrears (its notice: none, so it is already cut)
+    auth = await admin_auth(http, spec.slug)
+    r = await http.post(
+        f"/api/v1/sites/{group.site_id}/control",
+        json={"action": "keep_power_on", "reason": "typhoon warning"},
+        headers=auth,
+    )
+    assert r.status_code == 200 and all(p["done"] for p in r.json()) and len(r.json()) == 3
+    r = await http.post(
+        f"/api/v1/sites/{group.site_id}/control",
+        json={"action": "trip", "reason": "evacuation"},
+        headers=auth,
+    )
+    assert [p["done"] for p in r.json()] == [False, False, False]
+    assert all("keep-power" in p["message"] for p in r.json())
+
+
+async def test_bad_control_requests(db: Database, http: httpx.AsyncClient) -> None:
+    s = await shop(db)
+    other = await shop(db)
+    auth = await admin_auth(http, s.slug)
+    url = f"/api/v1/service-points/{s.point}/control"
+    foreign = f"/api/v1/service-points/{other.point}/control"
+    assert (
+        await http.post(
+            foreign, json={"action": "trip", "reason": "abc", "override": True}, headers=auth
+        )
+    ).status_code == 404
+    assert (await http.get(foreign, headers=auth)).status_code == 404
+    assert (
+        await http.post(
+            f"/api/v1/sites/{other.group.site_id}/control",
+            json={"action": "trip", "reason": "abc"},
+            headers=auth,
+        )
+    ).status_code == 404
+    assert (await http.post(url, json={"action": "trip"}, headers=auth)).status_code == 422
+    assert (
+        await http.post(url, json={"action": "nuke", "reason": "abc"}, headers=auth)
+    ).status_code == 422
+    past = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    r = await http.post(
+        url, json={"action": "keep_power_on", "reason": "abc", "until": past}, headers=auth
+    )
+    assert r.status_code == 400 and "not in the future" in r.json()["detail"]
+    r = await http.post(url, json={"action": "keep_power_off", "reason": "abc"}, headers=auth)
+    assert r.status_code == 409
+    assert await s.commands() == [] and await other.commands() == []
+
+    # an operator without control.trip
+    async with db.tenant(s.group.tenant_id) as conn:
+        role = uuid.uuid4()
+        await conn.execute(
+            sa.text(
+                "INSERT INTO role (id, tenant_id, name, permissions) "
+                "VALUES (:id, :t, 'cashier', ARRAY['registry.view', 'sale.create'])"
+            ),
+            {"id": role, "t": s.group.tenant_id},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO operator (id, tenant_id, username, display_name, password_hash, "
+                "role_id, active) VALUES (gen_random_uuid(), :t, 'cashier', 'Cashier', :h, "
+                ":r, true)"
+            ),
+            {"t": s.group.tenant_id, "h": hash_password("cashier-pw"), "r": role},
+        )
+    token = await http.post(
+        "/api/v1/auth/token",
+        json={"tenant": s.slug, "username": "cashier", "password": "cashier-pw"},
+    )
+    cashier = {"authorization": f"Bearer {token.json()['access_token']}"}
+    r = await http.post(
+        url, json={"action": "trip", "reason": "abc", "override": True}, headers=cashier
+    )
+    assert r.status_code == 403 and "control.trip" in r.json()["detail"]
+
+
+# --- meter-controlled points --------------------------------------------------------------
+
+
+async def test_meter_controlled_top_up_is_a_recharge_with_the_next_purchase_count(
+    db: Database,
+) -> None:
+    s = await shop(db)
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(
+            sa.text("UPDATE service_point SET control_mode = 'meter', alarm1 = 10, alarm2 = 3")
+        )
+    await s.sell("30.00", "no-count-yet")  # the meter's purchase count is not known yet
+    assert await s.commands() == []
+    orders = await s.rows("SELECT kind FROM work_order")
+    assert [o[0] for o in orders] == ["recharge_unknown_count"]
+
+    await s.read("100.00", meter_balance=Decimal("12.00"))
+    await s.read("103.00", meter_balance=Decimal("9.00"))  # the meter's own balance: level 1
+    assert await s.events() == ["low_balance_1"]
+    assert await s.commands() == []  # the meter decides its supply
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE control_state SET purchase_count = 7"))
+    await s.sell("50.00", "second")
+    rows = await s.rows("SELECT action, params, deadline - created_at FROM device_command")
+    assert [(r[0], r[1]["amount"], r[1]["purchase_count"]) for r in rows] == [
+        ("recharge", "50.00", "8")
+    ]
+    assert rows[0][2] == TIMING.recharge_deadline
+    command = await s.q("SELECT id FROM device_command")
+    async with db.tenant(s.group.tenant_id) as conn:
+        await apply_ack(conn, command, AckStatus.OK, {}, None, datetime.now(UTC))  # type: ignore[arg-type]
+    assert await s.q("SELECT purchase_count FROM control_state") == 8
+    await s.sell("5.00", "third")
+    counts = await s.rows(
+        "SELECT params->>'purchase_count' FROM device_command ORDER BY created_at"
+    )
+    assert [c[0] for c in counts] == ["8", "9"]
+    # an undeliverable recharge becomes a work order; the money stays in the wallet
+    async with db.tenant(s.group.tenant_id) as conn:
+        assert await expire_overdue(conn, datetime.now(UTC) + timedelta(days=2)) == 1
+    orders = await s.rows("SELECT kind, detail FROM work_order ORDER BY created_at")
+    assert [o[0] for o in orders] == ["recharge_unknown_count", "recharge_failed"]
+    assert orders[1][1]["purchase_count"] == "9" and orders[1][1]["status"] == "expired"
