@@ -460,3 +460,33 @@ async def test_meter_controlled_top_up_is_a_recharge_with_the_next_purchase_coun
     orders = await s.rows("SELECT kind, detail FROM work_order ORDER BY created_at")
     assert [o[0] for o in orders] == ["recharge_unknown_count", "recharge_failed"]
     assert orders[1][1]["purchase_count"] == "9" and orders[1][1]["status"] == "expired"
+
+
+async def test_a_close_only_meter_gets_close_allowed_and_the_twin_waits_for_the_tenant(
+    db: Database,
+) -> None:
+    s = await shop(db)
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE device SET close_only = true"))
+    await s.read("100.00")
+    await s.read("111.00")
+    await s.read("111.00", supply="off")  # tripped
+    trip = await s.q("SELECT id FROM device_command WHERE action = 'trip'")
+    async with db.tenant(s.group.tenant_id) as conn:
+        await apply_ack(conn, trip, AckStatus.OK, {}, SupplyState.OFF, s.t)  # type: ignore[arg-type]
+    await s.sell("20.00", "pay")
+    assert await s.commands() == [("trip", "acked"), ("close_allowed", "queued")]
+    allowed = await s.q("SELECT id FROM device_command WHERE action = 'close_allowed'")
+    async with db.tenant(s.group.tenant_id) as conn:
+        # the meter allows closing; its relay stays open until the tenant presses the button
+        await apply_ack(
+            conn, allowed, AckStatus.OK, {}, SupplyState.OFF, s.t + timedelta(seconds=1)
+        )  # type: ignore[arg-type]
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert (await sweep_tenant(conn, s.group.tenant_id, later, TIMING)).commands == 0
+    await s.read("111.00", supply="off")
+    assert await s.commands() == [("trip", "acked"), ("close_allowed", "acked")]
+    assert await s.twin() == ("on", "off", None, None)  # waiting for the tenant
+    await s.read("111.00", supply="on")  # pressed
+    assert await s.twin() == ("on", "on", None, None)
+    assert await s.commands() == [("trip", "acked"), ("close_allowed", "acked")]
