@@ -97,6 +97,7 @@ _LOAD = sa.text(
     "WHERE cs.service_point_id = ANY(CAST(:ids AS uuid[])) ORDER BY cs.service_point_id "
     "FOR UPDATE OF cs"
 )
+_PEEK = sa.text(_LOAD.text.removesuffix("FOR UPDATE OF cs"))
 
 
 def _policy(r: Any) -> PointPolicy:
@@ -146,11 +147,15 @@ def _memory(r: Any) -> ControlMemory:
     )
 
 
-async def load(conn: AsyncConnection, point_ids: Iterable[uuid.UUID]) -> list[PointControl]:
-    """Lock and load the points' control state (created on first use), in id order."""
+async def load(
+    conn: AsyncConnection, point_ids: Iterable[uuid.UUID], lock: bool = True
+) -> list[PointControl]:
+    """Load the points' control state in id order; ``lock``: FOR UPDATE, creating the state
+    of a point that has none yet (without it, such a point is simply not returned)."""
     wanted = sorted(set(point_ids), key=lambda u: u.int)
-    rows = (await conn.execute(_LOAD, {"ids": pg_array(wanted)})).all()
-    if len(rows) < len(wanted):  # first decision for some: create their state, then lock
+    query = _LOAD if lock else _PEEK
+    rows = (await conn.execute(query, {"ids": pg_array(wanted)})).all()
+    if lock and len(rows) < len(wanted):  # first decision for some: create, then lock
         await conn.execute(_ENSURE_STATES, {"ids": pg_array(wanted)})
         rows = (await conn.execute(_LOAD, {"ids": pg_array(wanted)})).all()
     return [
@@ -212,11 +217,64 @@ async def evaluate(
     retry_now: bool = False,
 ) -> Outcome:
     """Decide supply for ``point_ids`` (wallet balances as moved in this transaction, the
-    rest read), record events and converge their twins. Returns the decisions."""
-    points = await load(conn, point_ids)
-    return await evaluate_loaded(
-        conn, tenant_id, points, now, timing, balances, meter_news, calendar, actor, retry_now
-    )
+    rest read), record events and converge their twins. Returns the decisions.
+
+    The points are first read without a lock: one whose decision changes nothing (the
+    ingest path's usual case) costs no write at all. The others are locked, re-read and
+    decided again, so a concurrent change is never lost."""
+    wanted = set(point_ids)
+    peeked = await load(conn, wanted, lock=False)
+    known = dict(balances or {})
+    missing = {p.wallet_id for p in peeked if p.mode == "cloud"} - set(known)
+    if missing:
+        known.update(await wallet_balances(conn, missing))
+    quiet: dict[uuid.UUID, Decision] = {}
+    for p in peeked:
+        p2, d, _ = _decide(p, known, meter_news, now, calendar)
+        if p2 is p and not d.events and _unchanged(p, d) and _converged(p, d):
+            quiet[p.id] = d
+    busy = wanted - set(quiet)
+    outcome = Outcome(quiet)
+    if busy:
+        locked = await load(conn, busy)
+        more = await evaluate_loaded(
+            conn, tenant_id, locked, now, timing, known, meter_news, calendar, actor, retry_now
+        )
+        outcome.decisions.update(more.decisions)
+        outcome.commands, outcome.events = more.commands, more.events
+    return outcome
+
+
+def _unchanged(p: PointControl, d: Decision) -> bool:
+    return d.memory == p.memory and d.recheck_at == p.recheck_at
+
+
+def _decide(
+    p: PointControl,
+    known: dict[uuid.UUID, Decimal],
+    meter_news: dict[uuid.UUID, MeterNews] | None,
+    now: datetime,
+    calendar: Calendar,
+) -> tuple[PointControl, Decision, Decimal | None]:
+    """The point with any newer meter news applied, its decision, and the balance the
+    decision was made on."""
+    news = (meter_news or {}).get(p.id)
+    if (
+        news is not None
+        and p.mode == "meter"
+        and (p.meter_balance_at is None or p.meter_balance_at < news.at)
+    ):
+        p = replace(
+            p,
+            meter_balance=news.balance if news.balance is not None else p.meter_balance,
+            meter_balance_at=news.at,
+            purchase_count=news.purchase_count
+            if news.purchase_count is not None
+            else p.purchase_count,
+        )
+    if p.mode == "cloud":
+        return p, decide(known[p.wallet_id], p.policy, p.memory, now, calendar), known[p.wallet_id]
+    return p, meter_decision(p, now), p.meter_balance
 
 
 async def evaluate_loaded(
@@ -239,31 +297,13 @@ async def evaluate_loaded(
         known.update(await wallet_balances(conn, missing))
     outcome = Outcome({})
     events: list[tuple[uuid.UUID, PolicyEvent, Decimal | None]] = []
-    for p in points:
-        news = (meter_news or {}).get(p.id)
-        if (
-            news is not None
-            and p.mode == "meter"
-            and (p.meter_balance_at is None or p.meter_balance_at < news.at)
-        ):
-            p = replace(
-                p,
-                meter_balance=news.balance if news.balance is not None else p.meter_balance,
-                meter_balance_at=news.at,
-                purchase_count=news.purchase_count
-                if news.purchase_count is not None
-                else p.purchase_count,
-            )
+    for p0 in points:
+        p, d, balance = _decide(p0, known, meter_news, now, calendar)
+        if p is not p0:
             await _store_meter_news(conn, p)
-        if p.mode == "cloud":
-            balance: Decimal | None = known[p.wallet_id]
-            d = decide(known[p.wallet_id], p.policy, p.memory, now, calendar)
-        else:
-            balance = p.meter_balance
-            d = meter_decision(p, now)
         outcome.decisions[p.id] = d
         events += [(p.id, e, balance) for e in d.events]
-        if d.memory != p.memory or d.recheck_at != p.recheck_at:
+        if not _unchanged(p, d):
             await store_memory(conn, p.id, d.memory, d.recheck_at, d.reason, now)
         if p.channel_id is not None:
             outcome.commands += await _converge(
@@ -380,6 +420,27 @@ async def record_events(
     )
 
 
+def _supply_wanted(p: PointControl, d: Decision) -> SupplyState | None:
+    if p.mode == "meter" and d.memory.override is None:
+        return None  # the meter decides
+    return d.supply
+
+
+def _converged(p: PointControl, d: Decision) -> bool:
+    """The twin (as loaded) already matches the decision: desired and reported supply both
+    as wanted, and keep-power as wanted (or never used on the channel)."""
+    if p.channel_id is None:
+        return True
+    desired, reported, _, desired_keep, reported_keep = p.twin
+    want = _supply_wanted(p, d)
+    supply_ok = want is None or (desired == want.value and reported == desired)
+    keep_want = d.memory.keep_power is not None
+    keep_ok = (desired_keep is None and not keep_want) or (
+        desired_keep == keep_want == reported_keep
+    )
+    return supply_ok and keep_ok
+
+
 def supply_action(p: PointControl, supply: SupplyState) -> CommandAction:
     if p.utility == "water":
         return CommandAction.VALVE_OPEN if supply is SupplyState.ON else CommandAction.VALVE_CLOSE
@@ -401,23 +462,10 @@ async def _converge(
     """Bring the channel's twin to the decision: keep-power first (a trip after keep-power
     ends must reach a meter that no longer refuses it), then supply."""
     assert p.channel_id is not None
-    desired, reported, _, desired_keep, reported_keep = p.twin
     keep_want = d.memory.keep_power is not None
-    supply_want: SupplyState | None = d.supply
-    if p.mode == "meter" and d.memory.override is None:
-        supply_want = None  # the meter decides
-    if (
-        (supply_want is None or (desired == supply_want.value and reported == desired))
-        and desired_keep is not None
-        and desired_keep == keep_want == reported_keep
-    ):
-        return 0  # converged: the hot path's usual case, no round trip
-    if (
-        desired_keep is None
-        and not keep_want
-        and (supply_want is None or (desired == supply_want.value and reported == desired))
-    ):
-        return 0  # keep-power never used on this channel and supply converged
+    supply_want = _supply_wanted(p, d)
+    if _converged(p, d):
+        return 0  # the hot path's usual case: no round trip
     await conn.execute(
         sa.text(
             "INSERT INTO supply_twin (channel_id, tenant_id, desired_reason) VALUES (:c, :t, '') "

@@ -134,9 +134,22 @@ class IngestService:
                 ),
                 {"at": received_at, "id": gateway_id, "stale": received_at - SEEN_RESOLUTION},
             )
-            if back:  # it was offline: converge its twins (see gateway_presence)
-                await sweep_tenant(conn, tenant_id, received_at, self.timing, gateway_id)
+        if back:  # it was offline: converge its twins (see gateway_presence)
+            await self._converge_gateway(tenant_id, gateway_id, received_at)
         return result
+
+    async def _converge_gateway(
+        self, tenant_id: uuid.UUID, gateway_id: uuid.UUID, now: datetime
+    ) -> None:
+        """A gateway is back: converge its twins with fresh commands for the state desired
+        now. In a transaction of its own, after the gateway's row is committed, so it never
+        holds that row while waiting for control state a rating batch holds (or the
+        reverse)."""
+        try:
+            async with self.db.tenant(tenant_id) as conn:
+                await sweep_tenant(conn, tenant_id, now, self.timing, gateway_id)
+        except sa.exc.DBAPIError:  # the dispatcher's sweep converges it within seconds
+            log.exception("converging gateway %s after its return failed", gateway_id)
 
     async def gateway_presence(
         self, topic_gateway: str, online: bool, seen_at: datetime, config_version: int | None
@@ -154,10 +167,10 @@ class IngestService:
                 ),
                 {"on": online, "at": seen_at, "v": config_version, "c": topic_gateway},
             )
-            if back is not None:
-                # Back online: converge its twins to the current desired state with fresh
-                # commands (what it missed expired; it never replays stale ones).
-                await sweep_tenant(conn, tenant_id, seen_at, self.timing, gateway_id=back)
+        if back is not None:
+            # Back online: converge its twins to the current desired state with fresh
+            # commands (what it missed expired; it never replays stale ones).
+            await self._converge_gateway(tenant_id, back, seen_at)
 
     async def store_ack(self, topic_gateway: str, ack: Ack, received_at: datetime) -> bool:
         if ack.gateway != topic_gateway or ack.id is None:
