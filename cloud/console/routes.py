@@ -1,7 +1,10 @@
-"""The operators' console: server-rendered pages (login, service points)."""
+"""The operators' console: server-rendered pages (login, service points, a point's control:
+the pre-disconnection check, twin, commands, events, and the trip/restore/keep-power form)."""
 
 from __future__ import annotations
 
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -11,7 +14,9 @@ from fastapi.templating import Jinja2Templates
 
 from cloud.api import queries
 from cloud.api.deps import SESSION_COOKIE, ServicesDep, operator
-from cloud.errors import Unauthorized
+from cloud.auth import Principal
+from cloud.control.operator import ControlAction, ControlRequest, control_view, operate_point
+from cloud.errors import DomainError, Unauthorized
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
@@ -60,3 +65,49 @@ async def service_points(request: Request, svc: ServicesDep) -> Response:
     return templates.TemplateResponse(
         request, "service_points.html", {"points": points, "who": who}
     )
+
+
+async def _page(
+    request: Request,
+    svc: ServicesDep,
+    who: Principal,
+    point_id: uuid.UUID,
+    message: str = "",
+    refused: bool = False,
+    status: int = 200,
+) -> Response:
+    view = await control_view(svc.db, who, point_id, datetime.now(UTC))
+    ctx = {"v": view, "who": who, "message": message, "refused": refused}
+    return templates.TemplateResponse(request, "point_control.html", ctx, status_code=status)
+
+
+@router.get("/points/{point_id}", response_class=HTMLResponse)
+async def point_control(point_id: uuid.UUID, request: Request, svc: ServicesDep) -> Response:
+    try:
+        who = await operator(request, svc)
+    except Unauthorized:
+        return RedirectResponse("/console/login", status_code=303)
+    return await _page(request, svc, who, point_id)
+
+
+@router.post("/points/{point_id}/control", response_class=HTMLResponse)
+async def point_control_action(
+    point_id: uuid.UUID,
+    request: Request,
+    svc: ServicesDep,
+    action: Annotated[ControlAction, Form()],
+    reason: Annotated[str, Form(max_length=500)],
+    override: Annotated[bool, Form()] = False,
+) -> Response:
+    try:
+        who = await operator(request, svc)
+    except Unauthorized:
+        return RedirectResponse("/console/login", status_code=303)
+    req = ControlRequest(action, reason, override)
+    try:
+        done = await operate_point(svc.db, who, point_id, req, datetime.now(UTC), svc.timing)
+    except DomainError as exc:
+        if exc.status == 404:
+            raise
+        return await _page(request, svc, who, point_id, str(exc), True, exc.status)
+    return await _page(request, svc, who, point_id, done.message)

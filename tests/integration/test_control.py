@@ -490,3 +490,34 @@ async def test_a_close_only_meter_gets_close_allowed_and_the_twin_waits_for_the_
     await s.read("111.00", supply="on")  # pressed
     assert await s.twin() == ("on", "on", None, None)
     assert await s.commands() == [("trip", "acked"), ("close_allowed", "acked")]
+
+
+async def test_console_shows_the_pre_disconnection_check_and_applies_actions(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    s = await shop(db)
+    login = await http.post(
+        "/console/login",
+        data={"tenant": s.slug, "username": "admin", "password": "demo-admin"},
+        follow_redirects=False,
+    )
+    http.cookies = login.cookies
+    assert f"/console/points/{s.point}" in (await http.get("/console/")).text
+    page = await http.get(f"/console/points/{s.point}")
+    assert page.status_code == 200
+    assert "10.00" in page.text and "in credit" in page.text
+    refused = await http.post(
+        f"/console/points/{s.point}/control", data={"action": "trip", "reason": "dunning"}
+    )
+    assert refused.status_code == 409
+    assert "not in arrears: live balance 10.00" in refused.text
+    assert await s.commands() == []
+    done = await http.post(
+        f"/console/points/{s.point}/control",
+        data={"action": "trip", "reason": "meter room flooded", "override": "true"},
+    )
+    assert done.status_code == 200 and "supply off" in done.text
+    assert "meter room flooded" in done.text  # the override and the queued command
+    assert await s.commands() == [("trip", "queued")]
+    other = await shop(db)
+    assert (await http.get(f"/console/points/{other.point}")).status_code == 404
