@@ -15,7 +15,7 @@ import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -41,6 +41,7 @@ from cloud.db import pg_array, pg_text_array
 from contract.mqtt import AckStatus, CommandAction
 
 NOTIFY_CHANNEL = "prepay_command"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CALENDAR: Calendar = ChineseCalendar()
 SUPPLY_ACTIONS = ("trip", "close", "close_allowed", "valve_open", "valve_close")
 KEEP_ACTIONS = ("keep_power_on", "keep_power_off")
@@ -527,8 +528,12 @@ async def _converge(
         return queued
     if twin.reported == want:
         return queued
-    waiting_for = twin.desired_at if action is CommandAction.CLOSE_ALLOWED else None
-    if await _may_retry(conn, p.channel_id, SUPPLY_ACTIONS, waiting_for, now, timing, retry_now):
+    done_if_acked = (
+        (action.value, twin.desired_at or EPOCH)
+        if action is CommandAction.CLOSE_ALLOWED or twin.reported is None
+        else None
+    )
+    if await _may_retry(conn, p.channel_id, SUPPLY_ACTIONS, done_if_acked, now, timing, retry_now):
         await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS)
         queued += 1
     return queued
@@ -550,15 +555,16 @@ async def _may_retry(
     conn: AsyncConnection,
     channel_id: uuid.UUID,
     family: tuple[str, ...],
-    close_allowed_since: datetime | None,
+    done_if_acked: tuple[str, datetime] | None,
     now: datetime,
     timing: CommandTiming,
     retry_now: bool = False,
 ) -> bool:
     """A twin that has not converged gets a fresh command only when none of its family is in
     flight and the last one finished long enough ago (backoff doubling per failed attempt
-    since the last success, up to 64 × the retry interval). A close-allowed that was acked
-    waits for the tenant's button: the twin waits for the reported state."""
+    since the last success, up to 64 × the retry interval). ``done_if_acked`` (action,
+    since): an ack of that action since then ends the retrying — a close-allowed waits for
+    the tenant's button, and a meter that cannot report its state has said it is done."""
     row = (
         await conn.execute(
             sa.text(
@@ -567,14 +573,19 @@ async def _may_retry(
                 "AND created_at > coalesce((SELECT max(created_at) FROM device_command "
                 "WHERE channel_id = :c AND state = 'acked' AND action = ANY(CAST(:f AS text[]))),"
                 " '-infinity')) AS failures, "
-                "bool_or(state = 'acked' AND action = 'close_allowed' AND created_at >= :since) "
-                "AS allowed FROM device_command WHERE channel_id = :c "
+                "bool_or(state = 'acked' AND action = :done AND created_at >= :since) "
+                "AS done FROM device_command WHERE channel_id = :c "
                 "AND action = ANY(CAST(:f AS text[]))"
             ),
-            {"c": channel_id, "f": pg_text_array(family), "since": close_allowed_since or now},
+            {
+                "c": channel_id,
+                "f": pg_text_array(family),
+                "done": done_if_acked[0] if done_if_acked else "",
+                "since": done_if_acked[1] if done_if_acked else now,
+            },
         )
     ).one()
-    if row.open or (close_allowed_since is not None and row.allowed):
+    if row.open or row.done:
         return False
     if row.last is None or retry_now:
         return True

@@ -521,3 +521,26 @@ async def test_console_shows_the_pre_disconnection_check_and_applies_actions(
     assert await s.commands() == [("trip", "queued")]
     other = await shop(db)
     assert (await http.get(f"/console/points/{other.point}")).status_code == 404
+
+
+async def test_a_meter_that_cannot_report_its_state_is_not_sent_the_same_command_forever(
+    db: Database,
+) -> None:
+    s = await shop(db)
+    await s.read("100.00", supply=None)  # type: ignore[arg-type]
+    await s.read("111.00", supply=None)  # type: ignore[arg-type]
+    # an unknown state is made sure of once (close), then the cut supersedes it
+    assert await s.commands() == [("close", "superseded"), ("trip", "queued")]
+    trip = await s.q("SELECT id FROM device_command WHERE action = 'trip'")
+    async with db.tenant(s.group.tenant_id) as conn:
+        await apply_ack(conn, trip, AckStatus.OK, {}, None, datetime.now(UTC))  # type: ignore[arg-type]
+        later = datetime.now(UTC) + timedelta(hours=1)
+        assert (await sweep_tenant(conn, s.group.tenant_id, later, TIMING)).commands == 0
+    assert await s.commands() == [("close", "superseded"), ("trip", "acked")]
+    # a failed one is retried, after the backoff
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(
+            sa.text("UPDATE device_command SET state = 'failed' WHERE id = :i"), {"i": trip}
+        )
+        assert (await sweep_tenant(conn, s.group.tenant_id, later, TIMING)).commands == 1
+    assert await s.commands() == [("close", "superseded"), ("trip", "failed"), ("trip", "queued")]
