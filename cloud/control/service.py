@@ -45,6 +45,7 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CALENDAR: Calendar = ChineseCalendar()
 SUPPLY_ACTIONS = ("trip", "close", "close_allowed", "valve_open", "valve_close")
 KEEP_ACTIONS = ("keep_power_on", "keep_power_off")
+Reported = dict[uuid.UUID, tuple[datetime, SupplyState]]  # channel → (at, state)
 
 
 @dataclass(frozen=True)
@@ -216,15 +217,18 @@ async def evaluate(
     calendar: Calendar = CALENDAR,
     actor: str = "policy",
     retry_now: bool = False,
+    reported: Reported | None = None,
 ) -> Outcome:
     """Decide supply for ``point_ids`` (wallet balances as moved in this transaction, the
     rest read), record events and converge their twins. Returns the decisions.
 
     The points are first read without a lock: one whose decision changes nothing (the
     ingest path's usual case) costs no write at all. The others are locked, re-read and
-    decided again, so a concurrent change is never lost."""
+    decided again, so a concurrent change is never lost. ``reported``: supply states the
+    meters reported in this transaction, not yet in the twins (the caller records them
+    after this, keeping the lock order control state → twin)."""
     wanted = set(point_ids)
-    peeked = await load(conn, wanted, lock=False)
+    peeked = _with_reports(await load(conn, wanted, lock=False), reported)
     known = dict(balances or {})
     missing = {p.wallet_id for p in peeked if p.mode == "cloud"} - set(known)
     if missing:
@@ -239,11 +243,35 @@ async def evaluate(
     if busy:
         locked = await load(conn, busy)
         more = await evaluate_loaded(
-            conn, tenant_id, locked, now, timing, known, meter_news, calendar, actor, retry_now
+            conn,
+            tenant_id,
+            _with_reports(locked, reported),
+            now,
+            timing,
+            known,
+            meter_news,
+            calendar,
+            actor,
+            retry_now,
+            reported,
         )
         outcome.decisions.update(more.decisions)
         outcome.commands, outcome.events = more.commands, more.events
     return outcome
+
+
+def _with_reports(points: list[PointControl], reported: Reported | None) -> list[PointControl]:
+    """The points with their twins' reported state replaced where ``reported`` is newer."""
+    if not reported:
+        return points
+    out = []
+    for p in points:
+        news = reported.get(p.channel_id) if p.channel_id is not None else None
+        desired, _, at, dk, rk = p.twin
+        if news is not None and (at is None or at <= news[0]):
+            p = replace(p, twin=(desired, news[1].value, news[0], dk, rk))
+        out.append(p)
+    return out
 
 
 def _unchanged(p: PointControl, d: Decision) -> bool:
@@ -289,6 +317,7 @@ async def evaluate_loaded(
     calendar: Calendar = CALENDAR,
     actor: str = "policy",
     retry_now: bool = False,
+    reported: Reported | None = None,
 ) -> Outcome:
     """:func:`evaluate` for points already loaded and locked. ``retry_now``: a twin that has
     not converged gets its command now, without the backoff (a gateway just came back)."""
@@ -298,7 +327,8 @@ async def evaluate_loaded(
         known.update(await wallet_balances(conn, missing))
     outcome = Outcome({})
     events: list[tuple[uuid.UUID, PolicyEvent, Decimal | None]] = []
-    for p0 in points:
+    # twins are locked in channel order (as the ingest path records reported states)
+    for p0 in sorted(points, key=lambda p: p.channel_id.int if p.channel_id else 0):
         p, d, balance = _decide(p0, known, meter_news, now, calendar)
         if p is not p0:
             await _store_meter_news(conn, p)
@@ -308,7 +338,7 @@ async def evaluate_loaded(
             await store_memory(conn, p.id, d.memory, d.recheck_at, d.reason, now)
         if p.channel_id is not None:
             outcome.commands += await _converge(
-                conn, tenant_id, p, d, now, timing, actor, retry_now
+                conn, tenant_id, p, d, now, timing, actor, retry_now, reported
             )
     if events:
         await record_events(conn, tenant_id, events, now, actor)
@@ -459,6 +489,7 @@ async def _converge(
     timing: CommandTiming,
     actor: str,
     retry_now: bool = False,
+    reported: Reported | None = None,
 ) -> int:
     """Bring the channel's twin to the decision: keep-power first (a trip after keep-power
     ends must reach a meter that no longer refuses it), then supply."""
@@ -477,12 +508,24 @@ async def _converge(
     twin = (
         await conn.execute(
             sa.text(
-                "SELECT desired, desired_at, reported, desired_keep, reported_keep "
+                "SELECT desired, desired_at, reported, reported_at, desired_keep, reported_keep "
                 "FROM supply_twin WHERE channel_id = :c FOR UPDATE"
             ),
             {"c": p.channel_id},
         )
     ).one()
+    news = (reported or {}).get(p.channel_id)
+    if news is not None and (twin.reported_at is None or twin.reported_at <= news[0]):
+        await record_reported(conn, p.channel_id, news[1], news[0])
+        twin = (
+            await conn.execute(
+                sa.text(
+                    "SELECT desired, desired_at, reported, reported_at, desired_keep, "
+                    "reported_keep FROM supply_twin WHERE channel_id = :c"
+                ),
+                {"c": p.channel_id},
+            )
+        ).one()
     origin = actor if actor != "policy" else "policy"
     queued = 0
     at = now

@@ -25,8 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control import service as control
-from cloud.control.policy import SupplyState
-from cloud.control.service import CommandTiming, MeterNews, record_reported_many
+from cloud.control.service import CommandTiming, MeterNews, Reported, record_reported_many
 from cloud.db import Database, pg_array, pg_text_array
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post_many
@@ -43,7 +42,6 @@ from cloud.rating.core import (
 from cloud.tariffs.core import Tariff, TariffVersion, plan_from_spec
 
 log = logging.getLogger(__name__)
-Reported = dict[uuid.UUID, tuple[datetime, SupplyState]]  # channel → (at, state)
 
 
 @dataclass(frozen=True)
@@ -216,7 +214,8 @@ async def persist(
     cloud-controlled points among them.
 
     Locks are taken in one order everywhere: rating marks (by point), ledger accounts (by
-    id), then supply twins (by channel) — so concurrent workers never deadlock."""
+    id), control state (by point), then supply twins (by channel) — so concurrent workers,
+    top-ups and operators never deadlock."""
     report = RatingReport(points=len(outcomes))
     if not outcomes:
         await record_reported_many(conn, reported or {})
@@ -291,7 +290,6 @@ async def persist(
             report.journaled += f.amount
     known = {p.wallet.code: (p.wallet_id, p.wallet.normal_side) for p, _, _ in outcomes}
     batch = await post_many(conn, tenant_id, drafts, live, known)
-    await record_reported_many(conn, reported or {})
     cloud = [
         (p, ch or p.channel_id) for p, _, ch in outcomes if p.terms.charged and (ch or p.channel_id)
     ]
@@ -299,6 +297,8 @@ async def persist(
         report.commands = await _steer(
             conn, tenant_id, cloud, batch.balances, reported or {}, now, timing
         )
+    # Last: the twins' lock comes after the control state's, as on every other path.
+    await record_reported_many(conn, reported or {})
     return report
 
 
@@ -312,7 +312,8 @@ async def _steer(
     timing: CommandTiming,
 ) -> int:
     """Re-decide supply for the rated points (their wallets as just moved): the control
-    policy, its events and the twins (this batch's reports are already in them)."""
+    policy, its events and the twins (with this batch's reported states, newer where
+    newer)."""
     meter_channels = [ch for p, ch in points if p.control_mode == "meter" and ch is not None]
     news: dict[uuid.UUID, MeterNews] = {}
     if meter_channels:
@@ -327,7 +328,7 @@ async def _steer(
         )
         news = {by_channel[r[0]]: MeterNews(r[1], r[2], None) for r in rows}
     outcome = await control.evaluate(
-        conn, tenant_id, [p.id for p, _ in points], now, timing, moved, news
+        conn, tenant_id, [p.id for p, _ in points], now, timing, moved, news, reported=reported
     )
     return outcome.commands
 

@@ -544,3 +544,16 @@ async def test_a_meter_that_cannot_report_its_state_is_not_sent_the_same_command
         )
         assert (await sweep_tenant(conn, s.group.tenant_id, later, TIMING)).commands == 1
     assert await s.commands() == [("close", "superseded"), ("trip", "failed"), ("trip", "queued")]
+
+
+async def test_top_ups_racing_readings_of_a_tripped_meter_never_deadlock(db: Database) -> None:
+    """Ingest, top-ups and operators take control state before the twin, everywhere."""
+    s = await shop(db, balance="0.00")
+    await s.read("100.00")
+    total = Decimal("100.00")
+    for i in range(8):
+        await s.read(str(total), supply="off")
+        total += Decimal("0.01") if i % 2 else Decimal(0)
+        # a reading (reported off) and a top-up of the same tripped point, at once
+        await asyncio.gather(s.read(str(total), supply="off"), s.sell("1.00", f"race-{i}"))
+    assert await s.q("SELECT count(*) FROM counter_sale") == 8
