@@ -13,8 +13,10 @@ $(UV):
 	python3 -m venv .prepay/tools
 	.prepay/tools/bin/pip install --quiet uv
 
+# --compile-bytecode: dependencies get their .pyc at install time, as on a gateway whose
+# read-only install (systemd ProtectSystem=strict) could never cache them itself.
 setup: $(UV)
-	$(UV) sync --frozen --quiet
+	$(UV) sync --frozen --quiet --compile-bytecode
 
 demo: setup
 	$(UV) run --frozen prepay demo
