@@ -89,15 +89,11 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
 
         topics = Topics(settings.mqtt_prefix)
         if args.cmd == "ingest":
-            from cloud.ingest.consumer import IngestConsumer
+            from cloud.ingest.consumer import lanes, run_lanes
             from cloud.ingest.service import IngestService
 
-            await IngestConsumer(
-                IngestService(wiring.db, wiring.services.timing),
-                settings.mqtt_url,
-                topics,
-                settings.mqtt_shared_group,
-            ).run()
+            service = IngestService(wiring.db, wiring.services.timing)
+            await run_lanes(lanes(service, settings.mqtt_url, topics, settings.mqtt_shared_group))
         elif args.cmd == "worker":
             from datetime import UTC, datetime
 

@@ -15,7 +15,7 @@ from cloud.api.app import create_app
 from cloud.control.dispatcher import Dispatcher
 from cloud.db import migrate
 from cloud.embedded import EmbeddedBroker, free_port
-from cloud.ingest.consumer import IngestConsumer
+from cloud.ingest.consumer import lanes, run_lanes
 from cloud.ingest.service import IngestService
 from cloud.registry.service import GroupSpec, MeterSpec, seed_group
 from cloud.runtime import Wiring, owner_url, serve_http
@@ -103,13 +103,13 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         profiles,
     )
     topics = Topics(settings.mqtt_prefix)
-    ingest = IngestConsumer(IngestService(db, wiring.services.timing), mqtt_url, topics, shared)
+    ingest = lanes(IngestService(db, wiring.services.timing), mqtt_url, topics, shared)
     dispatcher = Dispatcher(db, mqtt_url, topics, wiring.services.timing)
     http_port = port or (settings.api_port if _port_free(settings.api_port) else free_port())
     app = create_app(wiring.services)
 
     tasks = [
-        asyncio.create_task(ingest.run(), name="ingest"),
+        asyncio.create_task(run_lanes(ingest), name="ingest"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(agent.run(), name="gateway-agent"),
         asyncio.create_task(serve_http(app, settings.api_host, http_port), name="api"),

@@ -69,9 +69,10 @@ class Topics:
     def down(self, gateway: str, kind: DownKind) -> str:
         return f"{self.prefix}/gw/{gateway}/down/{kind.value}"
 
-    def all_up(self, shared_group: str | None = None) -> str:
-        """Subscription filter for every gateway's uplink (optionally a shared subscription)."""
-        topic = f"{self.prefix}/gw/+/up/+"
+    def all_up(self, shared_group: str | None = None, kind: UpKind | None = None) -> str:
+        """Subscription filter for every gateway's uplink, or one ``kind`` of it (optionally
+        a shared subscription)."""
+        topic = f"{self.prefix}/gw/+/up/{kind.value if kind else '+'}"
         return f"$share/{shared_group}/{topic}" if shared_group else topic
 
     def parse(self, topic: str) -> tuple[str, Direction, str] | None:

@@ -8,6 +8,7 @@ import json
 import logging
 import random
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import aiomqtt
@@ -47,8 +48,12 @@ class IngestConsumer:
         topics: Topics,
         shared_group: str | None,
         worker_name: str | None = None,
+        kinds: Sequence[UpKind] | None = None,
     ) -> None:
+        """``kinds``: the uplink kinds this consumer takes (all when None); see
+        :func:`run_lanes` for the ack lane."""
         self.service = service
+        self.kinds = tuple(kinds) if kinds else None
         self.mqtt_url = mqtt_url
         self.topics = topics
         self.shared_group = shared_group
@@ -62,7 +67,8 @@ class IngestConsumer:
         while True:
             try:
                 async with client(self.mqtt_url, self.name) as mqtt:
-                    await mqtt.subscribe(self.topics.all_up(self.shared_group), qos=1)
+                    for kind in self.kinds or (None,):
+                        await mqtt.subscribe(self.topics.all_up(self.shared_group, kind), qos=1)
                     self.ready.set()
                     backoff = 1.0
                     async for message in mqtt.messages:
@@ -184,3 +190,33 @@ def _payload(message: aiomqtt.Message) -> bytes:
     if isinstance(p, bytes | bytearray):
         return bytes(p)
     return str(p).encode()
+
+
+LANES: tuple[tuple[str, tuple[UpKind, ...]], ...] = (
+    ("acks", (UpKind.ACK,)),
+    ("uplink", (UpKind.TELEMETRY, UpKind.EVENT, UpKind.STATE)),
+)
+
+
+def lanes(
+    service: IngestService,
+    mqtt_url: str,
+    topics: Topics,
+    shared_group: str | None,
+    worker_name: str | None = None,
+) -> list[IngestConsumer]:
+    """An ingest worker as two consumers, each with its own MQTT session: command acks in a
+    lane of their own, so an ack is committed the moment it arrives instead of waiting
+    behind the telemetry batches queued before it (a restored supply shows at once), and
+    the rest (telemetry, events, presence) in order in the other."""
+    base = worker_name or f"ingest-{uuid.uuid4().hex[:8]}"
+    return [
+        IngestConsumer(service, mqtt_url, topics, shared_group, f"{base}-{name}", kinds)
+        for name, kinds in LANES
+    ]
+
+
+async def run_lanes(consumers: Sequence[IngestConsumer]) -> None:
+    async with asyncio.TaskGroup() as tg:
+        for c in consumers:
+            tg.create_task(c.run(), name=c.name)

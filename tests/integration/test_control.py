@@ -4,6 +4,7 @@ late and duplicate acks, offline gateways, the operator API and meter-controlled
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -20,12 +21,23 @@ from cloud.control.dispatcher import Dispatcher
 from cloud.control.policy import SupplyState
 from cloud.control.service import CommandTiming, apply_ack, expire_overdue, sweep_tenant
 from cloud.db import Database
+from cloud.ingest.consumer import lanes
 from cloud.ingest.service import IngestService
 from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
-from contract.mqtt import AckStatus, DownKind, Reading, TelemetryBatch, Topics
+from contract.mqtt import (
+    Ack,
+    AckStatus,
+    DownKind,
+    Reading,
+    TelemetryBatch,
+    Topics,
+    UpKind,
+    dump,
+)
 from tests.conftest import admin_auth, api_client, group_spec
+from tests.e2e.test_loop import wait_for
 
 TIMING = CommandTiming(deadline=timedelta(minutes=2), retry=timedelta(seconds=5))
 
@@ -557,3 +569,50 @@ async def test_top_ups_racing_readings_of_a_tripped_meter_never_deadlock(db: Dat
         # a reading (reported off) and a top-up of the same tripped point, at once
         await asyncio.gather(s.read(str(total), supply="off"), s.sell("1.00", f"race-{i}"))
     assert await s.q("SELECT count(*) FROM counter_sale") == 8
+
+
+async def test_acks_have_a_lane_of_their_own(
+    db: Database, mqtt_url: str, topic_prefix: str, shared_group: str | None
+) -> None:
+    """The ack lane commits an ack while the uplink lane is busy (here: not even running)."""
+    s = await shop(db)
+    await s.read("100.00")
+    await s.read("111.00")
+    trip = await s.q("SELECT id FROM device_command WHERE action = 'trip'")
+    gw = await s.gateway()
+    topics = Topics(topic_prefix)
+    acks, uplink = lanes(s.ingest, mqtt_url, topics, shared_group)
+    assert acks.kinds == (UpKind.ACK,) and UpKind.ACK not in (uplink.kinds or ())
+    task = asyncio.create_task(acks.run())
+    try:
+        async with asyncio.timeout(10):
+            await acks.ready.wait()
+        port = int(mqtt_url.rsplit(":", 1)[1])
+        async with aiomqtt.Client("127.0.0.1", port) as pub:
+            ack = Ack(
+                id=trip,  # type: ignore[arg-type]
+                gateway=gw,
+                status=AckStatus.OK,
+                reported_supply="off",  # type: ignore[arg-type]
+                at=datetime.now(UTC),
+            )
+            await pub.publish(topics.up(gw, UpKind.ACK), dump(ack), qos=1)
+            batch = TelemetryBatch(
+                gateway=gw,
+                boot_id="b",
+                seq=99,
+                sent_at=datetime.now(UTC),
+                readings=(Reading(device="m1", measured_at=datetime.now(UTC), total=Decimal(112)),),
+            )
+            await pub.publish(topics.up(gw, UpKind.TELEMETRY), dump(batch), qos=1)
+
+        async def acked() -> bool:
+            return await s.commands() == [("trip", "acked")]
+
+        await wait_for(acked, 10, "the ack")
+        await asyncio.sleep(0.3)
+        assert await s.q("SELECT count(*) FROM reading") == 2  # telemetry is the other lane's
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
