@@ -118,10 +118,16 @@ async def test_exhaustion_trips_and_topup_restores(
         assert not meter.channels[1].relay_closed
         balance = await q(balance_q)
         assert isinstance(balance, Decimal) and balance <= 0
-        assert (
-            await q("SELECT state FROM device_command WHERE channel_id = :c AND action = 'trip'")
-            == "acked"
-        )
+
+        async def trip_acked() -> bool:  # the ack has a lane of its own: it may come later
+            return (
+                await q(
+                    "SELECT state FROM device_command WHERE channel_id = :c AND action = 'trip'"
+                )
+                == "acked"
+            )
+
+        await wait_for(trip_acked, 10, "the trip's ack")
         # The simulator's consumption stops: the register no longer moves.
         frozen = meter.channels[1].total
         await asyncio.sleep(1.5)
