@@ -26,6 +26,7 @@ import psycopg
 import sqlalchemy as sa
 from prometheus_client import Counter
 
+from cloud.aio import raise_if_cancelled
 from cloud.control.service import NOTIFY_CHANNEL, CommandTiming, expire_overdue, sweep_tenant
 from cloud.db import Database
 from cloud.mqtt import client
@@ -105,6 +106,7 @@ class Dispatcher:
                     async with self.db.tenant(tenant) as conn:
                         await sweep_tenant(conn, tenant, self.clock(), self.timing)
                 except Exception:  # one tenant's failure must not stop the others
+                    raise_if_cancelled()
                     log.exception("control sweep failed for tenant %s", tenant)
             await self.dispatch(mqtt, tenant)
 

@@ -15,6 +15,7 @@ import aiomqtt
 from prometheus_client import Counter
 from pydantic import ValidationError
 
+from cloud.aio import raise_if_cancelled
 from cloud.ingest.service import IngestService, UnknownGateway
 from cloud.mqtt import client
 from contract.mqtt import (
@@ -160,6 +161,7 @@ class IngestConsumer:
         except UnknownGateway:
             self._reject(kind, "unknown_gateway", topic)  # kept by the gateway until known
         except Exception:
+            raise_if_cancelled()
             # A database or bug error must not stop the stream; the message is counted and
             # logged with its traceback. No receipt: the gateway sends the batch again.
             self._reject(kind, "error", topic)

@@ -17,6 +17,7 @@ import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.aio import raise_if_cancelled
 from cloud.control.policy import SupplyState
 from cloud.control.service import CommandTiming, apply_ack, sweep_tenant
 from cloud.db import Database
@@ -91,6 +92,7 @@ class IngestService:
             try:
                 return await self._store(tenant_id, topic_gateway, batch, received_at)
             except sa.exc.DBAPIError as exc:
+                raise_if_cancelled()
                 if not isinstance(exc.orig, TRANSIENT) or attempt == RETRIES:
                     raise
                 log.warning("telemetry batch retried after %s (attempt %d)", exc.orig, attempt)
@@ -149,6 +151,7 @@ class IngestService:
             async with self.db.tenant(tenant_id) as conn:
                 await sweep_tenant(conn, tenant_id, now, self.timing, gateway_id)
         except sa.exc.DBAPIError:  # the dispatcher's sweep converges it within seconds
+            raise_if_cancelled()
             log.exception("converging gateway %s after its return failed", gateway_id)
 
     async def gateway_presence(

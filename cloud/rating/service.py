@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.aio import raise_if_cancelled
 from cloud.control import service as control
 from cloud.control.service import CommandTiming, MeterNews, Reported, record_reported_many
 from cloud.db import Database, pg_array, pg_text_array
@@ -423,5 +424,6 @@ async def close_usage_windows_forever(
         try:
             await close_usage_windows(db, clock(), timing)
         except Exception:
+            raise_if_cancelled()
             log.exception("closing usage windows failed; retrying in %s", every)
         await asyncio.sleep(every.total_seconds())
