@@ -1,14 +1,18 @@
-"""Store a telemetry batch and rate it, in one tenant transaction.
+"""Store telemetry batches and rate them, in one tenant transaction.
 
-Readings are bulk-loaded with COPY into a per-connection staging table and moved with one
-``INSERT … ON CONFLICT DO NOTHING RETURNING``: a re-delivered reading is not returned, so it
-is neither stored nor rated twice.
+Several batches of one gateway (the messages an ingest worker finds waiting) are stored and
+rated together: each point's mark, wallet and twin is then read and written once for all of
+its readings in them, not once per batch. Readings are bulk-loaded with COPY into a
+per-connection staging table and moved with one ``INSERT … ON CONFLICT DO NOTHING
+RETURNING``: a re-delivered reading is not returned, so it is neither stored nor rated
+twice.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -48,6 +52,9 @@ class UnknownGateway(LookupError):
 
 @dataclass
 class IngestResult:
+    """What became of one batch. ``charged`` and ``commands`` are the whole transaction's:
+    batches stored together share them."""
+
     stored: int = 0
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
@@ -84,12 +91,19 @@ class IngestService:
     async def store_telemetry(
         self, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
     ) -> IngestResult:
-        if batch.gateway != topic_gateway:
-            raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
+        return (await self.store_telemetry_many(topic_gateway, [batch], received_at))[0]
+
+    async def store_telemetry_many(
+        self, topic_gateway: str, batches: Sequence[TelemetryBatch], received_at: datetime
+    ) -> list[IngestResult]:
+        """Store and rate ``batches`` of one gateway in one transaction; one result each."""
+        for batch in batches:
+            if batch.gateway != topic_gateway:
+                raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
         tenant_id = await self.tenant_of(topic_gateway)
         for attempt in range(1, RETRIES + 1):
             try:
-                return await self._store(tenant_id, topic_gateway, batch, received_at)
+                return await self._store(tenant_id, topic_gateway, batches, received_at)
             except sa.exc.DBAPIError as exc:
                 if not isinstance(exc.orig, TRANSIENT) or attempt == RETRIES:
                     raise
@@ -97,23 +111,29 @@ class IngestService:
         raise AssertionError("unreachable")
 
     async def _store(
-        self, tenant_id: uuid.UUID, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
-    ) -> IngestResult:
-        result = IngestResult()
+        self,
+        tenant_id: uuid.UUID,
+        topic_gateway: str,
+        batches: Sequence[TelemetryBatch],
+        received_at: datetime,
+    ) -> list[IngestResult]:
+        results = [IngestResult() for _ in batches]
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
-            rows = []
-            for r in batch.readings:
-                target = targets.get((r.device, r.channel))
-                reason = _quarantine_reason(r, target, received_at)
-                if reason:
-                    result.quarantine(reason)
-                    continue
-                assert target is not None
-                rows.append(_row(r, target.channel_id, tenant_id, received_at))
+            rows: list[tuple[object, ...]] = []
+            ends: list[int] = []  # where each batch's rows end in ``rows``
+            for batch, result in zip(batches, results, strict=True):
+                for r in batch.readings:
+                    target = targets.get((r.device, r.channel))
+                    reason = _quarantine_reason(r, target, received_at)
+                    if reason:
+                        result.quarantine(reason)
+                        continue
+                    assert target is not None
+                    rows.append(_row(r, target.channel_id, tenant_id, received_at))
+                ends.append(len(rows))
             new = await _insert(conn, rows)
-            result.stored = len(new)
-            result.duplicates = len(rows) - len(new)
+            _count_stored(results, rows, ends, new)
             by_channel = {t.channel_id: t for t in targets.values()}
             rated = [
                 PointReading(sp, r.channel_id, r.register())
@@ -123,7 +143,8 @@ class IngestService:
             report = await rate_new_readings(
                 conn, tenant_id, rated, received_at, self.timing, _latest_supply(new)
             )
-            result.charged, result.commands = report.charged, report.commands
+            for result in results:
+                result.charged, result.commands = report.charged, report.commands
             # Last, and only when it changes anything worth a write: every worker's batch of
             # the same gateway would otherwise queue on this one row until commit.
             await conn.execute(
@@ -133,7 +154,7 @@ class IngestService:
                 ),
                 {"at": received_at, "id": gateway_id, "stale": received_at - SEEN_RESOLUTION},
             )
-        return result
+        return results
 
     async def gateway_presence(
         self, topic_gateway: str, online: bool, seen_at: datetime, config_version: int | None
@@ -272,6 +293,28 @@ async def _insert(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> list
         new = [_Stored(*r) for r in await cur.fetchall()]
         await cur.execute("DELETE FROM reading_in")
     return new
+
+
+def _count_stored(
+    results: list[IngestResult], rows: list[tuple[object, ...]], ends: list[int], new: list[_Stored]
+) -> None:
+    """Each batch's stored and duplicate readings: a stored row belongs to the first batch
+    that carried it (a re-sent batch stored with its original counts as duplicates)."""
+    if len(results) == 1:
+        results[0].stored = len(new)
+        results[0].duplicates = len(rows) - len(new)
+        return
+    fresh = {(r.channel_id, r.measured_at) for r in new}
+    start = 0
+    for result, end in zip(results, ends, strict=True):
+        for row in rows[start:end]:
+            key = (row[0], row[1])
+            if key in fresh:
+                fresh.discard(key)
+                result.stored += 1
+            else:
+                result.duplicates += 1
+        start = end
 
 
 def _latest_supply(new: list[_Stored]) -> dict[uuid.UUID, tuple[datetime, SupplyState]]:
