@@ -1,5 +1,8 @@
 """The ingest consumer: one MQTT subscription (shared across workers where the broker
-supports it), every message handled on its own so a bad one never blocks those behind it."""
+supports it). The telemetry batches waiting in the queue are taken together and each
+gateway's are stored in one transaction (one mark, wallet and twin write per point for all
+of them); each batch's receipt is sent once that transaction has committed. A batch that
+fails with others is tried again on its own, so a bad one never blocks those beside it."""
 
 from __future__ import annotations
 
@@ -8,6 +11,7 @@ import json
 import logging
 import random
 import uuid
+from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -36,6 +40,9 @@ from contract.mqtt import (
 )
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGES = 64  # messages taken from the queue at once
+MAX_READINGS = 20_000  # readings of one gateway stored in one transaction
 
 MESSAGES = Counter("prepay_ingest_messages_total", "Uplink messages handled", ["kind", "outcome"])
 READINGS = Counter("prepay_ingest_readings_total", "Readings by outcome", ["outcome"])
@@ -73,10 +80,16 @@ class IngestConsumer:
                     self.ready.set()
                     backoff = 1.0
                     async for message in mqtt.messages:
-                        receipt = await self.handle(str(message.topic), _payload(message))
-                        if receipt is not None:
-                            down = self.topics.down(receipt.gateway, DownKind.RECEIPT)
-                            await mqtt.publish(down, dump(receipt), qos=1)
+                        taken = [message]
+                        while len(mqtt.messages) and len(taken) < MAX_MESSAGES:
+                            taken.append(await anext(mqtt.messages))
+                        receipts = await self.handle_many(
+                            [(str(m.topic), _payload(m)) for m in taken]
+                        )
+                        for receipt in receipts:
+                            if receipt is not None:
+                                down = self.topics.down(receipt.gateway, DownKind.RECEIPT)
+                                await mqtt.publish(down, dump(receipt), qos=1)
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
                 log.warning("ingest lost the broker (%s); reconnecting in %.1fs", exc, backoff)
@@ -97,10 +110,96 @@ class IngestConsumer:
     async def handle(self, topic: str, raw: bytes) -> Receipt | None:
         """Handle one uplink message; never raises for bad input. For a telemetry batch,
         returns the receipt to send the gateway (None when it must re-send later)."""
+        return (await self.handle_many([(topic, raw)]))[0]
+
+    async def handle_many(self, messages: Sequence[tuple[str, bytes]]) -> list[Receipt | None]:
+        """Handle (topic, payload) messages in order, each gateway's valid telemetry batches
+        together (up to any other message of the queue, which waits for them); one receipt
+        or None per message, as :meth:`handle` returns."""
+        receipts: list[Receipt | None] = [None] * len(messages)
+        waiting: dict[str, list[tuple[int, TelemetryBatch]]] = defaultdict(list)
         try:
-            return await self._handle(topic, raw)
+            for i, (topic, raw) in enumerate(messages):
+                batch = self._telemetry(topic, raw)
+                if batch is not None:
+                    waiting[batch.gateway].append((i, batch))
+                    continue
+                await self._store_waiting(waiting, receipts)
+                receipts[i] = await self._handle(topic, raw)
+            await self._store_waiting(waiting, receipts)
         finally:
-            self.handled += 1
+            self.handled += len(messages)
+        return receipts
+
+    def _telemetry(self, topic: str, raw: bytes) -> TelemetryBatch | None:
+        """A valid telemetry batch on its own gateway's topic; None for anything else
+        (which :meth:`_handle` then sorts out and answers)."""
+        parsed = self.topics.parse(topic)
+        if parsed is None or parsed[1] is not Direction.UP or parsed[2] != UpKind.TELEMETRY:
+            return None
+        try:
+            batch = TelemetryBatch.model_validate_json(raw)
+        except ValidationError:
+            return None
+        return batch if batch.gateway == parsed[0] else None
+
+    async def _store_waiting(
+        self,
+        waiting: dict[str, list[tuple[int, TelemetryBatch]]],
+        receipts: list[Receipt | None],
+    ) -> None:
+        for gateway, items in waiting.items():
+            group: list[tuple[int, TelemetryBatch]] = []
+            size = 0
+            for item in items:
+                if group and size + len(item[1].readings) > MAX_READINGS:
+                    await self._store_group(gateway, group, receipts)
+                    group, size = [], 0
+                group.append(item)
+                size += len(item[1].readings)
+            await self._store_group(gateway, group, receipts)
+        waiting.clear()
+
+    async def _store_group(
+        self,
+        gateway: str,
+        items: list[tuple[int, TelemetryBatch]],
+        receipts: list[Receipt | None],
+    ) -> None:
+        """Store ``items`` (index in ``receipts``, batch) of one gateway in one transaction;
+        if that fails, each on its own, so only a bad batch goes without a receipt."""
+        kind, topic = UpKind.TELEMETRY, self.topics.up(gateway, UpKind.TELEMETRY)
+        try:
+            results = await self.service.store_telemetry_many(
+                gateway, [b for _, b in items], datetime.now(UTC)
+            )
+        except Exception as exc:
+            raise_if_cancelled()
+            if len(items) > 1:
+                for item in items:
+                    await self._store_group(gateway, [item], receipts)
+            elif isinstance(exc, UnknownGateway):
+                self._reject(kind, "unknown_gateway", topic)  # kept by the gateway until known
+            else:
+                # A database or bug error must not stop the stream; the batch is counted and
+                # logged with its traceback. No receipt: the gateway sends it again.
+                self._reject(kind, "error", topic)
+                log.exception("failed to ingest %s from %s", kind, gateway)
+            return
+        for (i, batch), result in zip(items, results, strict=True):
+            READINGS.labels("stored").inc(result.stored)
+            READINGS.labels("duplicate").inc(result.duplicates)
+            for reason, n in result.quarantined.items():
+                READINGS.labels(f"quarantined_{reason}").inc(n)
+            MESSAGES.labels(kind, "ok").inc()
+            receipts[i] = Receipt(
+                gateway=gateway,
+                boot_id=batch.boot_id,
+                seq=batch.seq,
+                stored=result.stored,
+                duplicates=result.duplicates,
+                quarantined=sum(result.quarantined.values()),
+            )
 
     async def _handle(self, topic: str, raw: bytes) -> Receipt | None:
         parsed = self.topics.parse(topic)
@@ -116,24 +215,15 @@ class IngestConsumer:
             self._reject(kind, f"unsupported_version_{version}", topic)
             return None  # a newer cloud may take it: the gateway keeps it
         now = datetime.now(UTC)
-        receipt: Receipt | None = None
         try:
             if kind == UpKind.TELEMETRY:
                 batch = TelemetryBatch.model_validate_json(raw)
-                result = await self.service.store_telemetry(gateway, batch, now)
-                READINGS.labels("stored").inc(result.stored)
-                READINGS.labels("duplicate").inc(result.duplicates)
-                for reason, n in result.quarantined.items():
-                    READINGS.labels(f"quarantined_{reason}").inc(n)
-                receipt = Receipt(
-                    gateway=gateway,
-                    boot_id=batch.boot_id,
-                    seq=batch.seq,
-                    stored=result.stored,
-                    duplicates=result.duplicates,
-                    quarantined=sum(result.quarantined.values()),
-                )
-            elif kind == UpKind.ACK:
+                if batch.gateway != gateway:
+                    raise UnknownGateway(f"batch names {batch.gateway!r} on {gateway!r}'s topic")
+                receipts: list[Receipt | None] = [None]
+                await self._store_group(gateway, [(0, batch)], receipts)
+                return receipts[0]
+            if kind == UpKind.ACK:
                 await self.service.store_ack(gateway, Ack.model_validate_json(raw), now)
             elif kind == UpKind.STATE:
                 state = GatewayState.model_validate_json(raw)
@@ -166,7 +256,7 @@ class IngestConsumer:
             # logged with its traceback. No receipt: the gateway sends the batch again.
             self._reject(kind, "error", topic)
             log.exception("failed to ingest %s from %s", kind, gateway)
-        return receipt
+        return None
 
 
 def _rejected(gateway: str, kind: str, raw: bytes, why: str) -> Receipt | None:

@@ -1,17 +1,21 @@
-"""Store a telemetry batch and rate it, in one tenant transaction.
+"""Store telemetry batches and rate them, in one tenant transaction.
 
-Readings are bulk-loaded with COPY into a per-connection staging table and moved with one
-``INSERT … ON CONFLICT DO NOTHING RETURNING``: a re-delivered reading is not returned, so it
-is neither stored nor rated twice.
+Several batches of one gateway (the messages an ingest worker finds waiting) are stored and
+rated together: each point's mark, wallet and twin is then read and written once for all of
+its readings in them, not once per batch. Readings are bulk-loaded with COPY into a
+per-connection staging table and moved with one ``INSERT … ON CONFLICT DO NOTHING
+RETURNING``: a re-delivered reading is not returned, so it is neither stored nor rated
+twice.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 
 import psycopg
 import sqlalchemy as sa
@@ -39,8 +43,23 @@ _COLUMNS = (
 )
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS reading_in "
-    "(LIKE reading INCLUDING DEFAULTS) ON COMMIT DELETE ROWS"
+    "(LIKE reading INCLUDING DEFAULTS, n integer) ON COMMIT DELETE ROWS"
 )
+# Moves the staged rows and answers only which were *not* stored (usually none): already
+# there, or repeated within the staged rows (the first, lowest ``n``, is the one stored).
+# The rest are rated from the values in hand, not read back.
+_MOVE = (
+    f"WITH stored AS (INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM reading_in "
+    "ORDER BY channel_id, measured_at, n "  # one lock order for every worker
+    "ON CONFLICT (channel_id, measured_at) DO NOTHING RETURNING channel_id, measured_at) "
+    "SELECT i.n FROM (SELECT n, channel_id, measured_at, row_number() OVER "
+    "(PARTITION BY channel_id, measured_at ORDER BY n) AS k FROM reading_in) AS i "
+    "LEFT JOIN stored s USING (channel_id, measured_at) WHERE s.channel_id IS NULL OR i.k > 1"
+)
+# Rated values are rounded here exactly as the columns would round them (numeric input
+# rounds half away from zero), so what is rated is what is stored.
+_REGISTER = Decimal("0.001")  # reading.total, reading.tou: numeric(16,3)
+_POWER = Decimal("0.0001")  # reading.power: numeric(10,4)
 
 
 class UnknownGateway(LookupError):
@@ -49,6 +68,9 @@ class UnknownGateway(LookupError):
 
 @dataclass
 class IngestResult:
+    """What became of one batch. ``charged`` and ``commands`` are the whole transaction's:
+    batches stored together share them."""
+
     stored: int = 0
     duplicates: int = 0
     quarantined: dict[str, int] = field(default_factory=dict)
@@ -85,12 +107,19 @@ class IngestService:
     async def store_telemetry(
         self, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
     ) -> IngestResult:
-        if batch.gateway != topic_gateway:
-            raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
+        return (await self.store_telemetry_many(topic_gateway, [batch], received_at))[0]
+
+    async def store_telemetry_many(
+        self, topic_gateway: str, batches: Sequence[TelemetryBatch], received_at: datetime
+    ) -> list[IngestResult]:
+        """Store and rate ``batches`` of one gateway in one transaction; one result each."""
+        for batch in batches:
+            if batch.gateway != topic_gateway:
+                raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
         tenant_id = await self.tenant_of(topic_gateway)
         for attempt in range(1, RETRIES + 1):
             try:
-                return await self._store(tenant_id, topic_gateway, batch, received_at)
+                return await self._store(tenant_id, topic_gateway, batches, received_at)
             except sa.exc.DBAPIError as exc:
                 raise_if_cancelled()
                 if not isinstance(exc.orig, TRANSIENT) or attempt == RETRIES:
@@ -99,33 +128,37 @@ class IngestService:
         raise AssertionError("unreachable")
 
     async def _store(
-        self, tenant_id: uuid.UUID, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
-    ) -> IngestResult:
-        result = IngestResult()
+        self,
+        tenant_id: uuid.UUID,
+        topic_gateway: str,
+        batches: Sequence[TelemetryBatch],
+        received_at: datetime,
+    ) -> list[IngestResult]:
+        results = [IngestResult() for _ in batches]
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
-            rows = []
-            for r in batch.readings:
-                target = targets.get((r.device, r.channel))
-                reason = _quarantine_reason(r, target, received_at)
-                if reason:
-                    result.quarantine(reason)
-                    continue
-                assert target is not None
-                rows.append(_row(r, target.channel_id, tenant_id, received_at))
-            new = await _insert(conn, rows)
-            result.stored = len(new)
-            result.duplicates = len(rows) - len(new)
-            by_channel = {t.channel_id: t for t in targets.values()}
-            rated = [
-                PointReading(sp, r.channel_id, r.register())
-                for r in new
-                if (sp := by_channel[r.channel_id].service_point_id) is not None
-            ]
+            rows: list[_Row] = []
+            points: list[uuid.UUID | None] = []  # each row's service point
+            ends: list[int] = []  # where each batch's rows end in ``rows``
+            for batch, result in zip(batches, results, strict=True):
+                for r in batch.readings:
+                    target = targets.get((r.device, r.channel))
+                    reason = _quarantine_reason(r, target, received_at)
+                    if reason:
+                        result.quarantine(reason)
+                        continue
+                    assert target is not None
+                    rows.append(_row(r, target.channel_id, tenant_id, received_at, len(rows)))
+                    points.append(target.service_point_id)
+                ends.append(len(rows))
+            skipped = await _insert(conn, rows)
+            _count_stored(results, ends, skipped)
+            rated, latest = _new_readings(rows, points, skipped)
             report = await rate_new_readings(
-                conn, tenant_id, rated, received_at, self.timing, _latest_supply(new)
+                conn, tenant_id, rated, received_at, self.timing, latest
             )
-            result.charged, result.commands = report.charged, report.commands
+            for result in results:
+                result.charged, result.commands = report.charged, report.commands
             # Last, and only when it changes anything worth a write: every worker's batch of
             # the same gateway would otherwise queue on this one row until commit.
             back = await conn.scalar(
@@ -138,7 +171,7 @@ class IngestService:
             )
         if back:  # it was offline: converge its twins (see gateway_presence)
             await self._converge_gateway(tenant_id, gateway_id, received_at)
-        return result
+        return results
 
     async def _converge_gateway(
         self, tenant_id: uuid.UUID, gateway_id: uuid.UUID, now: datetime
@@ -243,69 +276,90 @@ def _quarantine_reason(r: Reading, target: _Target | None, now: datetime) -> str
     return None
 
 
+_Row = tuple[
+    uuid.UUID,  # channel_id
+    datetime,  # measured_at
+    uuid.UUID,  # tenant_id
+    datetime,  # received_at
+    Decimal | None,  # total
+    list[Decimal] | None,  # tou
+    Decimal | None,  # voltage
+    Decimal | None,  # current
+    Decimal | None,  # power
+    bool | None,  # supply_on
+    Decimal | None,  # meter_balance
+    int,  # n: the row's place among the rows staged together
+]
+
+
+def _round(value: Decimal | None, quantum: Decimal) -> Decimal | None:
+    return None if value is None else value.quantize(quantum, ROUND_HALF_UP)
+
+
 def _row(
-    r: Reading, channel_id: uuid.UUID, tenant_id: uuid.UUID, received_at: datetime
-) -> tuple[object, ...]:
+    r: Reading, channel_id: uuid.UUID, tenant_id: uuid.UUID, received_at: datetime, n: int
+) -> _Row:
     supply = None if r.supply is None else r.supply is Supply.ON
     return (
         channel_id,
         r.measured_at,
         tenant_id,
         received_at,
-        r.total,
-        None if r.tou is None else list(r.tou),
+        _round(r.total, _REGISTER),
+        None if r.tou is None else [v.quantize(_REGISTER, ROUND_HALF_UP) for v in r.tou],
         r.voltage,
         r.current,
-        r.power,
+        _round(r.power, _POWER),
         supply,
         r.meter_balance,
+        n,
     )
 
 
-@dataclass(frozen=True)
-class _Stored:
-    channel_id: uuid.UUID
-    measured_at: datetime
-    total: Decimal | None
-    supply_on: bool | None
-    tou: list[Decimal] | None
-    power: Decimal | None
-
-    def register(self) -> RegisterReading:
-        tou = self.tou
-        four = (tou[0], tou[1], tou[2], tou[3]) if tou is not None and len(tou) == 4 else None
-        return RegisterReading(self.measured_at, self.total, four, self.power)
-
-
-async def _insert(conn: AsyncConnection, rows: list[tuple[object, ...]]) -> list[_Stored]:
+async def _insert(conn: AsyncConnection, rows: list[_Row]) -> set[int]:
+    """Store ``rows`` (duplicates are no-ops); return the places of those not stored."""
     if not rows:
-        return []
+        return set()
     await conn.execute(sa.text(_STAGING))
     raw = await conn.get_raw_connection()
     pg = raw.driver_connection
     assert pg is not None
     async with pg.cursor() as cur:
-        async with cur.copy(f"COPY reading_in ({_COLUMNS}) FROM STDIN") as copy:
+        async with cur.copy(f"COPY reading_in ({_COLUMNS}, n) FROM STDIN") as copy:
             for row in rows:
                 await copy.write_row(row)
-        await cur.execute(
-            f"INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM reading_in "
-            "ORDER BY channel_id, measured_at "  # one lock order for every worker
-            "ON CONFLICT (channel_id, measured_at) DO NOTHING "
-            "RETURNING channel_id, measured_at, total, supply_on, tou, power"
-        )
-        new = [_Stored(*r) for r in await cur.fetchall()]
+        await cur.execute(_MOVE)
+        skipped = {r[0] for r in await cur.fetchall()}
         await cur.execute("DELETE FROM reading_in")
-    return new
+    return skipped
 
 
-def _latest_supply(new: list[_Stored]) -> dict[uuid.UUID, tuple[datetime, SupplyState]]:
-    """The newest reported supply state per channel in the batch."""
+def _count_stored(results: list[IngestResult], ends: list[int], skipped: set[int]) -> None:
+    """Each batch's stored and duplicate readings: a stored row belongs to the first batch
+    that carried it (a re-sent batch stored with its original counts as duplicates)."""
+    start = 0
+    for result, end in zip(results, ends, strict=True):
+        dup = sum(1 for n in skipped if start <= n < end) if skipped else 0
+        result.stored, result.duplicates = end - start - dup, dup
+        start = end
+
+
+def _new_readings(
+    rows: list[_Row], points: list[uuid.UUID | None], skipped: set[int]
+) -> tuple[list[PointReading], dict[uuid.UUID, tuple[datetime, SupplyState]]]:
+    """The stored rows to rate (those of bound channels), and the newest supply state each
+    channel reported among them."""
+    rated: list[PointReading] = []
     latest: dict[uuid.UUID, tuple[datetime, SupplyState]] = {}
-    for r in new:
-        if r.supply_on is not None and (
-            r.channel_id not in latest or latest[r.channel_id][0] < r.measured_at
-        ):
-            state = SupplyState.ON if r.supply_on else SupplyState.OFF
-            latest[r.channel_id] = (r.measured_at, state)
-    return latest
+    for row, sp in zip(rows, points, strict=True):
+        if skipped and row[11] in skipped:
+            continue
+        channel, at, tou, supply = row[0], row[1], row[5], row[9]
+        if sp is not None:
+            four = None if tou is None else (tou[0], tou[1], tou[2], tou[3])
+            rated.append(PointReading(sp, channel, RegisterReading(at, row[4], four, row[8])))
+        if supply is not None:
+            seen = latest.get(channel)
+            if seen is None or seen[0] < at:
+                latest[channel] = (at, SupplyState.ON if supply else SupplyState.OFF)
+    return rated, latest

@@ -27,6 +27,7 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -40,7 +41,7 @@ from cloud.db import Database, libpq_url, migrate
 from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.service import IngestService
 from cloud.registry.service import GroupSpec, MeterSpec, seed_group
-from contract.mqtt import BrokerAddress, Topics, UpKind
+from contract.mqtt import BrokerAddress, Receipt, Topics, UpKind
 
 T_STEP = timedelta(minutes=1)
 
@@ -104,14 +105,15 @@ def _worker(
         consumer = IngestConsumer(
             IngestService(db, CommandTiming()), mqtt_url, Topics(prefix), group, name
         )
-        original = consumer.handle
+        original = consumer.handle_many
 
-        async def counted(topic: str, raw: bytes) -> None:
-            await original(topic, raw)
+        async def counted(messages: Sequence[tuple[str, bytes]]) -> list[Receipt | None]:
+            receipts = await original(messages)
             with done.get_lock():  # type: ignore[attr-defined]
-                done.value += 1  # type: ignore[attr-defined]
+                done.value += len(messages)  # type: ignore[attr-defined]
+            return receipts
 
-        consumer.handle = counted  # type: ignore[method-assign]
+        consumer.handle_many = counted  # type: ignore[method-assign]
 
         async def subscribed() -> None:
             await consumer.ready.wait()

@@ -27,7 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -199,15 +199,16 @@ class CountingIngest(IngestService):
         self.stored = 0
         self.duplicates = 0
 
-    async def store_telemetry(
-        self, topic_gateway: str, batch: TelemetryBatch, received_at: datetime
-    ) -> IngestResult:
-        result = await super().store_telemetry(topic_gateway, batch, received_at)
-        self.batches.append((batch.boot_id, batch.seq, len(batch.readings)))
-        self.stored += result.stored
-        self.duplicates += result.duplicates
-        assert not result.quarantined, result.quarantined
-        return result
+    async def store_telemetry_many(
+        self, topic_gateway: str, batches: Sequence[TelemetryBatch], received_at: datetime
+    ) -> list[IngestResult]:
+        results = await super().store_telemetry_many(topic_gateway, batches, received_at)
+        for batch, result in zip(batches, results, strict=True):
+            self.batches.append((batch.boot_id, batch.seq, len(batch.readings)))
+            self.stored += result.stored
+            self.duplicates += result.duplicates
+            assert not result.quarantined, result.quarantined
+        return results
 
 
 @dataclass

@@ -139,6 +139,20 @@ async def test_late_and_out_of_order_readings_never_double_charge(
     await assert_books_close(db, group)
 
 
+async def test_a_register_finer_than_its_column_is_rated_as_stored(
+    db: Database, group: Seeded
+) -> None:
+    """reading.total keeps 3 decimals; what is charged is the difference of what is kept."""
+    await feed(db, group, [r(0, "10.0004"), r(30, "12.0046")])
+    async with db.tenant(group.tenant_id) as conn:
+        stored = (await conn.execute(sa.text("SELECT total FROM reading ORDER BY 1"))).scalars()
+        assert list(stored) == [Decimal("10.000"), Decimal("12.005")]
+        used = await conn.scalar(sa.text("SELECT consumption_total FROM rating_state"))
+    assert used == Decimal("2.005")
+    assert await balance(db, group) == Decimal("7.99")  # 2.005 at 1.0000, half up to the fen
+    await assert_books_close(db, group)
+
+
 async def test_meter_swap_charges_the_final_reading_and_rebases_on_the_new_meter(
     db: Database, group: Seeded
 ) -> None:

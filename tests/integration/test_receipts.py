@@ -7,12 +7,14 @@ import asyncio
 import contextlib
 import json
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import aiomqtt
 import sqlalchemy as sa
 
+from cloud.check import check
 from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.ingest.consumer import IngestConsumer
@@ -159,6 +161,66 @@ async def test_the_cloud_sends_receipts_for_stored_and_for_hopeless_batches(
     assert await consumer.handle(topic, newer) is None  # kept for a cloud that reads v2
     unknown = Topics(topic_prefix).up("gw-nobody", UpKind.TELEMETRY)
     assert await consumer.handle(unknown, dump(good)) is None  # kept until registered
+
+
+async def test_batches_waiting_together_are_stored_together_each_with_its_receipt(
+    db: Database, group: Seeded, topic_prefix: str
+) -> None:
+    """What an ingest worker finds in its queue is stored per gateway in one transaction;
+    the counts stay per batch, and a batch the database refuses (here a register too large
+    for its column) costs only its own receipt, not its neighbours'."""
+    async with db.tenant(group.tenant_id) as conn:
+        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    consumer = IngestConsumer(
+        IngestService(db, CommandTiming()), "mqtt://unused", Topics(topic_prefix), None
+    )
+    topic = Topics(topic_prefix).up(gw, UpKind.TELEMETRY)
+    t0 = datetime(2026, 11, 2, 2, 0, tzinfo=UTC)
+
+    def batch(seq: int, *readings: tuple[str, int, str]) -> bytes:
+        return dump(
+            TelemetryBatch(
+                gateway=gw,
+                boot_id="b1",
+                seq=seq,
+                sent_at=t0,
+                readings=tuple(
+                    Reading(device=d, measured_at=t0 + timedelta(minutes=m), total=Decimal(t))
+                    for d, m, t in readings
+                ),
+            )
+        )
+
+    second = batch(2, ("m1", 1, "100.50"), ("nobody", 1, "5"))
+    hopeless = json.dumps({"v": 1, "gateway": gw, "boot_id": "b1", "seq": 5, "readings": 3})
+    receipts = await consumer.handle_many(
+        [
+            (topic, batch(1, ("m1", 0, "100.00"))),
+            (topic, second),
+            (topic, second),  # re-sent: nothing new
+            (topic, batch(3, ("m1", 2, "12345678901234567.000"))),  # refused by the database
+            (topic, hopeless.encode()),
+            (topic, batch(4, ("m1", 3, "101.00"))),
+        ]
+    )
+    assert consumer.handled == 6
+    counts = [None if r is None else (r.seq, r.status, r.stored, r.duplicates) for r in receipts]
+    stored = ReceiptStatus.STORED
+    assert counts == [
+        (1, stored, 1, 0),
+        (2, stored, 1, 0),
+        (2, stored, 0, 1),
+        None,  # no receipt: the gateway keeps it and an operator sees the error
+        (5, ReceiptStatus.REJECTED, 0, 0),
+        (4, stored, 1, 0),
+    ]
+    assert receipts[1] is not None and receipts[1].quarantined == 1
+    async with db.tenant(group.tenant_id) as conn:
+        balance = await conn.scalar(
+            sa.text("SELECT balance FROM ledger_account WHERE kind = 'wallet'")
+        )
+    assert balance == Decimal("9.00")  # 1.00 kWh at 1.0000, charged once
+    assert (await check(db, [group.tenant_id])).ok
 
 
 async def test_a_batch_overtaken_by_a_confirmed_one_goes_again_at_once(

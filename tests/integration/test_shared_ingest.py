@@ -65,7 +65,9 @@ async def test_two_workers_on_a_shared_subscription_store_and_charge_once(
     topics = Topics(topic_prefix)
     timing = CommandTiming()
     workers = [
-        IngestConsumer(IngestService(db, timing), mqtt_url, topics, shared_group, f"w{n}")
+        IngestConsumer(
+            IngestService(db, timing), mqtt_url, topics, shared_group, f"{topic_prefix}-w{n}"
+        )
         for n in (1, 2)
     ]
     tasks = [asyncio.create_task(w.run()) for w in workers]
