@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -204,6 +204,7 @@ class Outcome:
     decisions: dict[uuid.UUID, Decision]
     commands: int = 0
     events: int = 0
+    unrecorded: Reported = field(default_factory=dict)  # reported states still to write
 
 
 async def evaluate(
@@ -228,7 +229,8 @@ async def evaluate(
     meters reported in this transaction, not yet in the twins (the caller records them
     after this, keeping the lock order control state → twin)."""
     wanted = set(point_ids)
-    peeked = _with_reports(await load(conn, wanted, lock=False), reported)
+    raw = await load(conn, wanted, lock=False)
+    peeked = _with_reports(raw, reported)
     known = dict(balances or {})
     missing = {p.wallet_id for p in peeked if p.mode == "cloud"} - set(known)
     if missing:
@@ -239,7 +241,7 @@ async def evaluate(
         if p2 is p and not d.events and _unchanged(p, d) and _converged(p, d):
             quiet[p.id] = d
     busy = wanted - set(quiet)
-    outcome = Outcome(quiet)
+    outcome = Outcome(quiet, unrecorded=_unrecorded(raw, reported))
     if busy:
         locked = await load(conn, busy)
         more = await evaluate_loaded(
@@ -271,6 +273,27 @@ def _with_reports(points: list[PointControl], reported: Reported | None) -> list
         if news is not None and (at is None or at <= news[0]):
             p = replace(p, twin=(desired, news[1].value, news[0], dk, rk))
         out.append(p)
+    return out
+
+
+REPORT_REFRESH = timedelta(minutes=5)
+
+
+def _unrecorded(points: list[PointControl], reported: Reported | None) -> Reported:
+    """The reported states worth writing to the twins: those that change a twin's state,
+    and a refresh of its time every few minutes; a meter repeating what its twin already
+    says costs no write on every batch."""
+    twins = {p.channel_id: p.twin for p in points if p.channel_id is not None}
+    out: Reported = {}
+    for channel, (at, state) in (reported or {}).items():
+        twin = twins.get(channel)
+        if (
+            twin is None
+            or twin[1] != state.value
+            or twin[2] is None
+            or twin[2] + REPORT_REFRESH <= at
+        ):
+            out[channel] = (at, state)
     return out
 
 

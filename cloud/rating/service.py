@@ -294,12 +294,13 @@ async def persist(
     cloud = [
         (p, ch or p.channel_id) for p, _, ch in outcomes if p.terms.charged and (ch or p.channel_id)
     ]
+    unrecorded = reported or {}
     if cloud:
-        report.commands = await _steer(
+        report.commands, unrecorded = await _steer(
             conn, tenant_id, cloud, batch.balances, reported or {}, now, timing
         )
     # Last: the twins' lock comes after the control state's, as on every other path.
-    await record_reported_many(conn, reported or {})
+    await record_reported_many(conn, unrecorded)
     return report
 
 
@@ -311,10 +312,10 @@ async def _steer(
     reported: Reported,
     now: datetime,
     timing: CommandTiming,
-) -> int:
+) -> tuple[int, Reported]:
     """Re-decide supply for the rated points (their wallets as just moved): the control
     policy, its events and the twins (with this batch's reported states, newer where
-    newer)."""
+    newer). Returns the commands queued and the reported states still to record."""
     meter_channels = [ch for p, ch in points if p.control_mode == "meter" and ch is not None]
     news: dict[uuid.UUID, MeterNews] = {}
     if meter_channels:
@@ -331,7 +332,7 @@ async def _steer(
     outcome = await control.evaluate(
         conn, tenant_id, [p.id for p, _ in points], now, timing, moved, news, reported=reported
     )
-    return outcome.commands
+    return outcome.commands, outcome.unrecorded
 
 
 def _detail(a: Anomaly) -> str:
