@@ -273,6 +273,7 @@ class Reading(SQLModel, table=True):
     power: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 4))
     supply_on: bool | None = None
     meter_balance: Decimal | None = Field(default=None, sa_type=MONEY)
+    purchase_count: int | None = None  # the meter's count of recharges it has taken
 
 
 class RatingState(SQLModel, table=True):

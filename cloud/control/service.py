@@ -901,11 +901,17 @@ async def after_topup(
                 {"cause": cause, "amount": str(amount)},
             )
             continue
-        count = p.purchase_count + 1
-        await conn.execute(
-            sa.text("UPDATE control_state SET purchase_count = :n WHERE service_point_id = :p"),
-            {"n": count, "p": p.id},
+        # The next count after the meter's own (mirrored from its readings and acked
+        # recharges) and after any recharge still on its way; a failed one is not counted.
+        in_flight = await conn.scalar(
+            sa.text(
+                "SELECT max((params->>'purchase_count')::int) FROM device_command "
+                "WHERE service_point_id = :p AND action = 'recharge' "
+                "AND state IN ('queued', 'sent')"
+            ),
+            {"p": p.id},
         )
+        count = max(p.purchase_count, in_flight or 0) + 1
         params = {"amount": str(amount), "purchase_count": str(count), "cause": cause}
         await enqueue(
             conn,

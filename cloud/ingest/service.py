@@ -39,7 +39,7 @@ RETRIES = 3
 TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
 _COLUMNS = (
     "channel_id, measured_at, tenant_id, received_at, total, tou, voltage, current, power, "
-    "supply_on, meter_balance"
+    "supply_on, meter_balance, purchase_count"
 )
 _STAGING = (
     "CREATE TEMP TABLE IF NOT EXISTS reading_in "
@@ -288,6 +288,7 @@ _Row = tuple[
     Decimal | None,  # power
     bool | None,  # supply_on
     Decimal | None,  # meter_balance
+    int | None,  # purchase_count
     int,  # n: the row's place among the rows staged together
 ]
 
@@ -312,6 +313,7 @@ def _row(
         _round(r.power, _POWER),
         supply,
         r.meter_balance,
+        r.purchase_count,
         n,
     )
 

@@ -322,13 +322,14 @@ async def _steer(
         by_channel = {ch: p.id for p, ch in points if ch is not None}
         rows = await conn.execute(
             sa.text(
-                "SELECT DISTINCT ON (channel_id) channel_id, measured_at, meter_balance "
-                "FROM reading WHERE channel_id = ANY(CAST(:c AS uuid[])) "
-                "AND meter_balance IS NOT NULL ORDER BY channel_id, measured_at DESC"
+                "SELECT DISTINCT ON (channel_id) channel_id, measured_at, meter_balance, "
+                "purchase_count FROM reading WHERE channel_id = ANY(CAST(:c AS uuid[])) "
+                "AND (meter_balance IS NOT NULL OR purchase_count IS NOT NULL) "
+                "ORDER BY channel_id, measured_at DESC"
             ),
             {"c": pg_array(meter_channels)},
         )
-        news = {by_channel[r[0]]: MeterNews(r[1], r[2], None) for r in rows}
+        news = {by_channel[r[0]]: MeterNews(r[1], r[2], r[3]) for r in rows}
     outcome = await control.evaluate(
         conn, tenant_id, [p.id for p, _ in points], now, timing, moved, news, reported=reported
     )

@@ -445,12 +445,13 @@ async def test_meter_controlled_top_up_is_a_recharge_with_the_next_purchase_coun
     orders = await s.rows("SELECT kind FROM work_order")
     assert [o[0] for o in orders] == ["recharge_unknown_count"]
 
-    await s.read("100.00", meter_balance=Decimal("12.00"))
-    await s.read("103.00", meter_balance=Decimal("9.00"))  # the meter's own balance: level 1
+    await s.read("100.00", meter_balance=Decimal("12.00"), purchase_count=7)
+    # the meter's own balance: level 1; its purchase count is mirrored from its readings
+    await s.read("103.00", meter_balance=Decimal("9.00"), purchase_count=7)
     assert await s.events() == ["low_balance_1"]
     assert await s.commands() == []  # the meter decides its supply
-    async with db.tenant(s.group.tenant_id) as conn:
-        await conn.execute(sa.text("UPDATE control_state SET purchase_count = 7"))
+    assert await s.q("SELECT meter_balance FROM control_state") == Decimal("9.00")
+    assert await s.q("SELECT purchase_count FROM control_state") == 7
     await s.sell("50.00", "second")
     rows = await s.rows("SELECT action, params, deadline - created_at FROM device_command")
     assert [(r[0], r[1]["amount"], r[1]["purchase_count"]) for r in rows] == [
@@ -466,12 +467,28 @@ async def test_meter_controlled_top_up_is_a_recharge_with_the_next_purchase_coun
         "SELECT params->>'purchase_count' FROM device_command ORDER BY created_at"
     )
     assert [c[0] for c in counts] == ["8", "9"]
+    await s.sell("6.00", "fourth")  # while 9 is on its way: 10
+    counts = await s.rows(
+        "SELECT params->>'purchase_count' FROM device_command ORDER BY created_at"
+    )
+    assert [c[0] for c in counts] == ["8", "9", "10"]
     # an undeliverable recharge becomes a work order; the money stays in the wallet
     async with db.tenant(s.group.tenant_id) as conn:
-        assert await expire_overdue(conn, datetime.now(UTC) + timedelta(days=2)) == 1
-    orders = await s.rows("SELECT kind, detail FROM work_order ORDER BY created_at")
-    assert [o[0] for o in orders] == ["recharge_unknown_count", "recharge_failed"]
-    assert orders[1][1]["purchase_count"] == "9" and orders[1][1]["status"] == "expired"
+        assert await expire_overdue(conn, datetime.now(UTC) + timedelta(days=2)) == 2
+    orders = await s.rows("SELECT kind, detail FROM work_order ORDER BY created_at, detail")
+    assert [o[0] for o in orders] == [
+        "recharge_unknown_count",
+        "recharge_failed",
+        "recharge_failed",
+    ]
+    assert {o[1]["purchase_count"] for o in orders[1:]} == {"9", "10"}
+    assert all(o[1]["status"] == "expired" for o in orders[1:])
+    # the next top-up follows the meter's count, not the recharges that never arrived
+    await s.sell("7.00", "fifth")
+    last = await s.q(
+        "SELECT params->>'purchase_count' FROM device_command ORDER BY created_at DESC LIMIT 1"
+    )
+    assert last == "9"
 
 
 async def test_a_close_only_meter_gets_close_allowed_and_the_twin_waits_for_the_tenant(
