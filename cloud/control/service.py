@@ -11,11 +11,12 @@ one of the same channel (a top-up landing while a trip is in flight ends supplie
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -103,25 +104,58 @@ _PEEK = sa.text(_LOAD.text.removesuffix("FOR UPDATE OF cs"))
 
 
 def _policy(r: Any) -> PointPolicy:
-    friendly = FriendlyHours(
-        timezone=r.timezone,
-        night_start=r.friendly_night_start,
-        night_end=r.friendly_night_end,
-        weekends=r.friendly_weekends,
-        holidays=r.friendly_holidays,
+    return _policy_of(
+        r.timezone,
+        r.friendly_night_start,
+        r.friendly_night_end,
+        r.friendly_weekends,
+        r.friendly_holidays,
+        r.credit_limit,
+        r.emergency_credit,
+        r.alarm1,
+        r.alarm2,
+        r.alarm_hysteresis,
+        r.notice_minutes,
     )
+
+
+@functools.lru_cache(maxsize=4096)
+def _policy_of(
+    timezone: str,
+    night_start: time | None,
+    night_end: time | None,
+    weekends: bool,
+    holidays: bool,
+    credit_limit: Decimal,
+    emergency_credit: Decimal,
+    alarm1: Decimal | None,
+    alarm2: Decimal | None,
+    hysteresis: Decimal,
+    notice_minutes: int,
+) -> PointPolicy:
+    """Points share a handful of settings: one (immutable) policy object per combination,
+    not one per point per batch on the ingest path."""
+    friendly = FriendlyHours(timezone, night_start, night_end, weekends, holidays)
     return PointPolicy(
-        credit_limit=r.credit_limit,
-        emergency_credit=r.emergency_credit,
-        alarm1=r.alarm1,
-        alarm2=r.alarm2,
-        hysteresis=r.alarm_hysteresis,
-        notice=timedelta(minutes=r.notice_minutes),
+        credit_limit=credit_limit,
+        emergency_credit=emergency_credit,
+        alarm1=alarm1,
+        alarm2=alarm2,
+        hysteresis=hysteresis,
+        notice=timedelta(minutes=notice_minutes),
         friendly=friendly,
     )
 
 
 def _memory(r: Any) -> ControlMemory:
+    if (
+        r.keep_power_by is None
+        and r.override is None
+        and r.notice_at is None
+        and r.deferred_until is None
+        and not r.emergency
+    ):  # the usual case: one shared object per (supply, alarm level)
+        return _plain_memory(r.supply, r.alarm_level)
     keep = (
         KeepPower(r.keep_power_by, r.keep_power_reason or "", r.keep_power_until)
         if r.keep_power_by is not None
@@ -147,6 +181,11 @@ def _memory(r: Any) -> ControlMemory:
         override=override,
         deferred_until=r.deferred_until,
     )
+
+
+@functools.lru_cache(maxsize=16)
+def _plain_memory(supply: str | None, alarm_level: int) -> ControlMemory:
+    return ControlMemory(SupplyState(supply) if supply else None, alarm_level)
 
 
 async def load(
