@@ -13,6 +13,7 @@ error names that field (``quantities.voltage.scale: …``), as a field's own che
 
 from __future__ import annotations
 
+import copy
 import re
 from enum import Enum
 from pathlib import Path
@@ -129,7 +130,11 @@ class Model(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
         return out
 
     def model_copy(self, update: dict[str, Any] | None = None) -> Self:
-        return msgspec.structs.replace(self, **(update or {}))
+        """A copy with ``update`` (attribute names) applied, not validated (as pydantic's)."""
+        new = copy.copy(self)
+        for name, value in (update or {}).items():
+            msgspec.structs.force_setattr(new, name, value)
+        return new
 
 
 def _python_types() -> tuple[type, ...]:
