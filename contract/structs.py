@@ -112,7 +112,8 @@ class Model(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
         exclude: set[str] | None = None,
     ) -> dict[str, Any]:
         """The document form (field names as in the files and payloads; in ``json`` mode
-        only JSON types, in ``python`` mode Decimal, datetime, UUID and Path kept)."""
+        only JSON types, in ``python`` mode Decimal, datetime and UUID kept; a Path is a str
+        and an enum its value in both)."""
         keep: tuple[type, ...] = () if mode == "json" else _PYTHON_TYPES
         out: dict[str, Any] = {}
         for f in msgspec.structs.fields(self):
@@ -142,7 +143,7 @@ def _python_types() -> tuple[type, ...]:
     from decimal import Decimal
     from uuid import UUID
 
-    return (datetime, date, time, Decimal, UUID, Path)
+    return (datetime, date, time, Decimal, UUID)
 
 
 _PYTHON_TYPES = _python_types()
