@@ -4,6 +4,10 @@ Both sides import this module and nothing else of each other. Every payload carr
 schema version ``v``; a receiver first reads ``v`` (see :func:`schema_version`) and refuses
 versions it does not know. Decimal quantities travel as JSON strings, never floats.
 
+The payloads are msgspec Structs (see :mod:`contract.structs`): the gateway agent must not
+load pydantic (memory), and the wire format is the one the pydantic models wrote, byte for
+byte (``tests/unit/test_contract_golden.py``). Invalid payloads raise :class:`ContractError`.
+
 Topics (``prefix`` is configurable, default ``prepay``)::
 
     {prefix}/gw/{gateway}/up/telemetry   readings batches            gateway -> cloud (QoS 1)
@@ -24,14 +28,23 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+import msgspec
+from msgspec import Meta, field
+
+# ContractError: what every model's model_validate / model_validate_json raises.
+from contract.structs import ContractError as ContractError
+from contract.structs import Model, encoder
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
 
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-GatewayId = Annotated[str, Field(pattern=_ID)]
-DeviceKey = Annotated[str, Field(pattern=_ID)]
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"
+GatewayId = Annotated[str, Meta(pattern=_ID)]
+DeviceKey = Annotated[str, Meta(pattern=_ID)]
+AwareDatetime = Annotated[datetime, Meta(tz=True)]
+NonNegative = Annotated[int, Meta(ge=0)]
+Channel = Annotated[int, Meta(ge=1, le=64)]
+BootId = Annotated[str, Meta(min_length=1, max_length=64)]
 
 
 class Direction(StrEnum):
@@ -83,8 +96,7 @@ class Topics:
         return m["gw"], Direction(m["dir"]), m["kind"]
 
 
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+class _Payload(Model, frozen=True, kw_only=True):
     v: Literal[1] = 1
 
 
@@ -95,31 +107,28 @@ class Supply(StrEnum):
     OFF = "off"
 
 
-class Reading(BaseModel):
+class Reading(Model, frozen=True, kw_only=True):
     """One measurement of one channel of one device, at the meter's measurement time."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     device: DeviceKey
-    channel: int = Field(default=1, ge=1, le=64)
+    channel: Channel = 1
     measured_at: AwareDatetime
-    total: Decimal | None = Field(default=None, description="cumulative register, kWh or m3")
-    tou: tuple[Decimal, Decimal, Decimal, Decimal] | None = Field(
-        default=None, description="cumulative 尖/峰/平/谷 registers"
-    )
+    total: Decimal | None = None  # cumulative register, kWh or m3
+    tou: tuple[Decimal, Decimal, Decimal, Decimal] | None = None  # cumulative 尖/峰/平/谷
     voltage: Decimal | None = None
     current: Decimal | None = None
-    power: Decimal | None = Field(default=None, description="active power, kW")
+    power: Decimal | None = None  # active power, kW
     supply: Supply | None = None
-    meter_balance: Decimal | None = Field(default=None, description="meter-held balance, yuan")
+    meter_balance: Decimal | None = None  # meter-held balance, yuan
     purchase_count: int | None = None
 
 
-class TelemetryBatch(_Payload):
+class TelemetryBatch(_Payload, frozen=True, kw_only=True):
     gateway: GatewayId
-    boot_id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=0)
+    boot_id: BootId
+    seq: NonNegative
     sent_at: AwareDatetime
-    readings: tuple[Reading, ...] = Field(max_length=5000)
+    readings: Annotated[tuple[Reading, ...], Meta(max_length=5000)]
 
 
 class CommandAction(StrEnum):
@@ -135,12 +144,12 @@ class CommandAction(StrEnum):
     READ_NOW = "read_now"
 
 
-class Command(_Payload):
+class Command(_Payload, frozen=True, kw_only=True):
     id: UUID
     device: DeviceKey
-    channel: int = Field(default=1, ge=1, le=64)
+    channel: Channel = 1
     action: CommandAction
-    params: dict[str, str] = Field(default_factory=dict)
+    params: dict[str, str] = field(default_factory=dict)
     issued_at: AwareDatetime
     deadline: AwareDatetime
 
@@ -150,19 +159,19 @@ class ReceiptStatus(StrEnum):
     REJECTED = "rejected"  # the batch can never be stored (invalid); resending will not help
 
 
-class Receipt(_Payload):
+class Receipt(_Payload, frozen=True, kw_only=True):
     """The cloud's end-to-end acknowledgement of a telemetry batch. A broker's PUBACK only
     says the broker has it; a broker that restarts before an ingest worker subscribes again
     loses it. The gateway keeps a batch until this receipt arrives and re-sends it
     otherwise; duplicates are no-ops in the cloud."""
 
     gateway: GatewayId
-    boot_id: str = Field(min_length=1, max_length=64)
-    seq: int = Field(ge=0)
+    boot_id: BootId
+    seq: NonNegative
     status: ReceiptStatus = ReceiptStatus.STORED
-    stored: int = Field(default=0, ge=0)
-    duplicates: int = Field(default=0, ge=0)
-    quarantined: int = Field(default=0, ge=0)
+    stored: NonNegative = 0
+    duplicates: NonNegative = 0
+    quarantined: NonNegative = 0
     detail: str = ""
 
 
@@ -172,12 +181,12 @@ CONFIG_PUSHABLE = frozenset(
 )
 
 
-class ConfigPush(_Payload):
+class ConfigPush(_Payload, frozen=True, kw_only=True):
     """A versioned configuration for one gateway, retained on its ``down/config`` topic. The
     gateway applies a higher version than it runs and answers with an ack carrying ``id``."""
 
     id: UUID
-    version: int = Field(ge=1)
+    version: Annotated[int, Meta(ge=1)]
     config: dict[str, Any]
     issued_at: AwareDatetime
 
@@ -189,35 +198,34 @@ class AckStatus(StrEnum):
     INVALID = "invalid"  # payload could not be understood; the meter was not touched
 
 
-class Ack(_Payload):
-    id: UUID | None = Field(description="command id; None when the payload had no readable id")
+class Ack(_Payload, frozen=True, kw_only=True):
+    id: UUID | None  # command id; None when the payload had no readable id
     gateway: GatewayId
     status: AckStatus
     detail: str = ""
-    meter_answer: dict[str, str] = Field(default_factory=dict)
+    meter_answer: dict[str, str] = field(default_factory=dict)
     reported_supply: Supply | None = None
     device: DeviceKey | None = None
     channel: int | None = None
     at: AwareDatetime
-    duplicate: bool = Field(default=False, description="already executed; stored result re-sent")
+    duplicate: bool = False  # already executed; stored result re-sent
 
 
-class GatewayState(_Payload):
+class GatewayState(_Payload, frozen=True, kw_only=True):
     gateway: GatewayId
     online: bool
     boot_id: str | None = None
     at: AwareDatetime | None = None
 
 
-class BusStats(BaseModel):
+class BusStats(Model, frozen=True, kw_only=True):
     """One bus since the previous heartbeat (counters) and now (backlog)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
-    transactions: int = Field(ge=0)
-    timeouts: int = Field(ge=0)
-    errors: int = Field(ge=0)
-    utilisation: float = Field(ge=0, le=1, description="share of the interval the line was busy")
-    devices_backing_off: int = Field(default=0, ge=0)
+    transactions: NonNegative
+    timeouts: NonNegative
+    errors: NonNegative
+    utilisation: Annotated[float, Meta(ge=0, le=1)]  # share of the interval the line was busy
+    devices_backing_off: NonNegative = 0
 
 
 class EventKind(StrEnum):
@@ -230,19 +238,19 @@ class EventKind(StrEnum):
     DEVICE_ONLINE = "device_online"
 
 
-class GatewayEvent(_Payload):
+class GatewayEvent(_Payload, frozen=True, kw_only=True):
     """Something the gateway reports besides readings: heartbeats (with bus statistics and
     the outbox backlog), queue overflow alarms, config applied / rejected, device health."""
 
     gateway: GatewayId
-    boot_id: str = Field(min_length=1, max_length=64)
+    boot_id: BootId
     kind: EventKind
     at: AwareDatetime
     detail: str = ""
     config_version: int | None = None
-    queue_depth: int | None = Field(default=None, ge=0)
-    dropped_total: int | None = Field(default=None, ge=0)
-    buses: dict[str, BusStats] = Field(default_factory=dict)
+    queue_depth: NonNegative | None = None
+    dropped_total: NonNegative | None = None
+    buses: dict[str, BusStats] = field(default_factory=dict)
     device: DeviceKey | None = None
 
 
@@ -259,17 +267,16 @@ def schema_version(raw: bytes) -> int | None:
 
 
 def dump(payload: _Payload) -> bytes:
-    return payload.model_dump_json().encode()
+    return encoder.encode(payload)
 
 
 def utc_iso(ts: datetime) -> str:
     return ts.isoformat()
 
 
-class BrokerAddress(BaseModel):
+class BrokerAddress(msgspec.Struct, frozen=True, kw_only=True):
     """Where a broker is: parsed from ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://``."""
 
-    model_config = ConfigDict(frozen=True)
     host: str
     port: int
     username: str | None = None

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from pydantic import ValidationError
 
 from contract.mqtt import (
     Ack,
@@ -27,6 +26,7 @@ from contract.mqtt import (
     Command,
     CommandAction,
     ConfigPush,
+    ContractError,
     DownKind,
     EventKind,
     GatewayEvent,
@@ -59,7 +59,7 @@ from gateway_agent.drivers.factory import make_driver
 from gateway_agent.outbox import EVENT, READING, Outbox
 from gateway_agent.scheduler import BusScheduler
 from meter_profiles.decode import supply_on
-from meter_profiles.loader import PROFILE_ADAPTER
+from meter_profiles.loader import parse_profile
 from meter_profiles.schema import AnyProfile
 
 log = logging.getLogger(__name__)
@@ -194,14 +194,19 @@ def _reading(
         return values.get((name, ch))
 
     on = supply_on(profile, values, ch)
-    tou = tuple(values.get((n, ch)) for n in ("tou_spike", "tou_peak", "tou_flat", "tou_valley"))
+    spike, peak, flat, valley = (
+        values.get((n, ch)) for n in ("tou_spike", "tou_peak", "tou_flat", "tou_valley")
+    )
+    tou = None
+    if spike is not None and peak is not None and flat is not None and valley is not None:
+        tou = (spike, peak, flat, valley)
     count = q("purchase_count")
     return Reading(
         device=dev.key,
         channel=ch,
         measured_at=at,
         total=q("total_energy") if profile.utility == "electricity" else q("total_volume"),
-        tou=tou if all(v is not None for v in tou) else None,
+        tou=tou,
         voltage=q("voltage") if q("voltage") is not None else q("voltage_a"),
         current=q("current") if q("current") is not None else q("current_a"),
         power=q("power"),
@@ -241,9 +246,9 @@ class Agent:
         profiles = dict(self.base_profiles)
         for doc in cfg.profiles:
             try:
-                p = PROFILE_ADAPTER.validate_python(doc)
-            except ValidationError as exc:
-                raise ConfigError(f"pushed profile: {exc.errors()[0]['msg']}") from exc
+                p = parse_profile(doc)
+            except ContractError as exc:
+                raise ConfigError(f"pushed profile: {exc}") from exc
             profiles[p.model] = p
         buses = [BusRunner(b, profiles, self) for b in cfg.buses]
         self.cfg = cfg
@@ -326,7 +331,7 @@ class Agent:
         batch is ignored; those rows were sent again under this boot)."""
         try:
             receipt = Receipt.model_validate_json(raw)
-        except ValidationError as exc:
+        except ContractError as exc:
             log.warning("unreadable receipt: %s", exc.errors()[0]["msg"])
             return
         if receipt.boot_id != self.boot_id or receipt.seq not in self._unconfirmed:
@@ -404,7 +409,7 @@ class Agent:
         the first is still on the bus waits for its result."""
         try:
             cmd = Command.model_validate_json(raw)
-        except ValidationError as exc:
+        except ContractError as exc:
             return Ack(
                 id=_command_id(raw),
                 gateway=self.cfg.gateway,
@@ -456,7 +461,7 @@ class Agent:
         invalid one is refused with the reason and the running config stays."""
         try:
             push = ConfigPush.model_validate_json(raw)
-        except ValidationError as exc:
+        except ContractError as exc:
             return self._config_ack(_command_id(raw), AckStatus.INVALID, _first_error(exc))
         if push.version <= self.cfg.config_version:
             return self._config_ack(
@@ -642,7 +647,7 @@ def _load_pushed(cfg: AgentConfig) -> AgentConfig | None:
         return None
 
 
-def _first_error(exc: ValidationError) -> str:
+def _first_error(exc: ContractError) -> str:
     e = exc.errors()[0]
     where = ".".join(str(p) for p in e["loc"])
     return f"invalid config push: {where + ': ' if where else ''}{e['msg']}"

@@ -1,37 +1,46 @@
-"""The agent's configuration: a local YAML file, validated with clear errors."""
+"""The agent's configuration: a local YAML file, validated with clear errors.
+
+msgspec Structs (:mod:`contract.structs`), not pydantic: the agent does not load pydantic.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from msgspec import Meta, field
 
 from contract.mqtt import CONFIG_PUSHABLE, DeviceKey, GatewayId
+from contract.structs import ContractError, Model
 
 
 class ConfigError(ValueError):
     pass
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+Positive = Annotated[float, Meta(gt=0)]
+Baudrate = Annotated[int, Meta(ge=300, le=115200)]
+_HEX = r"^[0-9A-Fa-f]{%d}\Z"
 
 
-class DeviceConfig(_Strict):
+class _Strict(Model, frozen=True, kw_only=True):
+    pass
+
+
+class DeviceConfig(_Strict, frozen=True, kw_only=True):
     """One meter on a bus. Modbus meters are found by ``unit``; DL/T 645 meters by their
     12-digit ``address`` and CJ/T 188 meters by their 14-digit one. DL/T 645 credentials
     (password level, password, operator code) default to the profile's."""
 
     key: DeviceKey
     profile: str
-    unit: Annotated[int, Field(ge=0, le=247)] = 1
-    address: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{12}([0-9A-Fa-f]{2})?$")
-    poll_interval_s: float | None = Field(default=None, gt=0)
-    password_level: int | None = Field(default=None, ge=0, le=0xFF)
-    password: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{6}$")
-    operator_code: str | None = Field(default=None, pattern=r"^[0-9A-Fa-f]{8}$")
+    unit: Annotated[int, Meta(ge=0, le=247)] = 1
+    address: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{12}([0-9A-Fa-f]{2})?\Z")] | None = None
+    poll_interval_s: Positive | None = None
+    password_level: Annotated[int, Meta(ge=0, le=0xFF)] | None = None
+    password: Annotated[str, Meta(pattern=_HEX % 6)] | None = None
+    operator_code: Annotated[str, Meta(pattern=_HEX % 8)] | None = None
 
     @property
     def ident(self) -> str:
@@ -39,17 +48,17 @@ class DeviceConfig(_Strict):
         return f"address {self.address}" if self.address else f"unit {self.unit}"
 
 
-class SerialPortConfig(_Strict):
+class SerialPortConfig(_Strict, frozen=True, kw_only=True):
     """A local serial port (RS-485 adapter). Unset line settings come from the profiles."""
 
     port: str
-    baudrate: int | None = Field(default=None, ge=300, le=115200)
+    baudrate: Baudrate | None = None
     parity: Literal["N", "E", "O"] | None = None
     bytesize: Literal[7, 8] | None = None
     stopbits: Literal[1, 2] | None = None
 
 
-class BusConfig(_Strict):
+class BusConfig(_Strict, frozen=True, kw_only=True):
     """``transport``: ``modbus_tcp`` (Modbus TCP, MBAP header), ``tcp`` (a serial-to-Ethernet
     converter carrying the meters' own frames: Modbus RTU, DL/T 645 or CJ/T 188) or
     ``serial`` (a local RS-485 port). All devices on one bus speak one protocol."""
@@ -57,40 +66,34 @@ class BusConfig(_Strict):
     name: DeviceKey
     transport: Literal["modbus_tcp", "tcp", "serial"] = "modbus_tcp"
     host: str = "127.0.0.1"
-    port: int = Field(default=502, ge=1, le=65535)
+    port: Annotated[int, Meta(ge=1, le=65535)] = 502
     serial: SerialPortConfig | None = None
-    timeout_s: float = Field(default=1.0, gt=0)
-    silence_s: float | None = Field(
-        default=None, ge=0, description="inter-frame silence; default 3.5 characters"
-    )
+    timeout_s: Positive = 1.0
+    silence_s: Annotated[float, Meta(ge=0)] | None = None  # inter-frame; default 3.5 chars
     devices: list[DeviceConfig]
 
-    @model_validator(mode="after")
-    def _unique_addresses(self) -> BusConfig:
+    def __post_init__(self) -> None:
         if self.transport == "serial" and self.serial is None:
             raise ValueError(f"bus {self.name}: transport serial needs a serial: section")
         idents = [d.ident for d in self.devices]
         dup = sorted({i for i in idents if idents.count(i) > 1})
         if dup:
             raise ValueError(f"bus {self.name}: two devices share {', '.join(dup)}")
-        return self
 
 
-class TlsConfig(_Strict):
+class TlsConfig(_Strict, frozen=True, kw_only=True):
     """TLS to the broker: the CA that signed it and, for mutual TLS, our certificate."""
 
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
 
-    @model_validator(mode="after")
-    def _pair(self) -> TlsConfig:
+    def __post_init__(self) -> None:
         if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("tls: cert_file and key_file go together")
-        return self
+            raise ValueError("cert_file and key_file go together")
 
 
-class AgentConfig(_Strict):
+class AgentConfig(_Strict, frozen=True, kw_only=True):
     gateway: GatewayId
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_username: str | None = None
@@ -99,33 +102,28 @@ class AgentConfig(_Strict):
     mqtt_prefix: str = "prepay"
     data_dir: Path = Path("gateway-data")
     profiles_dir: Path | None = None
-    poll_interval_s: float = Field(default=15.0, gt=0)
-    publish_batch: int = Field(default=500, ge=1, le=5000)
-    publish_window: int = Field(default=8, ge=1, le=256, description="batches awaiting receipt")
-    receipt_timeout_s: float = Field(default=15.0, gt=0, description="re-send a batch after")
-    queue_cap: int = Field(default=1_000_000, ge=100)
-    heartbeat_s: float = Field(default=60.0, gt=0)
-    reconnect_min_s: float = Field(default=1.0, gt=0)
-    reconnect_max_s: float = Field(default=60.0, gt=0)
-    config_version: int = Field(default=0, ge=0, description="version of the applied config")
-    profiles: list[dict[str, object]] = Field(
-        default_factory=list, description="extra meter profiles pushed by the cloud"
-    )
+    poll_interval_s: Positive = 15.0
+    publish_batch: Annotated[int, Meta(ge=1, le=5000)] = 500
+    publish_window: Annotated[int, Meta(ge=1, le=256)] = 8  # batches awaiting receipt
+    receipt_timeout_s: Positive = 15.0  # re-send a batch after
+    queue_cap: Annotated[int, Meta(ge=100)] = 1_000_000
+    heartbeat_s: Positive = 60.0
+    reconnect_min_s: Positive = 1.0
+    reconnect_max_s: Positive = 60.0
+    config_version: Annotated[int, Meta(ge=0)] = 0  # version of the applied config
+    #: extra meter profiles pushed by the cloud
+    profiles: list[dict[str, Any]] = field(default_factory=list)
     buses: list[BusConfig]
 
-    @model_validator(mode="after")
-    def _unique_keys(self) -> AgentConfig:
+    def __post_init__(self) -> None:
         keys = [d.key for b in self.buses for d in b.devices]
         dup = {k for k in keys if keys.count(k) > 1}
         if dup:
             raise ValueError(f"device keys used twice: {sorted(dup)}")
-        return self
 
 
-def _problems(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()
-    )
+def _problems(exc: ContractError) -> str:
+    return f"{'.'.join(str(p) for p in exc.loc) or '(config)'}: {exc.reason}"
 
 
 def merge_pushed(local: AgentConfig, version: int, pushed: dict[str, object]) -> AgentConfig:
@@ -136,7 +134,7 @@ def merge_pushed(local: AgentConfig, version: int, pushed: dict[str, object]) ->
     doc = local.model_dump() | pushed | {"config_version": version}
     try:
         return AgentConfig.model_validate(doc)
-    except ValidationError as exc:
+    except ContractError as exc:
         raise ConfigError(_problems(exc)) from exc
 
 
@@ -146,5 +144,5 @@ def load_config(path: Path) -> AgentConfig:
         return AgentConfig.model_validate(doc)
     except (OSError, yaml.YAMLError) as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    except ValidationError as exc:
+    except ContractError as exc:
         raise ConfigError(f"{path}: {_problems(exc)}") from exc

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from pydantic import TypeAdapter, ValidationError
 
+from contract.structs import ContractError, convert
 from meter_profiles.schema import AnyProfile, Profile
 
 SHIPPED = Path(__file__).parent / "profiles"
-PROFILE_ADAPTER: TypeAdapter[AnyProfile] = TypeAdapter(Profile)
 
 
 class ProfileError(ValueError):
@@ -23,12 +22,17 @@ def load_file(path: Path) -> AnyProfile:
     except yaml.YAMLError as exc:
         raise ProfileError(f"{path}: not valid YAML: {exc}") from exc
     try:
-        return PROFILE_ADAPTER.validate_python(doc)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(file)'}: {e['msg']}" for e in exc.errors()
-        )
-        raise ProfileError(f"{path}: {problems}") from exc
+        return parse_profile(doc)
+    except ContractError as exc:
+        where = ".".join(str(p) for p in exc.loc) or "(file)"
+        raise ProfileError(f"{path}: {where}: {exc.reason}") from exc
+
+
+def parse_profile(doc: object) -> AnyProfile:
+    """A profile document (as loaded from YAML or pushed by the cloud), validated: raises
+    ContractError naming the field and the reason."""
+    profile: AnyProfile = convert(doc, Profile)
+    return profile
 
 
 def load_profiles(extra_dir: Path | None = None) -> dict[str, AnyProfile]:

@@ -7,23 +7,22 @@ Decimal scale and unit, how the supply (relay/valve) state is read, the control 
 for meters that keep their own balance, how a recharge is written. Registers and
 identifiers no two public sources agree on are marked ``verified: false``.
 
-One class per protocol; ``Profile`` is their union, discriminated on ``protocol``.
+One class per protocol; ``Profile`` is their union, tagged by ``protocol``.
+
+msgspec Structs (:mod:`contract.structs`), not pydantic: the gateway agent loads profiles
+and must not load pydantic. Cross-field checks are ``__post_init__``; one that blames a
+single field raises ``field_error`` so the error names it.
 """
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    field_validator,
-    model_validator,
-)
+from msgspec import Meta, field
+
+from contract.structs import Model, field_error
 
 SCHEMA_VERSION = 1
 
@@ -50,13 +49,14 @@ UNITS = frozenset(
         "%",
     }
 )
-Unit = Annotated[str, AfterValidator(lambda u: _known_unit(u))]
+Unit = str  # one of UNITS, checked by the quantity that carries it (_check_unit)
+Register = Annotated[int, Meta(ge=0, le=0xFFFF)]
+U32 = Annotated[int, Meta(ge=0, le=0xFFFFFFFF)]
 
 
-def _known_unit(unit: str) -> str:
-    if unit not in UNITS:
-        raise ValueError(f"unknown unit {unit!r}; known: {', '.join(sorted(UNITS))}")
-    return unit
+def _check_unit(unit: str | None) -> None:
+    if unit is not None and unit not in UNITS:
+        raise field_error("unit", f"unknown unit {unit!r}; known: {', '.join(sorted(UNITS))}")
 
 
 ControlName = Literal[
@@ -72,12 +72,12 @@ ControlName = Literal[
 ]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+class _Strict(Model, frozen=True, kw_only=True):
+    pass
 
 
-class SerialDefaults(_Strict):
-    baudrate: int = Field(default=9600, ge=300, le=115200)
+class SerialDefaults(_Strict, frozen=True, kw_only=True):
+    baudrate: Annotated[int, Meta(ge=300, le=115200)] = 9600
     parity: Literal["N", "E", "O"] = "N"
     bytesize: Literal[7, 8] = 8
     stopbits: Literal[1, 2] = 1
@@ -88,30 +88,26 @@ class SerialDefaults(_Strict):
         return 1 + self.bytesize + (0 if self.parity == "N" else 1) + self.stopbits
 
 
-class SupplyMapping(_Strict):
+class SupplyMapping(_Strict, frozen=True, kw_only=True):
     """How the supply (relay/valve) state is read: ``quantity`` & ``mask`` == ``on_value``.
 
     ``keep_power_mask`` (optional) marks the bits that say keep-power is on."""
 
     quantity: str
-    mask: int = Field(default=0xFFFF, ge=1, le=0xFFFFFFFF)
+    mask: Annotated[int, Meta(ge=1, le=0xFFFFFFFF)] = 0xFFFF
     on_value: int = 0
-    off_value: int | None = Field(
-        default=None, description="what the meter reports when off (default: on_value ^ mask)"
-    )
-    keep_power_mask: int = Field(default=0, ge=0, le=0xFFFFFFFF)
+    off_value: int | None = None  # what the meter reports when off (default: on_value ^ mask)
+    keep_power_mask: U32 = 0
 
-    @model_validator(mode="after")
-    def _on_inside_mask(self) -> SupplyMapping:
+    def __post_init__(self) -> None:
         if self.on_value & ~self.mask:
-            raise ValueError("on_value has bits outside mask")
+            raise field_error("on_value", "on_value has bits outside mask")
         if self.off_value is not None and (
             self.off_value & ~self.mask or self.off_value == self.on_value
         ):
-            raise ValueError("off_value must be inside mask and differ from on_value")
+            raise field_error("off_value", "off_value must be inside mask and differ from on_value")
         if self.keep_power_mask & self.mask:
-            raise ValueError("keep_power_mask overlaps mask")
-        return self
+            raise field_error("keep_power_mask", "keep_power_mask overlaps mask")
 
     def raw(self, on: bool, keep_power: bool = False, other: int = 0) -> int:
         """A raw state value meaning ``on`` (used by simulators)."""
@@ -124,18 +120,17 @@ class SupplyMapping(_Strict):
         )
 
 
-class _ProfileBase(_Strict):
+class _ProfileBase(_Strict, frozen=True, kw_only=True):
+    protocol: ClassVar[str]  # the tag of the union (``protocol:`` in the file)
     schema_version: Literal[1]
-    model: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]*$")
+    model: Annotated[str, Meta(pattern=r"^[a-z0-9][a-z0-9_.-]*\Z")]
     vendor: str
     description: str = ""
     utility: Literal["electricity", "water"]
-    serial: SerialDefaults = SerialDefaults()
-    channels: int = Field(default=1, ge=1, le=64)
+    serial: SerialDefaults = field(default_factory=SerialDefaults)
+    channels: Annotated[int, Meta(ge=1, le=64)] = 1
     supply: SupplyMapping | None = None
-    meter_prepaid: bool = Field(
-        default=False, description="the meter keeps its own balance and trips itself at zero"
-    )
+    meter_prepaid: bool = False  # the meter keeps its own balance and trips itself at zero
     verified: bool = True
 
     def _check_common(self, quantities: set[str], controls: set[str]) -> None:
@@ -149,8 +144,8 @@ class _ProfileBase(_Strict):
 # -- Modbus -----------------------------------------------------------------------------------
 
 
-class ModbusQuantity(_Strict):
-    address: int = Field(alias="register", ge=0, le=0xFFFF)
+class ModbusQuantity(_Strict, frozen=True, kw_only=True):
+    address: Register = field(name="register")
     type: DataType
     word_order: Literal["big", "little"] = "big"
     scale: Decimal = Decimal(1)
@@ -162,33 +157,31 @@ class ModbusQuantity(_Strict):
     def count(self) -> int:
         return REGISTER_COUNT[self.type]
 
-    @field_validator("scale")
-    @classmethod
-    def _positive_scale(cls, v: Decimal) -> Decimal:
-        if not v.is_finite() or v <= 0:
-            raise ValueError("scale must be a positive decimal")
-        return v
+    def __post_init__(self) -> None:
+        if not self.scale.is_finite() or self.scale <= 0:
+            raise field_error("scale", "scale must be a positive decimal")
+        _check_unit(self.unit)
 
 
-class RegisterWrite(_Strict):
+class RegisterWrite(_Strict, frozen=True, kw_only=True):
     """A control action: write ``value`` to the register at ``address`` (function 06)."""
 
-    address: int = Field(alias="register", ge=0, le=0xFFFF)
-    value: int = Field(ge=0, le=0xFFFF)
+    address: Register = field(name="register")
+    value: Annotated[int, Meta(ge=0, le=0xFFFF)]
     verified: bool = True
 
 
-class ModbusRecharge(_Strict):
+class ModbusRecharge(_Strict, frozen=True, kw_only=True):
     """Recharge by one function-16 write at ``address``: the amount (``amount_type``, scaled
     by ``amount_scale``) followed by the purchase count (uint16)."""
 
-    address: int = Field(alias="register", ge=0, le=0xFFFF)
+    address: Register = field(name="register")
     amount_type: Literal["uint32"] = "uint32"
     amount_scale: Decimal = Decimal("0.01")
     verified: bool = True
 
 
-class Identity(_Strict):
+class Identity(_Strict, frozen=True, kw_only=True):
     """How ``prepay-gateway scan`` recognises the model: ``quantity`` reads ``value``."""
 
     quantity: str
@@ -196,24 +189,19 @@ class Identity(_Strict):
     verified: bool = True
 
 
-class ModbusProfile(_ProfileBase):
-    protocol: Literal["modbus"]
-    channel_stride: int = Field(default=0, ge=0, description="register offset between channels")
-    max_read_gap: int = Field(
-        default=0, ge=0, le=32, description="unused registers a block may span"
-    )
-    max_block: int = Field(default=64, ge=1, le=125)
+class ModbusProfile(_ProfileBase, frozen=True, kw_only=True, tag_field="protocol", tag="modbus"):
+    protocol: ClassVar[str] = "modbus"
+    channel_stride: Annotated[int, Meta(ge=0)] = 0  # register offset between channels
+    max_read_gap: Annotated[int, Meta(ge=0, le=32)] = 0  # unused registers a block may span
+    max_block: Annotated[int, Meta(ge=1, le=125)] = 64
     quantities: dict[str, ModbusQuantity]
-    shared: frozenset[str] = Field(
-        default=frozenset(),
-        description="quantities read once per device, not per channel (e.g. model id)",
-    )
-    controls: dict[ControlName, RegisterWrite] = Field(default_factory=dict)
+    #: quantities read once per device, not per channel (e.g. model id)
+    shared: frozenset[str] = frozenset()
+    controls: dict[ControlName, RegisterWrite] = field(default_factory=dict)
     recharge: ModbusRecharge | None = None
     identity: Identity | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ModbusProfile:
+    def __post_init__(self) -> None:
         self._check_common(set(self.quantities), set(self.controls))
         if self.identity is not None and self.identity.quantity not in self.quantities:
             raise ValueError(f"identity.quantity {self.identity.quantity!r} is not a quantity")
@@ -240,7 +228,6 @@ class ModbusProfile(_ProfileBase):
                     taken[key] = where
         if self.meter_prepaid and self.recharge is None:
             raise ValueError("meter_prepaid needs a recharge mapping")
-        return self
 
     def register_of(self, name: str, channel: int) -> int:
         if name in self.shared:
@@ -260,23 +247,23 @@ class ModbusProfile(_ProfileBase):
 _BCD_FORMAT = re.compile(r"^(X+)(?:\.(X+))?$")
 
 
-class DltQuantity(_Strict):
+class DltQuantity(_Strict, frozen=True, kw_only=True):
     """One value read by data identifier. ``format`` is the standard's notation
     (``XXXXXX.XX`` is 4 BCD bytes with 2 decimals); ``kind: bits`` reads a binary status
     word of ``width`` bytes. Several quantities may share a DI (a block DI such as
     ``0001FF00`` answers total + tariffs): ``element`` picks which field of the reply."""
 
-    di: int = Field(ge=0, le=0xFFFFFFFF)
+    di: U32
     kind: Literal["bcd", "bits"] = "bcd"
     format: str | None = None
-    width: int | None = Field(default=None, ge=1, le=16)
+    width: Annotated[int, Meta(ge=1, le=16)] | None = None
     signed: bool = False
-    element: int = Field(default=0, ge=0, le=63)
+    element: Annotated[int, Meta(ge=0, le=63)] = 0
     unit: Unit | None = None
     verified: bool = True
 
-    @model_validator(mode="after")
-    def _layout(self) -> DltQuantity:
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
         if self.kind == "bcd":
             if self.format is None:
                 raise ValueError("a bcd quantity needs format, e.g. XXXXXX.XX")
@@ -292,7 +279,6 @@ class DltQuantity(_Strict):
             raise ValueError("a bits quantity needs width (bytes)")
         elif self.format is not None or self.signed:
             raise ValueError("a bits quantity takes neither format nor signed")
-        return self
 
     @property
     def size(self) -> int:
@@ -321,44 +307,41 @@ DltCommand = Literal[
 ]
 
 
-class DltControl(_Strict):
+class DltControl(_Strict, frozen=True, kw_only=True):
     """A control action: a remote-control frame (C = 1C) with command N1."""
 
     command: DltCommand
     verified: bool = True
 
 
-class DltRecharge(_Strict):
+class DltRecharge(_Strict, frozen=True, kw_only=True):
     """Recharge by a write-data frame (C = 14) to ``di``: amount (``amount_format``) then
     purchase count (``count_width`` BCD bytes), lowest byte first."""
 
-    di: int = Field(ge=0, le=0xFFFFFFFF)
+    di: U32
     amount_format: str = "XXXXXX.XX"
-    count_width: int = Field(default=2, ge=1, le=4)
+    count_width: Annotated[int, Meta(ge=1, le=4)] = 2
     verified: bool = False
 
-    @field_validator("amount_format")
-    @classmethod
-    def _format(cls, v: str) -> str:
+    def __post_init__(self) -> None:
+        v = self.amount_format
         m = _BCD_FORMAT.match(v)
         if m is None or (len(m.group(1)) + len(m.group(2) or "")) % 2:
-            raise ValueError(f"amount_format {v!r} is not like XXXXXX.XX")
-        return v
+            raise field_error("amount_format", f"amount_format {v!r} is not like XXXXXX.XX")
 
 
-class Dlt645Profile(_ProfileBase):
-    protocol: Literal["dlt645"]
+class Dlt645Profile(_ProfileBase, frozen=True, kw_only=True, tag_field="protocol", tag="dlt645"):
+    protocol: ClassVar[str] = "dlt645"
     edition: Literal["2007", "1997"] = "2007"
-    wakeup: bool = Field(default=True, description="send FE FE FE FE before each request")
-    password_level: int = Field(default=2, ge=0, le=0xFF)
-    password: str = Field(default="000000", pattern=r"^[0-9A-Fa-f]{6}$")
-    operator_code: str = Field(default="00000000", pattern=r"^[0-9A-Fa-f]{8}$")
+    wakeup: bool = True  # send FE FE FE FE before each request
+    password_level: Annotated[int, Meta(ge=0, le=0xFF)] = 2
+    password: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{6}\Z")] = "000000"  # noqa: S105
+    operator_code: Annotated[str, Meta(pattern=r"^[0-9A-Fa-f]{8}\Z")] = "00000000"
     quantities: dict[str, DltQuantity]
-    controls: dict[ControlName, DltControl] = Field(default_factory=dict)
+    controls: dict[ControlName, DltControl] = field(default_factory=dict)
     recharge: DltRecharge | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Dlt645Profile:
+    def __post_init__(self) -> None:
         self._check_common(set(self.quantities), set(self.controls))
         if self.channels != 1:
             raise ValueError("DL/T 645 profiles have one channel per meter address")
@@ -381,7 +364,6 @@ class Dlt645Profile(_ProfileBase):
             raise ValueError("DL/T 645-1997 has no remote control or recharge")
         if self.meter_prepaid and self.recharge is None:
             raise ValueError("meter_prepaid needs a recharge mapping")
-        return self
 
     def reads(self) -> dict[int, list[tuple[str, DltQuantity]]]:
         """One request per DI: the quantities each DI's reply carries, in element order."""
@@ -396,41 +378,46 @@ class Dlt645Profile(_ProfileBase):
 CjtField = Literal["current_flow", "settlement_flow", "status_word", "valve_state", "battery_low"]
 
 
-class CjtQuantity(_Strict):
+class CjtQuantity(_Strict, frozen=True, kw_only=True):
     """One field of the metering-data reply (DI 90 1F)."""
 
     field: CjtField
     unit: Unit | None = None
     verified: bool = True
 
+    def __post_init__(self) -> None:
+        _check_unit(self.unit)
 
-class StatusBits(_Strict):
+
+Code = Annotated[int, Meta(ge=0, le=3)]
+
+
+class StatusBits(_Strict, frozen=True, kw_only=True):
     """Where the valve state and battery-low bit sit in the status word (makers differ)."""
 
-    valve_shift: int = Field(default=0, ge=0, le=14)
-    open_code: int = Field(default=0b00, ge=0, le=3)
-    closed_code: int = Field(default=0b01, ge=0, le=3)
-    abnormal_code: int = Field(default=0b11, ge=0, le=3)
-    battery_low_bit: int = Field(default=2, ge=0, le=15)
+    valve_shift: Annotated[int, Meta(ge=0, le=14)] = 0
+    open_code: Code = 0b00
+    closed_code: Code = 0b01
+    abnormal_code: Code = 0b11
+    battery_low_bit: Annotated[int, Meta(ge=0, le=15)] = 2
 
 
-class CjtControl(_Strict):
+class CjtControl(_Strict, frozen=True, kw_only=True):
     valve: Literal["open", "close"]
     verified: bool = True
 
 
-class Cjt188Profile(_ProfileBase):
-    protocol: Literal["cjt188"]
-    meter_type: int = Field(default=0x10, ge=0, le=0xFF)
-    decimals: int = Field(default=2, ge=0, le=4, description="implied decimals of flows")
+class Cjt188Profile(_ProfileBase, frozen=True, kw_only=True, tag_field="protocol", tag="cjt188"):
+    protocol: ClassVar[str] = "cjt188"
+    meter_type: Annotated[int, Meta(ge=0, le=0xFF)] = 0x10
+    decimals: Annotated[int, Meta(ge=0, le=4)] = 2  # implied decimals of flows
     di_low_first: bool = False
     wakeup: bool = True
-    status: StatusBits = StatusBits()
+    status: StatusBits = field(default_factory=StatusBits)
     quantities: dict[str, CjtQuantity]
-    controls: dict[ControlName, CjtControl] = Field(default_factory=dict)
+    controls: dict[ControlName, CjtControl] = field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> Cjt188Profile:
+    def __post_init__(self) -> None:
         self._check_common(set(self.quantities), set(self.controls))
         if self.channels != 1:
             raise ValueError("CJ/T 188 profiles have one channel per meter address")
@@ -444,8 +431,7 @@ class Cjt188Profile(_ProfileBase):
             raise ValueError("status codes for open, closed and abnormal must differ")
         if self.meter_prepaid:
             raise ValueError("CJ/T 188 profiles here are valve-controlled, not meter-prepaid")
-        return self
 
 
-Profile = Annotated[ModbusProfile | Dlt645Profile | Cjt188Profile, Field(discriminator="protocol")]
 AnyProfile = ModbusProfile | Dlt645Profile | Cjt188Profile
+Profile = AnyProfile  # tagged by ``protocol``

@@ -17,7 +17,6 @@ from datetime import UTC, datetime
 
 import aiomqtt
 from prometheus_client import Counter
-from pydantic import ValidationError
 
 from cloud.aio import raise_if_cancelled
 from cloud.ingest.service import IngestService, UnknownGateway
@@ -25,6 +24,7 @@ from cloud.mqtt import client
 from contract.mqtt import (
     SUPPORTED_VERSIONS,
     Ack,
+    ContractError,
     Direction,
     DownKind,
     EventKind,
@@ -244,7 +244,7 @@ class IngestConsumer:
                 if event.kind is not EventKind.HEARTBEAT:
                     log.info("gateway %s: %s %s", gateway, event.kind.value, event.detail)
             MESSAGES.labels(kind, "ok").inc()
-        except ValidationError as exc:
+        except ContractError as exc:
             self._reject(kind, "invalid", topic)
             log.debug("invalid %s payload: %s", kind, exc)
             return _rejected(gateway, kind, raw, f"invalid: {exc.errors()[0]['msg']}")
@@ -273,7 +273,7 @@ def _rejected(gateway: str, kind: str, raw: bytes, why: str) -> Receipt | None:
             status=ReceiptStatus.REJECTED,
             detail=why[:200],
         )
-    except (ValueError, KeyError, TypeError, ValidationError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 

@@ -76,9 +76,9 @@ class Shop:
         """A reading one minute after the last, as the gateway would send it."""
         self.seq += 1
         self.t += timedelta(minutes=1)
-        reading = Reading(
-            device="m1", measured_at=self.t, total=Decimal(total), supply=supply, **kw
-        )  # type: ignore[arg-type]
+        reading = Reading.model_validate(
+            {"device": "m1", "measured_at": self.t, "total": total, "supply": supply, **kw}
+        )
         gw = await self.gateway()
         batch = TelemetryBatch(
             gateway=gw, boot_id="b", seq=self.seq, sent_at=self.t, readings=(reading,)
@@ -606,12 +606,14 @@ async def test_acks_have_a_lane_of_their_own(
             await acks.ready.wait()
         port = int(mqtt_url.rsplit(":", 1)[1])
         async with aiomqtt.Client("127.0.0.1", port) as pub:
-            ack = Ack(
-                id=trip,  # type: ignore[arg-type]
-                gateway=gw,
-                status=AckStatus.OK,
-                reported_supply="off",  # type: ignore[arg-type]
-                at=datetime.now(UTC),
+            ack = Ack.model_validate(
+                {
+                    "id": trip,
+                    "gateway": gw,
+                    "status": "ok",
+                    "reported_supply": "off",
+                    "at": datetime.now(UTC),
+                }
             )
             await pub.publish(topics.up(gw, UpKind.ACK), dump(ack), qos=1)
             batch = TelemetryBatch(

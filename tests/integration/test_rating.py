@@ -42,11 +42,8 @@ async def feed(
 
 
 def r(minutes: float, total: str, **kw: object) -> Reading:
-    return Reading(
-        device=str(kw.pop("device", "m1")),
-        measured_at=T0 + timedelta(minutes=minutes),
-        total=Decimal(total),
-        **kw,  # type: ignore[arg-type]
+    return Reading.model_validate(
+        {"device": "m1", "measured_at": T0 + timedelta(minutes=minutes), "total": total, **kw}
     )
 
 
