@@ -139,7 +139,7 @@ class IngestConsumer:
             return None
         try:
             batch = TelemetryBatch.model_validate_json(raw)
-        except ValidationError:
+        except ContractError:
             return None
         return batch if batch.gateway == parsed[0] else None
 
