@@ -74,6 +74,7 @@ class _Point:
     credit_limit: Decimal
     channel_id: uuid.UUID | None
     twin: tuple[str | None, str | None, datetime | None]  # desired, reported, reported at
+    calm: control.Calm | None = None  # control has nothing pending for the point
 
 
 _BY_INT = attrgetter("int")  # PostgreSQL's uuid order, without uuid.__lt__ in Python
@@ -81,10 +82,17 @@ _SELECT_STATES = sa.text(
     "SELECT rs.*, sp.tariff_id, sp.utility, sp.credit_limit, sp.control_mode, sp.max_rate, "
     "sp.common_area, a.id AS account_id, a.number AS account_number, a.wallet_id, "
     "s.timezone, tw.desired AS twin_desired, tw.reported AS twin_reported, "
-    "tw.reported_at AS twin_reported_at "
+    "tw.reported_at AS twin_reported_at, "
+    # calm: control has nothing pending for the point (see control.service.calm)
+    "(sp.control_mode = 'cloud' AND cs.supply = 'on' AND cs.keep_power_by IS NULL "
+    "AND cs.override IS NULL AND cs.notice_at IS NULL AND cs.deferred_until IS NULL "
+    "AND NOT cs.emergency AND cs.recheck_at IS NULL AND (tw.desired_keep IS NULL OR "
+    "(NOT tw.desired_keep AND tw.reported_keep IS FALSE))) IS TRUE AS control_calm, "
+    "cs.alarm_level, sp.alarm1, sp.alarm2, s.alarm_hysteresis "
     "FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
     "JOIN account a ON a.id = sp.account_id JOIN site s ON s.id = sp.site_id "
     "LEFT JOIN supply_twin tw ON tw.channel_id = rs.channel_id "
+    "LEFT JOIN control_state cs ON cs.service_point_id = rs.service_point_id "
     "WHERE rs.service_point_id = ANY(CAST(:ids AS uuid[])) ORDER BY rs.service_point_id "
     "FOR UPDATE OF rs"
 )
@@ -192,6 +200,9 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
                 credit_limit=r.credit_limit,
                 channel_id=r.channel_id,
                 twin=(r.twin_desired, r.twin_reported, r.twin_reported_at),
+                calm=control.Calm(r.alarm_level, r.alarm1, r.alarm2, r.alarm_hysteresis)
+                if r.control_calm
+                else None,
             )
         )
     return points
@@ -330,10 +341,27 @@ async def _steer(
             {"c": pg_array(meter_channels)},
         )
         news = {by_channel[r[0]]: MeterNews(r[1], r[2], r[3]) for r in rows}
+    # The usual case costs nothing here: a point control has nothing pending for, whose
+    # twin stays converged and whose balance stays in credit at the same alarm level.
+    calm = {
+        ch: p.twin
+        for p, ch in points
+        if ch is not None
+        and ch == p.channel_id
+        and p.calm is not None
+        and control.stays_calm(
+            p.calm, p.credit_limit, moved.get(p.wallet_id), p.twin, reported.get(ch)
+        )
+    }
+    busy = [p.id for p, ch in points if ch not in calm]
+    if not busy:
+        return 0, control.unrecorded_reports(calm, reported)
     outcome = await control.evaluate(
-        conn, tenant_id, [p.id for p, _ in points], now, timing, moved, news, reported=reported
+        conn, tenant_id, busy, now, timing, moved, news, reported=reported
     )
-    return outcome.commands, outcome.unrecorded
+    unrecorded = {ch: n for ch, n in outcome.unrecorded.items() if ch not in calm}
+    unrecorded.update(control.unrecorded_reports(calm, reported, only=calm))
+    return outcome.commands, unrecorded
 
 
 def _detail(a: Anomaly) -> str:

@@ -281,3 +281,33 @@ def test_alarm_events_never_repeat_without_re_arming(series: list[Decimal]) -> N
         if new < level:
             assert b > (Decimal("5") if level == 2 else Decimal("20")) + h
         level = new
+
+
+@given(
+    balances,
+    st.sampled_from([None, Decimal("20"), Decimal("5")]),
+    st.sampled_from([None, Decimal("5"), Decimal("1")]),
+    st.integers(min_value=0, max_value=2),
+    st.decimals(min_value=0, max_value=50, places=2),
+    moments,
+)
+def test_a_calm_point_skipped_on_the_ingest_path_is_one_the_policy_leaves_alone(
+    balance: Decimal,
+    a1: Decimal | None,
+    a2: Decimal | None,
+    level: int,
+    limit: Decimal,
+    now: datetime,
+) -> None:
+    """The ingest path skips control for points `stays_calm` accepts: the policy must agree
+    that nothing changes for them (no events, same memory, supply on)."""
+    from cloud.control.service import Calm, stays_calm
+
+    if a1 is not None and a2 is not None and a1 < a2:
+        a1, a2 = a2, a1
+    policy = PointPolicy(credit_limit=limit, alarm1=a1, alarm2=a2, friendly=FriendlyHours())
+    mem = ControlMemory(supply=ON, alarm_level=level)
+    calm = Calm(level, a1, a2, policy.hysteresis)
+    if stays_calm(calm, limit, balance, ("on", "on", now), None):
+        d = decide(balance, policy, mem, now, CAL)
+        assert d.supply is ON and not d.events and d.memory == mem and d.recheck_at is None
