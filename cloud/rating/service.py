@@ -123,11 +123,6 @@ _INSERT_WORK_ORDERS = sa.text(
     "FROM unnest(CAST(:k AS text[]), CAST(:p AS uuid[]), CAST(:c AS uuid[]), "
     "CAST(:d AS text[])) AS v(k, p, c, d)"
 )
-_TWINS = sa.text(
-    "SELECT v.ch, tw.desired, tw.reported, tw.reported_at "
-    "FROM unnest(CAST(:ch AS uuid[])) AS v(ch) "
-    "LEFT JOIN supply_twin tw ON tw.channel_id = v.ch"
-)
 
 
 def _tou(values: Sequence[Decimal] | None) -> tuple[Decimal, Decimal, Decimal, Decimal] | None:
