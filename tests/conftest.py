@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 
@@ -148,3 +148,12 @@ async def admin_auth(http: httpx.AsyncClient, slug: str) -> dict[str, str]:
     )
     assert r.status_code == 200, r.text
     return {"authorization": f"Bearer {r.json()['access_token']}"}
+
+
+async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    """Poll ``cond`` every 0.1 s until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not await cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.1)

@@ -57,13 +57,13 @@ from typing import IO, Any
 import httpx
 import psycopg
 import yaml
-from psycopg import sql
 
 from cloud.check import check
 from cloud.db import Database, libpq_url, migrate
 from cloud.mqtt import client as mqtt_client
 from cloud.registry.service import GroupSpec, MeterSpec, seed_group
 from contract.mqtt import EventKind, GatewayEvent, Topics, UpKind, dump
+from tests.bench.scratch import ScratchDatabase
 
 PROFILE = "acrel-ddsy1352-modbus"
 BIN = Path(sys.executable).parent
@@ -80,12 +80,6 @@ END $$;
 CREATE TRIGGER bench_command_state AFTER UPDATE OF state ON device_command FOR EACH ROW
 WHEN (NEW.state IS DISTINCT FROM OLD.state) EXECUTE FUNCTION bench_command_state();
 """
-
-
-def _url(admin: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(admin).set(database=name).render_as_string(hide_password=False)
 
 
 def _ts(s: str | None) -> datetime | None:
@@ -499,14 +493,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch database and logs")
     args = ap.parse_args(argv)
 
-    admin = libpq_url(os.environ.get("PREPAY_DATABASE_URL") or os.environ["DATABASE_URL"])
-    mqtt_url = os.environ.get("PREPAY_MQTT_URL") or os.environ.get(
-        "MQTT_URL", "mqtt://127.0.0.1:1883"
-    )
-    name = f"prepay_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _url(admin, name)
+    scratch = ScratchDatabase.create()
+    name, url, mqtt_url = scratch.name, scratch.url, scratch.mqtt_url
     work = Path(tempfile.mkdtemp(prefix="bench-control-"))
     procs = Procs(work)
     try:
@@ -623,10 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.keep:
             print(f"kept database {name} and logs in {work}")
         else:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+            scratch.drop()
             shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -22,7 +22,6 @@ import argparse
 import asyncio
 import itertools
 import multiprocessing as mp
-import os
 import statistics
 import sys
 import time
@@ -33,23 +32,17 @@ from decimal import Decimal
 
 import paho.mqtt.client as paho
 import psycopg
-from psycopg import sql
 
 from cloud.check import check
 from cloud.control.service import CommandTiming
-from cloud.db import Database, libpq_url, migrate
+from cloud.db import Database, migrate
 from cloud.ingest.consumer import IngestConsumer
 from cloud.ingest.service import IngestService
 from cloud.registry.service import GroupSpec, MeterSpec, seed_group
 from contract.mqtt import BrokerAddress, Receipt, Topics, UpKind
+from tests.bench.scratch import ScratchDatabase
 
 T_STEP = timedelta(minutes=1)
-
-
-def _url(admin: str, name: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(admin).set(database=name).render_as_string(hide_password=False)
 
 
 async def _seed(url: str, gateways: int, meters: int) -> list[tuple[str, uuid.UUID, list[str]]]:
@@ -194,14 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the scratch database")
     args = ap.parse_args(argv)
 
-    admin = libpq_url(os.environ.get("PREPAY_DATABASE_URL") or os.environ["DATABASE_URL"])
-    mqtt_url = os.environ.get("PREPAY_MQTT_URL") or os.environ.get(
-        "MQTT_URL", "mqtt://127.0.0.1:1883"
-    )
-    name = f"prepay_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = _url(admin, name)
+    scratch = ScratchDatabase.create()
+    url, mqtt_url = scratch.url, scratch.mqtt_url
     procs: list[mp.Process] = []
     try:
         migrate(url)
@@ -304,11 +291,10 @@ def main(argv: list[str] | None = None) -> int:
         for p in procs:
             p.terminate()
             p.join(5)
-        if not args.keep:
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
+        if args.keep:
+            print(f"kept database {scratch.name}")
+        else:
+            scratch.drop()
     return 0
 
 

@@ -42,7 +42,7 @@ from meter_profiles.simulators.dlt645 import Dlt645Responder
 from meter_profiles.simulators.line import Faults, LineServer
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
-from tests.conftest import admin_auth, api_client, group_spec
+from tests.conftest import admin_auth, api_client, group_spec, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -55,14 +55,6 @@ BALANCE_Q = (
     "SELECT la.balance FROM account a JOIN ledger_account la ON la.id = a.wallet_id "
     "WHERE a.number = :a"
 )
-
-
-async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await cond():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @dataclass

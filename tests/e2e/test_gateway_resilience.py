@@ -27,7 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -49,7 +49,7 @@ from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
 from meter_profiles.loader import load_profiles
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
-from tests.conftest import group_spec
+from tests.conftest import group_spec, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -289,15 +289,6 @@ class Cloud:
                 assert balance == opening - st.charge_billed_total, (key, balance, st)
         report = await check(self.db, [self.seeded.tenant_id])
         assert report.ok, report.breaches
-
-
-async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await cond():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 async def start_meters(n: int) -> tuple[ModbusTcpSimulator, list[SimulatedMeter]]:

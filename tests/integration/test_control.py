@@ -36,8 +36,7 @@ from contract.mqtt import (
     UpKind,
     dump,
 )
-from tests.conftest import admin_auth, api_client, group_spec
-from tests.e2e.test_loop import wait_for
+from tests.conftest import admin_auth, api_client, group_spec, wait_for
 
 TIMING = CommandTiming(deadline=timedelta(minutes=2), retry=timedelta(seconds=5))
 
