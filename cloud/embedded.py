@@ -42,6 +42,26 @@ def ensure_database(admin_url: str, database: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(database)))
 
 
+def _broker_class() -> Any:
+    """amqtt's Broker, with retained messages sent only for a client's own subscriptions.
+
+    amqtt 0.12.1, on every connect, sends the client the retained messages matching *every*
+    filter any client of the broker subscribed to (``for topic in self._subscriptions``),
+    so a fresh client subscribed to ``…/up/ack`` also got a retained ``…/up/state`` that
+    the ingest's ``…/up/+`` matches. Mosquitto does not do that."""
+    from amqtt.broker import Broker
+
+    class OwnRetained(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            subscribers = self._subscriptions.get(subscription[0], [])
+            if any(s is session for s, _ in subscribers):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    return OwnRetained
+
+
 class EmbeddedBroker:
     """An amqtt broker on a local port, in the caller's event loop."""
 
@@ -54,11 +74,9 @@ class EmbeddedBroker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        from amqtt.broker import Broker
-
         for name in ("amqtt", "transitions"):
             logging.getLogger(name).setLevel(logging.WARNING)
-        self._broker = Broker(
+        self._broker = _broker_class()(
             {
                 "listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{self.port}"}},
                 "plugins": {
