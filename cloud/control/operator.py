@@ -32,7 +32,7 @@ from cloud.control.policy import (
     in_arrears,
 )
 from cloud.control.service import CommandTiming, PointControl
-from cloud.db import Database
+from cloud.db import Database, pg_array
 from cloud.errors import Conflict, DomainError, NotFound
 
 PERMISSION = {
@@ -67,7 +67,6 @@ class PointResult:
     balance: Decimal
     in_arrears: bool
     supply: str
-    commands: int = 0
 
 
 class Refused(Conflict):
@@ -131,7 +130,7 @@ def _check(req: ControlRequest, now: datetime) -> None:
 async def _names(conn: AsyncConnection, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
     rows = await conn.execute(
         sa.text("SELECT id, name FROM service_point WHERE id = ANY(CAST(:ids AS uuid[]))"),
-        {"ids": "{" + ",".join(map(str, ids)) + "}"},
+        {"ids": pg_array(ids)},
     )
     return {r.id: r.name for r in rows}
 
@@ -178,20 +177,13 @@ async def _operate(
     outcome = await control.evaluate_loaded(
         conn, who.tenant_id, changed, now, timing, balances, actor=who.actor
     )
-    done: list[PointResult] = []
-    for r in results:
-        d = outcome.decisions.get(r.point_id)
-        if d is None:
-            done.append(r)
-            continue
-        message = f"{r.name}: supply {d.supply} ({d.reason})"
-        done.append(replace(r, message=message, supply=d.supply.value))
-    done_commands = outcome.commands
-    if done_commands and done:
-        first = next((i for i, r in enumerate(done) if r.done), None)
-        if first is not None:
-            done[first] = replace(done[first], commands=done_commands)
-    return done
+    return [_with_decision(r, outcome.decisions.get(r.point_id)) for r in results]
+
+
+def _with_decision(r: PointResult, d: Decision | None) -> PointResult:
+    if d is None:  # refused: nothing was decided
+        return r
+    return replace(r, message=f"{r.name}: supply {d.supply} ({d.reason})", supply=d.supply.value)
 
 
 def _balance(p: PointControl, wallets: dict[uuid.UUID, Decimal]) -> Decimal:

@@ -634,39 +634,26 @@ async def _converge(
             {"c": p.channel_id},
         )
     ).one()
+    reported_state = twin.reported
     news = (reported or {}).get(p.channel_id)
     if news is not None and (twin.reported_at is None or twin.reported_at <= news[0]):
         await record_reported(conn, p.channel_id, news[1], news[0])
-        twin = (
-            await conn.execute(
-                sa.text(
-                    "SELECT desired, desired_at, reported, reported_at, desired_keep, "
-                    "reported_keep FROM supply_twin WHERE channel_id = :c"
-                ),
-                {"c": p.channel_id},
-            )
-        ).one()
-    origin = actor if actor != "policy" else "policy"
+        reported_state = news[1].value
     queued = 0
     at = now
     if keep_want or twin.desired_keep is not None:
-        action = CommandAction.KEEP_POWER_ON if keep_want else CommandAction.KEEP_POWER_OFF
-        if twin.desired_keep is not keep_want:
+        keep_changed = twin.desired_keep is not keep_want
+        if keep_changed:
             await conn.execute(
                 sa.text("UPDATE supply_twin SET desired_keep = :k WHERE channel_id = :c"),
                 {"k": keep_want, "c": p.channel_id},
             )
-            await enqueue(
-                conn, tenant_id, p, action, {}, d.reason, at, timing, origin, KEEP_ACTIONS
-            )
-            queued += 1
-            at = at + timedelta(microseconds=1)
-        elif twin.reported_keep is not keep_want and await _may_retry(
-            conn, p.channel_id, KEEP_ACTIONS, None, now, timing, retry_now
+        if keep_changed or (
+            twin.reported_keep is not keep_want
+            and await _may_retry(conn, p.channel_id, KEEP_ACTIONS, None, now, timing, retry_now)
         ):
-            await enqueue(
-                conn, tenant_id, p, action, {}, d.reason, at, timing, origin, KEEP_ACTIONS
-            )
+            action = CommandAction.KEEP_POWER_ON if keep_want else CommandAction.KEEP_POWER_OFF
+            await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, actor, KEEP_ACTIONS)
             queued += 1
             at = at + timedelta(microseconds=1)
     if supply_want is None:
@@ -683,21 +670,21 @@ async def _converge(
         )
         # A command in flight the other way may still reach the meter: follow it with
         # this one (it supersedes it). Otherwise only a meter not already there gets one.
-        if twin.reported != want or await _open(conn, p.channel_id, SUPPLY_ACTIONS):
+        if reported_state != want or await _open(conn, p.channel_id, SUPPLY_ACTIONS):
             await enqueue(
-                conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS
+                conn, tenant_id, p, action, {}, d.reason, at, timing, actor, SUPPLY_ACTIONS
             )
             return queued + 1
         return queued
-    if twin.reported == want:
+    if reported_state == want:
         return queued
     done_if_acked = (
         (action.value, twin.desired_at or EPOCH)
-        if action is CommandAction.CLOSE_ALLOWED or twin.reported is None
+        if action is CommandAction.CLOSE_ALLOWED or reported_state is None
         else None
     )
     if await _may_retry(conn, p.channel_id, SUPPLY_ACTIONS, done_if_acked, now, timing, retry_now):
-        await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, origin, SUPPLY_ACTIONS)
+        await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, actor, SUPPLY_ACTIONS)
         queued += 1
     return queued
 
@@ -908,7 +895,15 @@ async def apply_ack(
                 {"n": int(row.params.get("purchase_count", 0)), "p": row.service_point_id},
             )
         else:
-            await _recharge_work_order(conn, row, status, result, at)
+            await _work_order(
+                conn,
+                row.tenant_id,
+                "recharge_failed",
+                row.service_point_id,
+                row.channel_id,
+                at,
+                _recharge_failure(row, status, result),
+            )
     return changed
 
 
@@ -927,28 +922,11 @@ async def expire_overdue(conn: AsyncConnection, now: datetime) -> int:
     ).all()
     for r in rows:
         if r.action == "recharge" and r.service_point_id is not None:
-            await _recharge_work_order(conn, r, AckStatus.EXPIRED, {"command": str(r.id)}, now)
+            detail = _recharge_failure(r, AckStatus.EXPIRED, {"command": str(r.id)})
+            await _work_order(
+                conn, r.tenant_id, "recharge_failed", r.service_point_id, r.channel_id, now, detail
+            )
     return len(rows)
-
-
-async def _recharge_work_order(
-    conn: AsyncConnection, row: Any, status: AckStatus, result: dict[str, str], at: datetime
-) -> None:
-    detail = {**row.params, "status": status.value, **result}
-    await conn.execute(
-        sa.text(
-            "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, "
-            "status, created_at) VALUES (gen_random_uuid(), :t, 'recharge_failed', :p, :c, "
-            "CAST(:d AS jsonb), 'open', :at)"
-        ),
-        {
-            "t": row.tenant_id,
-            "p": row.service_point_id,
-            "c": row.channel_id,
-            "d": json.dumps(detail, ensure_ascii=False),
-            "at": at,
-        },
-    )
 
 
 async def after_topup(
@@ -982,7 +960,8 @@ async def after_topup(
             conn,
             tenant_id,
             "recharge_ambiguous",
-            meter_points[0],
+            meter_points[0].id,
+            meter_points[0].channel_id,
             now,
             {"cause": cause, "amount": str(amount), "points": str(len(meter_points))},
         )
@@ -993,7 +972,8 @@ async def after_topup(
                 conn,
                 tenant_id,
                 "recharge_unknown_count",
-                p,
+                p.id,
+                p.channel_id,
                 now,
                 {"cause": cause, "amount": str(amount)},
             )
@@ -1030,7 +1010,8 @@ async def _work_order(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
     kind: str,
-    p: PointControl,
+    point_id: uuid.UUID | None,
+    channel_id: uuid.UUID | None,
     now: datetime,
     detail: dict[str, str],
 ) -> None:
@@ -1043,12 +1024,17 @@ async def _work_order(
         {
             "t": tenant_id,
             "k": kind,
-            "p": p.id,
-            "c": p.channel_id,
+            "p": point_id,
+            "c": channel_id,
             "d": json.dumps(detail, ensure_ascii=False),
             "now": now,
         },
     )
+
+
+def _recharge_failure(row: Any, status: AckStatus, result: dict[str, str]) -> dict[str, str]:
+    """A failed or undelivered recharge's work-order detail: its params and the outcome."""
+    return {**row.params, "status": status.value, **result}
 
 
 _DUE_POINTS = sa.text(
