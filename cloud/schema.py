@@ -262,9 +262,12 @@ class Binding(SQLModel, table=True):
 class Reading(SQLModel, table=True):
     """Time series of channel measurements; a duplicate delivery is a no-op."""
 
-    channel_id: uuid.UUID = Field(foreign_key="channel.id", primary_key=True)
+    # No foreign keys (two trigger queries and row locks per reading): the ingest writes
+    # only channels from the tenant's registry, RLS checks the tenant, and a channel with
+    # readings cannot be deleted (trigger prepay_channel_keeps_readings, migration 0007).
+    channel_id: uuid.UUID = Field(primary_key=True)
     measured_at: datetime = Field(sa_type=TS, primary_key=True)
-    tenant_id: uuid.UUID = Field(foreign_key="tenant.id")
+    tenant_id: uuid.UUID
     received_at: datetime = Field(sa_type=TS)
     total: Decimal | None = Field(default=None, sa_type=REGISTER)
     tou: list[Decimal] | None = Field(default=None, sa_type=pg.ARRAY(REGISTER))  # 尖峰平谷
@@ -299,6 +302,17 @@ class RatingState(SQLModel, table=True):
     window_start: datetime | None = _ts(nullable=True)
     fee_month: str | None = Field(default=None, max_length=7)
     stuck: bool = False
+    # The rating envelope (cloud.rating.fast): readings after the mark and before
+    # ``fast_until`` that stay inside it are rated set-based, in SQL; void unless
+    # ``fast_terms`` is the tenant's current "terms" counter.
+    fast_until: datetime | None = _ts(nullable=True)
+    fast_terms: int | None = Field(default=None, sa_type=sa.BigInteger)
+    fast_price: Decimal | None = Field(default=None, sa_type=PRICE)
+    fast_tou: list[Decimal] | None = Field(default=None, sa_type=pg.ARRAY(PRICE))
+    fast_tiered: bool = False
+    fast_block_end: Decimal | None = Field(default=None, sa_type=REGISTER)
+    fast_limits: list[Decimal] | None = Field(default=None, sa_type=pg.ARRAY(sa.Numeric()))
+    fast_wallet: uuid.UUID | None = None
 
 
 class LedgerAccount(SQLModel, table=True):

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 import psycopg
 import sqlalchemy as sa
@@ -25,8 +25,8 @@ from cloud.aio import raise_if_cancelled
 from cloud.control.policy import SupplyState
 from cloud.control.service import CommandTiming, apply_ack, sweep_tenant
 from cloud.db import Database
-from cloud.rating.core import RegisterReading
-from cloud.rating.service import PointReading, rate_new_readings
+from cloud.rating.fast import STAGED, STAGING
+from cloud.rating.service import rate_staged
 from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
 
 log = logging.getLogger(__name__)
@@ -41,25 +41,17 @@ _COLUMNS = (
     "channel_id, measured_at, tenant_id, received_at, total, tou, voltage, current, power, "
     "supply_on, meter_balance, purchase_count"
 )
-_STAGING = (
-    "CREATE TEMP TABLE IF NOT EXISTS reading_in "
-    "(LIKE reading INCLUDING DEFAULTS, n integer) ON COMMIT DELETE ROWS"
-)
 # Moves the staged rows and answers only which were *not* stored (usually none): already
 # there, or repeated within the staged rows (the first, lowest ``n``, is the one stored).
-# The rest are rated from the values in hand, not read back.
+# The rest are rated where they are staged (cloud.rating.service.rate_staged).
 _MOVE = (
-    f"WITH stored AS (INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM reading_in "
+    f"WITH stored AS (INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM {STAGED} "
     "ORDER BY channel_id, measured_at, n "  # one lock order for every worker
     "ON CONFLICT (channel_id, measured_at) DO NOTHING RETURNING channel_id, measured_at) "
     "SELECT i.n FROM (SELECT n, channel_id, measured_at, row_number() OVER "
-    "(PARTITION BY channel_id, measured_at ORDER BY n) AS k FROM reading_in) AS i "
+    f"(PARTITION BY channel_id, measured_at ORDER BY n) AS k FROM {STAGED}) AS i "
     "LEFT JOIN stored s USING (channel_id, measured_at) WHERE s.channel_id IS NULL OR i.k > 1"
 )
-# Rated values are rounded here exactly as the columns would round them (numeric input
-# rounds half away from zero), so what is rated is what is stored.
-_REGISTER = Decimal("0.001")  # reading.total, reading.tou: numeric(16,3)
-_POWER = Decimal("0.0001")  # reading.power: numeric(10,4)
 
 
 class UnknownGateway(LookupError):
@@ -85,6 +77,12 @@ class IngestResult:
 class _Target:
     channel_id: uuid.UUID
     service_point_id: uuid.UUID | None
+    channel_text: str = field(init=False)  # both as COPY writes them, made once
+    point_text: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_text", str(self.channel_id))
+        object.__setattr__(self, "point_text", _text(self.service_point_id))
 
 
 class IngestService:
@@ -137,8 +135,9 @@ class IngestService:
         results = [IngestResult() for _ in batches]
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
-            rows: list[_Row] = []
-            points: list[uuid.UUID | None] = []  # each row's service point
+            rows: list[str] = []  # COPY lines
+            fixed = f"{tenant_id}\t{received_at.isoformat()}"
+            points: set[uuid.UUID] = set()  # the service points the rows are bound to
             ends: list[int] = []  # where each batch's rows end in ``rows``
             for batch, result in zip(batches, results, strict=True):
                 for r in batch.readings:
@@ -148,14 +147,15 @@ class IngestService:
                         result.quarantine(reason)
                         continue
                     assert target is not None
-                    rows.append(_row(r, target.channel_id, tenant_id, received_at, len(rows)))
-                    points.append(target.service_point_id)
+                    sp = target.service_point_id
+                    rows.append(_line(r, target, fixed, len(rows)))
+                    if sp is not None:
+                        points.add(sp)
                 ends.append(len(rows))
             skipped = await _insert(conn, rows)
             _count_stored(results, ends, skipped)
-            rated, latest = _new_readings(rows, points, skipped)
-            report = await rate_new_readings(
-                conn, tenant_id, rated, received_at, self.timing, latest
+            report = await rate_staged(
+                conn, tenant_id, list(points), skipped, received_at, self.timing
             )
             for result in results:
                 result.charged, result.commands = report.charged, report.commands
@@ -276,63 +276,41 @@ def _quarantine_reason(r: Reading, target: _Target | None, now: datetime) -> str
     return None
 
 
-_Row = tuple[
-    uuid.UUID,  # channel_id
-    datetime,  # measured_at
-    uuid.UUID,  # tenant_id
-    datetime,  # received_at
-    Decimal | None,  # total
-    list[Decimal] | None,  # tou
-    Decimal | None,  # voltage
-    Decimal | None,  # current
-    Decimal | None,  # power
-    bool | None,  # supply_on
-    Decimal | None,  # meter_balance
-    int | None,  # purchase_count
-    int,  # n: the row's place among the rows staged together
-]
+_NULL = "\\N"
 
 
-def _round(value: Decimal | None, quantum: Decimal) -> Decimal | None:
-    return None if value is None else value.quantize(quantum, ROUND_HALF_UP)
+def _text(value: object) -> str:
+    """A value in COPY's text format: every value here is a number, a time, a uuid or a
+    boolean, none with a character COPY would need escaped."""
+    return _NULL if value is None else str(value)
 
 
-def _row(
-    r: Reading, channel_id: uuid.UUID, tenant_id: uuid.UUID, received_at: datetime, n: int
-) -> _Row:
-    supply = None if r.supply is None else r.supply is Supply.ON
+def _line(r: Reading, target: _Target, fixed: str, n: int) -> str:
+    """One staged row in COPY's text format (``fixed``: tenant and time received). The
+    columns round the values as they are stored; rating reads them from there."""
+    tou = _NULL if r.tou is None else "{" + ",".join(str(v) for v in r.tou) + "}"
+    supply = _NULL if r.supply is None else ("t" if r.supply is Supply.ON else "f")
     return (
-        channel_id,
-        r.measured_at,
-        tenant_id,
-        received_at,
-        _round(r.total, _REGISTER),
-        None if r.tou is None else [v.quantize(_REGISTER, ROUND_HALF_UP) for v in r.tou],
-        r.voltage,
-        r.current,
-        _round(r.power, _POWER),
-        supply,
-        r.meter_balance,
-        r.purchase_count,
-        n,
+        f"{target.channel_text}\t{r.measured_at.isoformat()}\t{fixed}\t{_text(r.total)}\t"
+        f"{tou}\t{_text(r.voltage)}\t{_text(r.current)}\t{_text(r.power)}\t{supply}\t"
+        f"{_text(r.meter_balance)}\t{_text(r.purchase_count)}\t{target.point_text}\t{n}\n"
     )
 
 
-async def _insert(conn: AsyncConnection, rows: list[_Row]) -> set[int]:
-    """Store ``rows`` (duplicates are no-ops); return the places of those not stored."""
+async def _insert(conn: AsyncConnection, rows: list[str]) -> set[int]:
+    """Store ``rows`` (:func:`_line`; duplicates are no-ops); return the places of those
+    not stored."""
     if not rows:
         return set()
-    await conn.execute(sa.text(_STAGING))
+    await conn.execute(sa.text(STAGING))
     raw = await conn.get_raw_connection()
     pg = raw.driver_connection
     assert pg is not None
     async with pg.cursor() as cur:
-        async with cur.copy(f"COPY reading_in ({_COLUMNS}, n) FROM STDIN") as copy:
-            for row in rows:
-                await copy.write_row(row)
+        async with cur.copy(f"COPY {STAGED} ({_COLUMNS}, service_point_id, n) FROM STDIN") as copy:
+            await copy.write("".join(rows))
         await cur.execute(_MOVE)
         skipped = {r[0] for r in await cur.fetchall()}
-        await cur.execute("DELETE FROM reading_in")
     return skipped
 
 
@@ -344,24 +322,3 @@ def _count_stored(results: list[IngestResult], ends: list[int], skipped: set[int
         dup = sum(1 for n in skipped if start <= n < end) if skipped else 0
         result.stored, result.duplicates = end - start - dup, dup
         start = end
-
-
-def _new_readings(
-    rows: list[_Row], points: list[uuid.UUID | None], skipped: set[int]
-) -> tuple[list[PointReading], dict[uuid.UUID, tuple[datetime, SupplyState]]]:
-    """The stored rows to rate (those of bound channels), and the newest supply state each
-    channel reported among them."""
-    rated: list[PointReading] = []
-    latest: dict[uuid.UUID, tuple[datetime, SupplyState]] = {}
-    for row, sp in zip(rows, points, strict=True):
-        if skipped and row[11] in skipped:
-            continue
-        channel, at, tou, supply = row[0], row[1], row[5], row[9]
-        if sp is not None:
-            four = None if tou is None else (tou[0], tou[1], tou[2], tou[3])
-            rated.append(PointReading(sp, channel, RegisterReading(at, row[4], four, row[8])))
-        if supply is not None:
-            seen = latest.get(channel)
-            if seen is None or seen[0] < at:
-                latest[channel] = (at, SupplyState.ON if supply else SupplyState.OFF)
-    return rated, latest

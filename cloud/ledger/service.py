@@ -125,10 +125,13 @@ async def post_many(
     drafts: Sequence[EntryDraft],
     live: Mapping[AccountRef, Decimal] | None = None,
     known: Mapping[str, tuple[uuid.UUID, Side]] | None = None,
+    live_from: str | None = None,
 ) -> Batch:
     """Post each draft once (replayed keys change nothing) and, in the same locked update,
     move ``live`` amounts (rated usage not yet journaled) into accounts' live balances and
     their ``unposted``. ``known`` spares the lookup of accounts the caller already has.
+    ``live_from``: a query of further (account id, live amount) rows moved the same way
+    (usage rated set-based in SQL), whose balances are not returned.
     Returns one :class:`Posted` per draft, in order, and the moved accounts' balances."""
     live = live or {}
     keys = [d.idempotency_key for d in drafts]
@@ -153,7 +156,7 @@ async def post_many(
         created = {r[0] for r in rows}
     fresh = [(i, d) for i, d in zip(ids, drafts, strict=True) if i in created]
     refs = [leg.account for _, d in fresh for leg in d.legs] + list(live)
-    if not refs:
+    if not refs and live_from is None:
         return Batch(await _results(conn, ids, drafts, created), {})
     accounts = dict(known or {})
     if any(r.code not in accounts for r in refs):
@@ -179,7 +182,7 @@ async def post_many(
         acc = deltas[accounts[ref.code][0]]
         acc[0] += amount
         acc[1] += amount
-    balances = await apply_deltas(conn, {k: (v[0], v[1]) for k, v in deltas.items()})
+    balances = await apply_deltas(conn, {k: (v[0], v[1]) for k, v in deltas.items()}, live_from)
     return Batch(await _results(conn, ids, drafts, created), balances)
 
 
@@ -207,11 +210,40 @@ async def _results(
 
 
 async def apply_deltas(
-    conn: AsyncConnection, deltas: Mapping[uuid.UUID, tuple[Decimal, Decimal]]
+    conn: AsyncConnection,
+    deltas: Mapping[uuid.UUID, tuple[Decimal, Decimal]],
+    live_from: str | None = None,
 ) -> dict[uuid.UUID, Decimal]:
-    """Move cached (live balance, unposted) by ``deltas``, locking accounts in id order;
-    return the new live balances."""
+    """Move cached (live balance, unposted) by ``deltas``, and both by the live amounts
+    ``live_from`` selects, locking accounts in id order; return the new live balances of
+    the accounts in ``deltas``."""
     moving = sorted((k for k, (b, u) in deltas.items() if b != 0 or u != 0), key=attrgetter("int"))
+    if live_from is not None:
+        params = {
+            "ids": pg_array(moving),
+            "b": pg_array(deltas[k][0] for k in moving),
+            "u": pg_array(deltas[k][1] for k in moving),
+        }
+        await conn.execute(
+            sa.text(
+                "SELECT id FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[])) "
+                f"OR id IN (SELECT a FROM ({live_from}) AS x(a, m)) ORDER BY id FOR NO KEY UPDATE"
+            ),
+            params,
+        )
+        rows = await conn.execute(
+            sa.text(
+                "WITH v AS (SELECT a AS id, sum(b) AS b, sum(u) AS u FROM ("
+                "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), "
+                f"CAST(:u AS numeric[])) UNION ALL SELECT a, m, m FROM ({live_from}) AS x(a, m)"
+                ") AS y(a, b, u) GROUP BY a), "
+                "upd AS (UPDATE ledger_account a SET balance = a.balance + v.b, "
+                "unposted = a.unposted + v.u FROM v WHERE a.id = v.id RETURNING a.id, a.balance) "
+                "SELECT id, balance FROM upd WHERE id = ANY(CAST(:ids AS uuid[]))"
+            ),
+            params,
+        )
+        return {r[0]: r[1] for r in rows}
     if not moving:
         return {}
     await conn.execute(_LOCK, {"ids": pg_array(moving)})

@@ -424,3 +424,100 @@ def swap_meter(
         out.consumption,
     )
     return replace(out, mark=new_mark, anomalies=(*out.anomalies, swap))
+
+
+# -- the rating envelope: what the set-based fast path (cloud.rating.fast) may assume ------
+
+_BOUNDARY_MARGIN = timedelta(hours=2)  # below a local month/year start, whatever the DST
+_TOU_SPAN = timedelta(hours=12)  # at most one UTC offset change fits in this
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """For the readings after a mark and before ``until``: everything :func:`rate` looks up
+    stays as it is — the usage window, the tariff version, the fee month, the tier cycle and
+    block, the TOU period — so a reading whose consumption stays within the channel's
+    limits (no gap, no jump, no rollover, no stuck register) costs ``price`` per unit, or
+    by the meter's TOU registers at ``tou_prices``. Anything else is left to :func:`rate`."""
+
+    until: datetime
+    price: Decimal  # per unit of consumption (0: consumption tracked, not charged)
+    tou_prices: tuple[Decimal, Decimal, Decimal, Decimal] | None  # by registers, TOU_ORDER
+    tiered: bool  # consumption also counts towards the tier cycle
+    block_end: Decimal | None  # tiered: the cycle's consumption may reach this (None: open)
+    limits: tuple[Decimal, Decimal, Decimal, Decimal]  # max_rate, slack, stuck_min, gap (s)
+
+
+def _local_start(year: int, month: int, tz: tzinfo) -> datetime:
+    return datetime(year, month, 1, tzinfo=tz)
+
+
+def _next_month(ts: datetime, tz: tzinfo) -> datetime:
+    local = ts.astimezone(tz)
+    year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
+    return _local_start(year, month, tz) - _BOUNDARY_MARGIN
+
+
+def _next_year(ts: datetime, tz: tzinfo) -> datetime:
+    return _local_start(ts.astimezone(tz).year + 1, 1, tz) - _BOUNDARY_MARGIN
+
+
+def _next_period(plan: TimeOfUse, ts: datetime, tz: tzinfo) -> datetime | None:
+    """The first TOU window start after ``ts`` (at most ``_TOU_SPAN`` on), or None when the
+    site's UTC offset changes before it."""
+    local = ts.astimezone(tz)
+    wall = local.replace(tzinfo=None)
+    starts = [datetime.combine(wall.date(), w.start) for w in plan.windows]
+    starts.append(datetime.combine(wall.date() + timedelta(days=1), plan.windows[0].start))
+    following = min(s for s in starts if s > wall)
+    until = ts + min(following - wall, _TOU_SPAN)
+    return until if until.astimezone(tz).utcoffset() == local.utcoffset() else None
+
+
+def envelope(mark: RatingMark, terms: PointTerms) -> Envelope | None:
+    """The envelope of the readings after ``mark`` (None: every reading goes to
+    :func:`rate`). Readings at instants ``at`` in ``(last_measured_at, until)`` are priced
+    as of ``at - 1µs``, within ``[last_measured_at, until)``: every bound below is a start
+    of something new at or after ``until``."""
+    m = mark.last_measured_at
+    if m is None or mark.last_register is None or mark.window_start is None:
+        return None
+    lim = terms.limits
+    limits = (lim.max_rate, lim.slack, lim.stuck_min, Decimal(lim.gap // _US) / 1_000_000)
+    until = mark.window_start + WINDOW
+    price, tou_prices, tiered, block_end = Decimal(0), None, False, None
+    if terms.charged:
+        tariff, tz = terms.tariff, terms.tz
+        try:
+            version = tariff.at(m)
+        except LookupError:
+            return None
+        later = [v.effective_from for v in tariff.versions if v.effective_from > m]
+        if later:
+            until = min(until, later[0])
+        if version.monthly_fee > 0:
+            if mark.fee_month != month_key(m, tz):
+                return None
+            until = min(until, _next_month(m, tz))
+        plan = version.plan
+        if isinstance(plan, Flat):
+            price = plan.unit_price
+        elif isinstance(plan, Tiered):
+            if mark.cycle != cycle_key(plan.cycle, m, tz):
+                return None
+            until = min(until, _next_month(m, tz) if plan.cycle == "month" else _next_year(m, tz))
+            before = mark.cycle_consumption
+            block = next(b for b in plan.blocks if b.up_to is None or b.up_to > before)
+            price, tiered, block_end = block.price, True, block.up_to
+        else:
+            following = _next_period(plan, m, tz)
+            priced = {p for p, _ in plan.prices}
+            if following is None or any(p not in priced for p in TOU_ORDER):
+                return None
+            until = min(until, following)
+            price = plan.price(plan.period_at(m, tz))
+            sharp, peak, flat, valley = (plan.price(p) for p in TOU_ORDER)
+            tou_prices = (sharp, peak, flat, valley)
+    if until <= m:
+        return None
+    return Envelope(until, price, tou_prices, tiered, block_end, limits)

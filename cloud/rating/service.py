@@ -30,12 +30,14 @@ from cloud.control.service import CommandTiming, MeterNews, Reported, record_rep
 from cloud.db import Database, pg_array, pg_text_array
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post_many
+from cloud.rating import fast as fast_rating
 from cloud.rating.core import (
     Anomaly,
     PointTerms,
     RatingMark,
     RatingOutcome,
     RegisterReading,
+    envelope,
     flush,
     limits_for,
     rate,
@@ -75,6 +77,7 @@ class _Point:
     channel_id: uuid.UUID | None
     twin: tuple[str | None, str | None, datetime | None]  # desired, reported, reported at
     calm: control.Calm | None = None  # control has nothing pending for the point
+    terms_version: int = 0  # the tenant's "terms" counter when the terms were read
 
 
 _BY_INT = attrgetter("int")  # PostgreSQL's uuid order, without uuid.__lt__ in Python
@@ -96,26 +99,25 @@ _SELECT_STATES = sa.text(
     "WHERE rs.service_point_id = ANY(CAST(:ids AS uuid[])) ORDER BY rs.service_point_id "
     "FOR UPDATE OF rs"
 )
-_INSERT_STATES = sa.text(
-    "INSERT INTO rating_state (service_point_id, tenant_id, consumption_total, "
-    "charge_exact_total, charge_billed_total, charge_posted_total, cycle_consumption, stuck) "
-    "SELECT id, tenant_id, 0, 0, 0, 0, 0, false FROM service_point "
-    "WHERE id = ANY(CAST(:ids AS uuid[])) "
-    "ON CONFLICT (service_point_id) DO NOTHING"
-)
 _UPDATE_STATES = sa.text(
     "UPDATE rating_state rs SET last_measured_at = v.at, last_register = v.reg, "
     "last_tou = CAST(v.tou AS numeric[]), consumption_total = v.ct, charge_exact_total = v.ex, "
     "charge_billed_total = v.bi, charge_posted_total = v.po, cycle = v.cy, "
     "cycle_consumption = v.cc, window_start = v.ws, fee_month = v.fm, stuck = v.st, "
-    "channel_id = coalesce(v.ch, rs.channel_id) FROM unnest("
+    "channel_id = coalesce(v.ch, rs.channel_id), fast_until = v.fu, fast_terms = v.ft, "
+    "fast_price = v.fp, fast_tou = CAST(v.fo AS numeric[]), fast_tiered = v.fi, "
+    "fast_block_end = v.fb, fast_limits = CAST(v.fl AS numeric[]), fast_wallet = v.fw "
+    "FROM unnest("
     "CAST(:p AS uuid[]), CAST(:at AS timestamptz[]), CAST(:reg AS numeric[]), "
     "CAST(:tou AS text[]), CAST(:ct AS numeric[]), CAST(:ex AS numeric[]), "
     "CAST(:bi AS numeric[]), CAST(:po AS numeric[]), CAST(:cy AS text[]), "
     "CAST(:cc AS numeric[]), CAST(:ws AS timestamptz[]), CAST(:fm AS text[]), "
-    "CAST(:st AS boolean[]), CAST(:ch AS uuid[])) "
-    "AS v(p, at, reg, tou, ct, ex, bi, po, cy, cc, ws, fm, st, ch) "
-    "WHERE rs.service_point_id = v.p"
+    "CAST(:st AS boolean[]), CAST(:ch AS uuid[]), CAST(:fu AS timestamptz[]), "
+    "CAST(:ft AS bigint[]), CAST(:fp AS numeric[]), CAST(:fo AS text[]), "
+    "CAST(:fi AS boolean[]), CAST(:fb AS numeric[]), CAST(:fl AS text[]), "
+    "CAST(:fw AS uuid[])) "
+    "AS v(p, at, reg, tou, ct, ex, bi, po, cy, cc, ws, fm, st, ch, fu, ft, fp, fo, fi, fb, fl, "
+    "fw) WHERE rs.service_point_id = v.p"
 )
 _INSERT_WORK_ORDERS = sa.text(
     "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, status, "
@@ -153,9 +155,11 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
     if not ids:
         return []
     arr = pg_array(ids)
+    # Before the terms are read: a change committed after this voids the envelopes below.
+    terms_version = int(await conn.scalar(sa.text(fast_rating.TERMS)) or 0)
     rows = (await conn.execute(_SELECT_STATES, {"ids": arr})).all()
     if len(rows) < len(ids):
-        await conn.execute(_INSERT_STATES, {"ids": arr})
+        await conn.execute(fast_rating.INSERT_STATES, {"ids": arr})
         rows = (await conn.execute(_SELECT_STATES, {"ids": arr})).all()
     tariffs = await _tariffs(conn, {r.tariff_id for r in rows})
     terms: dict[tuple[object, ...], PointTerms] = {}  # most points of a batch share terms
@@ -198,6 +202,7 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
                 calm=control.Calm(r.alarm_level, r.alarm1, r.alarm2, r.alarm_hysteresis)
                 if r.control_calm
                 else None,
+                terms_version=terms_version,
             )
         )
     return points
@@ -205,6 +210,23 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
 
 def _tou_text(tou: tuple[Decimal, ...] | None) -> str | None:
     return None if tou is None else "{" + ",".join(str(v) for v in tou) + "}"
+
+
+def _envelopes(
+    marks: list[tuple[_Point, RatingMark, uuid.UUID | None]],
+) -> dict[str, str]:
+    """The ``_UPDATE_STATES`` parameters of each point's envelope after ``marks``."""
+    found = [envelope(m, p.terms) for p, m, _ in marks]
+    return {
+        "fu": pg_array(e.until if e else None for e in found),
+        "ft": pg_array(p.terms_version for p, _, _ in marks),
+        "fp": pg_array(e.price if e else None for e in found),
+        "fo": pg_text_array(_tou_text(e.tou_prices) if e else None for e in found),
+        "fi": pg_array(bool(e and e.tiered) for e in found),
+        "fb": pg_array(e.block_end if e else None for e in found),
+        "fl": pg_text_array(_tou_text(e.limits) if e else None for e in found),
+        "fw": pg_array(p.wallet_id for p, _, _ in marks),
+    }
 
 
 async def persist(
@@ -215,38 +237,26 @@ async def persist(
     timing: CommandTiming,
     actor: str = "rating",
     reported: Reported | None = None,
+    fast: bool = False,
+    changed: Reported | None = None,
 ) -> RatingReport:
     """Write the marks, work orders and money of ``outcomes`` (point, outcome, channel),
     record the supply states meters ``reported``, and steer the supply of the
-    cloud-controlled points among them.
+    cloud-controlled points among them. ``fast``: the points :mod:`cloud.rating.fast` rated
+    in this transaction are in its table; their wallets move with the others, and those
+    control must look at are steered with the others; ``changed``: those of ``reported``
+    that change a twin's state.
 
     Locks are taken in one order everywhere: rating marks (by point), ledger accounts (by
     id), control state (by point), then supply twins (by channel) — so concurrent workers,
     top-ups and operators never deadlock."""
     report = RatingReport(points=len(outcomes))
-    if not outcomes:
+    if not outcomes and not fast:
         await record_reported_many(conn, reported or {})
         return report
     marks = [(p, o.mark, ch) for p, o, ch in outcomes]
-    await conn.execute(
-        _UPDATE_STATES,
-        {
-            "p": pg_array(p.id for p, _, _ in marks),
-            "at": pg_array(m.last_measured_at for _, m, _ in marks),
-            "reg": pg_array(m.last_register for _, m, _ in marks),
-            "tou": pg_text_array(_tou_text(m.last_tou) for _, m, _ in marks),
-            "ct": pg_array(m.consumption_total for _, m, _ in marks),
-            "ex": pg_array(m.exact_total for _, m, _ in marks),
-            "bi": pg_array(m.billed_total for _, m, _ in marks),
-            "po": pg_array(m.posted_total for _, m, _ in marks),
-            "cy": pg_text_array(m.cycle for _, m, _ in marks),
-            "cc": pg_array(m.cycle_consumption for _, m, _ in marks),
-            "ws": pg_array(m.window_start for _, m, _ in marks),
-            "fm": pg_text_array(m.fee_month for _, m, _ in marks),
-            "st": pg_array(m.stuck for _, m, _ in marks),
-            "ch": pg_array(ch for _, _, ch in marks),
-        },
-    )
+    if marks:
+        await _update_marks(conn, marks)
     orders = [(p, a, ch or p.channel_id) for p, o, ch in outcomes for a in o.anomalies]
     if orders:
         await conn.execute(
@@ -296,18 +306,55 @@ async def persist(
             report.charged += f.amount
             report.journaled += f.amount
     known = {p.wallet.code: (p.wallet_id, p.wallet.normal_side) for p, _, _ in outcomes}
-    batch = await post_many(conn, tenant_id, drafts, live, known)
+    batch = await post_many(
+        conn, tenant_id, drafts, live, known, live_from=fast_rating.LIVE if fast else None
+    )
     cloud = [
         (p, ch or p.channel_id) for p, _, ch in outcomes if p.terms.charged and (ch or p.channel_id)
     ]
+    balances = batch.balances
+    if fast:
+        busy = await fast_rating.busy_points(conn, changed or {})
+        if busy:
+            more = await load_points(conn, list(busy))
+            cloud += [(p, p.channel_id) for p in more if p.terms.charged and p.channel_id]
+            balances = {
+                **{p.wallet_id: b for p in more if (b := busy[p.id]) is not None},
+                **balances,
+            }
     unrecorded = reported or {}
     if cloud:
         report.commands, unrecorded = await _steer(
-            conn, tenant_id, cloud, batch.balances, reported or {}, now, timing
+            conn, tenant_id, cloud, balances, reported or {}, now, timing
         )
     # Last: the twins' lock comes after the control state's, as on every other path.
     await record_reported_many(conn, unrecorded)
     return report
+
+
+async def _update_marks(
+    conn: AsyncConnection, marks: list[tuple[_Point, RatingMark, uuid.UUID | None]]
+) -> None:
+    await conn.execute(
+        _UPDATE_STATES,
+        {
+            "p": pg_array(p.id for p, _, _ in marks),
+            "at": pg_array(m.last_measured_at for _, m, _ in marks),
+            "reg": pg_array(m.last_register for _, m, _ in marks),
+            "tou": pg_text_array(_tou_text(m.last_tou) for _, m, _ in marks),
+            "ct": pg_array(m.consumption_total for _, m, _ in marks),
+            "ex": pg_array(m.exact_total for _, m, _ in marks),
+            "bi": pg_array(m.billed_total for _, m, _ in marks),
+            "po": pg_array(m.posted_total for _, m, _ in marks),
+            "cy": pg_text_array(m.cycle for _, m, _ in marks),
+            "cc": pg_array(m.cycle_consumption for _, m, _ in marks),
+            "ws": pg_array(m.window_start for _, m, _ in marks),
+            "fm": pg_text_array(m.fee_month for _, m, _ in marks),
+            "st": pg_array(m.stuck for _, m, _ in marks),
+            "ch": pg_array(ch for _, _, ch in marks),
+            **_envelopes(marks),
+        },
+    )
 
 
 async def _steer(
@@ -386,6 +433,41 @@ async def rate_new_readings(
         latest = max(batch, key=lambda pr: pr.reading.measured_at).channel_id
         outcomes.append((p, rate(p.mark, [pr.reading for pr in batch], p.terms), latest))
     return await persist(conn, tenant_id, outcomes, now, timing, reported=reported)
+
+
+async def rate_staged(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    points: Sequence[uuid.UUID],
+    skipped: set[int],
+    now: datetime,
+    timing: CommandTiming,
+) -> RatingReport:
+    """Rate the readings the ingest staged (:data:`cloud.rating.fast.STAGED`) and stored —
+    all but the rows ``skipped`` — of ``points``: set-based where each point's envelope
+    allows it, the rest by the Python core, under one lock order."""
+    reported, changed = await fast_rating.reports(conn, skipped)
+    ids = sorted(set(points), key=_BY_INT)
+    if not ids:
+        await record_reported_many(conn, reported)
+        return RatingReport()
+    await fast_rating.lock_marks(conn, ids)
+    slow, billed = await fast_rating.rate_in_place(conn, ids, skipped)
+    outcomes = []
+    if slow:
+        by_point: dict[uuid.UUID, list[PointReading]] = defaultdict(list)
+        for sp, ch, at, total, tou, power in await fast_rating.staged_readings(conn, slow, skipped):
+            by_point[sp].append(PointReading(sp, ch, RegisterReading(at, total, _tou(tou), power)))
+        for p in await load_points(conn, slow):
+            batch = by_point[p.id]
+            latest = max(batch, key=lambda pr: pr.reading.measured_at).channel_id
+            outcomes.append((p, rate(p.mark, [pr.reading for pr in batch], p.terms), latest))
+    report = await persist(
+        conn, tenant_id, outcomes, now, timing, reported=reported, fast=True, changed=changed
+    )
+    report.points = len(ids)
+    report.charged += billed
+    return report
 
 
 async def apply_to_points(
