@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
+from functools import lru_cache
 from operator import attrgetter
 
 import sqlalchemy as sa
@@ -51,15 +52,33 @@ _INSERT_POSTINGS = sa.text(
     "CAST(:entries AS uuid[]), CAST(:accounts AS uuid[]), CAST(:amounts AS numeric[])) "
     "AS v(e, a, m)"
 )
-# NO KEY UPDATE, the lock an UPDATE of the balance takes anyway: a plain FOR UPDATE would
-# conflict with the KEY SHARE locks that inserting postings (a foreign key) takes, and two
-# sessions posting to the same wallet would deadlock.
-_LOCK = sa.text("SELECT id FROM ledger_account WHERE id = ANY(:ids) ORDER BY id FOR NO KEY UPDATE")
-_APPLY = sa.text(
-    "UPDATE ledger_account a SET balance = a.balance + v.b, unposted = a.unposted + v.u "
-    "FROM unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), CAST(:u AS numeric[])) "
-    "AS v(id, b, u) WHERE a.id = v.id RETURNING a.id, a.balance"
-)
+_DELTAS = "unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), CAST(:u AS numeric[]))"
+
+
+@lru_cache
+def _moves(live_from: str | None) -> tuple[sa.TextClause, sa.TextClause]:
+    """The statements that lock and move balances by ``:ids``/``:b``/``:u`` (and by the
+    (account, live amount) rows of ``live_from``), returning the balances of ``:ids``.
+
+    NO KEY UPDATE, the lock an UPDATE of the balance takes anyway: a plain FOR UPDATE would
+    conflict with the KEY SHARE locks that inserting postings (a foreign key) takes, and two
+    sessions posting to the same wallet would deadlock."""
+    lock = "SELECT id FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[]))"
+    source = f"{_DELTAS} AS v(id, b, u)"
+    if live_from is not None:
+        lock += f" OR id IN (SELECT a FROM ({live_from}) AS x(a, m))"
+        source = (
+            f"(SELECT a, sum(b), sum(u) FROM (SELECT * FROM {_DELTAS} UNION ALL "
+            f"SELECT a, m, m FROM ({live_from}) AS x(a, m)) AS y(a, b, u) GROUP BY a) "
+            "AS v(id, b, u)"
+        )
+    apply = (
+        "WITH moved AS (UPDATE ledger_account a SET balance = a.balance + v.b, "
+        f"unposted = a.unposted + v.u FROM {source} WHERE a.id = v.id "
+        "RETURNING a.id, a.balance) SELECT id, balance FROM moved "
+        "WHERE id = ANY(CAST(:ids AS uuid[]))"
+    )
+    return sa.text(lock + " ORDER BY id FOR NO KEY UPDATE"), sa.text(apply)
 
 
 class EntryNotFound(LedgerError):
@@ -218,44 +237,16 @@ async def apply_deltas(
     ``live_from`` selects, locking accounts in id order; return the new live balances of
     the accounts in ``deltas``."""
     moving = sorted((k for k, (b, u) in deltas.items() if b != 0 or u != 0), key=attrgetter("int"))
-    if live_from is not None:
-        params = {
-            "ids": pg_array(moving),
-            "b": pg_array(deltas[k][0] for k in moving),
-            "u": pg_array(deltas[k][1] for k in moving),
-        }
-        await conn.execute(
-            sa.text(
-                "SELECT id FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[])) "
-                f"OR id IN (SELECT a FROM ({live_from}) AS x(a, m)) ORDER BY id FOR NO KEY UPDATE"
-            ),
-            params,
-        )
-        rows = await conn.execute(
-            sa.text(
-                "WITH v AS (SELECT a AS id, sum(b) AS b, sum(u) AS u FROM ("
-                "SELECT * FROM unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), "
-                f"CAST(:u AS numeric[])) UNION ALL SELECT a, m, m FROM ({live_from}) AS x(a, m)"
-                ") AS y(a, b, u) GROUP BY a), "
-                "upd AS (UPDATE ledger_account a SET balance = a.balance + v.b, "
-                "unposted = a.unposted + v.u FROM v WHERE a.id = v.id RETURNING a.id, a.balance) "
-                "SELECT id, balance FROM upd WHERE id = ANY(CAST(:ids AS uuid[]))"
-            ),
-            params,
-        )
-        return {r[0]: r[1] for r in rows}
-    if not moving:
+    if not moving and live_from is None:
         return {}
-    await conn.execute(_LOCK, {"ids": pg_array(moving)})
-    rows = await conn.execute(
-        _APPLY,
-        {
-            "ids": pg_array(moving),
-            "b": pg_array(deltas[k][0] for k in moving),
-            "u": pg_array(deltas[k][1] for k in moving),
-        },
-    )
-    return {r[0]: r[1] for r in rows}
+    lock, apply = _moves(live_from)
+    params = {
+        "ids": pg_array(moving),
+        "b": pg_array(deltas[k][0] for k in moving),
+        "u": pg_array(deltas[k][1] for k in moving),
+    }
+    await conn.execute(lock, params)
+    return {r[0]: r[1] for r in await conn.execute(apply, params)}
 
 
 async def reverse(

@@ -448,18 +448,14 @@ class Envelope:
     limits: tuple[Decimal, Decimal, Decimal, Decimal]  # max_rate, slack, stuck_min, gap (s)
 
 
-def _local_start(year: int, month: int, tz: tzinfo) -> datetime:
-    return datetime(year, month, 1, tzinfo=tz)
-
-
 def _next_month(ts: datetime, tz: tzinfo) -> datetime:
     local = ts.astimezone(tz)
     year, month = (local.year + 1, 1) if local.month == 12 else (local.year, local.month + 1)
-    return _local_start(year, month, tz) - _BOUNDARY_MARGIN
+    return datetime(year, month, 1, tzinfo=tz) - _BOUNDARY_MARGIN
 
 
 def _next_year(ts: datetime, tz: tzinfo) -> datetime:
-    return _local_start(ts.astimezone(tz).year + 1, 1, tz) - _BOUNDARY_MARGIN
+    return datetime(ts.astimezone(tz).year + 1, 1, 1, tzinfo=tz) - _BOUNDARY_MARGIN
 
 
 def _next_period(plan: TimeOfUse, ts: datetime, tz: tzinfo) -> datetime | None:

@@ -212,10 +212,6 @@ _SLOW_READINGS = sa.text(
 )
 
 
-def _ints(values: set[int]) -> str:
-    return "{" + ",".join(str(v) for v in sorted(values)) + "}"
-
-
 async def lock_marks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> None:
     """Lock the points' marks in point order (creating those not there yet)."""
     arr = pg_array(ids)
@@ -233,7 +229,7 @@ async def rate_in_place(
     await conn.execute(sa.text(_RATED_TABLE))
     terms = await conn.scalar(sa.text(TERMS))
     rows = await conn.execute(
-        _FAST, {"ids": pg_array(ids), "skipped": _ints(skipped), "terms": terms}
+        _FAST, {"ids": pg_array(ids), "skipped": pg_array(sorted(skipped)), "terms": terms}
     )
     slow: list[uuid.UUID] = []
     billed = Decimal(0)
@@ -267,7 +263,9 @@ async def reports(conn: AsyncConnection, skipped: set[int]) -> tuple[Reported, R
     """The supply states worth writing to the twins, and those among them that change a
     twin's state (the rest refresh its time)."""
     rows = (
-        await conn.execute(_REPORTS, {"skipped": _ints(skipped), "refresh": REPORT_REFRESH})
+        await conn.execute(
+            _REPORTS, {"skipped": pg_array(sorted(skipped)), "refresh": REPORT_REFRESH}
+        )
     ).all()
     news = {r[0]: (r[1], SupplyState.ON if r[2] else SupplyState.OFF) for r in rows}
     return news, {r[0]: news[r[0]] for r in rows if r[3]}
@@ -279,5 +277,7 @@ async def staged_readings(
     tuple[uuid.UUID, uuid.UUID, datetime, Decimal | None, list[Decimal] | None, Decimal | None]
 ]:
     """The stored readings of ``ids`` in this batch, as the columns hold them."""
-    rows = await conn.execute(_SLOW_READINGS, {"ids": pg_array(ids), "skipped": _ints(skipped)})
+    rows = await conn.execute(
+        _SLOW_READINGS, {"ids": pg_array(ids), "skipped": pg_array(sorted(skipped))}
+    )
     return [(r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows]

@@ -413,28 +413,6 @@ def _detail(a: Anomaly) -> str:
     return json.dumps(doc, ensure_ascii=False)
 
 
-async def rate_new_readings(
-    conn: AsyncConnection,
-    tenant_id: uuid.UUID,
-    new: list[PointReading],
-    now: datetime,
-    timing: CommandTiming,
-    reported: Reported | None = None,
-) -> RatingReport:
-    """Rate readings just stored (in this transaction). Late and duplicate readings never
-    charge twice: each point's mark only moves forward, under ``FOR UPDATE``."""
-    by_point: dict[uuid.UUID, list[PointReading]] = defaultdict(list)
-    for pr in new:
-        by_point[pr.service_point_id].append(pr)
-    points = await load_points(conn, list(by_point))
-    outcomes = []
-    for p in points:
-        batch = by_point[p.id]
-        latest = max(batch, key=lambda pr: pr.reading.measured_at).channel_id
-        outcomes.append((p, rate(p.mark, [pr.reading for pr in batch], p.terms), latest))
-    return await persist(conn, tenant_id, outcomes, now, timing, reported=reported)
-
-
 async def rate_staged(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
@@ -445,7 +423,8 @@ async def rate_staged(
 ) -> RatingReport:
     """Rate the readings the ingest staged (:data:`cloud.rating.fast.STAGED`) and stored —
     all but the rows ``skipped`` — of ``points``: set-based where each point's envelope
-    allows it, the rest by the Python core, under one lock order."""
+    allows it, the rest by the Python core, under one lock order. Late and duplicate
+    readings never charge twice: each point's mark only moves forward, under a row lock."""
     reported, changed = await fast_rating.reports(conn, skipped)
     ids = sorted(set(points), key=_BY_INT)
     if not ids:

@@ -20,6 +20,7 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings, target
 from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.service import CommandTiming
 from cloud.db import Database
@@ -111,25 +112,31 @@ def _readings(
     return out
 
 
+async def _add_version(
+    conn: AsyncConnection, at: datetime, kind: str, spec: dict[str, object], fee: Decimal
+) -> None:
+    await conn.execute(
+        sa.text(
+            "INSERT INTO tariff_version (id, tenant_id, tariff_id, effective_from, kind, "
+            "unit_price, spec, monthly_fee) SELECT gen_random_uuid(), tenant_id, id, :at, "
+            ":k, :u, CAST(:s AS jsonb), :fee FROM tariff"
+        ),
+        {
+            "at": at,
+            "k": kind,
+            "u": Decimal(str(spec["unit_price"])) if kind == "flat" else None,
+            "s": json.dumps({} if kind == "flat" else spec),
+            "fee": fee,
+        },
+    )
+
+
 async def _group(
     db: Database, kind: str, spec: dict[str, object], fee: Decimal, common: bool
 ) -> tuple[str, Seeded, uuid.UUID]:
     seeded = await seed_group(db, group_spec(balance="10000.00"))
     async with db.tenant(seeded.tenant_id) as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO tariff_version (id, tenant_id, tariff_id, effective_from, kind, "
-                "unit_price, spec, monthly_fee) SELECT gen_random_uuid(), tenant_id, id, :at, "
-                ":k, :u, CAST(:s AS jsonb), :fee FROM tariff"
-            ),
-            {
-                "at": EFFECTIVE,
-                "k": kind,
-                "u": Decimal(str(spec["unit_price"])) if kind == "flat" else None,
-                "s": json.dumps({} if kind == "flat" else spec),
-                "fee": fee,
-            },
-        )
+        await _add_version(conn, EFFECTIVE, kind, spec, fee)
         if common:
             await conn.execute(sa.text("UPDATE service_point SET common_area = true"))
         gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
@@ -259,14 +266,8 @@ async def test_the_fast_path_takes_the_usual_reading_and_a_price_change_voids_it
     await feed(1, "10.50")
     await feed(2, "11.00")
     async with db.tenant(tenant) as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO tariff_version (id, tenant_id, tariff_id, effective_from, kind, "
-                "unit_price, spec, monthly_fee) SELECT gen_random_uuid(), tenant_id, id, :at, "
-                "'flat', 2, '{}', 0 FROM tariff"
-            ),
-            {"at": t0 + timedelta(minutes=3, seconds=30)},
-        )
+        at = t0 + timedelta(minutes=3, seconds=30)
+        await _add_version(conn, at, "flat", {"unit_price": "2"}, Decimal(0))
     await feed(3, "11.50")  # the old price still, but decided by the core
     await feed(4, "12.00")  # the new price from 00:03:30 on
     await feed(5, "12.50")  # and set-based again
