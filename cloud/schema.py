@@ -313,6 +313,7 @@ class RatingState(SQLModel, table=True):
     fast_block_end: Decimal | None = Field(default=None, sa_type=REGISTER)
     fast_limits: list[Decimal] | None = Field(default=None, sa_type=pg.ARRAY(sa.Numeric()))
     fast_wallet: uuid.UUID | None = None
+    fast_revenue: uuid.UUID | None = None  # where the usage windows closed in SQL post to
 
 
 class LedgerAccount(SQLModel, table=True):
@@ -350,9 +351,12 @@ class JournalEntry(SQLModel, table=True):
 class Posting(SQLModel, table=True):
     """One leg of an entry; positive = debit, negative = credit. An entry's legs sum to zero."""
 
+    # (entry, tenant): the ledger's checks find an entry's postings under row-level
+    # security with one index (migration 0008)
+    __table_args__ = (sa.Index("ix_posting_entry_id", "entry_id", "tenant_id"),)
     id: uuid.UUID = _id()
     tenant_id: uuid.UUID = _tenant()
-    entry_id: uuid.UUID = Field(foreign_key="journal_entry.id", index=True)
+    entry_id: uuid.UUID = Field(foreign_key="journal_entry.id")
     ledger_account_id: uuid.UUID = Field(foreign_key="ledger_account.id", index=True)
     amount: Decimal = Field(sa_type=MONEY)
 

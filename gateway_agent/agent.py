@@ -602,9 +602,10 @@ class Agent:
             finally:
                 for t in tasks:
                     t.cancel()
-                for t in tasks:
-                    with contextlib.suppress(asyncio.CancelledError, aiomqtt.MqttError):
-                        await t
+                # gather, not a suppressed await of each: a stop (cancel) that arrives
+                # while the tasks wind down must not be swallowed with theirs, or run()
+                # would reconnect and never end
+                await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def reconnect_delay(failures: int, low: float, high: float) -> float:

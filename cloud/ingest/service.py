@@ -25,7 +25,7 @@ from cloud.aio import raise_if_cancelled
 from cloud.control.policy import SupplyState
 from cloud.control.service import CommandTiming, apply_ack, sweep_tenant
 from cloud.db import Database
-from cloud.rating.fast import STAGED, STAGING
+from cloud.rating.fast import STAGED, STAGED_COLUMNS, STAGING
 from cloud.rating.service import rate_staged
 from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
 
@@ -37,20 +37,21 @@ RETRIES = 3
 # Two workers can meet in the same rows (a stream fed twice); PostgreSQL breaks the rare
 # cycle and the batch is simply run again.
 TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-_COLUMNS = (
-    "channel_id, measured_at, tenant_id, received_at, total, tou, voltage, current, power, "
-    "supply_on, meter_balance, purchase_count"
-)
-# Moves the staged rows and answers only which were *not* stored (usually none): already
-# there, or repeated within the staged rows (the first, lowest ``n``, is the one stored).
-# The rest are rated where they are staged (cloud.rating.service.rate_staged).
+# Moves the staged rows and answers how many were stored: usually all of them. The rest
+# are rated where they are staged (cloud.rating.service.rate_staged).
 _MOVE = (
-    f"WITH stored AS (INSERT INTO reading ({_COLUMNS}) SELECT {_COLUMNS} FROM {STAGED} "
+    f"WITH stored AS (INSERT INTO reading ({STAGED_COLUMNS}, tenant_id, received_at) "
+    f"SELECT {STAGED_COLUMNS}, %(tenant)s, %(received)s FROM {STAGED} "
     "ORDER BY channel_id, measured_at, n "  # one lock order for every worker
-    "ON CONFLICT (channel_id, measured_at) DO NOTHING RETURNING channel_id, measured_at) "
+    "ON CONFLICT (channel_id, measured_at) DO NOTHING RETURNING 1) SELECT count(*) FROM stored"
+)
+# When some were not (already there, or repeated within the staged rows, where the first,
+# lowest ``n``, is the one stored): which. A row this transaction stored carries its id.
+_NOT_STORED = (
     "SELECT i.n FROM (SELECT n, channel_id, measured_at, row_number() OVER "
     f"(PARTITION BY channel_id, measured_at ORDER BY n) AS k FROM {STAGED}) AS i "
-    "LEFT JOIN stored s USING (channel_id, measured_at) WHERE s.channel_id IS NULL OR i.k > 1"
+    "WHERE i.k > 1 OR NOT EXISTS (SELECT 1 FROM reading r WHERE r.channel_id = i.channel_id "
+    "AND r.measured_at = i.measured_at AND r.xmin = pg_current_xact_id()::xid)"
 )
 
 
@@ -136,7 +137,6 @@ class IngestService:
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
             rows: list[str] = []  # COPY lines
-            fixed = f"{tenant_id}\t{received_at.isoformat()}"
             points: set[uuid.UUID] = set()  # the service points the rows are bound to
             ends: list[int] = []  # where each batch's rows end in ``rows``
             for batch, result in zip(batches, results, strict=True):
@@ -148,11 +148,11 @@ class IngestService:
                         continue
                     assert target is not None
                     sp = target.service_point_id
-                    rows.append(_line(r, target, fixed, len(rows)))
+                    rows.append(_line(r, target, len(rows)))
                     if sp is not None:
                         points.add(sp)
                 ends.append(len(rows))
-            skipped = await _insert(conn, rows)
+            skipped = await _insert(conn, tenant_id, received_at, rows)
             _count_stored(results, ends, skipped)
             report = await rate_staged(
                 conn, tenant_id, list(points), skipped, received_at, self.timing
@@ -285,21 +285,23 @@ def _text(value: object) -> str:
     return _NULL if value is None else str(value)
 
 
-def _line(r: Reading, target: _Target, fixed: str, n: int) -> str:
-    """One staged row in COPY's text format (``fixed``: tenant and time received). The
-    columns round the values as they are stored; rating reads them from there."""
+def _line(r: Reading, target: _Target, n: int) -> str:
+    """One staged row in COPY's text format. The columns round the values as they are
+    stored; rating reads them from there."""
     tou = _NULL if r.tou is None else "{" + ",".join(str(v) for v in r.tou) + "}"
     supply = _NULL if r.supply is None else ("t" if r.supply is Supply.ON else "f")
     return (
-        f"{target.channel_text}\t{r.measured_at.isoformat()}\t{fixed}\t{_text(r.total)}\t"
+        f"{target.channel_text}\t{r.measured_at.isoformat()}\t{_text(r.total)}\t"
         f"{tou}\t{_text(r.voltage)}\t{_text(r.current)}\t{_text(r.power)}\t{supply}\t"
         f"{_text(r.meter_balance)}\t{_text(r.purchase_count)}\t{target.point_text}\t{n}\n"
     )
 
 
-async def _insert(conn: AsyncConnection, rows: list[str]) -> set[int]:
-    """Store ``rows`` (:func:`_line`; duplicates are no-ops); return the places of those
-    not stored."""
+async def _insert(
+    conn: AsyncConnection, tenant_id: uuid.UUID, received_at: datetime, rows: list[str]
+) -> set[int]:
+    """Store ``rows`` (:func:`_line`; duplicates are no-ops) of the tenant, received at
+    ``received_at``; return the places of those not stored."""
     if not rows:
         return set()
     await conn.execute(sa.text(STAGING))
@@ -307,11 +309,16 @@ async def _insert(conn: AsyncConnection, rows: list[str]) -> set[int]:
     pg = raw.driver_connection
     assert pg is not None
     async with pg.cursor() as cur:
-        async with cur.copy(f"COPY {STAGED} ({_COLUMNS}, service_point_id, n) FROM STDIN") as copy:
+        async with cur.copy(
+            f"COPY {STAGED} ({STAGED_COLUMNS}, service_point_id, n) FROM STDIN"
+        ) as copy:
             await copy.write("".join(rows))
-        await cur.execute(_MOVE)
-        skipped = {r[0] for r in await cur.fetchall()}
-    return skipped
+        await cur.execute(_MOVE, {"tenant": tenant_id, "received": received_at})
+        row = await cur.fetchone()
+        if row is not None and row[0] == len(rows):
+            return set()
+        await cur.execute(_NOT_STORED)
+        return {r[0] for r in await cur.fetchall()}
 
 
 def _count_stored(results: list[IngestResult], ends: list[int], skipped: set[int]) -> None:

@@ -58,7 +58,8 @@ _DELTAS = "unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), CAST(:u AS numeri
 @lru_cache
 def _moves(live_from: str | None) -> tuple[sa.TextClause, sa.TextClause]:
     """The statements that lock and move balances by ``:ids``/``:b``/``:u`` (and by the
-    (account, live amount) rows of ``live_from``), returning the balances of ``:ids``.
+    (account, balance change, unposted change) rows of ``live_from``), returning the
+    balances of ``:ids``.
 
     NO KEY UPDATE, the lock an UPDATE of the balance takes anyway: a plain FOR UPDATE would
     conflict with the KEY SHARE locks that inserting postings (a foreign key) takes, and two
@@ -66,10 +67,10 @@ def _moves(live_from: str | None) -> tuple[sa.TextClause, sa.TextClause]:
     lock = "SELECT id FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[]))"
     source = f"{_DELTAS} AS v(id, b, u)"
     if live_from is not None:
-        lock += f" OR id IN (SELECT a FROM ({live_from}) AS x(a, m))"
+        lock += f" OR id IN (SELECT a FROM ({live_from}) AS x(a, b, u))"
         source = (
             f"(SELECT a, sum(b), sum(u) FROM (SELECT * FROM {_DELTAS} UNION ALL "
-            f"SELECT a, m, m FROM ({live_from}) AS x(a, m)) AS y(a, b, u) GROUP BY a) "
+            f"SELECT a, b, u FROM ({live_from}) AS x(a, b, u)) AS y(a, b, u) GROUP BY a) "
             "AS v(id, b, u)"
         )
     apply = (
@@ -149,8 +150,8 @@ async def post_many(
     """Post each draft once (replayed keys change nothing) and, in the same locked update,
     move ``live`` amounts (rated usage not yet journaled) into accounts' live balances and
     their ``unposted``. ``known`` spares the lookup of accounts the caller already has.
-    ``live_from``: a query of further (account id, live amount) rows moved the same way
-    (usage rated set-based in SQL), whose balances are not returned.
+    ``live_from``: a query of further (account id, balance change, unposted change) rows
+    (usage rated and windows posted set-based in SQL), whose balances are not returned.
     Returns one :class:`Posted` per draft, in order, and the moved accounts' balances."""
     live = live or {}
     keys = [d.idempotency_key for d in drafts]
@@ -233,9 +234,9 @@ async def apply_deltas(
     deltas: Mapping[uuid.UUID, tuple[Decimal, Decimal]],
     live_from: str | None = None,
 ) -> dict[uuid.UUID, Decimal]:
-    """Move cached (live balance, unposted) by ``deltas``, and both by the live amounts
-    ``live_from`` selects, locking accounts in id order; return the new live balances of
-    the accounts in ``deltas``."""
+    """Move cached (live balance, unposted) by ``deltas`` and by the rows ``live_from``
+    selects, locking accounts in id order; return the new live balances of the accounts in
+    ``deltas``."""
     moving = sorted((k for k, (b, u) in deltas.items() if b != 0 or u != 0), key=attrgetter("int"))
     if not moving and live_from is None:
         return {}

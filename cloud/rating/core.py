@@ -430,15 +430,19 @@ def swap_meter(
 
 _BOUNDARY_MARGIN = timedelta(hours=2)  # below a local month/year start, whatever the DST
 _TOU_SPAN = timedelta(hours=12)  # at most one UTC offset change fits in this
+# An envelope's longest reach: beyond it a reading is a gap anyway, and the core looks again.
+_ENVELOPE_SPAN = timedelta(days=31)
 
 
 @dataclass(frozen=True)
 class Envelope:
     """For the readings after a mark and before ``until``: everything :func:`rate` looks up
-    stays as it is — the usage window, the tariff version, the fee month, the tier cycle and
-    block, the TOU period — so a reading whose consumption stays within the channel's
-    limits (no gap, no jump, no rollover, no stuck register) costs ``price`` per unit, or
-    by the meter's TOU registers at ``tou_prices``. Anything else is left to :func:`rate`."""
+    stays as it is — the tariff version, the fee month, the tier cycle and block, the TOU
+    period — so a reading whose consumption stays within the channel's limits (no gap, no
+    jump, no rollover, no stuck register) costs ``price`` per unit, or by the meter's TOU
+    registers at ``tou_prices``; the hourly usage windows it closes are posted as
+    :func:`rate` posts them (``window_of``, ``UsagePosting``). Anything else is left to
+    :func:`rate`."""
 
     until: datetime
     price: Decimal  # per unit of consumption (0: consumption tracked, not charged)
@@ -480,7 +484,7 @@ def envelope(mark: RatingMark, terms: PointTerms) -> Envelope | None:
         return None
     lim = terms.limits
     limits = (lim.max_rate, lim.slack, lim.stuck_min, Decimal(lim.gap // _US) / 1_000_000)
-    until = mark.window_start + WINDOW
+    until = m + _ENVELOPE_SPAN
     price, tou_prices, tiered, block_end = Decimal(0), None, False, None
     if terms.charged:
         tariff, tz = terms.tariff, terms.tz

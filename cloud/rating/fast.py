@@ -2,24 +2,27 @@
 
 The Python core (:mod:`cloud.rating.core`) decides everything about a point's readings and,
 whenever it has rated a point, leaves in ``rating_state`` the point's *envelope*
-(:func:`cloud.rating.core.envelope`): until when its price, tier block, fee month, usage
-window and tariff version stay as they are, and the channel's limits. The usual reading —
-after the mark, inside the envelope, a plain step forward within the limits — then needs
-nothing of Python: one statement rates every such point of a batch (consumption, exact
-charge, the fen total, the stuck flag, the mark) exactly as the core would, and writes what
-each wallet loses to a temporary table the ledger update reads. Every other point of the
-batch — a first reading, a window or month or period closing, an anomaly, a changed
-tariff (the tenant's "terms" counter voids every envelope), a point control must look at —
-is handed to the Python core, in the same transaction and under the same locks.
+(:func:`cloud.rating.core.envelope`): until when its price, tier block, fee month and
+tariff version stay as they are, the channel's limits, its wallet and the revenue account
+its usage is posted to. The usual reading — after the mark, inside the envelope, a plain
+step forward within the limits — then needs nothing of Python: one statement rates every
+such point of a batch (consumption, exact charge, the fen total, the stuck flag, the mark),
+journals the hourly usage windows the readings close (the core's entry: same key, reason,
+amount and legs), and writes what each wallet and revenue account moves to a temporary
+table the ledger's locked update reads. Every other point of the batch — a first reading,
+a month or period closing, an anomaly, a changed tariff (the tenant's "terms" counter
+voids every envelope), a point control must look at — is handed to the Python core, in the
+same transaction and under the same locks.
 
 A property test (tests/integration/test_rating_fast.py) holds the two paths to the same
-marks and balances for random tariffs, marks and readings.
+marks, balances and usage entries for random tariffs, marks and readings.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
@@ -30,20 +33,30 @@ from cloud.control.policy import SupplyState
 from cloud.control.service import REPORT_REFRESH, Reported
 from cloud.db import pg_array
 
-# The ingest's staging table: the batch's readings as stored (rounded by the columns), with
-# the service point each channel is bound to and ``n``, the row's place in the batch.
+# The ingest's staging table: the batch's readings with the columns (so the rounding) of
+# ``reading``, but for the tenant and the time received, which are the batch's; with the
+# service point each channel is bound to and ``n``, the row's place in the batch.
 STAGED = "reading_in"
+STAGED_COLUMNS = (
+    "channel_id, measured_at, total, tou, voltage, current, power, supply_on, meter_balance, "
+    "purchase_count"
+)
 STAGING = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED} "
-    "(LIKE reading INCLUDING DEFAULTS, service_point_id uuid, n integer) ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {STAGED} ON COMMIT DELETE ROWS AS SELECT "
+    f"{STAGED_COLUMNS}, NULL::uuid AS service_point_id, 0 AS n FROM reading WITH NO DATA"
 )
-RATED = "rated_fast"  # (sp, wallet, ch, billed): the points rated here
+RATED = "rated_fast"  # the points rated here: see _RATED_TABLE
 _RATED_TABLE = (
-    f"CREATE TEMP TABLE IF NOT EXISTS {RATED} (sp uuid, wallet uuid, ch uuid, billed numeric) "
-    "ON COMMIT DELETE ROWS"
+    f"CREATE TEMP TABLE IF NOT EXISTS {RATED} (sp uuid, wallet uuid, ch uuid, billed numeric, "
+    "posted numeric, revenue uuid) ON COMMIT DELETE ROWS"
 )
-# The wallets' live deltas of the points rated here, for the ledger's locked update.
-LIVE = f"SELECT wallet, -billed FROM {RATED} WHERE billed <> 0"
+# The ledger's moves of the points rated here, (account, live balance, unposted): a wallet
+# loses what was billed, live; a usage entry posted here settles that much of the wallet's
+# unposted usage and credits revenue (cloud.ledger.core.live_deltas of ledger.usage).
+LIVE = (
+    f"SELECT wallet, -billed, posted - billed FROM {RATED} WHERE billed <> 0 OR posted <> 0 "
+    f"UNION ALL SELECT revenue, posted, 0 FROM {RATED} WHERE posted <> 0"
+)
 
 TERMS = "SELECT coalesce(max(value), 0) FROM tenant_counter WHERE name = 'terms'"
 
@@ -60,9 +73,16 @@ INSERT_STATES = sa.text(
     "ON CONFLICT (service_point_id) DO NOTHING"
 )
 
+# Python's datetime.isoformat() of a whole second, in the session's time zone (the zone
+# psycopg hands the core its times in): the usage entries' keys and reasons are the core's.
+_ISO = """'YYYY-MM-DD"T"HH24:MI:SSTZH:TZM'"""
+
 # A step is one reading after the mark (with a register) and the one before it (the mark's
 # for the first). Conditions mirror cloud.rating.core._advance; elapsed time is compared
 # multiplied out (exact), with a margin of 1e-9 on the side that keeps a tie for Python.
+# The first step in a later hourly window than the mark's closes the mark's window, as
+# core._close_window does: the billed total up to that step, less what was posted, is
+# journaled. (A point whose batch reaches into a third window goes to the core.)
 _FAST = sa.text(f"""
 WITH w AS (
   SELECT i.service_point_id AS sp, i.measured_at AS at, i.total, i.tou, i.power,
@@ -70,6 +90,8 @@ WITH w AS (
          step, rs.stuck, rs.fast_until, rs.fast_terms, rs.fast_price, rs.fast_tou,
          rs.fast_limits, rs.fast_tiered, rs.fast_block_end, rs.cycle_consumption AS cc,
          rs.charge_exact_total AS old_exact, rs.charge_billed_total AS old_billed,
+         rs.charge_posted_total AS old_posted, rs.window_start AS ws0,
+         rs.fast_revenue IS NOT NULL AS postable,
          CASE WHEN row_number() OVER v = 1 THEN rs.last_measured_at ELSE lag(i.measured_at) OVER v
            END AS pat,
          CASE WHEN row_number() OVER v = 1 THEN rs.last_register ELSE lag(i.total) OVER v END
@@ -84,14 +106,16 @@ WITH w AS (
   WINDOW v AS (PARTITION BY i.service_point_id, step ORDER BY i.measured_at)
 ),
 d AS (
-  SELECT w.*, w.total - w.ptot AS d, EXTRACT(EPOCH FROM w.at - w.pat) AS e FROM w
+  SELECT w.*, w.total - w.ptot AS d, EXTRACT(EPOCH FROM w.at - w.pat) AS e,
+         date_trunc('hour', w.at - interval '1 microsecond') AS win  -- core.window_of
+  FROM w OFFSET 0  -- (a fence: each value once per row, however often c and p use it)
 ),
 c AS (
   SELECT d.sp, d.at, d.total, d.tou, d.d, d.step, d.is_last, d.settled, d.fast_tiered, d.cc,
-    d.fast_block_end, d.old_exact, d.old_billed,
+    d.fast_block_end, d.old_exact, d.old_billed, d.old_posted, d.ws0, d.win, d.postable,
     (d.fast_until IS NOT NULL AND d.fast_terms = :terms AND d.at < d.fast_until
-     AND d.ptot IS NOT NULL AND d.pat IS NOT NULL AND d.e <= d.fast_limits[4]
-     AND (d.tou IS NULL OR cardinality(d.tou) = 4)
+     AND d.ptot IS NOT NULL AND d.pat IS NOT NULL AND d.win >= d.ws0
+     AND d.e <= d.fast_limits[4] AND (d.tou IS NULL OR cardinality(d.tou) = 4)
      AND d.d >= 0 AND d.d * 3600 + 1e-9 <= d.fast_limits[1] * d.e + d.fast_limits[2] * 3600
      AND (d.d > 0 OR d.power IS NULL OR d.power <= 0 OR d.stuck
           OR d.power * d.e + 1e-9 < d.fast_limits[3] * 3600)) IS TRUE AS ok,
@@ -104,7 +128,7 @@ c AS (
            (d.tou[1] - d.ptou[1]) * d.fast_tou[1] + (d.tou[2] - d.ptou[2]) * d.fast_tou[2]
            + (d.tou[3] - d.ptou[3]) * d.fast_tou[3] + (d.tou[4] - d.ptou[4]) * d.fast_tou[4]
          ELSE d.d * d.fast_price END AS charge
-  FROM d
+  FROM d OFFSET 0
 ),
 p AS (
   SELECT sp, count(*) FILTER (WHERE step) AS steps,
@@ -112,13 +136,20 @@ p AS (
       AND NOT coalesce(bool_or(stuckish) FILTER (WHERE step)
                        AND bool_or(d > 0) FILTER (WHERE step), false)
       AND (NOT bool_and(fast_tiered) OR max(fast_block_end) IS NULL
-           OR max(cc) + coalesce(sum(d) FILTER (WHERE step), 0) <= max(fast_block_end)) AS fast,
+           OR max(cc) + coalesce(sum(d) FILTER (WHERE step), 0) <= max(fast_block_end))
+      AND (min(win) FILTER (WHERE step AND win > ws0) IS NULL
+           OR bool_and(postable) AND min(win) FILTER (WHERE step AND win > ws0)
+                                     = max(win) FILTER (WHERE step)) AS fast,
     sum(d) FILTER (WHERE step) AS used, sum(charge) FILTER (WHERE step) AS exact,
     coalesce(bool_or(d > 0) FILTER (WHERE step), false) AS moved,
     max(at) FILTER (WHERE step) AS at, max(total) FILTER (WHERE is_last) AS total,
-    max(tou) FILTER (WHERE is_last) AS tou,
+    max(tou) FILTER (WHERE is_last) AS tou, max(win) FILTER (WHERE step) AS win,
+    max(ws0) AS ws0, coalesce(bool_or(win > ws0) FILTER (WHERE step), false) AS closing,
+    round(max(old_exact) + coalesce(sum(charge) FILTER (WHERE step AND win = ws0), 0), 2)
+      AS posted_to,
     round(max(old_exact) + coalesce(sum(charge) FILTER (WHERE step), 0), 2) - max(old_billed)
-      AS billed
+      AS billed,
+    max(old_posted) AS old_posted
   FROM c GROUP BY sp
 ),
 upd AS (
@@ -126,21 +157,46 @@ upd AS (
     last_tou = p.tou, consumption_total = rs.consumption_total + p.used,
     charge_exact_total = rs.charge_exact_total + p.exact,
     charge_billed_total = round(rs.charge_exact_total + p.exact, 2),
+    charge_posted_total = CASE WHEN p.closing THEN p.posted_to ELSE rs.charge_posted_total END,
+    window_start = p.win,
     cycle_consumption = CASE WHEN rs.fast_tiered THEN rs.cycle_consumption + p.used
                              ELSE rs.cycle_consumption END,
     stuck = rs.stuck AND NOT p.moved
   FROM p WHERE p.fast AND p.steps > 0 AND rs.service_point_id = p.sp
-  RETURNING rs.service_point_id, rs.fast_wallet, rs.channel_id, p.billed
+  RETURNING rs.service_point_id AS sp, rs.fast_wallet AS wallet, rs.channel_id AS ch, p.billed,
+    rs.fast_revenue AS revenue, p.closing, p.ws0, p.posted_to, p.posted_to - p.old_posted AS amount
+),
+closed AS (  -- the window each closing point's readings close, with what it posts
+  SELECT gen_random_uuid() AS id, * FROM upd WHERE closing AND amount <> 0
+),
+entries AS (
+  INSERT INTO journal_entry (id, tenant_id, idempotency_key, kind, actor, reason, effective_at)
+  SELECT id, :tenant, 'usage:' || sp || ':' || to_char(ws0, {_ISO}) || '/' || posted_to,
+    'usage', 'rating',
+    'usage ' || to_char(ws0, {_ISO}) || ' to ' || to_char(ws0 + interval '1 hour', {_ISO}),
+    ws0 + interval '1 hour'
+  FROM closed
+  ON CONFLICT (tenant_id, idempotency_key) DO NOTHING RETURNING id
+),
+posted AS (
+  SELECT closed.* FROM closed JOIN entries USING (id)
+),
+legs AS (  -- ledger.usage: debit the wallet, credit revenue
+  INSERT INTO posting (id, tenant_id, entry_id, ledger_account_id, amount)
+  SELECT gen_random_uuid(), :tenant, posted.id, x.account, x.amount
+  FROM posted, LATERAL (VALUES (posted.wallet, posted.amount), (posted.revenue, -posted.amount))
+    AS x(account, amount)
 ),
 kept AS (
-  INSERT INTO {RATED} (sp, wallet, ch, billed)
-  SELECT * FROM upd
+  INSERT INTO {RATED} (sp, wallet, ch, billed, posted, revenue)
+  SELECT upd.sp, upd.wallet, upd.ch, upd.billed, coalesce(posted.amount, 0), upd.revenue
+  FROM upd LEFT JOIN posted ON posted.sp = upd.sp
   UNION ALL
-  SELECT p.sp, rs.fast_wallet, rs.channel_id, 0 FROM p
+  SELECT p.sp, rs.fast_wallet, rs.channel_id, 0, 0, rs.fast_revenue FROM p
   JOIN rating_state rs ON rs.service_point_id = p.sp WHERE p.fast AND p.steps = 0
 )
-SELECT sp, NULL::numeric FROM p WHERE NOT p.fast
-UNION ALL SELECT NULL, sum(billed) FROM p WHERE p.fast
+SELECT sp, NULL::numeric, NULL::numeric FROM p WHERE NOT p.fast
+UNION ALL SELECT NULL, sum(p.billed), (SELECT sum(amount) FROM posted) FROM p WHERE p.fast
 """)
 
 # The points rated here that control must look at: everything but a cloud-controlled point
@@ -221,24 +277,36 @@ async def lock_marks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> None:
         await conn.scalar(_LOCK, {"ids": arr})
 
 
+@dataclass(frozen=True)
+class Rated:
+    slow: list[uuid.UUID]  # the points left for the Python core
+    billed: Decimal  # what the wallets lost here (live)
+    journaled: Decimal  # what the usage windows closed here posted
+
+
 async def rate_in_place(
-    conn: AsyncConnection, ids: Sequence[uuid.UUID], skipped: set[int]
-) -> tuple[list[uuid.UUID], Decimal]:
-    """Rate the staged readings of every point inside its envelope (marks already locked);
-    return the points left for the Python core and what the wallets lost here."""
+    conn: AsyncConnection, tenant_id: uuid.UUID, ids: Sequence[uuid.UUID], skipped: set[int]
+) -> Rated:
+    """Rate the staged readings of every point inside its envelope (marks already locked)."""
     await conn.execute(sa.text(_RATED_TABLE))
     terms = await conn.scalar(sa.text(TERMS))
     rows = await conn.execute(
-        _FAST, {"ids": pg_array(ids), "skipped": pg_array(sorted(skipped)), "terms": terms}
+        _FAST,
+        {
+            "ids": pg_array(ids),
+            "skipped": pg_array(sorted(skipped)),
+            "terms": terms,
+            "tenant": tenant_id,
+        },
     )
     slow: list[uuid.UUID] = []
-    billed = Decimal(0)
-    for sp, amount in rows:
+    billed = journaled = Decimal(0)
+    for sp, amount, posted in rows:
         if sp is None:
-            billed = amount or Decimal(0)
+            billed, journaled = amount or Decimal(0), posted or Decimal(0)
         else:
             slow.append(sp)
-    return slow, billed
+    return Rated(slow, billed, journaled)
 
 
 async def busy_points(conn: AsyncConnection, changed: Reported) -> dict[uuid.UUID, Decimal | None]:

@@ -29,7 +29,7 @@ from cloud.control import service as control
 from cloud.control.service import CommandTiming, MeterNews, Reported, record_reported_many
 from cloud.db import Database, pg_array, pg_text_array
 from cloud.ledger import core as ledger
-from cloud.ledger.service import post_many
+from cloud.ledger.service import ensure_accounts, post_many
 from cloud.rating import fast as fast_rating
 from cloud.rating.core import (
     Anomaly,
@@ -78,6 +78,7 @@ class _Point:
     twin: tuple[str | None, str | None, datetime | None]  # desired, reported, reported at
     calm: control.Calm | None = None  # control has nothing pending for the point
     terms_version: int = 0  # the tenant's "terms" counter when the terms were read
+    revenue_id: uuid.UUID | None = None  # the utility's revenue account, once there is one
 
 
 _BY_INT = attrgetter("int")  # PostgreSQL's uuid order, without uuid.__lt__ in Python
@@ -91,7 +92,8 @@ _SELECT_STATES = sa.text(
     "AND cs.override IS NULL AND cs.notice_at IS NULL AND cs.deferred_until IS NULL "
     "AND NOT cs.emergency AND cs.recheck_at IS NULL AND (tw.desired_keep IS NULL OR "
     "(NOT tw.desired_keep AND tw.reported_keep IS FALSE))) IS TRUE AS control_calm, "
-    "cs.alarm_level, sp.alarm1, sp.alarm2, s.alarm_hysteresis "
+    "cs.alarm_level, sp.alarm1, sp.alarm2, s.alarm_hysteresis, "
+    "(SELECT r.id FROM ledger_account r WHERE r.code = 'revenue:' || sp.utility) AS revenue_id "
     "FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "
     "JOIN account a ON a.id = sp.account_id JOIN site s ON s.id = sp.site_id "
     "LEFT JOIN supply_twin tw ON tw.channel_id = rs.channel_id "
@@ -106,7 +108,8 @@ _UPDATE_STATES = sa.text(
     "cycle_consumption = v.cc, window_start = v.ws, fee_month = v.fm, stuck = v.st, "
     "channel_id = coalesce(v.ch, rs.channel_id), fast_until = v.fu, fast_terms = v.ft, "
     "fast_price = v.fp, fast_tou = CAST(v.fo AS numeric[]), fast_tiered = v.fi, "
-    "fast_block_end = v.fb, fast_limits = CAST(v.fl AS numeric[]), fast_wallet = v.fw "
+    "fast_block_end = v.fb, fast_limits = CAST(v.fl AS numeric[]), fast_wallet = v.fw, "
+    "fast_revenue = v.fr "
     "FROM unnest("
     "CAST(:p AS uuid[]), CAST(:at AS timestamptz[]), CAST(:reg AS numeric[]), "
     "CAST(:tou AS text[]), CAST(:ct AS numeric[]), CAST(:ex AS numeric[]), "
@@ -115,9 +118,9 @@ _UPDATE_STATES = sa.text(
     "CAST(:st AS boolean[]), CAST(:ch AS uuid[]), CAST(:fu AS timestamptz[]), "
     "CAST(:ft AS bigint[]), CAST(:fp AS numeric[]), CAST(:fo AS text[]), "
     "CAST(:fi AS boolean[]), CAST(:fb AS numeric[]), CAST(:fl AS text[]), "
-    "CAST(:fw AS uuid[])) "
+    "CAST(:fw AS uuid[]), CAST(:fr AS uuid[])) "
     "AS v(p, at, reg, tou, ct, ex, bi, po, cy, cc, ws, fm, st, ch, fu, ft, fp, fo, fi, fb, fl, "
-    "fw) WHERE rs.service_point_id = v.p"
+    "fw, fr) WHERE rs.service_point_id = v.p"
 )
 _INSERT_WORK_ORDERS = sa.text(
     "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, status, "
@@ -203,6 +206,7 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
                 if r.control_calm
                 else None,
                 terms_version=terms_version,
+                revenue_id=r.revenue_id,
             )
         )
     return points
@@ -213,9 +217,10 @@ def _tou_text(tou: tuple[Decimal, ...] | None) -> str | None:
 
 
 def _envelopes(
-    marks: list[tuple[_Point, RatingMark, uuid.UUID | None]],
+    marks: list[tuple[_Point, RatingMark, uuid.UUID | None]], revenues: dict[str, uuid.UUID]
 ) -> dict[str, str]:
-    """The ``_UPDATE_STATES`` parameters of each point's envelope after ``marks``."""
+    """The ``_UPDATE_STATES`` parameters of each point's envelope after ``marks``
+    (``revenues``: utility → revenue account, for points that did not know theirs)."""
     found = [envelope(m, p.terms) for p, m, _ in marks]
     return {
         "fu": pg_array(e.until if e else None for e in found),
@@ -226,6 +231,7 @@ def _envelopes(
         "fb": pg_array(e.block_end if e else None for e in found),
         "fl": pg_text_array(_tou_text(e.limits) if e else None for e in found),
         "fw": pg_array(p.wallet_id for p, _, _ in marks),
+        "fr": pg_array(p.revenue_id or revenues.get(p.utility) for p, _, _ in marks),
     }
 
 
@@ -256,7 +262,7 @@ async def persist(
         return report
     marks = [(p, o.mark, ch) for p, o, ch in outcomes]
     if marks:
-        await _update_marks(conn, marks)
+        await _update_marks(conn, tenant_id, marks)
     orders = [(p, a, ch or p.channel_id) for p, o, ch in outcomes for a in o.anomalies]
     if orders:
         await conn.execute(
@@ -333,8 +339,17 @@ async def persist(
 
 
 async def _update_marks(
-    conn: AsyncConnection, marks: list[tuple[_Point, RatingMark, uuid.UUID | None]]
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    marks: list[tuple[_Point, RatingMark, uuid.UUID | None]],
 ) -> None:
+    # The revenue account a point's closed windows post to, made now if it is not there
+    # yet: with it in the envelope, the fast path posts the next closed window itself.
+    missing = {p.utility for p, _, _ in marks if p.revenue_id is None}
+    revenues: dict[str, uuid.UUID] = {}
+    if missing:
+        found = await ensure_accounts(conn, tenant_id, [ledger.revenue(u) for u in missing])
+        revenues = {u: found[ledger.revenue(u).code][0] for u in missing}
     await conn.execute(
         _UPDATE_STATES,
         {
@@ -352,7 +367,7 @@ async def _update_marks(
             "fm": pg_text_array(m.fee_month for _, m, _ in marks),
             "st": pg_array(m.stuck for _, m, _ in marks),
             "ch": pg_array(ch for _, _, ch in marks),
-            **_envelopes(marks),
+            **_envelopes(marks, revenues),
         },
     )
 
@@ -431,7 +446,8 @@ async def rate_staged(
         await record_reported_many(conn, reported)
         return RatingReport()
     await fast_rating.lock_marks(conn, ids)
-    slow, billed = await fast_rating.rate_in_place(conn, ids, skipped)
+    rated = await fast_rating.rate_in_place(conn, tenant_id, ids, skipped)
+    slow = rated.slow
     outcomes = []
     if slow:
         by_point: dict[uuid.UUID, list[PointReading]] = defaultdict(list)
@@ -445,7 +461,8 @@ async def rate_staged(
         conn, tenant_id, outcomes, now, timing, reported=reported, fast=True, changed=changed
     )
     report.points = len(ids)
-    report.charged += billed
+    report.charged += rated.billed
+    report.journaled += rated.journaled
     return report
 
 

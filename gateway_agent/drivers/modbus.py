@@ -35,7 +35,6 @@ What pymodbus 3.16 does not do, and this driver adds (found by reading its sourc
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -231,8 +230,7 @@ class ModbusDriver:
             self._abort = None
         if not task.done():
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ModbusException):
-                await task
+            await asyncio.gather(task, return_exceptions=True)  # (a cancel of ours still ends us)
             error = abort.result()
             error.args = (f"unit {unit}: {what}: {error}",)
             raise error

@@ -69,21 +69,27 @@ async def _seed(url: str, gateways: int, meters: int) -> list[tuple[str, uuid.UU
 
 
 def _payload(gw: str, keys: list[str], step0: int, polls: int, t0: datetime, seq: int) -> bytes:
-    """A telemetry batch as the gateway agent writes it (decimals as strings)."""
+    """A telemetry batch as the gateway agent writes it (decimals as strings). Meter ``n``'s
+    register grows by ``(5 + n % 17)`` hundredths of a kWh per poll; integer arithmetic,
+    so the publisher (on the same two cores) costs the run little."""
     parts = []
     for p in range(polls):
         step = step0 + p
         at = (t0 + step * T_STEP).isoformat()
         for n, key in enumerate(keys):
-            total = Decimal(1000 + n) + Decimal(step * (5 + n % 17)) / 100
+            hundredths = (1000 + n) * 100 + step * (5 + n % 17)
             parts.append(
-                f'{{"device":"{key}","channel":1,"measured_at":"{at}","total":"{total}",'
-                f'"voltage":"229.8","current":"{(n % 40) / 10}","power":"1.250","supply":"on"}}'
+                f'{{"device":"{key}","channel":1,"measured_at":"{at}",'
+                f'"total":"{hundredths // 100}.{hundredths % 100:02d}",'
+                f'"voltage":"229.8","current":"{_CURRENTS[n % 40]}","power":"1.250","supply":"on"}}'
             )
     return (
         f'{{"v":1,"gateway":"{gw}","boot_id":"bench","seq":{seq},"sent_at":"{t0.isoformat()}",'
         f'"readings":[{",".join(parts)}]}}'
     ).encode()
+
+
+_CURRENTS = [f"{i / 10}" for i in range(40)]
 
 
 def _worker(
@@ -175,6 +181,13 @@ def _raw_copy_rate(url: str, seeded: list[tuple[str, uuid.UUID, list[str]]], row
     return done / elapsed
 
 
+def _wal_lsn(url: str) -> int:
+    """The server's WAL position in bytes (all databases: a quiet server is assumed)."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn").fetchone()
+    return int(row[0]) if row else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0, help="publishing time (default 60)")
@@ -228,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         per_msg = args.meters * args.polls
         steps_needed = int(args.seconds * 200_000 / (per_msg * args.gateways) + 10) * args.polls
         t0 = (datetime.now(UTC) - steps_needed * T_STEP).replace(second=0, microsecond=0)
+        wal0 = _wal_lsn(url)
         published = 0
         step = 0
         samples: list[tuple[float, int]] = []
@@ -256,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.01)
         elapsed = time.perf_counter() - started
         total = published * per_msg
+        wal = _wal_lsn(url) - wal0
         rate = total / elapsed
         pub.loop_stop()
         pub.disconnect()
@@ -271,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"median {statistics.median(rates):,.0f}  max {max(rates):,.0f}"
             )
         print(f"ratio to raw COPY: {rate / copy_rate:.2f}")
+        print(f"WAL: {wal / total:,.0f} bytes/reading ({wal / elapsed / 2**20:.1f} MiB/s)")
 
         async def verify() -> None:
             db = Database.connect(url, None, "prepay_app")

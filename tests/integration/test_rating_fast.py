@@ -5,7 +5,8 @@ registers, with and without a monthly fee; a common-area point), random reading 
 (steady steps, gaps, jumps, a register going down, a stuck register while drawing power,
 month and window boundaries) split into random batches and fed through the real ingest:
 the stored marks, the wallet and the work orders are those of :func:`cloud.rating.core.rate`
-applied batch by batch — and the fast path has rated a good share of them."""
+applied batch by batch, and so are the usage entries of the windows they close — and the
+fast path has rated a good share of them, closing windows too."""
 
 from __future__ import annotations
 
@@ -18,10 +19,11 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings, target
+from hypothesis import HealthCheck, example, given, settings, target
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud.check import check
 from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.ingest.service import IngestService
@@ -150,6 +152,16 @@ async def _group(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(plan=_plans(), series=_series(), common=st.booleans(), resend=st.booleans())
+@example(  # a steady meter across three hours, a reading a batch
+    plan=("flat", {"unit_price": "0.8765"}, Decimal(0)),
+    series=(
+        datetime(2026, 8, 3, 7, 17, 30, tzinfo=UTC),
+        [(600, "0.3", "1.5")] * 14,
+        list(range(1, 14)),
+    ),
+    common=False,
+    resend=False,
+)
 async def test_fast_path_rates_as_the_core(
     db: Database,
     plan: tuple[str, dict[str, object], Decimal],
@@ -171,11 +183,12 @@ async def test_fast_path_rates_as_the_core(
     fast_points = Counter[str]()
     original = fast_rating.rate_in_place
 
-    async def observed(conn, ids, skipped):  # type: ignore[no-untyped-def]
-        slow, billed = await original(conn, ids, skipped)
-        fast_points["fast"] += len(ids) - len(slow)
-        fast_points["slow"] += len(slow)
-        return slow, billed
+    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
+        rated = await original(conn, tenant, ids, skipped)
+        fast_points["fast"] += len(ids) - len(rated.slow)
+        fast_points["slow"] += len(rated.slow)
+        fast_points["closing"] += rated.journaled != 0
+        return rated
 
     monkeypatch.setattr(fast_rating, "rate_in_place", observed)
     service = IngestService(db, TIMING)
@@ -195,6 +208,7 @@ async def test_fast_path_rates_as_the_core(
         charged=not (common and kind == "flat"),
     )
     mark, expected_orders, billed_fees = RatingMark(), Counter[str](), Decimal(0)
+    expected_entries = set()  # (key, reason, effective at, amount) of every usage entry
     for batch in batches:
         out = rate(
             mark,
@@ -204,25 +218,49 @@ async def test_fast_path_rates_as_the_core(
         mark = out.mark
         expected_orders.update(a.kind.value for a in out.anomalies)
         billed_fees += sum((f.amount for f in out.fees), Decimal(0))
+        expected_entries |= {
+            (
+                u.key(point),
+                f"usage {u.window_start.isoformat()} to {u.effective_at.isoformat()}",
+                u.effective_at,
+                u.amount,
+            )
+            for u in out.postings
+        }
 
     async with db.tenant(tenant) as conn:
         row = (
             await conn.execute(
                 sa.text(
                     "SELECT last_measured_at, last_register, last_tou, consumption_total, "
-                    "charge_exact_total, charge_billed_total, cycle, cycle_consumption, "
-                    "fee_month, stuck FROM rating_state WHERE service_point_id = :p"
+                    "charge_exact_total, charge_billed_total, charge_posted_total, cycle, "
+                    "cycle_consumption, window_start, fee_month, stuck FROM rating_state "
+                    "WHERE service_point_id = :p"
                 ),
                 {"p": point},
             )
         ).one()
-        wallet = await conn.scalar(
-            sa.text(
-                "SELECT l.balance FROM service_point sp JOIN account a ON a.id = sp.account_id "
-                "JOIN ledger_account l ON l.id = a.wallet_id WHERE sp.id = :p"
-            ),
-            {"p": point},
-        )
+        wallet, unposted = (
+            await conn.execute(
+                sa.text(
+                    "SELECT l.balance, l.unposted FROM service_point sp "
+                    "JOIN account a ON a.id = sp.account_id "
+                    "JOIN ledger_account l ON l.id = a.wallet_id WHERE sp.id = :p"
+                ),
+                {"p": point},
+            )
+        ).one()
+        entries = {
+            (r[0], r[1], r[2], r[3])
+            for r in await conn.execute(
+                sa.text(
+                    "SELECT e.idempotency_key, e.reason, e.effective_at, p.amount "
+                    "FROM journal_entry e JOIN posting p ON p.entry_id = e.id "
+                    "JOIN ledger_account a ON a.id = p.ledger_account_id "
+                    "WHERE e.kind = 'usage' AND a.kind = 'wallet'"
+                )
+            )
+        }
         kinds = Counter(r[0] for r in await conn.execute(sa.text("SELECT kind FROM work_order")))
     assert row.last_measured_at == mark.last_measured_at
     assert row.last_register == mark.last_register
@@ -230,12 +268,18 @@ async def test_fast_path_rates_as_the_core(
     assert row.consumption_total == mark.consumption_total
     assert row.charge_exact_total == mark.exact_total
     assert row.charge_billed_total == mark.billed_total
+    assert row.charge_posted_total == mark.posted_total
+    assert row.window_start == mark.window_start
+    assert entries == expected_entries  # the usage windows closed, posted as the core posts
+    assert unposted == mark.posted_total - mark.billed_total
+    assert (await check(db, [tenant])).breaches == []
     assert row.cycle_consumption == mark.cycle_consumption
     assert row.stuck == mark.stuck
     assert wallet == Decimal("10000.00") - mark.billed_total - billed_fees
     assert kinds == expected_orders
     assert fast_points["fast"] + fast_points["slow"] > 0
     target(fast_points["fast"], label="readings rated set-based")
+    target(fast_points["closing"], label="usage windows posted set-based")
 
 
 async def test_the_fast_path_takes_the_usual_reading_and_a_price_change_voids_it(
@@ -248,10 +292,10 @@ async def test_the_fast_path_takes_the_usual_reading_and_a_price_change_voids_it
     seen: list[tuple[int, int]] = []
     original = fast_rating.rate_in_place
 
-    async def observed(conn, ids, skipped):  # type: ignore[no-untyped-def]
-        slow, billed = await original(conn, ids, skipped)
-        seen.append((len(ids) - len(slow), len(slow)))
-        return slow, billed
+    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
+        rated = await original(conn, tenant, ids, skipped)
+        seen.append((len(ids) - len(rated.slow), len(rated.slow)))
+        return rated
 
     monkeypatch.setattr(fast_rating, "rate_in_place", observed)
     service = IngestService(db, TIMING)
@@ -278,3 +322,92 @@ async def test_the_fast_path_takes_the_usual_reading_and_a_price_change_voids_it
             {"p": point},
         )
     assert billed == Decimal("0.50") * 3 + Decimal("1.00") * 2
+
+
+async def test_the_fast_path_closes_usage_windows_as_the_core_posts_them(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readings that cross an hour stay set-based: each closed window is journaled (the
+    usage entry, its two postings, the wallet's unposted settled, revenue credited) with
+    the core's key, reason and amount."""
+    gw, seeded, point = await _group(db, "flat", {"unit_price": "1.0000"}, Decimal(0), False)
+    seen: list[tuple[int, int, Decimal]] = []
+    original = fast_rating.rate_in_place
+
+    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
+        rated = await original(conn, tenant, ids, skipped)
+        seen.append((len(ids) - len(rated.slow), len(rated.slow), rated.journaled))
+        return rated
+
+    monkeypatch.setattr(fast_rating, "rate_in_place", observed)
+    service = IngestService(db, TIMING)
+    t0 = datetime(2026, 5, 6, 1, 50, 30, tzinfo=UTC)
+    for seq, (minute, total) in enumerate(
+        [(0, "10.00"), (5, "10.50"), (15, "11.00"), (20, "11.25"), (75, "11.75")], 1
+    ):
+        r = Reading(device="m1", measured_at=t0 + timedelta(minutes=minute), total=Decimal(total))
+        batch = TelemetryBatch(gateway=gw, boot_id="b", seq=seq, sent_at=t0, readings=(r,))
+        await service.store_telemetry(gw, batch, datetime.now(UTC))
+
+    # the first reading by the core; then every one set-based, two of them closing windows
+    assert seen == [
+        (0, 1, Decimal(0)),
+        (1, 0, Decimal(0)),
+        (1, 0, Decimal("0.50")),
+        (1, 0, Decimal(0)),
+        (1, 0, Decimal("0.75")),
+    ]
+    async with db.tenant(seeded.tenant_id) as conn:
+        entries = (
+            await conn.execute(
+                sa.text(
+                    "SELECT e.idempotency_key, e.reason, e.effective_at, e.actor, "
+                    "sum(p.amount) FILTER (WHERE a.kind = 'wallet') AS wallet, "
+                    "sum(p.amount) FILTER (WHERE a.kind = 'revenue') AS revenue "
+                    "FROM journal_entry e JOIN posting p ON p.entry_id = e.id "
+                    "JOIN ledger_account a ON a.id = p.ledger_account_id "
+                    "WHERE e.kind = 'usage' GROUP BY e.id ORDER BY e.effective_at"
+                )
+            )
+        ).all()
+        balances = {
+            r[0]: (r[1], r[2])
+            for r in await conn.execute(
+                sa.text(
+                    "SELECT kind, sum(balance), sum(unposted) FROM ledger_account GROUP BY kind"
+                )
+            )
+        }
+        mark = (
+            await conn.execute(
+                sa.text(
+                    "SELECT charge_billed_total, charge_posted_total, window_start "
+                    "FROM rating_state WHERE service_point_id = :p"
+                ),
+                {"p": point},
+            )
+        ).one()
+    h1, h2 = datetime(2026, 5, 6, 1, tzinfo=UTC), datetime(2026, 5, 6, 2, tzinfo=UTC)
+    hour = timedelta(hours=1)
+    assert [tuple(e) for e in entries] == [
+        (
+            f"usage:{point}:{h1.isoformat()}/0.50",
+            f"usage {h1.isoformat()} to {(h1 + hour).isoformat()}",
+            h1 + hour,
+            "rating",
+            Decimal("0.50"),
+            Decimal("-0.50"),
+        ),
+        (
+            f"usage:{point}:{h2.isoformat()}/1.25",
+            f"usage {h2.isoformat()} to {(h2 + hour).isoformat()}",
+            h2 + hour,
+            "rating",
+            Decimal("0.75"),
+            Decimal("-0.75"),
+        ),
+    ]
+    assert tuple(mark) == (Decimal("1.75"), Decimal("1.25"), datetime(2026, 5, 6, 3, tzinfo=UTC))
+    assert balances["wallet"] == (Decimal("10000.00") - Decimal("1.75"), Decimal("-0.50"))
+    assert balances["revenue"] == (Decimal("1.25"), Decimal(0))
+    assert (await check(db, [seeded.tenant_id])).breaches == []

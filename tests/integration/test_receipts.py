@@ -12,6 +12,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import aiomqtt
+import pytest
 import sqlalchemy as sa
 
 from cloud.check import check
@@ -284,3 +285,35 @@ async def test_state_and_heartbeats_track_presence_and_config_version(
     await consumer.handle(topics.up(gw, UpKind.STATE), dump(forged))
     assert await presence() == (True, 3)
     assert consumer.rejected.get("state:unknown_gateway") == 1
+
+
+async def test_a_stop_while_the_session_winds_down_still_stops_the_agent(
+    mqtt_url: str, topic_prefix: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop (cancel) that arrives while a broken session's tasks wind down ends run();
+    it once was swallowed with the tasks' own cancellations, and the agent reconnected and
+    ran on."""
+    agent = _agent(mqtt_url, topic_prefix, tmp_path, f"gw-{uuid.uuid4().hex[:8]}", timeout=60)
+    broken, winding = asyncio.Event(), asyncio.Event()
+
+    async def publisher(mqtt: aiomqtt.Client) -> None:
+        await broken.wait()
+        raise aiomqtt.MqttError("link lost")
+
+    async def heartbeats(mqtt: aiomqtt.Client) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:  # winds down slowly: the stop arrives meanwhile
+            winding.set()
+            await asyncio.sleep(0.5)
+
+    monkeypatch.setattr(agent, "_publisher", publisher)
+    monkeypatch.setattr(agent, "_heartbeats", heartbeats)
+    running = asyncio.create_task(agent.run())
+    await asyncio.wait_for(agent.connected.wait(), 10)
+    broken.set()
+    await asyncio.wait_for(winding.wait(), 10)
+    running.cancel()
+    done, _ = await asyncio.wait([running], timeout=10)
+    assert done, "the agent did not stop"
+    assert running.cancelled()
