@@ -6,12 +6,14 @@ import ssl
 
 import aiomqtt
 
+from contract.link import Client
 from contract.mqtt import BrokerAddress
 
 
 def client(url: str, identifier: str, *, clean_session: bool = True) -> aiomqtt.Client:
+    """A client of the broker at ``url`` (:class:`contract.link.Client`)."""
     addr = BrokerAddress.parse(url)
-    return aiomqtt.Client(
+    return Client(
         addr.host,
         addr.port,
         identifier=identifier,

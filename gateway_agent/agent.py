@@ -18,6 +18,7 @@ from typing import Any
 
 import aiomqtt
 
+from contract.link import Client
 from contract.mqtt import (
     Ack,
     AckStatus,
@@ -533,7 +534,7 @@ class Agent:
         addr = BrokerAddress.parse(self.cfg.mqtt_url)
         state_topic = self.topics.up(self.cfg.gateway, UpKind.STATE)
         offline = dump(GatewayState(gateway=self.cfg.gateway, online=False, boot_id=self.boot_id))
-        return aiomqtt.Client(
+        return Client(
             addr.host,
             addr.port,
             identifier=self.cfg.gateway,

@@ -239,6 +239,16 @@ class MeterNews:
     purchase_count: int | None
 
 
+# :class:`Calm` in SQL, over a point's ``service_point sp``, ``control_state cs`` and
+# ``supply_twin tw`` (NULL where a row is missing): the rating paths read it with the marks.
+CALM_SQL = (
+    "sp.control_mode = 'cloud' AND cs.supply = 'on' AND cs.keep_power_by IS NULL "
+    "AND cs.override IS NULL AND cs.notice_at IS NULL AND cs.deferred_until IS NULL "
+    "AND NOT cs.emergency AND cs.recheck_at IS NULL "
+    "AND (tw.desired_keep IS NULL OR (NOT tw.desired_keep AND tw.reported_keep IS FALSE))"
+)
+
+
 @dataclass(frozen=True)
 class Calm:
     """A cloud-controlled point control has nothing pending for (supply on by the balance,

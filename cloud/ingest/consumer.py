@@ -90,9 +90,6 @@ class IngestConsumer:
                             if receipt is not None:
                                 down = self.topics.down(receipt.gateway, DownKind.RECEIPT)
                                 await mqtt.publish(down, dump(receipt), qos=1)
-                        # Python 3.11's wait_for (inside aiomqtt's publish) can swallow a
-                        # cancel that meets its result: stop here rather than wait on
-                        raise_if_cancelled()
             except aiomqtt.MqttError as exc:
                 self.ready.clear()
                 log.warning("ingest lost the broker (%s); reconnecting in %.1fs", exc, backoff)

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.control.policy import SupplyState
-from cloud.control.service import REPORT_REFRESH, Reported
+from cloud.control.service import CALM_SQL, REPORT_REFRESH, Reported
 from cloud.db import pg_array
 
 # The ingest's staging table: the batch's readings with the columns (so the rounding) of
@@ -211,36 +211,33 @@ JOIN service_point sp ON sp.id = f.sp
 JOIN site s ON s.id = sp.site_id
 LEFT JOIN ledger_account a ON a.id = f.wallet
 LEFT JOIN control_state cs ON cs.service_point_id = f.sp
-LEFT JOIN supply_twin tw ON tw.channel_id = f.ch
+LEFT JOIN supply_twin tw ON tw.channel_id = f.ch,
+LATERAL (SELECT CASE WHEN sp.alarm2 IS NOT NULL AND a.balance <= sp.alarm2 THEN 2
+                     WHEN sp.alarm1 IS NOT NULL AND a.balance <= sp.alarm1 THEN 1
+                     ELSE 0 END AS level) lv  -- the balance's alarm level, before hysteresis
 WHERE NOT sp.common_area AND NOT coalesce(
-  sp.control_mode = 'cloud' AND cs.supply = 'on' AND cs.keep_power_by IS NULL
-  AND cs.override IS NULL AND cs.notice_at IS NULL AND cs.deferred_until IS NULL
-  AND NOT cs.emergency AND cs.recheck_at IS NULL
-  AND (tw.desired_keep IS NULL OR (NOT tw.desired_keep AND tw.reported_keep IS FALSE))
+  {calm}
   AND tw.desired = 'on'
   AND CASE WHEN n.at IS NOT NULL AND (tw.reported_at IS NULL OR tw.reported_at <= n.at)
            THEN n.supply_on ELSE tw.reported = 'on' END
   AND a.balance > -sp.credit_limit
-  AND (
-    CASE WHEN sp.alarm2 IS NOT NULL AND a.balance <= sp.alarm2 THEN 2
-         WHEN sp.alarm1 IS NOT NULL AND a.balance <= sp.alarm1 THEN 1 ELSE 0 END
-      = cs.alarm_level
-    OR (CASE WHEN sp.alarm2 IS NOT NULL AND a.balance <= sp.alarm2 THEN 2
-             WHEN sp.alarm1 IS NOT NULL AND a.balance <= sp.alarm1 THEN 1 ELSE 0 END
-          < cs.alarm_level
-        AND a.balance <= CASE cs.alarm_level WHEN 2 THEN sp.alarm2 WHEN 1 THEN sp.alarm1 END
-                         + s.alarm_hysteresis)
-  ), false)
+  AND (lv.level = cs.alarm_level
+       OR (lv.level < cs.alarm_level
+           AND a.balance <= CASE cs.alarm_level WHEN 2 THEN sp.alarm2 WHEN 1 THEN sp.alarm1 END
+                            + s.alarm_hysteresis)), false)
 """
 # (with no news, a plan of its own: a generic plan over an empty unnest goes badly)
 _BUSY_QUIET = sa.text(
     _BUSY.format(
-        RATED=RATED, news="(SELECT NULL::uuid, NULL::timestamptz, NULL::boolean WHERE false)"
+        RATED=RATED,
+        calm=CALM_SQL,
+        news="(SELECT NULL::uuid, NULL::timestamptz, NULL::boolean WHERE false)",
     )
 )
 _BUSY_NEWS = sa.text(
     _BUSY.format(
         RATED=RATED,
+        calm=CALM_SQL,
         news="unnest(CAST(:news_ch AS uuid[]), CAST(:news_at AS timestamptz[]), "
         "CAST(:news_on AS boolean[]))",
     )

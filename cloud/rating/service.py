@@ -87,11 +87,7 @@ _SELECT_STATES = sa.text(
     "sp.common_area, a.id AS account_id, a.number AS account_number, a.wallet_id, "
     "s.timezone, tw.desired AS twin_desired, tw.reported AS twin_reported, "
     "tw.reported_at AS twin_reported_at, "
-    # calm: control has nothing pending for the point (see control.service.calm)
-    "(sp.control_mode = 'cloud' AND cs.supply = 'on' AND cs.keep_power_by IS NULL "
-    "AND cs.override IS NULL AND cs.notice_at IS NULL AND cs.deferred_until IS NULL "
-    "AND NOT cs.emergency AND cs.recheck_at IS NULL AND (tw.desired_keep IS NULL OR "
-    "(NOT tw.desired_keep AND tw.reported_keep IS FALSE))) IS TRUE AS control_calm, "
+    f"({control.CALM_SQL}) IS TRUE AS control_calm, "  # nothing pending: control.Calm
     "cs.alarm_level, sp.alarm1, sp.alarm2, s.alarm_hysteresis, "
     "(SELECT r.id FROM ledger_account r WHERE r.code = 'revenue:' || sp.utility) AS revenue_id "
     "FROM rating_state rs JOIN service_point sp ON sp.id = rs.service_point_id "

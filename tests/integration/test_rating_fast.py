@@ -15,6 +15,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -145,6 +146,37 @@ async def _group(
     return gw, seeded, seeded.points["m1"]
 
 
+def _observe(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, Decimal]]:
+    """Each call of the fast path from now on: (points it rated, points it left to the
+    core, what the windows it closed posted)."""
+    seen: list[tuple[int, int, Decimal]] = []
+    original = fast_rating.rate_in_place
+
+    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
+        rated = await original(conn, tenant, ids, skipped)
+        seen.append((len(ids) - len(rated.slow), len(rated.slow), rated.journaled))
+        return rated
+
+    monkeypatch.setattr(fast_rating, "rate_in_place", observed)
+    return seen
+
+
+async def _usage_entries(conn: AsyncConnection) -> list[sa.Row[Any]]:
+    """Every usage entry: key, reason, effective time, actor, and its wallet and revenue
+    legs, in time order."""
+    rows = await conn.execute(
+        sa.text(
+            "SELECT e.idempotency_key, e.reason, e.effective_at, e.actor, "
+            "sum(p.amount) FILTER (WHERE a.kind = 'wallet') AS wallet, "
+            "sum(p.amount) FILTER (WHERE a.kind = 'revenue') AS revenue "
+            "FROM journal_entry e JOIN posting p ON p.entry_id = e.id "
+            "JOIN ledger_account a ON a.id = p.ledger_account_id "
+            "WHERE e.kind = 'usage' GROUP BY e.id ORDER BY e.effective_at"
+        )
+    )
+    return list(rows.all())
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 @settings(
     max_examples=30,
@@ -180,24 +212,20 @@ async def test_fast_path_rates_as_the_core(
     if resend and len(batches) > 1:
         batches.insert(2, batches[0])  # a re-delivery, late
 
-    fast_points = Counter[str]()
-    original = fast_rating.rate_in_place
-
-    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
-        rated = await original(conn, tenant, ids, skipped)
-        fast_points["fast"] += len(ids) - len(rated.slow)
-        fast_points["slow"] += len(rated.slow)
-        fast_points["closing"] += rated.journaled != 0
-        return rated
-
-    monkeypatch.setattr(fast_rating, "rate_in_place", observed)
     service = IngestService(db, TIMING)
     received = datetime(2027, 1, 2, tzinfo=UTC)
-    for seq, batch in enumerate(batches, 1):
-        message = TelemetryBatch(
-            gateway=gw, boot_id="b", seq=seq, sent_at=received, readings=tuple(batch)
-        )
-        await service.store_telemetry(gw, message, received)
+    with monkeypatch.context() as patched:  # (one example's, not every example's before it)
+        seen = _observe(patched)
+        for seq, batch in enumerate(batches, 1):
+            message = TelemetryBatch(
+                gateway=gw, boot_id="b", seq=seq, sent_at=received, readings=tuple(batch)
+            )
+            await service.store_telemetry(gw, message, received)
+    fast_points = {
+        "fast": sum(s[0] for s in seen),
+        "slow": sum(s[1] for s in seen),
+        "closing": sum(s[2] != 0 for s in seen),
+    }
 
     # The core alone, batch by batch, on the same terms.
     version = TariffVersion(EFFECTIVE, plan_from_spec(kind, spec, None), fee)
@@ -251,15 +279,8 @@ async def test_fast_path_rates_as_the_core(
             )
         ).one()
         entries = {
-            (r[0], r[1], r[2], r[3])
-            for r in await conn.execute(
-                sa.text(
-                    "SELECT e.idempotency_key, e.reason, e.effective_at, p.amount "
-                    "FROM journal_entry e JOIN posting p ON p.entry_id = e.id "
-                    "JOIN ledger_account a ON a.id = p.ledger_account_id "
-                    "WHERE e.kind = 'usage' AND a.kind = 'wallet'"
-                )
-            )
+            (e.idempotency_key, e.reason, e.effective_at, e.wallet)
+            for e in await _usage_entries(conn)
         }
         kinds = Counter(r[0] for r in await conn.execute(sa.text("SELECT kind FROM work_order")))
     assert row.last_measured_at == mark.last_measured_at
@@ -289,15 +310,7 @@ async def test_the_fast_path_takes_the_usual_reading_and_a_price_change_voids_it
     tariff version (even one effective later) sends it back to the core once."""
     gw, seeded, point = await _group(db, "flat", {"unit_price": "1.0000"}, Decimal(0), False)
     tenant = seeded.tenant_id
-    seen: list[tuple[int, int]] = []
-    original = fast_rating.rate_in_place
-
-    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
-        rated = await original(conn, tenant, ids, skipped)
-        seen.append((len(ids) - len(rated.slow), len(rated.slow)))
-        return rated
-
-    monkeypatch.setattr(fast_rating, "rate_in_place", observed)
+    seen = _observe(monkeypatch)
     service = IngestService(db, TIMING)
     t0 = datetime(2026, 5, 6, 1, 0, 30, tzinfo=UTC)
 
@@ -315,7 +328,14 @@ async def test_the_fast_path_takes_the_usual_reading_and_a_price_change_voids_it
     await feed(3, "11.50")  # the old price still, but decided by the core
     await feed(4, "12.00")  # the new price from 00:03:30 on
     await feed(5, "12.50")  # and set-based again
-    assert seen == [(0, 1), (1, 0), (1, 0), (0, 1), (0, 1), (1, 0)]
+    assert [(fast, slow) for fast, slow, _ in seen] == [
+        (0, 1),
+        (1, 0),
+        (1, 0),
+        (0, 1),
+        (0, 1),
+        (1, 0),
+    ]
     async with db.tenant(tenant) as conn:
         billed = await conn.scalar(
             sa.text("SELECT charge_billed_total FROM rating_state WHERE service_point_id = :p"),
@@ -331,15 +351,7 @@ async def test_the_fast_path_closes_usage_windows_as_the_core_posts_them(
     usage entry, its two postings, the wallet's unposted settled, revenue credited) with
     the core's key, reason and amount."""
     gw, seeded, point = await _group(db, "flat", {"unit_price": "1.0000"}, Decimal(0), False)
-    seen: list[tuple[int, int, Decimal]] = []
-    original = fast_rating.rate_in_place
-
-    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
-        rated = await original(conn, tenant, ids, skipped)
-        seen.append((len(ids) - len(rated.slow), len(rated.slow), rated.journaled))
-        return rated
-
-    monkeypatch.setattr(fast_rating, "rate_in_place", observed)
+    seen = _observe(monkeypatch)
     service = IngestService(db, TIMING)
     t0 = datetime(2026, 5, 6, 1, 50, 30, tzinfo=UTC)
     for seq, (minute, total) in enumerate(
@@ -358,18 +370,7 @@ async def test_the_fast_path_closes_usage_windows_as_the_core_posts_them(
         (1, 0, Decimal("0.75")),
     ]
     async with db.tenant(seeded.tenant_id) as conn:
-        entries = (
-            await conn.execute(
-                sa.text(
-                    "SELECT e.idempotency_key, e.reason, e.effective_at, e.actor, "
-                    "sum(p.amount) FILTER (WHERE a.kind = 'wallet') AS wallet, "
-                    "sum(p.amount) FILTER (WHERE a.kind = 'revenue') AS revenue "
-                    "FROM journal_entry e JOIN posting p ON p.entry_id = e.id "
-                    "JOIN ledger_account a ON a.id = p.ledger_account_id "
-                    "WHERE e.kind = 'usage' GROUP BY e.id ORDER BY e.effective_at"
-                )
-            )
-        ).all()
+        entries = await _usage_entries(conn)
         balances = {
             r[0]: (r[1], r[2])
             for r in await conn.execute(
