@@ -3,9 +3,11 @@
 Several batches of one gateway (the messages an ingest worker finds waiting) are stored and
 rated together: each point's mark, wallet and twin is then read and written once for all of
 its readings in them, not once per batch. Readings are bulk-loaded with COPY into a
-per-connection staging table and moved with one ``INSERT … ON CONFLICT DO NOTHING
-RETURNING``: a re-delivered reading is not returned, so it is neither stored nor rated
-twice.
+per-connection staging table and moved with one plain ``INSERT``. A re-delivered reading
+makes that fail on ``reading``'s primary key before anything else was written; the
+transaction then runs again with ``INSERT … ON CONFLICT DO NOTHING`` (a third slower per
+row: a speculative insertion probes the index twice), and the rows it did not store are
+neither stored nor rated twice.
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ RETRIES = 3
 # Two workers can meet in the same rows (a stream fed twice); PostgreSQL breaks the rare
 # cycle and the batch is simply run again.
 TRANSIENT = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
-# Moves the staged rows and answers how many were stored: usually all of them. The rest
-# are rated where they are staged (cloud.rating.service.rate_staged).
-_MOVE = (
-    f"WITH stored AS (INSERT INTO reading ({STAGED_COLUMNS}, tenant_id, received_at) "
+# Moves the staged rows; fails if any is there already (or twice among them: see
+# _Repeated). The order is one lock order for every worker.
+_MOVE_ALL = (
+    f"INSERT INTO reading ({STAGED_COLUMNS}, tenant_id, received_at) "
     f"SELECT {STAGED_COLUMNS}, %(tenant)s, %(received)s FROM {STAGED} "
-    "ORDER BY channel_id, measured_at, n "  # one lock order for every worker
+    "ORDER BY channel_id, measured_at, n"
+)
+# Moves the staged rows that are new and answers how many were stored. The rest are rated
+# where they are staged (cloud.rating.service.rate_staged).
+_MOVE = (
+    f"WITH stored AS ({_MOVE_ALL} "
     "ON CONFLICT (channel_id, measured_at) DO NOTHING RETURNING 1) SELECT count(*) FROM stored"
 )
 # When some were not (already there, or repeated within the staged rows, where the first,
@@ -57,6 +64,11 @@ _NOT_STORED = (
 
 class UnknownGateway(LookupError):
     pass
+
+
+class _Repeated(Exception):
+    """Some staged readings are stored already: the transaction, which wrote nothing yet,
+    runs again moving only the new ones."""
 
 
 @dataclass
@@ -116,15 +128,18 @@ class IngestService:
             if batch.gateway != topic_gateway:
                 raise UnknownGateway(f"batch names {batch.gateway!r} on {topic_gateway!r}'s topic")
         tenant_id = await self.tenant_of(topic_gateway)
-        for attempt in range(1, RETRIES + 1):
+        careful, attempt = False, 1
+        while True:
             try:
-                return await self._store(tenant_id, topic_gateway, batches, received_at)
+                return await self._store(tenant_id, topic_gateway, batches, received_at, careful)
+            except _Repeated:  # (not an attempt lost: nothing was written)
+                careful = True
             except sa.exc.DBAPIError as exc:
                 raise_if_cancelled()
                 if not isinstance(exc.orig, TRANSIENT) or attempt == RETRIES:
                     raise
                 log.warning("telemetry batch retried after %s (attempt %d)", exc.orig, attempt)
-        raise AssertionError("unreachable")
+                attempt += 1
 
     async def _store(
         self,
@@ -132,12 +147,13 @@ class IngestService:
         topic_gateway: str,
         batches: Sequence[TelemetryBatch],
         received_at: datetime,
+        careful: bool,
     ) -> list[IngestResult]:
         results = [IngestResult() for _ in batches]
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
             rows: list[str] = []  # COPY lines
-            points: set[uuid.UUID] = set()  # the service points the rows are bound to
+            points: set[str] = set()  # the service points the rows are bound to
             ends: list[int] = []  # where each batch's rows end in ``rows``
             for batch, result in zip(batches, results, strict=True):
                 for r in batch.readings:
@@ -147,15 +163,14 @@ class IngestService:
                         result.quarantine(reason)
                         continue
                     assert target is not None
-                    sp = target.service_point_id
                     rows.append(_line(r, target, len(rows)))
-                    if sp is not None:
-                        points.add(sp)
+                    if target.service_point_id is not None:
+                        points.add(target.point_text)  # (a str's hash is cached, a UUID's not)
                 ends.append(len(rows))
-            skipped = await _insert(conn, tenant_id, received_at, rows)
+            skipped = await _insert(conn, tenant_id, received_at, rows, careful)
             _count_stored(results, ends, skipped)
             report = await rate_staged(
-                conn, tenant_id, list(points), skipped, received_at, self.timing
+                conn, tenant_id, len(points), skipped, received_at, self.timing
             )
             for result in results:
                 result.charged, result.commands = report.charged, report.commands
@@ -298,10 +313,16 @@ def _line(r: Reading, target: _Target, n: int) -> str:
 
 
 async def _insert(
-    conn: AsyncConnection, tenant_id: uuid.UUID, received_at: datetime, rows: list[str]
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    received_at: datetime,
+    rows: list[str],
+    careful: bool,
 ) -> set[int]:
-    """Store ``rows`` (:func:`_line`; duplicates are no-ops) of the tenant, received at
-    ``received_at``; return the places of those not stored."""
+    """Store ``rows`` (:func:`_line`) of the tenant, received at ``received_at``; return the
+    places of those not stored. Unless ``careful``, all of them are stored or
+    :class:`_Repeated` is raised (the transaction is then aborted); ``careful``, duplicates
+    are no-ops."""
     if not rows:
         return set()
     await conn.execute(sa.text(STAGING))
@@ -313,7 +334,14 @@ async def _insert(
             f"COPY {STAGED} ({STAGED_COLUMNS}, service_point_id, n) FROM STDIN"
         ) as copy:
             await copy.write("".join(rows))
-        await cur.execute(_MOVE, {"tenant": tenant_id, "received": received_at})
+        params = {"tenant": tenant_id, "received": received_at}
+        if not careful:
+            try:
+                await cur.execute(_MOVE_ALL, params)
+            except psycopg.errors.UniqueViolation:
+                raise _Repeated from None
+            return set()
+        await cur.execute(_MOVE, params)
         row = await cur.fetchone()
         if row is not None and row[0] == len(rows):
             return set()

@@ -56,30 +56,30 @@ _DELTAS = "unnest(CAST(:ids AS uuid[]), CAST(:b AS numeric[]), CAST(:u AS numeri
 
 
 @lru_cache
-def _moves(live_from: str | None) -> tuple[sa.TextClause, sa.TextClause]:
-    """The statements that lock and move balances by ``:ids``/``:b``/``:u`` (and by the
-    (account, balance change, unposted change) rows of ``live_from``), returning the
-    balances of ``:ids``.
+def _moves(live_from: str | None) -> sa.TextClause:
+    """The statement that locks (in id order) and moves balances by ``:ids``/``:b``/``:u``
+    (and by the (account, balance change, unposted change) rows of ``live_from``), returning
+    the balances of ``:ids``. The update joins the locked rows, so it runs after the lock
+    and moves only what is locked (each row's latest version, as an UPDATE does).
 
     NO KEY UPDATE, the lock an UPDATE of the balance takes anyway: a plain FOR UPDATE would
     conflict with the KEY SHARE locks that inserting postings (a foreign key) takes, and two
     sessions posting to the same wallet would deadlock."""
-    lock = "SELECT id FROM ledger_account WHERE id = ANY(CAST(:ids AS uuid[]))"
-    source = f"{_DELTAS} AS v(id, b, u)"
+    source = f"SELECT * FROM {_DELTAS}"
     if live_from is not None:
-        lock += f" OR id IN (SELECT a FROM ({live_from}) AS x(a, b, u))"
         source = (
-            f"(SELECT a, sum(b), sum(u) FROM (SELECT * FROM {_DELTAS} UNION ALL "
-            f"SELECT a, b, u FROM ({live_from}) AS x(a, b, u)) AS y(a, b, u) GROUP BY a) "
-            "AS v(id, b, u)"
+            f"SELECT a, sum(b), sum(u) FROM ({source} UNION ALL "
+            f"SELECT a, b, u FROM ({live_from}) AS x(a, b, u)) AS y(a, b, u) GROUP BY a"
         )
-    apply = (
-        "WITH moved AS (UPDATE ledger_account a SET balance = a.balance + v.b, "
-        f"unposted = a.unposted + v.u FROM {source} WHERE a.id = v.id "
-        "RETURNING a.id, a.balance) SELECT id, balance FROM moved "
-        "WHERE id = ANY(CAST(:ids AS uuid[]))"
+    return sa.text(
+        f"WITH v(id, b, u) AS MATERIALIZED ({source}), "
+        "locked AS (SELECT id FROM ledger_account WHERE id IN (SELECT id FROM v) "
+        "ORDER BY id FOR NO KEY UPDATE), "
+        "moved AS (UPDATE ledger_account a SET balance = a.balance + v.b, "
+        "unposted = a.unposted + v.u FROM v JOIN locked USING (id) WHERE a.id = v.id "
+        "RETURNING a.id, a.balance) "
+        "SELECT id, balance FROM moved WHERE id = ANY(CAST(:ids AS uuid[]))"
     )
-    return sa.text(lock + " ORDER BY id FOR NO KEY UPDATE"), sa.text(apply)
 
 
 class EntryNotFound(LedgerError):
@@ -240,14 +240,12 @@ async def apply_deltas(
     moving = sorted((k for k, (b, u) in deltas.items() if b != 0 or u != 0), key=attrgetter("int"))
     if not moving and live_from is None:
         return {}
-    lock, apply = _moves(live_from)
     params = {
         "ids": pg_array(moving),
         "b": pg_array(deltas[k][0] for k in moving),
         "u": pg_array(deltas[k][1] for k in moving),
     }
-    await conn.execute(lock, params)
-    return {r[0]: r[1] for r in await conn.execute(apply, params)}
+    return {r[0]: r[1] for r in await conn.execute(_moves(live_from), params)}
 
 
 async def reverse(

@@ -60,20 +60,21 @@ LIVE = (
 
 TERMS = "SELECT coalesce(max(value), 0) FROM tenant_counter WHERE name = 'terms'"
 
-# Marks are locked in point order before anything else reads or writes them. (A semi-join
-# on the ids, not ``= ANY(:ids)``: in a prepared statement's generic plan that is a linear
-# search of the array per row, 3 ms for 1,000 points; the join hashes them.)
+# The staged rows' points' marks are locked in point order before anything else reads or
+# writes them. (A semi-join, not ``= ANY(:ids)``: in a prepared statement's generic plan
+# that is a linear search of the array per row, 3 ms for 1,000 points; the join hashes.)
 _LOCK = sa.text(
     "SELECT count(*) FROM (SELECT 1 FROM rating_state WHERE service_point_id IN ("
-    "SELECT unnest(CAST(:ids AS uuid[]))) ORDER BY service_point_id FOR UPDATE) AS locked"
+    f"SELECT service_point_id FROM {STAGED}) ORDER BY service_point_id FOR UPDATE) AS locked"
 )
-INSERT_STATES = sa.text(
+_NEW_STATES = (  # the marks of the points {}, where missing
     "INSERT INTO rating_state (service_point_id, tenant_id, consumption_total, "
     "charge_exact_total, charge_billed_total, charge_posted_total, cycle_consumption, stuck) "
-    "SELECT id, tenant_id, 0, 0, 0, 0, 0, false FROM service_point "
-    "WHERE id = ANY(CAST(:ids AS uuid[])) "
+    "SELECT id, tenant_id, 0, 0, 0, 0, 0, false FROM service_point WHERE id {} "
     "ON CONFLICT (service_point_id) DO NOTHING"
 )
+_INSERT_STAGED_STATES = sa.text(_NEW_STATES.format(f"IN (SELECT service_point_id FROM {STAGED})"))
+INSERT_STATES = sa.text(_NEW_STATES.format("= ANY(CAST(:ids AS uuid[]))"))
 
 # Python's datetime.isoformat() of a whole second, in the session's time zone (the zone
 # psycopg hands the core its times in): the usage entries' keys and reasons are the core's.
@@ -196,8 +197,8 @@ kept AS (
   SELECT p.sp, rs.fast_wallet, rs.channel_id, 0, 0, rs.fast_revenue FROM p
   JOIN rating_state rs ON rs.service_point_id = p.sp WHERE p.fast AND p.steps = 0
 )
-SELECT sp, NULL::numeric, NULL::numeric FROM p WHERE NOT p.fast
-UNION ALL SELECT NULL, sum(p.billed), (SELECT sum(amount) FROM posted) FROM p WHERE p.fast
+SELECT sp, NULL::numeric, NULL::numeric, NULL::bigint FROM p WHERE NOT p.fast
+UNION ALL SELECT NULL, sum(p.billed), (SELECT sum(amount) FROM posted), count(*) FROM p WHERE p.fast
 """)
 
 # The points rated here that control must look at: everything but a cloud-controlled point
@@ -266,28 +267,25 @@ _SLOW_READINGS = sa.text(
 )
 
 
-async def lock_marks(conn: AsyncConnection, ids: Sequence[uuid.UUID]) -> None:
-    """Lock the points' marks in point order (creating those not there yet)."""
-    arr = pg_array(ids)
-    locked = await conn.scalar(_LOCK, {"ids": arr})
-    if (locked or 0) < len(ids):
-        await conn.execute(INSERT_STATES, {"ids": arr})
-        await conn.scalar(_LOCK, {"ids": arr})
+async def lock_marks(conn: AsyncConnection, points: int) -> None:
+    """Lock the marks of the staged rows' ``points`` (how many there are) in point order,
+    creating those not there yet."""
+    if (await conn.scalar(_LOCK) or 0) < points:
+        await conn.execute(_INSERT_STAGED_STATES)
+        await conn.scalar(_LOCK)
 
 
 @dataclass(frozen=True)
 class Rated:
+    fast: int  # how many points were rated here
     slow: list[uuid.UUID]  # the points left for the Python core
     billed: Decimal  # what the wallets lost here (live)
     journaled: Decimal  # what the usage windows closed here posted
 
 
-async def rate_in_place(
-    conn: AsyncConnection, tenant_id: uuid.UUID, ids: Sequence[uuid.UUID], skipped: set[int]
-) -> Rated:
-    """Rate the staged readings of every point inside its envelope. ``ids``: the batch's
-    points, whose marks the caller has locked (the statement finds them by the staged
-    rows, so it does not search them)."""
+async def rate_in_place(conn: AsyncConnection, tenant_id: uuid.UUID, skipped: set[int]) -> Rated:
+    """Rate the stored staged readings (all but the rows ``skipped``) of every point inside
+    its envelope; the caller has locked the points' marks (:func:`lock_marks`)."""
     await conn.execute(sa.text(_RATED_TABLE))
     terms = await conn.scalar(sa.text(TERMS))
     rows = await conn.execute(
@@ -299,13 +297,13 @@ async def rate_in_place(
         },
     )
     slow: list[uuid.UUID] = []
-    billed = journaled = Decimal(0)
-    for sp, amount, posted in rows:
+    fast, billed, journaled = 0, Decimal(0), Decimal(0)
+    for sp, amount, posted, points in rows:
         if sp is None:
-            billed, journaled = amount or Decimal(0), posted or Decimal(0)
+            fast, billed, journaled = points, amount or Decimal(0), posted or Decimal(0)
         else:
             slow.append(sp)
-    return Rated(slow, billed, journaled)
+    return Rated(fast, slow, billed, journaled)
 
 
 async def busy_points(conn: AsyncConnection, changed: Reported) -> dict[uuid.UUID, Decimal | None]:

@@ -427,22 +427,22 @@ def _detail(a: Anomaly) -> str:
 async def rate_staged(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
-    points: Sequence[uuid.UUID],
+    points: int,
     skipped: set[int],
     now: datetime,
     timing: CommandTiming,
 ) -> RatingReport:
     """Rate the readings the ingest staged (:data:`cloud.rating.fast.STAGED`) and stored —
-    all but the rows ``skipped`` — of ``points``: set-based where each point's envelope
-    allows it, the rest by the Python core, under one lock order. Late and duplicate
-    readings never charge twice: each point's mark only moves forward, under a row lock."""
+    all but the rows ``skipped`` — of the ``points`` (how many) service points the staged
+    rows are bound to: set-based where each point's envelope allows it, the rest by the
+    Python core, under one lock order. Late and duplicate readings never charge twice: each
+    point's mark only moves forward, under a row lock."""
     reported, changed = await fast_rating.reports(conn, skipped)
-    ids = sorted(set(points), key=_BY_INT)
-    if not ids:
+    if not points:
         await record_reported_many(conn, reported)
         return RatingReport()
-    await fast_rating.lock_marks(conn, ids)
-    rated = await fast_rating.rate_in_place(conn, tenant_id, ids, skipped)
+    await fast_rating.lock_marks(conn, points)
+    rated = await fast_rating.rate_in_place(conn, tenant_id, skipped)
     slow = rated.slow
     outcomes = []
     if slow:
@@ -456,7 +456,7 @@ async def rate_staged(
     report = await persist(
         conn, tenant_id, outcomes, now, timing, reported=reported, fast=True, changed=changed
     )
-    report.points = len(ids)
+    report.points = points
     report.charged += rated.billed
     report.journaled += rated.journaled
     return report

@@ -156,3 +156,24 @@ async def test_telemetry_for_an_unknown_gateway_is_counted(
     await _publish(mqtt_url, topic, [dump(batch("gw-nobody", 1, [("m1", T0, "1.00")]))])
     await _settle(consumer, 1)
     assert consumer.rejected == {"telemetry:unknown_gateway": 1}
+
+
+async def test_a_batch_partly_stored_before_stores_and_rates_only_its_new_readings(
+    db: Database, group: Seeded
+) -> None:
+    # The first try moves every staged reading at once and meets the stored one; the batch
+    # is then stored again, new readings only (also one repeated within the batch).
+    service = IngestService(db, CommandTiming())
+    gw = await _gateway_code(db, group)
+    now = datetime.now(UTC)
+    q = timedelta(minutes=15)
+    first = await service.store_telemetry(
+        gw, batch(gw, 1, [("m1", T0, "10.00"), ("m1", T0 + q, "11.00")]), now
+    )
+    assert (first.stored, first.duplicates) == (2, 0)
+    again = [("m1", T0 + q, "11.00"), ("m1", T0 + 2 * q, "12.50"), ("m1", T0 + 2 * q, "12.50")]
+    mixed = await service.store_telemetry(gw, batch(gw, 2, again), now)
+    assert (mixed.stored, mixed.duplicates) == (1, 2)
+    assert mixed.charged == Decimal("1.50")
+    readings, balance, _ = await _state(db, group)
+    assert (readings, balance) == (3, Decimal("7.50"))  # 2.50 kWh at ¥1.0000 from ¥10.00

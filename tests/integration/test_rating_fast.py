@@ -152,9 +152,9 @@ def _observe(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int, Decimal]]:
     seen: list[tuple[int, int, Decimal]] = []
     original = fast_rating.rate_in_place
 
-    async def observed(conn, tenant, ids, skipped):  # type: ignore[no-untyped-def]
-        rated = await original(conn, tenant, ids, skipped)
-        seen.append((len(ids) - len(rated.slow), len(rated.slow), rated.journaled))
+    async def observed(conn, tenant, skipped):  # type: ignore[no-untyped-def]
+        rated = await original(conn, tenant, skipped)
+        seen.append((rated.fast, len(rated.slow), rated.journaled))
         return rated
 
     monkeypatch.setattr(fast_rating, "rate_in_place", observed)
