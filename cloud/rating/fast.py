@@ -60,9 +60,8 @@ LIVE = (
 
 TERMS = "SELECT coalesce(max(value), 0) FROM tenant_counter WHERE name = 'terms'"
 
-# The staged rows' points' marks are locked in point order before anything else reads or
-# writes them. (A semi-join, not ``= ANY(:ids)``: in a prepared statement's generic plan
-# that is a linear search of the array per row, 3 ms for 1,000 points; the join hashes.)
+# The marks of the points the staged rows are bound to, locked in point order before
+# anything else reads or writes them (a semi-join with the staged rows: no ids to send).
 _LOCK = sa.text(
     "SELECT count(*) FROM (SELECT 1 FROM rating_state WHERE service_point_id IN ("
     f"SELECT service_point_id FROM {STAGED}) ORDER BY service_point_id FOR UPDATE) AS locked"
