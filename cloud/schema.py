@@ -64,6 +64,14 @@ class Site(SQLModel, table=True):
     friendly_holidays: bool = True
     notice_minutes: int = 0  # notice before a cut for arrears
     alarm_hysteresis: Decimal = Field(default=Decimal("1.00"), sa_type=MONEY)
+    # The business day ends at this local time (reversals, daily close, handover).
+    business_day_cutoff: time = Field(default=time(0), sa_column_kwargs={"server_default": "00:00"})
+    catalogue_price: Decimal | None = Field(default=None, sa_type=PRICE, nullable=True)
+    price_margin: Decimal = Field(
+        default=Decimal("0.15"),
+        sa_type=sa.Numeric(5, 4),
+        sa_column_kwargs={"server_default": "0.15"},
+    )
 
 
 class Outlet(SQLModel, table=True):
