@@ -20,9 +20,8 @@ Topics (``prefix`` is configurable, default ``prepay``)::
 
 from __future__ import annotations
 
-import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -31,9 +30,10 @@ from uuid import UUID
 import msgspec
 from msgspec import Meta, field
 
+from contract.structs import MAX_JSON_BYTES, Model, encoder, field_error
+
 # ContractError: what every model's model_validate / model_validate_json raises.
 from contract.structs import ContractError as ContractError
-from contract.structs import Model, encoder
 
 SCHEMA_VERSION = 1
 SUPPORTED_VERSIONS = frozenset({1})
@@ -123,12 +123,70 @@ class Reading(Model, frozen=True, kw_only=True):
     purchase_count: int | None = None
 
 
+def _limit(precision: int, scale: int) -> Decimal:
+    """The bound a value must stay strictly inside to be stored as NUMERIC(precision,
+    scale): PostgreSQL rounds half away from zero to the scale, and the rounded value must
+    be below 10^(precision - scale)."""
+    return Decimal(10) ** (precision - scale) - Decimal(5) * Decimal(10) ** (-scale - 1)
+
+
+#: Every Decimal of a reading with the bound of the column that stores it (cloud/schema.py
+#: ``Reading``). A value the cloud could not store is refused here, naming the field, so a
+#: batch is either valid and storable or rejected with a reason — never re-sent forever.
+READING_LIMITS: tuple[tuple[str, Decimal], ...] = (
+    ("total", _limit(16, 3)),
+    ("voltage", _limit(8, 1)),
+    ("current", _limit(10, 3)),
+    ("power", _limit(10, 4)),
+    ("meter_balance", _limit(14, 2)),
+)
+TOU_LIMIT = _limit(16, 3)
+#: More decimal places than this in a quantity is no meter's answer (and an exponent like
+#: 1E-100000 is beyond PostgreSQL's numeric format).
+MAX_DECIMALS = 12
+MAX_PURCHASE_COUNT = 2**31 - 1  # an integer column
+#: Dates as old as year 1 or as late as 9999 decode; a gateway's clock is never that far off.
+EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST = datetime(2100, 1, 1, tzinfo=UTC)
+
+
+def _bad_decimal(value: Decimal, limit: Decimal) -> str | None:
+    if not value.is_finite():
+        return f"must be a finite number, not {value}"
+    if not -limit < value < limit:
+        return f"out of range: {value} (the magnitude must stay below {limit.normalize():f})"
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_DECIMALS:
+        return f"more than {MAX_DECIMALS} decimal places: {value}"
+    return None
+
+
+def _check_reading(i: int, r: Reading) -> None:
+    for name, limit in READING_LIMITS:
+        value = getattr(r, name)
+        if value is not None and (why := _bad_decimal(value, limit)) is not None:
+            raise field_error(f"readings.{i}.{name}", why)
+    if r.tou is not None:
+        for j, value in enumerate(r.tou):
+            if (why := _bad_decimal(value, TOU_LIMIT)) is not None:
+                raise field_error(f"readings.{i}.tou.{j}", why)
+    if r.purchase_count is not None and not 0 <= r.purchase_count <= MAX_PURCHASE_COUNT:
+        raise field_error(f"readings.{i}.purchase_count", f"out of range: {r.purchase_count}")
+    if not EARLIEST <= r.measured_at < LATEST:
+        raise field_error(f"readings.{i}.measured_at", f"not a plausible time: {r.measured_at}")
+
+
 class TelemetryBatch(_Payload, frozen=True, kw_only=True):
     gateway: GatewayId
     boot_id: BootId
-    seq: NonNegative
+    seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]
     sent_at: AwareDatetime
     readings: Annotated[tuple[Reading, ...], Meta(max_length=5000)]
+
+    def __post_init__(self) -> None:
+        # One pass over the batch (not a hook per reading: this is the ingest's hot path).
+        for i, r in enumerate(self.readings):
+            _check_reading(i, r)
 
 
 class CommandAction(StrEnum):
@@ -254,16 +312,38 @@ class GatewayEvent(_Payload, frozen=True, kw_only=True):
     device: DeviceKey | None = None
 
 
-def schema_version(raw: bytes) -> int | None:
-    """Read the ``v`` field of a payload without validating the rest (None if unreadable)."""
+class Envelope(msgspec.Struct, frozen=True, kw_only=True):
+    """What a receiver can still read of a payload its model refused: the schema version
+    and, for a telemetry batch, which batch it was (to answer it with a ``rejected``
+    receipt). Every field is optional and of any type; the rest of the payload is skipped."""
+
+    v: Any = None
+    gateway: Any = None
+    boot_id: Any = None
+    seq: Any = None
+
+    @property
+    def version(self) -> int | None:
+        v = self.v
+        return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def envelope(raw: bytes) -> Envelope | None:
+    """The :class:`Envelope` of a payload, or None if it is no JSON object at all (or too
+    big, or nested too deeply to read). Never raises."""
+    if len(raw) > MAX_JSON_BYTES:
+        return None
     try:
-        doc: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        return msgspec.json.decode(raw, type=Envelope)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(doc, dict):
-        return None
-    v = doc.get("v")
-    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def schema_version(raw: bytes) -> int | None:
+    """Read the ``v`` field of a payload without validating the rest (None if unreadable).
+    Never raises, whatever ``raw`` holds."""
+    env = envelope(raw)
+    return None if env is None else env.version
 
 
 def dump(payload: _Payload) -> bytes:

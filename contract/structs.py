@@ -66,14 +66,27 @@ def _enc_hook(obj: Any) -> Any:
 encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
 
 
+#: The largest payload any model is decoded from (a telemetry batch of 5,000 readings is
+#: about 1.3 MB); anything bigger is refused before it is parsed.
+MAX_JSON_BYTES = 4 * 1024 * 1024
+
+
 def decode_json(raw: bytes | str, tp: Any) -> Any:
-    """Decode and validate JSON as ``tp`` (strict types, as on the wire)."""
+    """Decode and validate JSON as ``tp`` (strict types, as on the wire). Whatever ``raw``
+    holds — too big, invalid UTF-8 inside a string, nesting deep enough to exhaust the
+    stack — the only error is a :class:`ContractError`."""
+    if len(raw) > MAX_JSON_BYTES:
+        raise ContractError((), f"payload too large ({len(raw)} bytes, at most {MAX_JSON_BYTES})")
     try:
         return msgspec.json.decode(raw, type=tp, dec_hook=_dec_hook)
     except msgspec.ValidationError as exc:
         raise _explain(exc, tp, None) from None
     except msgspec.DecodeError as exc:
         raise ContractError((), f"not valid JSON: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ContractError((), f"not valid UTF-8 at byte {exc.start}") from None
+    except RecursionError:
+        raise ContractError((), "nested too deeply") from None
 
 
 def convert(doc: Any, tp: Any) -> Any:

@@ -7,7 +7,6 @@ fails with others is tried again on its own, so a bad one never blocks those bes
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import random
 import uuid
@@ -27,6 +26,7 @@ from contract.mqtt import (
     ContractError,
     Direction,
     DownKind,
+    Envelope,
     EventKind,
     GatewayEvent,
     GatewayState,
@@ -36,13 +36,14 @@ from contract.mqtt import (
     Topics,
     UpKind,
     dump,
-    schema_version,
+    envelope,
 )
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGES = 64  # messages taken from the queue at once
 MAX_READINGS = 20_000  # readings of one gateway stored in one transaction
+_UP_KINDS = frozenset(k.value for k in UpKind)
 
 MESSAGES = Counter("prepay_ingest_messages_total", "Uplink messages handled", ["kind", "outcome"])
 READINGS = Counter("prepay_ingest_readings_total", "Readings by outcome", ["outcome"])
@@ -120,27 +121,35 @@ class IngestConsumer:
         waiting: dict[str, list[tuple[int, TelemetryBatch]]] = defaultdict(list)
         try:
             for i, (topic, raw) in enumerate(messages):
-                batch = self._telemetry(topic, raw)
-                if batch is not None:
-                    waiting[batch.gateway].append((i, batch))
-                    continue
-                await self._store_waiting(waiting, receipts)
-                receipts[i] = await self._handle(topic, raw)
+                try:
+                    batch = self._telemetry(topic, raw)
+                    if isinstance(batch, TelemetryBatch):
+                        waiting[batch.gateway].append((i, batch))
+                        continue
+                    await self._store_waiting(waiting, receipts)
+                    receipts[i] = await self._handle(topic, raw, batch)
+                except Exception:
+                    # Nothing a message holds may stop the worker: whatever slipped past the
+                    # checks is counted and logged, and the next message is handled.
+                    raise_if_cancelled()
+                    self._reject("unknown", "error", topic)
+                    log.exception("failed to handle a message on %s", topic[:200])
             await self._store_waiting(waiting, receipts)
         finally:
             self.handled += len(messages)
         return receipts
 
-    def _telemetry(self, topic: str, raw: bytes) -> TelemetryBatch | None:
-        """A valid telemetry batch on its own gateway's topic; None for anything else
-        (which :meth:`_handle` then sorts out and answers)."""
+    def _telemetry(self, topic: str, raw: bytes) -> TelemetryBatch | ContractError | None:
+        """A valid telemetry batch on its own gateway's topic, or why a telemetry payload
+        was refused (so it is decoded once); None for other topics (which :meth:`_handle`
+        sorts out and answers)."""
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] is not Direction.UP or parsed[2] != UpKind.TELEMETRY:
             return None
         try:
             batch = TelemetryBatch.model_validate_json(raw)
-        except ContractError:
-            return None
+        except ContractError as exc:
+            return exc
         return batch if batch.gateway == parsed[0] else None
 
     async def _store_waiting(
@@ -201,21 +210,23 @@ class IngestConsumer:
                 quarantined=sum(result.quarantined.values()),
             )
 
-    async def _handle(self, topic: str, raw: bytes) -> Receipt | None:
+    async def _handle(
+        self, topic: str, raw: bytes, refused: ContractError | None = None
+    ) -> Receipt | None:
+        """Handle one message that is not a valid telemetry batch of its own gateway
+        (``refused``: why the telemetry model refused it, when it was decoded already)."""
         parsed = self.topics.parse(topic)
         if parsed is None or parsed[1] is not Direction.UP:
-            self._reject("unknown", "foreign_topic", topic)
+            self._reject("unknown", "foreign_topic", topic[:200])
             return None
         gateway, _, kind = parsed
-        version = schema_version(raw)
-        if version is None:
-            self._reject(kind, "malformed", topic)
-            return _rejected(gateway, kind, raw, "malformed JSON")
-        if version not in SUPPORTED_VERSIONS:
-            self._reject(kind, f"unsupported_version_{version}", topic)
-            return None  # a newer cloud may take it: the gateway keeps it
+        if kind not in _UP_KINDS:  # also keeps the counters' labels to the known kinds
+            self._reject("unknown", "unknown_kind", topic[:200])
+            return None
         now = datetime.now(UTC)
         try:
+            if refused is not None:
+                raise refused
             if kind == UpKind.TELEMETRY:
                 batch = TelemetryBatch.model_validate_json(raw)
                 if batch.gateway != gateway:
@@ -245,9 +256,22 @@ class IngestConsumer:
                     log.info("gateway %s: %s %s", gateway, event.kind.value, event.detail)
             MESSAGES.labels(kind, "ok").inc()
         except ContractError as exc:
+            # Parsed once: only a refused payload is read again, for its version and which
+            # batch it was.
+            env = envelope(raw)
+            if env is None:
+                self._reject(kind, "malformed", topic)
+                log.debug("malformed %s payload: %s", kind, exc)
+                return None  # nothing says which batch it was: no receipt can name it
+            if env.version not in SUPPORTED_VERSIONS:
+                if env.version is None:
+                    self._reject(kind, "malformed", topic)
+                    return _rejected(gateway, kind, env, "no schema version")
+                self._reject(kind, f"unsupported_version_{env.version}", topic)
+                return None  # a newer cloud may take it: the gateway keeps it
             self._reject(kind, "invalid", topic)
             log.debug("invalid %s payload: %s", kind, exc)
-            return _rejected(gateway, kind, raw, f"invalid: {exc.errors()[0]['msg']}")
+            return _rejected(gateway, kind, env, f"invalid: {exc}")
         except UnknownGateway:
             self._reject(kind, "unknown_gateway", topic)  # kept by the gateway until known
         except Exception:
@@ -259,22 +283,23 @@ class IngestConsumer:
         return None
 
 
-def _rejected(gateway: str, kind: str, raw: bytes, why: str) -> Receipt | None:
+def _rejected(gateway: str, kind: str, env: Envelope, why: str) -> Receipt | None:
     """A receipt that tells the gateway to drop a telemetry batch no cloud can ever store
-    (when the batch still says who sent it and which it was)."""
+    (when the batch still says, validly, which it was)."""
     if kind != UpKind.TELEMETRY:
         return None
-    try:
-        doc = json.loads(raw)
-        return Receipt(
-            gateway=gateway,
-            boot_id=str(doc["boot_id"]),
-            seq=int(doc["seq"]),
-            status=ReceiptStatus.REJECTED,
-            detail=why[:200],
-        )
-    except (ValueError, KeyError, TypeError):
+    boot_id, seq = env.boot_id, env.seq
+    if not (isinstance(boot_id, str) and 1 <= len(boot_id) <= 64):
         return None
+    if not (isinstance(seq, int) and not isinstance(seq, bool) and 0 <= seq < 2**63):
+        return None
+    return Receipt(
+        gateway=gateway,
+        boot_id=boot_id,
+        seq=seq,
+        status=ReceiptStatus.REJECTED,
+        detail=why[:200],
+    )
 
 
 def _payload(message: aiomqtt.Message) -> bytes:

@@ -169,7 +169,8 @@ async def test_batches_waiting_together_are_stored_together_each_with_its_receip
 ) -> None:
     """What an ingest worker finds in its queue is stored per gateway in one transaction;
     the counts stay per batch, and a batch the database refuses (here a register too large
-    for its column) costs only its own receipt, not its neighbours'."""
+    for its column, refused by the contract before it reaches the database) costs only its
+    own receipt, not its neighbours'."""
     async with db.tenant(group.tenant_id) as conn:
         gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
     consumer = IngestConsumer(
@@ -194,12 +195,13 @@ async def test_batches_waiting_together_are_stored_together_each_with_its_receip
 
     second = batch(2, ("m1", 1, "100.50"), ("nobody", 1, "5"))
     hopeless = json.dumps({"v": 1, "gateway": gw, "boot_id": "b1", "seq": 5, "readings": 3})
+    too_large = batch(3, ("m1", 2, "123.000")).replace(b'"123.000"', b'"12345678901234567.000"')
     receipts = await consumer.handle_many(
         [
             (topic, batch(1, ("m1", 0, "100.00"))),
             (topic, second),
             (topic, second),  # re-sent: nothing new
-            (topic, batch(3, ("m1", 2, "12345678901234567.000"))),  # refused by the database
+            (topic, too_large),  # NUMERIC(16,3) cannot hold it
             (topic, hopeless.encode()),
             (topic, batch(4, ("m1", 3, "101.00"))),
         ]
@@ -211,11 +213,12 @@ async def test_batches_waiting_together_are_stored_together_each_with_its_receip
         (1, stored, 1, 0),
         (2, stored, 1, 0),
         (2, stored, 0, 1),
-        None,  # no receipt: the gateway keeps it and an operator sees the error
+        (3, ReceiptStatus.REJECTED, 0, 0),  # never stored: the gateway may drop it
         (5, ReceiptStatus.REJECTED, 0, 0),
         (4, stored, 1, 0),
     ]
     assert receipts[1] is not None and receipts[1].quarantined == 1
+    assert receipts[3] is not None and receipts[3].detail.startswith("invalid: readings.0.total")
     async with db.tenant(group.tenant_id) as conn:
         balance = await conn.scalar(
             sa.text("SELECT balance FROM ledger_account WHERE kind = 'wallet'")
