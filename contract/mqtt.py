@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -141,39 +141,51 @@ READING_LIMITS: tuple[tuple[str, Decimal], ...] = (
     ("meter_balance", _limit(14, 2)),
 )
 TOU_LIMIT = _limit(16, 3)
-#: More decimal places than this in a quantity is no meter's answer (and an exponent like
-#: 1E-100000 is beyond PostgreSQL's numeric format).
-MAX_DECIMALS = 12
 MAX_PURCHASE_COUNT = 2**31 - 1  # an integer column
 #: Dates as old as year 1 or as late as 9999 decode; a gateway's clock is never that far off.
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST = datetime(2100, 1, 1, tzinfo=UTC)
 
 
-def _bad_decimal(value: Decimal, limit: Decimal) -> str | None:
+def _in_range(value: Decimal, limit: Decimal) -> bool:
+    """Strictly inside ±limit; False for ±Infinity and NaN (a comparison with NaN signals).
+    Two comparisons: this runs for every quantity of every reading the cloud receives."""
+    try:
+        return -limit < value < limit
+    except InvalidOperation:
+        return False
+
+
+def _why(value: Decimal, limit: Decimal) -> str:
     if not value.is_finite():
         return f"must be a finite number, not {value}"
-    if not -limit < value < limit:
-        return f"out of range: {value} (the magnitude must stay below {limit.normalize():f})"
-    exponent = value.as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -MAX_DECIMALS:
-        return f"more than {MAX_DECIMALS} decimal places: {value}"
-    return None
+    return f"out of range: {value} (the magnitude must stay below {limit.normalize():f})"
 
 
 def _check_reading(i: int, r: Reading) -> None:
-    for name, limit in READING_LIMITS:
-        value = getattr(r, name)
-        if value is not None and (why := _bad_decimal(value, limit)) is not None:
-            raise field_error(f"readings.{i}.{name}", why)
+    # Written out field by field (no loop over names): a tenth of a microsecond a reading.
+    if not (
+        (r.total is None or _in_range(r.total, _TOTAL))
+        and (r.voltage is None or _in_range(r.voltage, _VOLTAGE))
+        and (r.current is None or _in_range(r.current, _CURRENT))
+        and (r.power is None or _in_range(r.power, _POWER))
+        and (r.meter_balance is None or _in_range(r.meter_balance, _BALANCE))
+    ):
+        for name, limit in READING_LIMITS:
+            value = getattr(r, name)
+            if value is not None and not _in_range(value, limit):
+                raise field_error(f"readings.{i}.{name}", _why(value, limit))
     if r.tou is not None:
         for j, value in enumerate(r.tou):
-            if (why := _bad_decimal(value, TOU_LIMIT)) is not None:
-                raise field_error(f"readings.{i}.tou.{j}", why)
+            if not _in_range(value, TOU_LIMIT):
+                raise field_error(f"readings.{i}.tou.{j}", _why(value, TOU_LIMIT))
     if r.purchase_count is not None and not 0 <= r.purchase_count <= MAX_PURCHASE_COUNT:
         raise field_error(f"readings.{i}.purchase_count", f"out of range: {r.purchase_count}")
     if not EARLIEST <= r.measured_at < LATEST:
         raise field_error(f"readings.{i}.measured_at", f"not a plausible time: {r.measured_at}")
+
+
+_TOTAL, _VOLTAGE, _CURRENT, _POWER, _BALANCE = (limit for _, limit in READING_LIMITS)
 
 
 class TelemetryBatch(_Payload, frozen=True, kw_only=True):

@@ -300,15 +300,30 @@ def _text(value: object) -> str:
     return _NULL if value is None else str(value)
 
 
+def _num(value: Decimal | None) -> str:
+    """A quantity in COPY's text format. The contract has bounded its magnitude; a value
+    written with an exponent (``1E-100000``, beyond PostgreSQL's numeric format) or with
+    very many digits is rounded to 12 places first, as no column keeps more."""
+    if value is None:
+        return _NULL
+    text = str(value)
+    if len(text) > 40 or "E" in text:
+        return f"{value.quantize(_PLACES):f}"
+    return text
+
+
+_PLACES = Decimal("1E-12")
+
+
 def _line(r: Reading, target: _Target, n: int) -> str:
     """One staged row in COPY's text format. The columns round the values as they are
     stored; rating reads them from there."""
-    tou = _NULL if r.tou is None else "{" + ",".join(str(v) for v in r.tou) + "}"
+    tou = _NULL if r.tou is None else "{" + ",".join(_num(v) for v in r.tou) + "}"
     supply = _NULL if r.supply is None else ("t" if r.supply is Supply.ON else "f")
     return (
-        f"{target.channel_text}\t{r.measured_at.isoformat()}\t{_text(r.total)}\t"
-        f"{tou}\t{_text(r.voltage)}\t{_text(r.current)}\t{_text(r.power)}\t{supply}\t"
-        f"{_text(r.meter_balance)}\t{_text(r.purchase_count)}\t{target.point_text}\t{n}\n"
+        f"{target.channel_text}\t{r.measured_at.isoformat()}\t{_num(r.total)}\t"
+        f"{tou}\t{_num(r.voltage)}\t{_num(r.current)}\t{_num(r.power)}\t{supply}\t"
+        f"{_num(r.meter_balance)}\t{_text(r.purchase_count)}\t{target.point_text}\t{n}\n"
     )
 
 
