@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import secrets
 import uuid
 from dataclasses import dataclass
 
@@ -26,6 +28,13 @@ PERMISSIONS = (
 )
 
 _hasher = PasswordHash.recommended()
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the group or user is unknown: the same algorithm and cost as
+    a real operator's hash (made once, on first use, not at import)."""
+    return _hasher.hash(secrets.token_urlsafe(16))
 
 
 def hash_password(password: str) -> str:
@@ -61,9 +70,9 @@ class Sessions:
             tenant_id = await conn.scalar(
                 sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": tenant_slug}
             )
-        if tenant_id is None:
-            raise Unauthorized("unknown property group, user or password")
-        async with self.db.tenant(tenant_id) as conn:
+        # An unknown group still asks for the operator (under a tenant nobody has, so
+        # row-level security finds nothing): the same queries as for a known one.
+        async with self.db.tenant(tenant_id or uuid.uuid4()) as conn:
             row = (
                 await conn.execute(
                     sa.text(
@@ -72,7 +81,12 @@ class Sessions:
                     {"u": username},
                 )
             ).first()
-        if row is None or not _hasher.verify(password, row.password_hash):
+        # An unknown group or user costs the same hash as a known one, so the answer's time
+        # does not tell an attacker which usernames exist.
+        known = row is not None and _hasher.verify(password, row.password_hash)
+        if row is None:
+            _hasher.verify(password, _dummy_hash())
+        if not known or row is None or tenant_id is None:
             raise Unauthorized("unknown property group, user or password")
         return self._s.dumps({"t": str(tenant_id), "o": str(row.id)})
 

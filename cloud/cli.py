@@ -12,7 +12,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from cloud.runtime import Wiring
-from cloud.settings import CloudSettings
+from cloud.settings import CloudSettings, WeakSecret
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -63,12 +63,17 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
 
         await run_demo(settings, args.port)
         return 0
+    try:  # before anything starts: a weak or missing session key is refused at once
+        settings.session_secret(required=args.cmd == "api")
+    except WeakSecret as exc:
+        print(f"prepay {args.cmd}: {exc}", file=sys.stderr)
+        return 2
     url = await asyncio.to_thread(owner_url, settings)
     if args.cmd == "migrate":
         await asyncio.to_thread(migrate, url, settings.app_role)
         print("schema is up to date")
         return 0
-    wiring = Wiring.build(settings, url)
+    wiring = Wiring.build(settings, url, serves_sessions=args.cmd == "api")
     try:
         if args.cmd == "check":
             return await _check(wiring, args.tenant)

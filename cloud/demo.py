@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 from decimal import Decimal
 from pathlib import Path
 
 import sqlalchemy as sa
+from pydantic import SecretStr
 
 from cloud.api.app import create_app
 from cloud.control.dispatcher import Dispatcher
@@ -48,9 +50,21 @@ DEMO = GroupSpec(
 )
 
 
+def _demo_secret(data: Path) -> str:
+    """The demo's session key: random, made once per data directory (mode 0600)."""
+    path = data / "secret_key"
+    if not path.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(secrets.token_urlsafe(48))
+    return path.read_text().strip()
+
+
 async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
     data = settings.data_dir / "demo"
     settings = settings.model_copy(update={"data_dir": data})
+    if settings.secret_key is None:  # a key of the demo's own, kept so sessions survive
+        settings = settings.model_copy(update={"secret_key": SecretStr(_demo_secret(data))})
     url = await asyncio.to_thread(owner_url, settings, "prepay_demo")
     await asyncio.to_thread(migrate, url, settings.app_role)
     wiring = Wiring.build(settings, url)

@@ -44,9 +44,12 @@ class Wiring:
     services: Services
 
     @classmethod
-    def build(cls, settings: CloudSettings, url: str) -> Wiring:
+    def build(cls, settings: CloudSettings, url: str, *, serves_sessions: bool = False) -> Wiring:
+        """Raises :class:`~cloud.settings.WeakSecret` before connecting anything when the
+        session key is weak, or unset where ``serves_sessions``."""
+        secret = settings.session_secret(required=serves_sessions)
         db = Database.connect(url, settings.app_database_url, settings.app_role)
-        sessions = Sessions(db, settings.secret_key.get_secret_value(), settings.session_max_age_s)
+        sessions = Sessions(db, secret, settings.session_max_age_s)
         broker = settings.gateway_broker_url or _without_credentials(
             settings.mqtt_url or "mqtt://127.0.0.1:1883"
         )

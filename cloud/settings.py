@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_PLACEHOLDER = "dev-only-insecure-secret-change-me"
+MIN_SECRET_BYTES = 32
+_HOW = "make one with: python3 -c 'import secrets; print(secrets.token_urlsafe(48))'"
+
+
+#: Keys anyone can read in the project's history (the development placeholder of old).
+_PUBLISHED = frozenset({"dev-only-insecure-secret-change-me"})
+
+
+class WeakSecret(ValueError):
+    """The session signing key is missing or too weak to sign operators' sessions."""
+
+
+def weak_secret(key: str) -> str | None:
+    """Why ``key`` is too weak to sign sessions (None when it is strong enough): at least
+    32 bytes, and not a repetition of a few characters (``aaaa…``, ``abab…``)."""
+    if key in _PUBLISHED:
+        return "is a key published in this project's history"
+    if len(key.encode()) < MIN_SECRET_BYTES:
+        return f"is shorter than {MIN_SECRET_BYTES} bytes"
+    if len(set(key)) < 16:
+        return "repeats too few different characters"
+    return None
 
 
 class CloudSettings(BaseSettings):
@@ -36,15 +58,25 @@ class CloudSettings(BaseSettings):
     )
     mqtt_shared_group: str | None = "ingest"
     data_dir: Path = Path(".prepay")
-    secret_key: SecretStr = SecretStr(_PLACEHOLDER)
+    secret_key: SecretStr | None = Field(
+        default=None, description="session signing key; required by `prepay api`"
+    )
     session_max_age_s: int = 12 * 3600
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     command_deadline_s: int = 120  # supply commands; a recharge has 24 h
     command_retry_s: float = 5.0
 
-    @model_validator(mode="after")
-    def _no_placeholder_secret_in_production(self) -> CloudSettings:
-        if self.environment == "production" and self.secret_key.get_secret_value() == _PLACEHOLDER:
-            raise ValueError("PREPAY_SECRET_KEY must be set in production")
-        return self
+    def session_secret(self, *, required: bool) -> str:
+        """The key that signs operators' sessions. A key that is set must be strong,
+        whatever ``environment`` says. Unset, a process that serves sessions
+        (``required``: ``prepay api``) refuses to start; any other gets a random key of its
+        own (its sessions, if any, end with it: the tests, ``prepay check``, ingest)."""
+        if self.secret_key is None:
+            if required:
+                raise WeakSecret(f"PREPAY_SECRET_KEY is not set; {_HOW}")
+            return secrets.token_urlsafe(48)
+        key = self.secret_key.get_secret_value()
+        if (why := weak_secret(key)) is not None:
+            raise WeakSecret(f"PREPAY_SECRET_KEY {why}; {_HOW}")
+        return key
