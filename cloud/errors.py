@@ -19,3 +19,9 @@ class Unauthorized(DomainError):
 
 class Conflict(DomainError):
     status = 409
+
+
+class Invalid(DomainError):
+    """Input that is well-formed but not acceptable (answered 422, as a malformed one)."""
+
+    status = 422

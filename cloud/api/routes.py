@@ -12,6 +12,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep
+from cloud.api.fields import Key, Password, PathKey, Reason
 from cloud.control.operator import (
     ControlAction,
     ControlRequest,
@@ -35,9 +36,9 @@ Amount = Annotated[
 
 class LoginIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    tenant: str
-    username: str
-    password: str
+    tenant: Key
+    username: Key
+    password: Password
 
 
 class TokenOut(BaseModel):
@@ -47,7 +48,7 @@ class TokenOut(BaseModel):
 
 class SaleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    account: str = Field(min_length=1, max_length=20, description="account number")
+    account: Annotated[Key, Field(max_length=20, description="account number")]
     amount: Amount
     method: Literal["cash", "card"] = "cash"
     outlet_id: uuid.UUID | None = None
@@ -117,7 +118,7 @@ async def get_point(point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> 
 
 
 @router.get("/accounts/{number}/balance", response_model=BalanceOut)
-async def get_balance(number: str, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
+async def get_balance(number: PathKey, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
     who.require("registry.view")
     balance = await queries.account_balance(svc.db, who.tenant_id, number)
     return BalanceOut(account=number, balance=str(balance))
@@ -171,8 +172,8 @@ class ClaimOut(BaseModel):
 
 class CommissionIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    claim: str = Field(min_length=4, max_length=40)
-    name: str | None = Field(default=None, max_length=100)
+    claim: Annotated[Key, Field(min_length=4, max_length=40)]
+    name: Annotated[Key, Field(max_length=100)] | None = None
 
 
 class CommissionOut(BaseModel):
@@ -214,7 +215,9 @@ async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> Commission
 
 
 @router.post("/gateways/{code}/revoke-credential", response_model=RevokedOut)
-async def revoke_gateway_credential(code: str, svc: ServicesDep, who: OperatorDep) -> RevokedOut:
+async def revoke_gateway_credential(
+    code: PathKey, svc: ServicesDep, who: OperatorDep
+) -> RevokedOut:
     n = await revoke_credential(svc.db, who, code, datetime.now(UTC))
     return RevokedOut(gateway=code, revoked=n)
 
@@ -234,7 +237,7 @@ class ConfigOut(BaseModel):
 
 @router.post("/gateways/{code}/config", response_model=ConfigOut, status_code=202)
 async def push_gateway_config(
-    code: str, body: ConfigIn, svc: ServicesDep, who: OperatorDep
+    code: PathKey, body: ConfigIn, svc: ServicesDep, who: OperatorDep
 ) -> ConfigOut:
     """Push a new config version (retained). 202: the gateway applies it when it gets it and
     reports the version it runs; a config it refuses is reported with the reason."""
@@ -255,7 +258,7 @@ async def push_gateway_config(
 class ControlIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: ControlAction
-    reason: str = Field(min_length=3, max_length=500)
+    reason: Reason
     override: bool = Field(
         default=False, description="trip a point that is not in arrears (say why in reason)"
     )

@@ -3,6 +3,7 @@ the pre-disconnection check, twin, commands, events, and the trip/restore/keep-p
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ from cloud.control.operator import ControlAction, ControlRequest, control_view, 
 from cloud.errors import DomainError, Unauthorized
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
@@ -31,10 +33,17 @@ async def login_page(request: Request) -> Response:
 async def login(
     request: Request,
     svc: ServicesDep,
-    tenant: Annotated[str, Form()],
-    username: Annotated[str, Form()],
-    password: Annotated[str, Form()],
+    tenant: Annotated[str, Form(max_length=64)],
+    username: Annotated[str, Form(max_length=64)],
+    password: Annotated[str, Form(max_length=256)],
 ) -> Response:
+    if any(_CONTROL.search(v) for v in (tenant, username, password)):
+        return templates.TemplateResponse(
+            request,
+            "login.html",
+            {"error": "property group, user and password cannot hold control characters"},
+            status_code=422,
+        )
     try:
         token = await svc.sessions.login(tenant, username, password)
     except Unauthorized as exc:
@@ -103,6 +112,9 @@ async def point_control_action(
         who = await operator(request, svc)
     except Unauthorized:
         return RedirectResponse("/console/login", status_code=303)
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", reason):
+        msg = "the reason cannot hold control characters"
+        return await _page(request, svc, who, point_id, msg, True, 422)
     req = ControlRequest(action, reason, override)
     try:
         done = await operate_point(svc.db, who, point_id, req, datetime.now(UTC), svc.timing)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -33,7 +33,7 @@ from cloud.control.policy import (
 )
 from cloud.control.service import CommandTiming, PointControl
 from cloud.db import Database, pg_array
-from cloud.errors import Conflict, DomainError, NotFound
+from cloud.errors import Conflict, Invalid, NotFound
 
 PERMISSION = {
     "trip": "control.trip",
@@ -120,11 +120,21 @@ async def operate_site(
         return await _operate(conn, who, names, req, now, timing) if names else []
 
 
+#: How far ahead keep-power or an override may be set to end (a longer one is open-ended:
+#: leave ``until`` out and end it by hand).
+MAX_UNTIL = timedelta(days=366)
+
+
 def _check(req: ControlRequest, now: datetime) -> None:
     if len(req.reason.strip()) < 3:
-        raise DomainError("a control action needs a reason (at least 3 characters)")
+        raise Invalid("a control action needs a reason (at least 3 characters)")
     if req.until is not None and req.until <= now:
-        raise DomainError(f"until {req.until.isoformat()} is not in the future")
+        raise Invalid(f"until {req.until.isoformat()} is not in the future")
+    if req.until is not None and req.until > now + MAX_UNTIL:
+        raise Invalid(
+            f"until {req.until.isoformat()} is more than {MAX_UNTIL.days} days ahead; "
+            "leave it out for an open-ended action"
+        )
 
 
 async def _names(conn: AsyncConnection, ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:

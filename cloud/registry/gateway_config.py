@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from cloud import audit
 from cloud.auth import Principal
 from cloud.db import Database
-from cloud.errors import DomainError, NotFound
+from cloud.errors import Invalid, NotFound
 from cloud.mqtt import client
 from contract.mqtt import CONFIG_PUSHABLE, ConfigPush, DownKind, Topics, dump
 
@@ -39,9 +39,9 @@ async def push_config(
     who.require("gateway.configure")
     foreign = sorted(set(config) - CONFIG_PUSHABLE)
     if foreign:
-        raise DomainError(f"a gateway does not take these from the cloud: {', '.join(foreign)}")
+        raise Invalid(f"a gateway does not take these from the cloud: {', '.join(foreign)}")
     if not config:
-        raise DomainError("an empty config changes nothing")
+        raise Invalid("an empty config changes nothing")
     async with db.tenant(who.tenant_id) as conn:
         version = await conn.scalar(
             sa.text(

@@ -48,7 +48,7 @@ async def test_a_pushed_config_reaches_a_gateway_that_connects_later(
     bad = await http.post(
         f"/api/v1/gateways/{gw}/config", json={"config": {"gateway": "x"}}, headers=auth
     )
-    assert bad.status_code == 400 and "gateway" in bad.json()["detail"]
+    assert bad.status_code == 422 and "gateway" in bad.json()["detail"]
     missing = await http.post(
         "/api/v1/gateways/gw-nope/config", json={"config": {"heartbeat_s": 5}}, headers=auth
     )

@@ -394,7 +394,7 @@ async def test_bad_control_requests(db: Database, http: httpx.AsyncClient) -> No
     r = await http.post(
         url, json={"action": "keep_power_on", "reason": "abc", "until": past}, headers=auth
     )
-    assert r.status_code == 400 and "not in the future" in r.json()["detail"]
+    assert r.status_code == 422 and "not in the future" in r.json()["detail"]
     r = await http.post(url, json={"action": "keep_power_off", "reason": "abc"}, headers=auth)
     assert r.status_code == 409
     assert await s.commands() == [] and await other.commands() == []

@@ -1,0 +1,36 @@
+"""Text the API accepts: one annotated type per kind, so every request model and path
+parameter refuses what PostgreSQL cannot hold (NUL) and what no person types (other
+control characters), within a bound length, with a 422 that names the field."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import Path
+from pydantic import AfterValidator, Field
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _line(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (such as NUL or a line break)")
+    return value
+
+
+def _note(value: str) -> str:
+    if _CONTROL_BUT_LINES.search(value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    return value
+
+
+#: Identifiers in paths and bodies: account numbers, gateway codes, group slugs, usernames.
+Key = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_line)]
+#: A reason or a comment: several lines allowed, no other control characters.
+Reason = Annotated[str, Field(min_length=3, max_length=500), AfterValidator(_note)]
+#: A password: any characters but control ones, bounded (argon2 hashes it whole).
+Password = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_line)]
+#: A key in a path (``/accounts/{number}``, ``/gateways/{code}``).
+PathKey = Annotated[str, Path(min_length=1, max_length=64), AfterValidator(_line)]
