@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import msgspec
 
 from contract.link import Client
 from contract.mqtt import (
@@ -40,6 +41,7 @@ from contract.mqtt import (
     UpKind,
     dump,
 )
+from contract.structs import MAX_JSON_BYTES
 from gateway_agent.config import (
     AgentConfig,
     BusConfig,
@@ -240,6 +242,7 @@ class Agent:
         self._unconfirmed: dict[int, float] = {}  # batch seq -> when it was published
         self._bus_tasks: list[asyncio.Task[None]] = []
         self._command_tasks: set[asyncio.Task[None]] = set()
+        self._downlink_failures = 0  # commands that raised instead of answering
         self.connected = asyncio.Event()
 
     def _install(self, cfg: AgentConfig) -> None:
@@ -472,7 +475,8 @@ class Agent:
         try:
             new_cfg = merge_pushed(self.cfg, push.version, push.config)
             self._install(new_cfg)
-        except (ConfigError, ValueError) as exc:
+        except Exception as exc:  # any config it cannot run is refused; the running one stays
+            # (a retained config that raised out of here would crash-loop the agent)
             self.cfg, self.buses, self._bus_of = previous
             detail = f"config version {push.version} rejected: {exc}"
             log.error("%s", detail)
@@ -527,7 +531,14 @@ class Agent:
                 continue
             task = asyncio.create_task(command(raw))  # buses run their commands concurrently
             self._command_tasks.add(task)
-            task.add_done_callback(self._command_tasks.discard)
+            task.add_done_callback(self._command_done)
+
+    def _command_done(self, task: asyncio.Task[None]) -> None:
+        self._command_tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self._downlink_failures += 1
+            if self._downlink_failures == 1 or self._downlink_failures % 100 == 0:
+                log.error("a command could not be handled (x%d): %r", self._downlink_failures, exc)
 
     # -- lifecycle ------------------------------------------------------------------
     def _client(self) -> aiomqtt.Client:
@@ -655,8 +666,19 @@ def _first_error(exc: ContractError) -> str:
     return f"invalid config push: {where + ': ' if where else ''}{e['msg']}"
 
 
+class _WithId(msgspec.Struct):
+    """What can still be read of a refused command or config: its id, if any."""
+
+    id: Any = None
+
+
 def _command_id(raw: bytes) -> uuid.UUID | None:
+    """The id of a payload its model refused (to name it in the ``invalid`` ack); None when
+    unreadable. Never raises, whatever ``raw`` holds."""
+    if len(raw) > MAX_JSON_BYTES:
+        return None
     try:
-        return uuid.UUID(str(json.loads(raw)["id"]))
-    except (ValueError, KeyError, TypeError):
+        found = msgspec.json.decode(raw, type=_WithId).id
+        return None if found is None else uuid.UUID(str(found))
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError, ValueError, TypeError):
         return None

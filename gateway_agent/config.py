@@ -19,7 +19,9 @@ class ConfigError(ValueError):
     pass
 
 
-Positive = Annotated[float, Meta(gt=0)]
+#: A duration in seconds: positive, finite (``"Infinity"`` decodes as a float) and at most a
+#: week, so no interval or timeout can silence a gateway for good.
+Positive = Annotated[float, Meta(gt=0, le=7 * 24 * 3600)]
 Baudrate = Annotated[int, Meta(ge=300, le=115200)]
 _HEX = r"^[0-9A-Fa-f]{%d}\Z"
 
