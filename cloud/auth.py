@@ -5,14 +5,16 @@ from __future__ import annotations
 import functools
 import secrets
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pwdlib import PasswordHash
 
 from cloud.db import Database
-from cloud.errors import Forbidden, Unauthorized
+from cloud.errors import Forbidden, TooManyAttempts, Unauthorized
 
 PERMISSIONS = (
     "registry.view",
@@ -57,15 +59,91 @@ class Principal:
         return f"operator:{self.username}"
 
 
+LOGIN_LIMIT = 20  # failed logins of one group + username within WINDOW lock that login
+ADDRESS_LIMIT = 100  # of one client address (an office behind one NAT has many clerks)
+WINDOW = timedelta(minutes=1)
+LOCK = timedelta(minutes=15)
+IDLE = timedelta(days=1)  # rows untouched this long are pruned
+
+_LOCKED = """
+SELECT max(locked_until) FROM login_throttle WHERE key = ANY(:keys) AND locked_until > :now
+"""
+# A failure in a fixed window: a new window once the last one is over; the lock once the
+# window's failures reach the limit (a failure during a lock does not extend it).
+_FAILED = """
+INSERT INTO login_throttle AS t (key, window_start, failures, locked_until)
+VALUES (:k, :now, 1, CASE WHEN :limit <= 1 THEN :now + :lock END)
+ON CONFLICT (key) DO UPDATE SET
+  window_start = CASE WHEN t.window_start <= :now - :window THEN :now ELSE t.window_start END,
+  failures = CASE WHEN t.window_start <= :now - :window THEN 1 ELSE t.failures + 1 END,
+  locked_until = CASE
+    WHEN t.locked_until > :now THEN t.locked_until
+    WHEN t.window_start > :now - :window AND t.failures + 1 >= :limit THEN :now + :lock
+    ELSE t.locked_until END
+"""
+_FORGET = "DELETE FROM login_throttle WHERE key = :k"
+_PRUNE = """
+DELETE FROM login_throttle
+WHERE window_start < :idle AND (locked_until IS NULL OR locked_until < :now)
+"""
+
+
 class Sessions:
     """Signed, expiring session tokens (cookie for the console, bearer for the API)."""
 
-    def __init__(self, db: Database, secret: str, max_age_s: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        secret: str,
+        max_age_s: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.db = db
         self.max_age_s = max_age_s
+        self.clock = clock
         self._s = URLSafeTimedSerializer(secret, salt="prepay-session")
 
-    async def login(self, tenant_slug: str, username: str, password: str) -> str:
+    async def login(
+        self, tenant_slug: str, username: str, password: str, address: str | None = None
+    ) -> str:
+        """A session token, or Unauthorized; TooManyAttempts while this login (20 failures
+        in a minute) or this client address (100) is locked — even for the right password."""
+        now = self.clock()
+        login_key = f"login:{tenant_slug}/{username}"
+        keys = [(login_key, LOGIN_LIMIT)]
+        if address:
+            keys.append((f"addr:{address}", ADDRESS_LIMIT))
+        await self._refuse_if_locked([k for k, _ in keys], now)
+        try:
+            token = await self._login(tenant_slug, username, password)
+        except Unauthorized:
+            await self._failed(keys, now)
+            raise
+        async with self.db.platform() as conn:
+            await conn.execute(sa.text(_FORGET), {"k": login_key})
+        return token
+
+    async def _refuse_if_locked(self, keys: list[str], now: datetime) -> None:
+        async with self.db.platform() as conn:
+            until = await conn.scalar(sa.text(_LOCKED), {"keys": keys, "now": now})
+        if until is not None:
+            wait = max(1, int((until - now).total_seconds()) + 1)
+            raise TooManyAttempts(
+                f"too many failed logins: locked until {until:%Y-%m-%d %H:%M:%S} UTC "
+                f"(in {(wait + 59) // 60} min); other operators can still log in",
+                wait,
+            )
+
+    async def _failed(self, keys: list[tuple[str, int]], now: datetime) -> None:
+        async with self.db.platform() as conn:
+            for key, limit in keys:
+                await conn.execute(
+                    sa.text(_FAILED),
+                    {"k": key, "now": now, "window": WINDOW, "lock": LOCK, "limit": limit},
+                )
+            await conn.execute(sa.text(_PRUNE), {"idle": now - IDLE, "now": now})
+
+    async def _login(self, tenant_slug: str, username: str, password: str) -> str:
         async with self.db.platform() as conn:
             tenant_id = await conn.scalar(
                 sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": tenant_slug}

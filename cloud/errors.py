@@ -25,3 +25,13 @@ class Invalid(DomainError):
     """Input that is well-formed but not acceptable (answered 422, as a malformed one)."""
 
     status = 422
+
+
+class TooManyAttempts(DomainError):
+    """Too many failed logins: this login (or address) is locked for ``retry_after_s``."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s

@@ -43,6 +43,18 @@ class Tenant(SQLModel, table=True):
     created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
 
 
+class LoginThrottle(SQLModel, table=True):
+    """Failed logins per key (``login:<group>/<user>`` or ``addr:<address>``) in a fixed
+    window, and the lock they earned. Platform-level: unknown groups are counted too."""
+
+    __tablename__ = "login_throttle"
+    __table_args__ = (sa.Index("login_throttle_idle", "window_start"),)
+    key: str = Field(primary_key=True, sa_type=sa.Text)
+    window_start: datetime = Field(sa_type=TS)
+    failures: int
+    locked_until: datetime | None = _ts(nullable=True)
+
+
 class TenantCounter(SQLModel, table=True):
     """Per-tenant human-readable number sequences (account no., receipt no.)."""
 

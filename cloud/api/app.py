@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cloud.api.deps import Services
 from cloud.api.routes import router as api_router
 from cloud.console.routes import router as console_router
-from cloud.errors import DomainError
+from cloud.errors import DomainError, TooManyAttempts
 
 
 def create_app(services: Services) -> FastAPI:
@@ -20,10 +20,14 @@ def create_app(services: Services) -> FastAPI:
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+        headers = (
+            {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, TooManyAttempts) else None
+        )
         return JSONResponse(
             {"title": type(exc).__name__, "status": exc.status, "detail": str(exc)},
             status_code=exc.status,
             media_type="application/problem+json",
+            headers=headers,
         )
 
     @app.get("/", include_in_schema=False)

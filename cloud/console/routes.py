@@ -17,7 +17,7 @@ from cloud.api import queries
 from cloud.api.deps import SESSION_COOKIE, ServicesDep, operator
 from cloud.auth import Principal
 from cloud.control.operator import ControlAction, ControlRequest, control_view, operate_point
-from cloud.errors import DomainError, Unauthorized
+from cloud.errors import DomainError, TooManyAttempts, Unauthorized
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -44,11 +44,12 @@ async def login(
             {"error": "property group, user and password cannot hold control characters"},
             status_code=422,
         )
+    address = request.client.host if request.client else None
     try:
-        token = await svc.sessions.login(tenant, username, password)
-    except Unauthorized as exc:
+        token = await svc.sessions.login(tenant, username, password, address)
+    except (Unauthorized, TooManyAttempts) as exc:
         return templates.TemplateResponse(
-            request, "login.html", {"error": str(exc), "tenant": tenant}, status_code=401
+            request, "login.html", {"error": str(exc), "tenant": tenant}, status_code=exc.status
         )
     resp = RedirectResponse("/console/", status_code=303)
     resp.set_cookie(
