@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
+import math
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -222,16 +224,40 @@ async def scan_modbus(
 # -- the command -----------------------------------------------------------------------------
 
 
+#: How long a probe waits for an answer, by protocol: a DL/T 645 meter may take up to
+#: 500 ms to answer (the standard's limit), CJ/T 188 as long; Modbus slaves answer quickly.
+PROBE_TIMEOUT_S = {"modbus": 0.3, "dlt645": 0.6, "cjt188": 0.6}
+#: The answer time a protocol allows, and the longest frame each way (bytes).
+_ANSWER_S = {"modbus": 0.2, "dlt645": 0.5, "cjt188": 0.5}
+_LONGEST_FRAME = {"modbus": 256, "dlt645": 220, "cjt188": 120}
+#: The line speed assumed when the snippet cannot know it (a serial-to-Ethernet converter).
+_DEFAULT_BAUD = {"modbus": 9600, "dlt645": 2400, "cjt188": 2400}
+
+
+def operating_timeout(protocol: str, baudrate: int | None) -> float:
+    """The timeout an agent should run a bus with: the protocol's answer time, plus the
+    longest request and answer on the wire at the line's speed (11 bits a character), plus
+    a margin; never the probe's, which only has to catch the shortest answers."""
+    baud = baudrate or _DEFAULT_BAUD[protocol]
+    wire = 2 * _LONGEST_FRAME[protocol] * 11 / baud
+    return math.ceil((_ANSWER_S[protocol] + wire + 0.1) * 10) / 10
+
+
 async def scan(
     bus: BusConfig,
     protocol: str,
     profiles: dict[str, AnyProfile],
     *,
     units: Sequence[int] = range(1, 248),
-    timeout_s: float = 0.3,
+    timeout_s: float | None = None,
 ) -> list[Found]:
+    """The meters on ``bus``; ``timeout_s`` per probe (default: the protocol's,
+    :data:`PROBE_TIMEOUT_S`)."""
+    if timeout_s is None:
+        timeout_s = PROBE_TIMEOUT_S.get(protocol, 0.6)
     if protocol == "modbus":
-        return await scan_modbus(bus, profiles, units)
+        with _quiet("pymodbus"):  # its own error logging would drown the scan's output
+            return await scan_modbus(bus, profiles, units)
     link = make_link(bus, profiles)
     try:
         if protocol == "dlt645":
@@ -257,8 +283,20 @@ async def scan(
     ]
 
 
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def snippet(bus: BusConfig, found: list[Found]) -> str:
-    """The bus as agent config YAML, with the found meters as its devices."""
+    """The bus as agent config YAML, with the found meters as its devices and the
+    operating timeout that fits their protocol and the line (:func:`operating_timeout`)."""
     devices: list[dict[str, object]] = []
     for f in found:
         ident = f"u{f.unit}" if f.unit is not None else f"a{f.address}"
@@ -274,6 +312,9 @@ def snippet(bus: BusConfig, found: list[Found]) -> str:
     entry = bus.model_dump(mode="json", exclude_defaults=True, exclude={"devices"})
     entry["name"] = bus.name
     entry["transport"] = bus.transport
+    if found:
+        baud = bus.serial.baudrate if bus.serial is not None else None
+        entry["timeout_s"] = operating_timeout(found[0].protocol, baud)
     entry["devices"] = devices
     lines = [f"# prepay-gateway scan: {len(found)} meter(s) on bus {bus.name}"]
     for f in found:
@@ -304,14 +345,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baudrate", type=int, default=None)
     p.add_argument("--parity", choices=("N", "E", "O"), default=None)
     p.add_argument("--units", type=_units, default=list(range(1, 248)), help="e.g. 1-32,100")
-    p.add_argument("--timeout", type=float, default=0.3, help="seconds to wait per probe")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to wait per probe (default: modbus 0.3, dlt645 and cjt188 0.6)",
+    )
     p.add_argument("--name", default="bus1", help="bus name in the snippet")
     p.add_argument("--profiles-dir", default=None, help="installer's extra profiles")
     return p
 
 
 def bus_from_args(args: argparse.Namespace) -> BusConfig:
-    common: dict[str, object] = {"name": args.name, "timeout_s": args.timeout, "devices": []}
+    probe = args.timeout or PROBE_TIMEOUT_S[args.protocol]
+    common: dict[str, object] = {"name": args.name, "timeout_s": probe, "devices": []}
     if args.serial:
         serial = SerialPortConfig(port=args.serial, baudrate=args.baudrate, parity=args.parity)
         return BusConfig.model_validate({**common, "transport": "serial", "serial": serial})

@@ -101,3 +101,78 @@ async def test_cjt188_scan_finds_each_water_meter() -> None:
         await running.stop()  # type: ignore[attr-defined]
     assert sorted(f.address for f in found if f.address) == addresses
     assert all(f.profile == "cjt188-valve-water" for f in found)
+
+
+async def test_dlt645_meters_answering_after_450_ms_are_found_and_read_from_the_snippet(
+    mqtt_url: str, topic_prefix: str, tmp_path: object
+) -> None:
+    """The standard allows a DL/T 645 meter 500 ms to answer: a scan with the defaults finds
+    meters that take 450 ms, and an agent started from its snippet reads every one of them
+    (the snippet's operating timeout fits the protocol and the line, not the probe's)."""
+    import asyncio
+    import contextlib
+    import uuid
+    from pathlib import Path
+
+    from cloud.mqtt import client
+    from contract.mqtt import TelemetryBatch, Topics, UpKind
+    from gateway_agent.agent import Agent
+    from gateway_agent.config import AgentConfig
+    from gateway_agent.scan import PROBE_TIMEOUT_S, operating_timeout
+    from meter_profiles.simulators.bus import SimBus, start_bus
+
+    profiles = load_profiles()
+    addresses = ["000000000161"]  # one: a search among several waits out every silence
+    sim_bus = SimBus(
+        name="slow",
+        transport="tcp",
+        reply_delay_ms=450,
+        meters=[
+            {"profile": "dlt645-2007-prepaid", "unit": i + 1, "address": a}  # type: ignore[misc]
+            for i, a in enumerate(addresses)
+        ],
+    )
+    running = await start_bus(sim_bus, profiles)
+    port = int(running.where.rsplit(":", 1)[1])
+    bus = BusConfig(
+        name="slow", transport="tcp", port=port, timeout_s=PROBE_TIMEOUT_S["dlt645"], devices=[]
+    )
+    agent_task = None
+    try:
+        found = await scan(bus, "dlt645", profiles)  # the defaults
+        assert sorted(f.address for f in found if f.address) == addresses
+        doc = yaml.safe_load(snippet(bus, found))
+        entry = doc["buses"][0]
+        assert entry["timeout_s"] == operating_timeout("dlt645", None) >= 0.8
+        gateway = f"gw-{uuid.uuid4().hex[:8]}"
+        agent = Agent(
+            AgentConfig.model_validate(
+                {
+                    "gateway": gateway,
+                    "mqtt_url": mqtt_url,
+                    "mqtt_prefix": topic_prefix,
+                    "data_dir": str(Path(str(tmp_path))),
+                    "poll_interval_s": 1.0,
+                    "publish_batch": 1,
+                    "buses": [entry],
+                }
+            ),
+            profiles,
+        )
+        seen: set[str] = set()
+        async with client(mqtt_url, f"w-{gateway}") as cloud:
+            await cloud.subscribe(Topics(topic_prefix).up(gateway, UpKind.TELEMETRY), qos=1)
+            agent_task = asyncio.create_task(agent.run())
+            async with asyncio.timeout(60):
+                async for m in cloud.messages:
+                    batch = TelemetryBatch.model_validate_json(bytes(m.payload))  # type: ignore[arg-type]
+                    seen |= {r.device for r in batch.readings if r.total is not None}
+                    if len(seen) == len(addresses):
+                        break
+        assert seen == {d["key"] for d in entry["devices"]}
+    finally:
+        if agent_task is not None:
+            agent_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await agent_task
+        await running.stop()  # type: ignore[attr-defined]
