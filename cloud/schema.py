@@ -299,6 +299,22 @@ class Reading(SQLModel, table=True):
     purchase_count: int | None = None  # the meter's count of recharges it has taken
 
 
+class ReadingQuarantine(SQLModel, table=True):
+    """A reading the cloud keeps but does not rate: its device or channel is not registered
+    yet, or its time or register cannot be rated (``reason``). Stored once per gateway,
+    device, channel and measurement time; the reading as the gateway sent it."""
+
+    __tablename__ = "reading_quarantine"
+    gateway_id: uuid.UUID = Field(primary_key=True)
+    device: str = Field(primary_key=True, sa_type=sa.Text)
+    channel: int = Field(primary_key=True)
+    measured_at: datetime = Field(sa_type=TS, primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
+    reason: str = Field(sa_type=sa.Text)
+    reading: dict[str, Any] = Field(sa_type=pg.JSONB)
+    received_at: datetime = Field(sa_type=TS)
+
+
 class RatingState(SQLModel, table=True):
     """Per service point: how far rating has advanced (the "last rated" mark).
 

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import psycopg
 import sqlalchemy as sa
@@ -153,6 +154,7 @@ class IngestService:
         async with self.db.tenant(tenant_id) as conn:
             gateway_id, targets = await self._targets(conn, topic_gateway)
             rows: list[str] = []  # COPY lines
+            kept: list[dict[str, object]] = []  # quarantined readings
             points: set[str] = set()  # the service points the rows are bound to
             ends: list[int] = []  # where each batch's rows end in ``rows``
             for batch, result in zip(batches, results, strict=True):
@@ -161,6 +163,7 @@ class IngestService:
                     reason = _quarantine_reason(r, target, received_at)
                     if reason:
                         result.quarantine(reason)
+                        kept.append(_kept(r, reason))
                         continue
                     assert target is not None
                     rows.append(_line(r, target, len(rows)))
@@ -168,12 +171,18 @@ class IngestService:
                         points.add(target.point_text)  # (a str's hash is cached, a UUID's not)
                 ends.append(len(rows))
             skipped = await _insert(conn, tenant_id, received_at, rows, careful)
+            if kept:
+                await conn.execute(
+                    sa.text(_KEEP),
+                    [{**k, "t": tenant_id, "g": gateway_id, "at": received_at} for k in kept],
+                )
             _count_stored(results, ends, skipped)
-            report = await rate_staged(
-                conn, tenant_id, len(points), skipped, received_at, self.timing
-            )
-            for result in results:
-                result.charged, result.commands = report.charged, report.commands
+            if rows:  # nothing staged (every reading quarantined): nothing to rate
+                report = await rate_staged(
+                    conn, tenant_id, len(points), skipped, received_at, self.timing
+                )
+                for result in results:
+                    result.charged, result.commands = report.charged, report.commands
             # Last, and only when it changes anything worth a write: every worker's batch of
             # the same gateway would otherwise queue on this one row until commit.
             back = await conn.scalar(
@@ -279,6 +288,55 @@ class IngestService:
             if r.channel_id is not None
         }
         return rows[0].gateway_id, targets
+
+
+_KEEP = """
+INSERT INTO reading_quarantine
+  (gateway_id, device, channel, measured_at, tenant_id, reason, reading, received_at)
+VALUES (:g, :device, :channel, :measured_at, :t, :reason, CAST(:reading AS jsonb), :at)
+ON CONFLICT DO NOTHING
+"""
+
+
+def _kept(r: Reading, reason: str) -> dict[str, object]:
+    return {
+        "device": r.device,
+        "channel": r.channel,
+        "measured_at": r.measured_at,
+        "reason": reason,
+        "reading": r.model_dump_json(),
+    }
+
+
+@dataclass(frozen=True)
+class Unregistered:
+    """A device (and channel) a gateway reports that the registry does not know yet."""
+
+    device: str
+    channel: int
+    readings: int
+    first_at: datetime
+    last_at: datetime
+    last: dict[str, Any]  # the latest reading as the gateway sent it
+
+
+async def unregistered(
+    db: Database, tenant_id: uuid.UUID, gateway_id: uuid.UUID
+) -> list[Unregistered]:
+    """What ``gateway_id`` reports for devices or channels not registered yet, from the
+    quarantine: for the installer's page (register and install them from here)."""
+    async with db.tenant(tenant_id) as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT device, channel, count(*) AS n, min(measured_at) AS first_at, "
+                "max(measured_at) AS last_at, "
+                "(array_agg(reading ORDER BY measured_at DESC))[1] AS last "
+                "FROM reading_quarantine WHERE gateway_id = :g AND reason = 'unknown_channel' "
+                "GROUP BY device, channel ORDER BY device, channel"
+            ),
+            {"g": gateway_id},
+        )
+        return [Unregistered(r.device, r.channel, r.n, r.first_at, r.last_at, r.last) for r in rows]
 
 
 def _quarantine_reason(r: Reading, target: _Target | None, now: datetime) -> str | None:

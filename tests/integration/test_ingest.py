@@ -177,3 +177,30 @@ async def test_a_batch_partly_stored_before_stores_and_rates_only_its_new_readin
     assert mixed.charged == Decimal("1.50")
     readings, balance, _ = await _state(db, group)
     assert (readings, balance) == (3, Decimal("7.50"))  # 2.50 kWh at ¥1.0000 from ¥10.00
+
+
+async def test_quarantined_readings_are_kept_once_and_listed_for_the_installer(
+    db: Database, group: Seeded, consumer: IngestConsumer
+) -> None:
+    """Readings of a device the registry does not know are kept (not dropped): stored once
+    however often the batch comes, listed per gateway, and invisible to another group."""
+    from cloud.ingest.service import unregistered
+    from cloud.registry.service import seed_group
+    from tests.conftest import group_spec
+
+    gw = await _gateway_code(db, group)
+    service = consumer.service
+    readings = [("ghost", T0, "1.00"), ("ghost", T0 + timedelta(minutes=5), "1.50")]
+    for seq in (1, 2):  # the same readings delivered twice
+        result = await service.store_telemetry(gw, batch(gw, seq, readings), datetime.now(UTC))
+        assert result.quarantined == {"unknown_channel": 2}
+    found = await unregistered(db, group.tenant_id, group.gateway_id)
+    assert [(u.device, u.channel, u.readings) for u in found] == [("ghost", 1, 2)]
+    assert (found[0].first_at, found[0].last_at) == (T0, T0 + timedelta(minutes=5))
+    assert found[0].last["total"] == "1.50"
+    other = await seed_group(db, group_spec())
+    assert await unregistered(db, other.tenant_id, group.gateway_id) == []
+    async with db.tenant(other.tenant_id) as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM reading_quarantine")) == 0
+    readings_stored, balance, _ = await _state(db, group)
+    assert readings_stored == 0 and balance == Decimal("10.00")
