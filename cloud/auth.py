@@ -159,12 +159,12 @@ class Sessions:
                     {"u": username},
                 )
             ).first()
-        # An unknown group or user costs the same hash as a known one, so the answer's time
-        # does not tell an attacker which usernames exist.
-        known = row is not None and _hasher.verify(password, row.password_hash)
-        if row is None:
+        if row is None:  # (an unknown group finds no row either)
+            # the same hash as a known user's, so the answer's time does not tell an
+            # attacker which usernames exist
             _hasher.verify(password, _dummy_hash())
-        if not known or row is None or tenant_id is None:
+            raise Unauthorized("unknown property group, user or password")
+        if not _hasher.verify(password, row.password_hash):
             raise Unauthorized("unknown property group, user or password")
         return self._s.dumps({"t": str(tenant_id), "o": str(row.id)})
 

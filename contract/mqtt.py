@@ -1,8 +1,10 @@
 """MQTT contract between gateway agents and the cloud.
 
 Both sides import this module and nothing else of each other. Every payload carries a
-schema version ``v``; a receiver first reads ``v`` (see :func:`schema_version`) and refuses
-versions it does not know. Decimal quantities travel as JSON strings, never floats.
+schema version ``v``. A receiver decodes a payload as its model; only a payload the model
+refuses is read again, as an :func:`envelope`, for its version (one it does not know is
+left for a newer receiver) and for which batch it was. Decimal quantities travel as JSON
+strings, never floats.
 
 The payloads are msgspec Structs (see :mod:`contract.structs`): the gateway agent must not
 load pydantic (memory), and the wire format is the one the pydantic models wrote, byte for
@@ -162,8 +164,12 @@ def _why(value: Decimal, limit: Decimal) -> str:
     return f"out of range: {value} (the magnitude must stay below {limit.normalize():f})"
 
 
+_TOTAL, _VOLTAGE, _CURRENT, _POWER, _BALANCE = (limit for _, limit in READING_LIMITS)
+
+
 def _check_reading(i: int, r: Reading) -> None:
-    # Written out field by field (no loop over names): a tenth of a microsecond a reading.
+    # Written out field by field, the loop over names only to name a refused field: this
+    # runs for every reading the cloud receives (about 0.9 µs a reading).
     if not (
         (r.total is None or _in_range(r.total, _TOTAL))
         and (r.voltage is None or _in_range(r.voltage, _VOLTAGE))
@@ -183,9 +189,6 @@ def _check_reading(i: int, r: Reading) -> None:
         raise field_error(f"readings.{i}.purchase_count", f"out of range: {r.purchase_count}")
     if not EARLIEST <= r.measured_at < LATEST:
         raise field_error(f"readings.{i}.measured_at", f"not a plausible time: {r.measured_at}")
-
-
-_TOTAL, _VOLTAGE, _CURRENT, _POWER, _BALANCE = (limit for _, limit in READING_LIMITS)
 
 
 class TelemetryBatch(_Payload, frozen=True, kw_only=True):
@@ -349,13 +352,6 @@ def envelope(raw: bytes) -> Envelope | None:
         return msgspec.json.decode(raw, type=Envelope)
     except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
-
-
-def schema_version(raw: bytes) -> int | None:
-    """Read the ``v`` field of a payload without validating the rest (None if unreadable).
-    Never raises, whatever ``raw`` holds."""
-    env = envelope(raw)
-    return None if env is None else env.version
 
 
 def dump(payload: _Payload) -> bytes:

@@ -14,14 +14,20 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def has_control(value: str, *, lines: bool = False) -> bool:
+    """Whether ``value`` holds a control character (NUL and the like); ``lines``: line
+    breaks and tabs are allowed (a reason, a comment). The console's forms use it too."""
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).search(value) is not None
+
+
 def _line(value: str) -> str:
-    if _CONTROL.search(value):
+    if has_control(value):
         raise ValueError("must not contain control characters (such as NUL or a line break)")
     return value
 
 
 def _note(value: str) -> str:
-    if _CONTROL_BUT_LINES.search(value):
+    if has_control(value, lines=True):
         raise ValueError("must not contain control characters (such as NUL)")
     return value
 

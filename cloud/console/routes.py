@@ -3,7 +3,6 @@ the pre-disconnection check, twin, commands, events, and the trip/restore/keep-p
 
 from __future__ import annotations
 
-import re
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,12 +14,12 @@ from fastapi.templating import Jinja2Templates
 
 from cloud.api import queries
 from cloud.api.deps import SESSION_COOKIE, ServicesDep, operator
+from cloud.api.fields import has_control
 from cloud.auth import Principal
 from cloud.control.operator import ControlAction, ControlRequest, control_view, operate_point
 from cloud.errors import DomainError, TooManyAttempts, Unauthorized
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 templates = Jinja2Templates(directory=Path(__file__).parent / "templates")
 
 
@@ -37,7 +36,7 @@ async def login(
     username: Annotated[str, Form(max_length=64)],
     password: Annotated[str, Form(max_length=256)],
 ) -> Response:
-    if any(_CONTROL.search(v) for v in (tenant, username, password)):
+    if any(has_control(v) for v in (tenant, username, password)):
         return templates.TemplateResponse(
             request,
             "login.html",
@@ -113,7 +112,7 @@ async def point_control_action(
         who = await operator(request, svc)
     except Unauthorized:
         return RedirectResponse("/console/login", status_code=303)
-    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]", reason):
+    if has_control(reason, lines=True):
         msg = "the reason cannot hold control characters"
         return await _page(request, svc, who, point_id, msg, True, 422)
     req = ControlRequest(action, reason, override)

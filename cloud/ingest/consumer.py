@@ -223,10 +223,10 @@ class IngestConsumer:
         if kind not in _UP_KINDS:  # also keeps the counters' labels to the known kinds
             self._reject("unknown", "unknown_kind", topic[:200])
             return None
+        if refused is not None:
+            return self._refused(gateway, kind, topic, raw, refused)
         now = datetime.now(UTC)
         try:
-            if refused is not None:
-                raise refused
             if kind == UpKind.TELEMETRY:
                 batch = TelemetryBatch.model_validate_json(raw)
                 if batch.gateway != gateway:
@@ -256,22 +256,7 @@ class IngestConsumer:
                     log.info("gateway %s: %s %s", gateway, event.kind.value, event.detail)
             MESSAGES.labels(kind, "ok").inc()
         except ContractError as exc:
-            # Parsed once: only a refused payload is read again, for its version and which
-            # batch it was.
-            env = envelope(raw)
-            if env is None:
-                self._reject(kind, "malformed", topic)
-                log.debug("malformed %s payload: %s", kind, exc)
-                return None  # nothing says which batch it was: no receipt can name it
-            if env.version not in SUPPORTED_VERSIONS:
-                if env.version is None:
-                    self._reject(kind, "malformed", topic)
-                    return _rejected(gateway, kind, env, "no schema version")
-                self._reject(kind, f"unsupported_version_{env.version}", topic)
-                return None  # a newer cloud may take it: the gateway keeps it
-            self._reject(kind, "invalid", topic)
-            log.debug("invalid %s payload: %s", kind, exc)
-            return _rejected(gateway, kind, env, f"invalid: {exc}")
+            return self._refused(gateway, kind, topic, raw, exc)
         except UnknownGateway:
             self._reject(kind, "unknown_gateway", topic)  # kept by the gateway until known
         except Exception:
@@ -281,6 +266,26 @@ class IngestConsumer:
             self._reject(kind, "error", topic)
             log.exception("failed to ingest %s from %s", kind, gateway)
         return None
+
+    def _refused(
+        self, gateway: str, kind: str, topic: str, raw: bytes, exc: ContractError
+    ) -> Receipt | None:
+        """Count a payload its model refused and answer it. Parsed once: only now is it read
+        again, for its version and which batch it was."""
+        env = envelope(raw)
+        if env is None:
+            self._reject(kind, "malformed", topic)
+            log.debug("malformed %s payload: %s", kind, exc)
+            return None  # nothing says which batch it was: no receipt can name it
+        if env.version not in SUPPORTED_VERSIONS:
+            if env.version is None:
+                self._reject(kind, "malformed", topic)
+                return _rejected(gateway, kind, env, "no schema version")
+            self._reject(kind, f"unsupported_version_{env.version}", topic)
+            return None  # a newer cloud may take it: the gateway keeps it
+        self._reject(kind, "invalid", topic)
+        log.debug("invalid %s payload: %s", kind, exc)
+        return _rejected(gateway, kind, env, f"invalid: {exc}")
 
 
 def _rejected(gateway: str, kind: str, env: Envelope, why: str) -> Receipt | None:

@@ -163,7 +163,7 @@ class IngestService:
                     reason = _quarantine_reason(r, target, received_at)
                     if reason:
                         result.quarantine(reason)
-                        kept.append(_kept(r, reason))
+                        kept.append(_kept(r, reason, tenant_id, gateway_id, received_at))
                         continue
                     assert target is not None
                     rows.append(_line(r, target, len(rows)))
@@ -172,10 +172,7 @@ class IngestService:
                 ends.append(len(rows))
             skipped = await _insert(conn, tenant_id, received_at, rows, careful)
             if kept:
-                await conn.execute(
-                    sa.text(_KEEP),
-                    [{**k, "t": tenant_id, "g": gateway_id, "at": received_at} for k in kept],
-                )
+                await conn.execute(sa.text(_KEEP), kept)
             _count_stored(results, ends, skipped)
             if rows:  # nothing staged (every reading quarantined): nothing to rate
                 report = await rate_staged(
@@ -298,8 +295,14 @@ ON CONFLICT DO NOTHING
 """
 
 
-def _kept(r: Reading, reason: str) -> dict[str, object]:
+def _kept(
+    r: Reading, reason: str, tenant_id: uuid.UUID, gateway_id: uuid.UUID, at: datetime
+) -> dict[str, object]:
+    """The parameters of one quarantined reading for :data:`_KEEP`."""
     return {
+        "t": tenant_id,
+        "g": gateway_id,
+        "at": at,
         "device": r.device,
         "channel": r.channel,
         "measured_at": r.measured_at,

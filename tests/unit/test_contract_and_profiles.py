@@ -16,7 +16,7 @@ from contract.mqtt import (
     TelemetryBatch,
     Topics,
     UpKind,
-    schema_version,
+    envelope,
 )
 from meter_profiles.decode import decode_value, encode_value, plan_blocks
 from meter_profiles.loader import ProfileError, load_file, load_profiles
@@ -42,9 +42,9 @@ def test_decimals_travel_as_strings_and_versions_are_read_first() -> None:
     )
     doc = json.loads(b.model_dump_json())
     assert doc["readings"][0]["total"] == "12.34" and doc["v"] == 1
-    assert schema_version(b"not json") is None
-    assert schema_version(b'{"v": true}') is None
-    assert schema_version(b'{"v": 2}') == 2
+    assert envelope(b"not json") is None
+    assert envelope(b'{"v": true}').version is None  # type: ignore[union-attr]
+    assert envelope(b'{"v": 2}').version == 2  # type: ignore[union-attr]
 
 
 def test_broker_url_parsing() -> None:
