@@ -18,6 +18,13 @@ from cloud.errors import Forbidden, TooManyAttempts, Unauthorized
 
 PERMISSIONS = (
     "registry.view",
+    "registry.edit",  # sites, buildings, premises, outlets
+    "operator.manage",  # roles, operators and their scopes, cross-outlet grants
+    "account.open",  # 开户 (customers, accounts, points at a premises)
+    "account.close",  # 消户 and 过户
+    "account.write_off",  # close an account in debt by writing its arrears off
+    "meter.install",  # 装表, 换表, 拆表
+    "import.run",  # legacy import
     "sale.create",
     "sale.reverse",
     "control.trip",
@@ -49,6 +56,11 @@ class Principal:
     operator_id: uuid.UUID
     username: str
     permissions: frozenset[str]
+    # what the operator's scope covers: "tenant" (everything), "site" (scope_ids are site
+    # ids) or "outlet" (scope_ids are outlet ids; their sites are visible through them)
+    scope: str = "tenant"
+    scope_ids: frozenset[uuid.UUID] = frozenset()
+    session_id: uuid.UUID | None = None
 
     def require(self, permission: str) -> None:
         if permission not in self.permissions:
@@ -178,7 +190,7 @@ class Sessions:
             row = (
                 await conn.execute(
                     sa.text(
-                        "SELECT o.username, r.permissions FROM operator o "
+                        "SELECT o.username, r.permissions, o.scope, o.scope_ids FROM operator o "
                         "JOIN role r ON r.id = o.role_id WHERE o.id = :o AND o.active"
                     ),
                     {"o": operator_id},
@@ -186,4 +198,11 @@ class Sessions:
             ).first()
         if row is None:
             raise Unauthorized("operator no longer active")
-        return Principal(tenant_id, operator_id, row.username, frozenset(row.permissions))
+        return Principal(
+            tenant_id,
+            operator_id,
+            row.username,
+            frozenset(row.permissions),
+            row.scope,
+            frozenset(row.scope_ids),
+        )

@@ -8,7 +8,7 @@ Money is NUMERIC(14,2), prices NUMERIC(12,4), registers NUMERIC(16,3); time is t
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, time
+from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 
@@ -95,6 +95,28 @@ class Outlet(SQLModel, table=True):
     name: str
 
 
+class Building(SQLModel, table=True):
+    __table_args__ = (sa.UniqueConstraint("site_id", "name"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    name: str
+
+
+class Premises(SQLModel, table=True):
+    """A shop, flat, office or unit: building → floor → number (as operators think)."""
+
+    __table_args__ = (sa.UniqueConstraint("building_id", "number"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    building_id: uuid.UUID = Field(foreign_key="building.id")
+    floor: str
+    number: str
+    kind: str = Field(default="shop", max_length=8)  # shop | flat | office | unit
+    floor_area: Decimal | None = Field(default=None, sa_type=sa.Numeric(12, 2))
+
+
 class Role(SQLModel, table=True):
     __table_args__ = (sa.UniqueConstraint("tenant_id", "name"),)
     id: uuid.UUID = _id()
@@ -114,24 +136,69 @@ class Operator(SQLModel, table=True):
     password_hash: str
     role_id: uuid.UUID = Field(foreign_key="role.id")
     active: bool = True
+    # what the operator sees and touches: the whole tenant, some sites, or some outlets
+    scope: str = Field(default="tenant", max_length=8)  # tenant | site | outlet
+    scope_ids: list[uuid.UUID] = Field(sa_type=pg.ARRAY(sa.Uuid()), default_factory=list)
+    password_changed_at: datetime | None = _ts(nullable=True)
+
+
+class OperatorSession(SQLModel, table=True):
+    """A console or API session; a token names its row, so logout and a password change
+    revoke it."""
+
+    __tablename__ = "operator_session"
+    __table_args__ = (sa.Index("ix_operator_session_operator", "operator_id"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    operator_id: uuid.UUID = Field(foreign_key="operator.id")
+    created_at: datetime = _ts()
+    address: str | None = None
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class OutletGrant(SQLModel, table=True):
+    """An operator allowed to sell at another outlet for a period (异地售电)."""
+
+    __tablename__ = "outlet_grant"
+    __table_args__ = (sa.Index("ix_outlet_grant_operator", "operator_id", "outlet_id"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    operator_id: uuid.UUID = Field(foreign_key="operator.id")
+    outlet_id: uuid.UUID = Field(foreign_key="outlet.id")
+    starts_at: datetime = _ts()
+    ends_at: datetime = _ts()
+    reason: str = ""
+    granted_by: str
+    created_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)
+    revoked_by: str | None = None
 
 
 class Customer(SQLModel, table=True):
+    __table_args__ = (sa.Index("ix_customer_phone", "tenant_id", "phone"),)
     id: uuid.UUID = _id()
     tenant_id: uuid.UUID = _tenant()
     name: str
     phone: str | None = None
+    id_number: str | None = None  # ID card or business licence number
+    created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
 
 
 class Account(SQLModel, table=True):
     """A customer's prepaid wallet (its money lives in the ledger account ``wallet_id``)."""
 
-    __table_args__ = (sa.UniqueConstraint("tenant_id", "number"),)
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "number"),
+        sa.Index("ix_account_customer_id", "customer_id"),
+    )
     id: uuid.UUID = _id()
     tenant_id: uuid.UUID = _tenant()
     customer_id: uuid.UUID = Field(foreign_key="customer.id")
     number: str = Field(max_length=20)
     wallet_id: uuid.UUID = Field(foreign_key="ledger_account.id", unique=True)
+    status: str = Field(default="active", max_length=8)  # pending | active | closed
+    opened_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
+    closed_at: datetime | None = _ts(nullable=True)
 
 
 class Tariff(SQLModel, table=True):
@@ -139,6 +206,8 @@ class Tariff(SQLModel, table=True):
     tenant_id: uuid.UUID = _tenant()
     name: str
     utility: str = Field(max_length=12)  # electricity | water
+    site_id: uuid.UUID | None = Field(default=None, foreign_key="site.id")  # None: every site
+    active: bool = True
 
 
 class TariffVersion(SQLModel, table=True):
@@ -154,6 +223,10 @@ class TariffVersion(SQLModel, table=True):
     unit_price: Decimal | None = Field(default=None, sa_type=PRICE)  # flat
     spec: dict[str, Any] = Field(default_factory=dict, sa_type=pg.JSONB)  # tiered / tou
     monthly_fee: Decimal = Field(default=Decimal("0"), sa_type=MONEY)
+    created_by: str = ""
+    created_at: datetime | None = _ts(nullable=True)
+    # why a price above the site's catalogue price plus its margin was accepted
+    margin_reason: str | None = None
 
 
 class ServicePoint(SQLModel, table=True):
@@ -175,6 +248,8 @@ class ServicePoint(SQLModel, table=True):
     max_rate: Decimal | None = Field(default=None, sa_type=sa.Numeric(10, 3))  # kW or m³/h
     floor_area: Decimal | None = Field(default=None, sa_type=sa.Numeric(12, 2))  # m², for 公摊
     common_area: bool = False  # a common meter: consumption tracked, shared out, not charged
+    premises_id: uuid.UUID | None = Field(default=None, foreign_key="premises.id", index=True)
+    removed_at: datetime | None = _ts(nullable=True)  # 拆表/消户: the point is retired
 
 
 class Gateway(SQLModel, table=True):
@@ -402,6 +477,8 @@ class CounterSale(SQLModel, table=True):
 
     __tablename__ = "counter_sale"
     __table_args__ = (
+        sa.Index("ix_counter_sale_account", "account_id", "created_at"),
+        sa.Index("ix_counter_sale_operator_day", "operator_id", "business_day"),
         sa.UniqueConstraint("tenant_id", "idempotency_key"),
         sa.UniqueConstraint("tenant_id", "receipt_no"),
     )
@@ -413,10 +490,58 @@ class CounterSale(SQLModel, table=True):
     account_id: uuid.UUID = Field(foreign_key="account.id")
     outlet_id: uuid.UUID | None = Field(default=None, foreign_key="outlet.id")
     operator_id: uuid.UUID = Field(foreign_key="operator.id")
-    method: str = Field(max_length=8)  # cash | card
+    method: str = Field(max_length=8)  # cash | card | transfer
     amount: Decimal = Field(sa_type=MONEY)
     entry_id: uuid.UUID = Field(foreign_key="journal_entry.id")
     created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
+    grant_id: uuid.UUID | None = Field(default=None, foreign_key="outlet_grant.id")
+    business_day: date | None = None  # the site's business day the sale belongs to
+    reversed_at: datetime | None = _ts(nullable=True)
+    reversed_by: str | None = None
+    reversal_reason: str | None = None
+    reversal_entry_id: uuid.UUID | None = Field(default=None, foreign_key="journal_entry.id")
+
+
+class CashHandover(SQLModel, table=True):
+    """An operator's cash for a business day handed over: its sales can no longer be
+    reversed."""
+
+    __tablename__ = "cash_handover"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "operator_id", "business_day"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    operator_id: uuid.UUID = Field(foreign_key="operator.id")
+    business_day: date
+    amount: Decimal = Field(sa_type=MONEY)
+    handed_at: datetime = _ts()
+    received_by: str
+
+
+class FormKey(SQLModel, table=True):
+    """A console form's one-time key: the first submission does the work, a second (a
+    double click, a re-sent POST) finds the key used and is shown the first one's result."""
+
+    __tablename__ = "form_key"
+    tenant_id: uuid.UUID = Field(foreign_key="tenant.id", primary_key=True)
+    key: str = Field(primary_key=True, max_length=64)
+    operator_id: uuid.UUID = Field(foreign_key="operator.id")
+    created_at: datetime = _ts()
+    result: str | None = None
+
+
+class ImportRun(SQLModel, table=True):
+    """A legacy import (dry run or real) and the rows it refused."""
+
+    __tablename__ = "import_run"
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    created_at: datetime = _ts()
+    actor: str
+    filename: str
+    rows: int
+    dry_run: bool
+    refused: int
+    report: list[dict[str, Any]] = Field(default_factory=list, sa_type=pg.JSONB)
 
 
 class SupplyTwin(SQLModel, table=True):

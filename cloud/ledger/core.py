@@ -61,6 +61,9 @@ class EntryKind(StrEnum):
     REVERSAL = "reversal"
     ADJUSTMENT = "adjustment"
     REFUND = "refund"
+    OPENING = "opening"  # a balance brought over from a legacy system
+    WRITE_OFF = "write_off"  # arrears written off when an account in debt closes
+    TRANSFER = "transfer"  # a balance moved from one wallet to another (过户, 消户)
 
 
 @dataclass(frozen=True)
