@@ -1,0 +1,2 @@
+"""Printed documents: receipts, price notices, reports (HTML templates rendered to PDF
+with the CJK font embedded)."""
