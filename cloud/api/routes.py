@@ -115,6 +115,34 @@ async def login(body: LoginIn, request: Request, svc: ServicesDep) -> TokenOut:
     return TokenOut(access_token=token)
 
 
+def _token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else ""
+
+
+@router.post("/auth/logout", status_code=204, responses={401: {"description": "not logged in"}})
+async def logout(request: Request, svc: ServicesDep, who: OperatorDep) -> Response:
+    """End this session: its token is refused from now on."""
+    await svc.sessions.logout(_token(request))
+    return Response(status_code=204)
+
+
+class PasswordIn(BaseModel):
+    current_password: Password
+    new_password: Password
+
+
+@router.post(
+    "/me/password",
+    status_code=204,
+    responses={401: {"description": "not logged in"}, 422: {"description": "refused"}},
+)
+async def change_password(body: PasswordIn, svc: ServicesDep, who: OperatorDep) -> Response:
+    """Change one's own password; every session of the operator ends (log in again)."""
+    await svc.sessions.change_password(who, body.current_password, body.new_password)
+    return Response(status_code=204)
+
+
 @router.get("/service-points", response_model=list[PointOut])
 async def list_points(svc: ServicesDep, who: OperatorDep) -> list[PointOut]:
     who.require("registry.view")
