@@ -25,13 +25,15 @@ class PointRow:
     last_total: Decimal | None
     last_reading_at: datetime | None
     gateway_online: bool
+    site_timezone: str = "Asia/Shanghai"  # times are shown in the site's zone
 
 
 _POINTS = """
 SELECT sp.id, sp.name, a.number AS account_number, la.balance, tw.desired, tw.reported,
        tw.reported_at, r.total AS last_total, r.measured_at AS last_reading_at,
-       g.online AS gateway_online
+       g.online AS gateway_online, s.timezone AS site_timezone
 FROM service_point sp
+JOIN site s ON s.id = sp.site_id
 JOIN account a ON a.id = sp.account_id
 JOIN ledger_account la ON la.id = a.wallet_id
 LEFT JOIN binding b ON b.service_point_id = sp.id AND b.removed_at IS NULL
