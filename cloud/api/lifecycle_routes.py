@@ -16,8 +16,14 @@ from cloud.api.deps import OperatorDep, ServicesDep
 from cloud.api.fields import Key, PathKey, Reason
 from cloud.lifecycle import accounts, service
 from cloud.lifecycle.core import Settlement
+from cloud.money import FEN
 
 router = APIRouter(prefix="/api/v1", tags=["lifecycle"])
+
+
+def _yuan(amount: Decimal) -> str:
+    return str(amount.quantize(FEN))
+
 
 Amount = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2, allow_inf_nan=False)]
 Register = Annotated[
@@ -310,8 +316,8 @@ async def swap(point_id: uuid.UUID, body: SwapIn, svc: ServicesDep, who: Operato
     return SwappedOut(
         point_id=out.point_id,
         channel_id=out.channel_id,
-        charged=str(out.charged),
-        credit_moved=str(out.credit_moved),
+        charged=_yuan(out.charged),
+        credit_moved=_yuan(out.credit_moved),
     )
 
 
@@ -336,7 +342,7 @@ async def remove(
     return RemovedOut(
         point_id=out.point_id,
         final_register=None if out.final_register is None else str(out.final_register),
-        charged=str(out.charged),
+        charged=_yuan(out.charged),
     )
 
 
@@ -373,9 +379,9 @@ class SettledOut(BaseModel):
 def _settled(s: service.Settled) -> SettledOut:
     return SettledOut(
         account=s.account_number,
-        refunded=str(s.refunded),
-        moved=str(s.moved),
-        written_off=str(s.written_off),
+        refunded=_yuan(s.refunded),
+        moved=_yuan(s.moved),
+        written_off=_yuan(s.written_off),
         to_account=s.to_account,
         receipt_no=s.receipt_no,
         new_account=s.new_account,
