@@ -107,6 +107,13 @@ def check_open(wanted: Sequence[PointWish], at_premises: Sequence[LivePoint]) ->
                 )
 
 
+def check_installable(point: PointState) -> None:
+    """装表, before the device is looked at: the point is live and has no meter."""
+    _live(point)
+    if point.metered:
+        raise LifecycleConflict(f"service point {point.name} already has a meter")
+
+
 def check_install(
     point: PointState,
     channel_bound_to: uuid.UUID | None,
@@ -116,9 +123,7 @@ def check_install(
     """装表: the point is live and has no meter, the channel is free, the installation
     register is known (typed in, or read) and not below the meter's last known reading.
     Returns the installation register."""
-    _live(point)
-    if point.metered:
-        raise LifecycleConflict(f"service point {point.name} already has a meter")
+    check_installable(point)
     if channel_bound_to is not None:
         raise LifecycleConflict("this meter channel is already bound to another service point")
     if register is None:

@@ -706,7 +706,7 @@ async def install(
     async with db.tenant(who.tenant_id) as conn:
         row = await _point(conn, who, point_id)
         state = _state(row)
-        core.check_install(replace(state), None, Decimal(0), None)  # point first
+        core.check_installable(state)
         gateway_id, device_id, channel_id = await _device(
             conn, who.tenant_id, req.device, row.site_id
         )
@@ -722,13 +722,19 @@ async def install(
         history = await adopt_quarantine(
             conn, who.tenant_id, gateway_id, req.device.key, req.device.channel, channel_id
         )
-        await conn.execute(
-            sa.text(
-                "INSERT INTO binding (id, tenant_id, service_point_id, channel_id, installed_at, "
-                "install_register) VALUES (gen_random_uuid(), :t, :p, :c, :at, :r)"
-            ),
-            {"t": who.tenant_id, "p": point_id, "c": channel_id, "at": now, "r": register},
-        )
+        try:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO binding (id, tenant_id, service_point_id, channel_id, "
+                    "installed_at, install_register) "
+                    "VALUES (gen_random_uuid(), :t, :p, :c, :at, :r)"
+                ),
+                {"t": who.tenant_id, "p": point_id, "c": channel_id, "at": now, "r": register},
+            )
+        except sa.exc.IntegrityError:  # another installer bound the channel or point just now
+            raise core.LifecycleConflict(
+                "this meter channel or service point was bound by someone else just now"
+            ) from None
         report = await apply_to_points(
             conn,
             who.tenant_id,
@@ -1153,8 +1159,6 @@ async def transfer(
     who.require("account.open")
     if (req.customer_id is None) == (req.customer is None):
         raise Invalid("give either customer_id or a new customer")
-    if req.settle.how is None and not req.settle.write_off:
-        pass  # a zero balance needs no choice; core.settle refuses otherwise
     async with db.tenant(who.tenant_id) as conn:
         acct, rows = await _account(conn, who, number)
         if req.customer_id is not None:

@@ -442,3 +442,29 @@ def replace_points(req: service.OpenRequest, *points: service.PointOrder) -> ser
     from dataclasses import replace
 
     return replace(req, points=points)
+
+
+async def test_install_a_device_the_pushed_config_registered(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("210", "Jiang")
+    async with db.tenant(o.g.tenant_id) as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO device (id, tenant_id, gateway_id, key, profile, bus, address) "
+                "VALUES (gen_random_uuid(), :t, :g, 'cfg-1', :p, 'bus1', '11')"
+            ),
+            {"t": o.g.tenant_id, "g": o.g.gateway_id, "p": PROFILE},
+        )
+    now = datetime.now(UTC)
+    spec = service.DeviceSpec(o.code, "cfg-1", 2)  # by its key only; channel 2 is new
+    out = await service.install(
+        o.db, o.who, a.points[0], service.InstallRequest(spec, Decimal("3.3")), now, TIMING
+    )
+    assert await o.scalar("SELECT count(*) FROM device") == 1
+    assert await o.scalar("SELECT number FROM channel WHERE id = :c", c=out.channel_id) == 2
+    wrong = service.DeviceSpec(o.code, "cfg-1", 3, profile="acrel-adf300l-modbus")
+    b = await o.open("211", "Jiang Two")
+    with pytest.raises(Invalid, match="registered with profile"):
+        await service.install(
+            o.db, o.who, b.points[0], service.InstallRequest(wrong, Decimal(0)), now, TIMING
+        )

@@ -317,3 +317,11 @@ def test_transfer_without_points_is_refused() -> None:
 def test_transfer_of_a_closed_account_is_refused() -> None:
     with pytest.raises(LifecycleConflict, match="closed"):
         core.check_transfer(CLOSED, [point()], same_customer=False)
+
+
+def test_installable_checks_the_point_before_the_device() -> None:
+    core.check_installable(point(metered=False))
+    with pytest.raises(LifecycleConflict, match="already has a meter"):
+        core.check_installable(point())
+    with pytest.raises(LifecycleConflict, match="is removed"):
+        core.check_installable(point(metered=False, removed=True))
