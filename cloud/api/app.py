@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from cloud.api.deps import Services
 from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
+from cloud.api.sales_routes import router as sales_router
 from cloud.console.pages import LocaleMiddleware
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
@@ -23,6 +24,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     app.include_router(api_router)
     app.include_router(lifecycle_router)
+    app.include_router(sales_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")

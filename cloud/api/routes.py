@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -50,8 +50,11 @@ class SaleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     account: Annotated[Key, Field(max_length=20, description="account number")]
     amount: Amount
-    method: Literal["cash", "card"] = "cash"
-    outlet_id: uuid.UUID | None = None
+    method: Literal["cash", "card", "transfer"] = "cash"
+    outlet_id: Annotated[
+        uuid.UUID | None,
+        Field(description="where the sale is made; required of an operator scoped to outlets"),
+    ] = None
 
 
 class SaleOut(BaseModel):
@@ -63,6 +66,11 @@ class SaleOut(BaseModel):
     balance_after: str
     created_at: datetime
     replayed: bool
+    outlet_id: uuid.UUID | None = None
+    grant_id: uuid.UUID | None = Field(
+        default=None, description="the cross-outlet grant (异地售电) the sale was made under"
+    )
+    business_day: date | None = None
 
 
 class PointOut(BaseModel):
@@ -173,8 +181,10 @@ async def create_sale(
         Header(alias="Idempotency-Key", min_length=8, max_length=100, pattern=r"^[\x21-\x7e]+$"),
     ],
 ) -> SaleOut:
-    """Sell credit at the counter. Re-sending the same Idempotency-Key returns the original
-    sale (200) and credits nothing; reusing it for a different sale is a 409."""
+    """Sell credit at the counter (cash, card or bank transfer). Re-sending the same
+    Idempotency-Key returns the original sale (200) and credits nothing; reusing it for a
+    different sale is a 409. The outlet must be in the operator's scope or under a live
+    cross-outlet grant (403 otherwise); the sale then names the grant."""
     receipt = await sell_credit(
         svc.db,
         who,
@@ -194,6 +204,9 @@ async def create_sale(
         balance_after=str(receipt.balance_after),
         created_at=receipt.created_at,
         replayed=receipt.replayed,
+        outlet_id=receipt.outlet_id,
+        grant_id=receipt.grant_id,
+        business_day=receipt.business_day,
     )
 
 
