@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--static", type=Path, help="static accounts (e.g. the cloud's own)")
     bs.add_argument("--pid-file", type=Path, help="broker pid file: SIGHUP it on change")
     bs.add_argument("--every", type=float, help="keep syncing every N seconds")
+    _tenant_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     settings = CloudSettings()
@@ -77,6 +78,8 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
     try:
         if args.cmd == "check":
             return await _check(wiring, args.tenant)
+        if args.cmd == "tenant":
+            return await _tenant(wiring, args)
         if args.cmd == "broker-sync":
             return await _broker_sync(wiring, args)
         if args.cmd == "api":
@@ -113,6 +116,47 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
         return 0
     finally:
         await wiring.db.dispose()
+
+
+def _tenant_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tenant = sub.add_parser("tenant", help="property groups (platform operator)")
+    tsub = tenant.add_subparsers(dest="tenant_cmd", required=True)
+    create = tsub.add_parser(
+        "create",
+        help="a new property group with its administrator (every permission, whole group)",
+    )
+    create.add_argument("--slug", required=True, help="login name of the group: [a-z0-9-]{2,40}")
+    create.add_argument("--name", required=True, help="the group's name as people read it")
+    create.add_argument("--admin", required=True, help="the administrator's username")
+    create.add_argument(
+        "--password-file",
+        type=Path,
+        required=True,
+        help="file whose first line is the administrator's password (at least 8 characters)",
+    )
+
+
+async def _tenant(wiring: Wiring, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from cloud.errors import DomainError
+    from cloud.registry.admin import create_group
+
+    try:
+        lines = args.password_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        print(f"prepay tenant create: cannot read {args.password_file}: {exc}", file=sys.stderr)
+        return 1
+    password = lines[0] if lines else ""
+    try:
+        tenant_id = await create_group(
+            wiring.db, args.slug, args.name, args.admin, password, datetime.now(UTC)
+        )
+    except DomainError as exc:
+        print(f"prepay tenant create: {exc}", file=sys.stderr)
+        return 1
+    print(f"property group {args.slug} created ({tenant_id}); administrator {args.admin}")
+    return 0
 
 
 async def _broker_sync(wiring: Wiring, args: argparse.Namespace) -> int:

@@ -154,19 +154,19 @@ async def change_password(body: PasswordIn, svc: ServicesDep, who: OperatorDep) 
 @router.get("/service-points", response_model=list[PointOut])
 async def list_points(svc: ServicesDep, who: OperatorDep) -> list[PointOut]:
     who.require("registry.view")
-    return [_point(p) for p in await queries.service_points(svc.db, who.tenant_id)]
+    return [_point(p) for p in await queries.service_points(svc.db, who.tenant_id, who)]
 
 
 @router.get("/service-points/{point_id}", response_model=PointOut)
 async def get_point(point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> PointOut:
     who.require("registry.view")
-    return _point(await queries.service_point(svc.db, who.tenant_id, point_id))
+    return _point(await queries.service_point(svc.db, who.tenant_id, point_id, who))
 
 
 @router.get("/accounts/{number}/balance", response_model=BalanceOut)
 async def get_balance(number: PathKey, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
     who.require("registry.view")
-    balance = await queries.account_balance(svc.db, who.tenant_id, number)
+    balance = await queries.account_balance(svc.db, who.tenant_id, number, who)
     return BalanceOut(account=number, balance=str(balance))
 
 
@@ -245,6 +245,7 @@ async def create_claim_code(
     site_id: uuid.UUID, body: ClaimIn, svc: ServicesDep, who: OperatorDep
 ) -> ClaimOut:
     """A one-time code an installer exchanges for a new gateway at this site."""
+    await queries.require_site(svc.db, who, site_id)
     claim = await issue_claim(
         svc.db, who, site_id, datetime.now(UTC), timedelta(minutes=body.ttl_minutes)
     )
@@ -269,6 +270,7 @@ async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> Commission
 async def revoke_gateway_credential(
     code: PathKey, svc: ServicesDep, who: OperatorDep
 ) -> RevokedOut:
+    await queries.require_gateway(svc.db, who, code)
     n = await revoke_credential(svc.db, who, code, datetime.now(UTC))
     return RevokedOut(gateway=code, revoked=n)
 
@@ -294,6 +296,7 @@ async def push_gateway_config(
     reports the version it runs; a config it refuses is reported with the reason."""
     if not svc.cloud_mqtt_url:
         raise DomainError("this API has no broker connection configured (MQTT_URL)")
+    await queries.require_gateway(svc.db, who, code)
     pushed = await push_config(
         svc.db,
         who,
@@ -347,6 +350,7 @@ async def get_point_control(
     """The pre-disconnection check and the device twin: live balance and arrears, what the
     policy decides now and why, keep-power, overrides, desired vs reported supply, recent
     commands and control events."""
+    await queries.require_point(svc.db, who, point_id)
     return await control_view(svc.db, who, point_id, datetime.now(UTC))
 
 
@@ -357,6 +361,7 @@ async def control_point(
     """Trip, restore, keep-power on/off. A trip of a point that is not in arrears is refused
     (409, with the live balance) unless ``override`` is set; a trip under keep-power is
     refused too."""
+    await queries.require_point(svc.db, who, point_id)
     req = ControlRequest(body.action, body.reason, body.override, body.until)
     result = await operate_point(svc.db, who, point_id, req, datetime.now(UTC), svc.timing)
     return _control_out(result)
@@ -368,6 +373,7 @@ async def control_site(
 ) -> list[ControlOut]:
     """The same for every point of a site (a building); each point is checked on its own and
     refusals are listed with ``done: false``."""
+    await queries.require_site(svc.db, who, site_id)
     req = ControlRequest(body.action, body.reason, body.override, body.until)
     results = await operate_site(svc.db, who, site_id, req, datetime.now(UTC), svc.timing)
     return [_control_out(r) for r in results]
