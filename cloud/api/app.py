@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.deps import Services
 from cloud.api.routes import router as api_router
+from cloud.api.tariff_routes import router as tariff_router
 from cloud.console.routes import router as console_router
 from cloud.errors import DomainError, TooManyAttempts
 
@@ -17,6 +18,7 @@ def create_app(services: Services) -> FastAPI:
     app.state.services = services
     app.include_router(api_router)
     app.include_router(console_router)
+    app.include_router(tariff_router)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
