@@ -14,6 +14,7 @@ from cloud.api.deps import Services
 from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
+from cloud.api.tariff_routes import router as tariff_router
 from cloud.console.pages import LocaleMiddleware
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
@@ -32,6 +33,7 @@ def create_app(services: Services) -> FastAPI:
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
     app.add_middleware(LocaleMiddleware)
     app.add_middleware(SecurityHeaders)
+    app.include_router(tariff_router)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:

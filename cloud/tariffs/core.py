@@ -195,10 +195,14 @@ class Tariff:
         object.__setattr__(self, "_starts", starts)
 
     def at(self, ts: datetime) -> TariffVersion:
+        """The version in force at ``ts``; before the first one, the first one. A point
+        moved to a newer tariff may still send readings taken before that tariff's first
+        version (a gateway's store-and-forward): they are rated after the move, so at the
+        point's tariff then, rather than jamming the batch that carries them. (Versions of
+        one tariff start now or later, and the mark only moves forward: nothing already
+        rated is priced again.)"""
         i = bisect_right(self._starts, ts)
-        if i == 0:
-            raise LookupError(f"no tariff version effective at {ts.isoformat()}")
-        return self.versions[i - 1]
+        return self.versions[max(i, 1) - 1]
 
     def for_interval(self, interval_end: datetime) -> TariffVersion:
         return self.at(as_of(interval_end))
