@@ -7,6 +7,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.deps import Services
+from cloud.api.import_routes import router as import_router
 from cloud.api.routes import router as api_router
 from cloud.console.routes import router as console_router
 from cloud.errors import DomainError, TooManyAttempts
@@ -16,6 +17,7 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="PrepayCloud API", version="0.1.0")
     app.state.services = services
     app.include_router(api_router)
+    app.include_router(import_router)
     app.include_router(console_router)
 
     @app.exception_handler(DomainError)
