@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     chk = sub.add_parser("check", help="verify ledger invariants; non-zero exit on any breach")
     chk.add_argument("--tenant", help="property group slug (default: all)")
+    _import_parser(sub)
     bs = sub.add_parser("broker-sync", help="write Mosquitto's password file from credentials")
     bs.add_argument("--password-file", type=Path, required=True)
     bs.add_argument("--static", type=Path, help="static accounts (e.g. the cloud's own)")
@@ -82,6 +83,8 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             return await _tenant(wiring, args)
         if args.cmd == "broker-sync":
             return await _broker_sync(wiring, args)
+        if args.cmd == "import":
+            return await _import(wiring, args)
         if args.cmd == "api":
             from cloud.api.app import create_app
             from cloud.runtime import serve_http
@@ -172,6 +175,63 @@ async def _broker_sync(wiring: Wiring, args: argparse.Namespace) -> int:
         if not args.every:
             return 0
         await asyncio.sleep(args.every)
+
+
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="import a legacy vending program's customers, accounts, meters and balances",
+    )
+    imp.add_argument("file", type=Path, help=".xlsx or .csv (UTF-8 or GB18030)")
+    imp.add_argument("--tenant", required=True, help="property group slug")
+    imp.add_argument(
+        "--dry-run", action="store_true", help="check every row and report; write nothing"
+    )
+
+
+async def _import(wiring: Wiring, args: argparse.Namespace) -> int:
+    """`prepay import FILE --tenant SLUG [--dry-run]`: exit 0 when imported (or, for a dry
+    run, when every row is accepted), 1 when rows are refused, 2 for an unreadable file."""
+    from datetime import UTC, datetime
+
+    from cloud.errors import DomainError
+    from cloud.registry.importer import run_import
+
+    async with wiring.db.platform() as conn:
+        tid = await conn.scalar(
+            sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": args.tenant}
+        )
+    if tid is None:
+        print(f"no property group {args.tenant!r}", file=sys.stderr)
+        return 2
+    try:
+        data = args.file.read_bytes()
+        report = await run_import(
+            wiring.db,
+            tid,
+            "cli:import",
+            args.file.name,
+            data,
+            dry_run=args.dry_run,
+            now=datetime.now(UTC),
+        )
+    except (OSError, DomainError) as exc:
+        print(f"prepay import: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    for r in report.refusals:
+        print(f"row {r.row}, {r.column or '-'}: {r.en} / {r.zh}")
+    verdict = (
+        "imported"
+        if report.written
+        else ("would import" if report.dry_run and not report.refusals else "nothing imported")
+    )
+    print(
+        f"{args.file.name}: {report.rows} row(s), {report.refused} refused; {verdict}: "
+        f"{report.customers} customer(s), {report.accounts} account(s), "
+        f"{report.points} point(s), {report.meters} meter(s), "
+        f"{report.opening_entries} opening balance(s) totalling {report.opening_total}"
+    )
+    return 1 if report.refusals else 0
 
 
 async def _check(wiring: Wiring, slug: str | None) -> int:

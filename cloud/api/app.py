@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cloud.api.admin_routes import router as admin_router
 from cloud.api.deps import Services
+from cloud.api.import_routes import router as import_router
 from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
@@ -28,6 +29,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(lifecycle_router)
     app.include_router(sales_router)
     app.include_router(admin_router)
+    app.include_router(import_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
