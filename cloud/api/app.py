@@ -30,12 +30,12 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(sales_router)
     app.include_router(admin_router)
     app.include_router(import_router)
+    app.include_router(tariff_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
     app.add_middleware(LocaleMiddleware)
     app.add_middleware(SecurityHeaders)
-    app.include_router(tariff_router)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
