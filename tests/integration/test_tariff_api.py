@@ -534,7 +534,7 @@ async def test_price_notice_lists_every_tariff_in_force_and_scheduled(
         "Asia/Shanghai，UTC+08:00",
         "1.3000元/千瓦时",
         "调价agreed",
-        "最高收费标准1.1500元/千瓦时",
+        "最高收费标准：1.1500元/千瓦时",
         "允许加价幅度15%",
     ]:
         assert "".join(expected.split()) in flat, (expected, text)
