@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -15,10 +16,16 @@ import sqlalchemy as sa
 
 from cloud import schema
 from cloud.auth import hash_password
+from cloud.check import check
+from cloud.control.service import CommandTiming
 from cloud.db import Database
+from cloud.ingest.service import IngestService
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
+from contract.mqtt import Reading, TelemetryBatch
 from tests.conftest import admin_auth, api_client, group_spec
+
+TIMING = CommandTiming()
 
 
 @pytest.fixture
@@ -541,3 +548,48 @@ async def test_price_notice_lists_every_tariff_in_force_and_scheduled(
     assert "595.276 x 841.89" in _poppler("pdfinfo", str(pdf))  # A4
     fonts = _poppler("pdffonts", str(pdf))
     assert "CJK" in fonts and " yes " in fonts  # embedded
+
+
+async def test_assigning_prices_what_is_rated_from_now_on_and_never_the_past(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    group, slug = await _group(db, meters=1)
+    auth = await admin_auth(http, slug)
+    now = datetime.now(UTC)
+
+    async def feed(minutes_ago: float, total: str, seq: int) -> None:
+        reading = Reading.model_validate(
+            {"device": "m1", "measured_at": now - timedelta(minutes=minutes_ago), "total": total}
+        )
+        batch = TelemetryBatch(gateway=gw, boot_id="b", seq=seq, sent_at=now, readings=(reading,))
+        await IngestService(db, TIMING).store_telemetry(gw, batch, datetime.now(UTC))
+
+    async with db.tenant(group.tenant_id) as conn:
+        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    await feed(10, "100", 1)
+    await feed(8, "101", 2)  # 1 kWh at the seeded ¥1.0000
+    assert await balance(db, group) == Decimal("9.00")
+
+    made = (await http.post("/api/v1/tariffs", json=_new(price="2.0000"), headers=auth)).json()
+    r = await http.post(
+        f"/api/v1/tariffs/{made['id']}/assign",
+        json={"service_point_ids": [str(group.points["m1"])]},
+        headers=auth,
+    )
+    assert r.status_code == 200, r.text
+    assert await balance(db, group) == Decimal("9.00")  # nothing rated again
+    # a reading taken before the new tariff's first version, arriving after the move, is
+    # rated at the point's tariff now (the batch is not jammed), and so is the next one
+    await feed(5, "102", 3)
+    await feed(1, "103", 4)
+    assert await balance(db, group) == Decimal("5.00")
+    assert (await check(db, [group.tenant_id])).ok
+
+
+async def balance(db: Database, group: Seeded) -> Decimal:
+    async with db.tenant(group.tenant_id) as conn:
+        value = await conn.scalar(
+            sa.text("SELECT balance FROM ledger_account WHERE kind = 'wallet'")
+        )
+    assert isinstance(value, Decimal)
+    return value
