@@ -394,3 +394,62 @@ async def assign_tariff(
             },
         )
     return Assigned(tariff_id, tuple(ids), len(moving))
+
+
+async def update_tariff(
+    db: Database,
+    who: Principal,
+    tariff_id: uuid.UUID,
+    now: datetime,
+    name: str | None = None,
+    active: bool | None = None,
+) -> None:
+    """Rename a tariff or (de)activate it. Its prices change only by a new version; a tariff
+    points are on is not deactivated (move them to another first)."""
+    async with db.tenant(who.tenant_id) as conn:
+        tariff = await _locked_tariff(conn, who, tariff_id)
+        detail: dict[str, str] = {}
+        if name is not None and name.strip() != tariff.name:
+            name = name.strip()
+            if not name:
+                raise Invalid("name must not be blank")
+            taken = await conn.scalar(
+                sa.text(
+                    "SELECT 1 FROM tariff WHERE name = :n AND site_id IS NOT DISTINCT FROM :s "
+                    "AND utility = :u AND id <> :id"
+                ),
+                {"n": name, "s": tariff.site_id, "u": tariff.utility, "id": tariff_id},
+            )
+            if taken:
+                raise Conflict(f"a {tariff.utility} tariff named {name} already exists")
+            detail.update(previous_name=tariff.name, name=name)
+        if active is not None and active != tariff.active:
+            if not active:
+                used = int(
+                    await conn.scalar(
+                        sa.text(
+                            "SELECT count(*) FROM service_point WHERE tariff_id = :t "
+                            "AND removed_at IS NULL"
+                        ),
+                        {"t": tariff_id},
+                    )
+                    or 0
+                )
+                if used:
+                    raise Invalid(
+                        f"tariff {tariff.name} is used by {used} service point(s): assign them "
+                        "another tariff first"
+                    )
+            detail["active"] = str(active).lower()
+        if not detail:
+            return
+        await conn.execute(
+            sa.text(
+                "UPDATE tariff SET name = coalesce(:n, name), active = coalesce(:a, active) "
+                "WHERE id = :id"
+            ),
+            {"n": detail.get("name"), "a": active if "active" in detail else None, "id": tariff_id},
+        )
+        await audit.record(
+            conn, who.tenant_id, who.actor, "tariff.update", f"tariff:{tariff_id}", now, detail
+        )

@@ -166,6 +166,8 @@ async def test_writes_need_tariff_edit(db: Database, http: httpx.AsyncClient) ->
         r = await http.post(path, json=body, headers=viewer)
         assert r.status_code == 403, (path, r.text)
         assert "tariff.edit" in r.json()["detail"]
+    r = await http.patch(f"/api/v1/tariffs/{tid}", json={"name": "X"}, headers=viewer)
+    assert r.status_code == 403
     assert await _state(db, group) == before
     nobody = await _operator(db, http, group, slug, ["sale.create"])
     assert (await http.get("/api/v1/tariffs", headers=nobody)).status_code == 403
@@ -186,6 +188,8 @@ async def test_another_groups_tariffs_points_and_sites_are_not_found(
     before, their_before = await _state(db, mine), await _state(db, theirs)
 
     assert (await http.get(f"/api/v1/tariffs/{their_tariff}", headers=auth)).status_code == 404
+    r = await http.patch(f"/api/v1/tariffs/{their_tariff}", json={"active": False}, headers=auth)
+    assert r.status_code == 404
     r = await http.post(
         f"/api/v1/tariffs/{their_tariff}/versions",
         json=_flat(effective_from=_later()),
@@ -593,3 +597,31 @@ async def balance(db: Database, group: Seeded) -> Decimal:
         )
     assert isinstance(value, Decimal)
     return value
+
+
+async def test_rename_and_deactivate(db: Database, http: httpx.AsyncClient) -> None:
+    group, slug = await _group(db, meters=1)
+    auth = await admin_auth(http, slug)
+    seeded = (await http.get("/api/v1/tariffs", headers=auth)).json()[0]["id"]
+    spare = (await http.post("/api/v1/tariffs", json=_new("Spare"), headers=auth)).json()["id"]
+    before = await _state(db, group)
+    r = await http.patch(f"/api/v1/tariffs/{seeded}", json={"active": False}, headers=auth)
+    assert r.status_code == 422 and "used by 1 service point" in r.json()["detail"]
+    r = await http.patch(f"/api/v1/tariffs/{spare}", json={"name": "Commercial flat"}, headers=auth)
+    assert r.status_code == 409
+    r = await http.patch(f"/api/v1/tariffs/{spare}", json={"name": ""}, headers=auth)
+    assert r.status_code == 422
+    assert await _state(db, group) == before
+
+    r = await http.patch(
+        f"/api/v1/tariffs/{spare}", json={"name": "Old shops", "active": False}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "Old shops" and r.json()["active"] is False
+    assert await _audits(db, group, "tariff.update") == 1
+    r = await http.post(
+        f"/api/v1/tariffs/{spare}/assign",
+        json={"service_point_ids": [str(group.points["m1"])]},
+        headers=auth,
+    )
+    assert r.status_code == 422 and "not active" in r.json()["detail"]
