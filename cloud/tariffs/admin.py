@@ -4,7 +4,8 @@ over :mod:`cloud.tariffs.rules`.
 
 Scope: a tariff of a site is seen and changed by operators whose scope covers the site
 (another one is not found); a tariff of the whole group (no site) is seen by every operator
-and changed only by one scoped to the whole group.
+and assigned by any to the points in their scope, but changed only by one scoped to the
+whole group.
 """
 
 from __future__ import annotations
@@ -273,7 +274,11 @@ async def create_tariff(db: Database, who: Principal, new: NewTariff, now: datet
     return tariff_id
 
 
-async def _locked_tariff(conn: AsyncConnection, who: Principal, tariff_id: uuid.UUID) -> Any:
+async def _locked_tariff(
+    conn: AsyncConnection, who: Principal, tariff_id: uuid.UUID, change: bool = True
+) -> Any:
+    """The tariff's row, locked; NotFound outside the scope, Forbidden for a group tariff
+    the operator may not ``change`` (assigning one to points in scope is no change to it)."""
     row = (
         await conn.execute(
             sa.text(
@@ -285,7 +290,8 @@ async def _locked_tariff(conn: AsyncConnection, who: Principal, tariff_id: uuid.
     sites = await sites_of(conn, who)
     if row is None or (row.site_id is not None and sites is not None and row.site_id not in sites):
         raise NotFound(f"tariff {tariff_id} not found")
-    await _writable(conn, who, row.site_id)
+    if change:
+        await _writable(conn, who, row.site_id)
     return row
 
 
@@ -342,7 +348,7 @@ async def assign_tariff(
     by it; what was rated before stays as it was (rating only moves a point's mark on)."""
     ids = sorted(set(point_ids), key=lambda i: i.int)
     async with db.tenant(who.tenant_id) as conn:
-        tariff = await _locked_tariff(conn, who, tariff_id)
+        tariff = await _locked_tariff(conn, who, tariff_id, change=False)
         rows = (
             await conn.execute(
                 sa.text(

@@ -459,10 +459,30 @@ async def test_a_site_scoped_operator_sees_and_changes_only_its_site(
     assert r.status_code == 404  # the point is at a site outside the scope
     r = await http.post("/api/v1/tariffs", json=_new("Everywhere"), headers=scoped)
     assert r.status_code == 403  # a tariff of the whole group needs a group operator
+    group_tariff = next(t["id"] for t in (await http.get("/api/v1/tariffs", headers=scoped)).json())
+    r = await http.post(
+        f"/api/v1/tariffs/{group_tariff}/versions",
+        json=_flat(effective_from=_later()),
+        headers=scoped,
+    )
+    assert r.status_code == 403
     r = await http.get(f"/api/v1/sites/{group.site_id}/price-notice.pdf", headers=scoped)
     assert r.status_code == 404
     after = await _state(db, group)
     assert after[2] == before[2] and len(after[0]) == len(before[0]) + 1
+    assert len(after[1]) == len(before[1]) + 1  # the Harbour tariff's first version only
+
+    # an operator of the point's site puts it on a group tariff (no change to the tariff)
+    everywhere = (await http.post("/api/v1/tariffs", json=_new("Group B"), headers=auth)).json()
+    at_home = await _operator(
+        db, http, group, slug, ["registry.view", "tariff.edit"], "site", [group.site_id]
+    )
+    r = await http.post(
+        f"/api/v1/tariffs/{everywhere['id']}/assign",
+        json={"service_point_ids": [str(group.points["m1"])]},
+        headers=at_home,
+    )
+    assert r.status_code == 200 and r.json()["changed"] == 1
 
 
 async def test_price_notice_lists_every_tariff_in_force_and_scheduled(
