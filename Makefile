@@ -7,7 +7,7 @@ ifeq ($(UV),)
 UV := .prepay/tools/bin/uv
 endif
 
-.PHONY: demo test lint setup check clean
+.PHONY: demo test lint setup check clean i18n
 
 $(UV):
 	python3 -m venv .prepay/tools
@@ -34,3 +34,10 @@ check: setup
 
 clean:
 	rm -rf .prepay/demo .prepay/test-pg
+
+# The console's messages: extract every string (Python and templates) and merge the new
+# ones into the catalogues; translate the empty msgstr in the zh_CN .po by hand. The .po
+# is compiled in memory when the console starts (cloud/console/i18n.py).
+i18n: setup
+	$(UV) run --frozen pybabel extract -F babel.cfg -k _ -k N_ -o .prepay/messages.pot .
+	$(UV) run --frozen pybabel update -i .prepay/messages.pot -d cloud/console/locale -l zh_CN --no-fuzzy-matching

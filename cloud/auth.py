@@ -12,9 +12,11 @@ from datetime import UTC, datetime, timedelta
 import sqlalchemy as sa
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 from pwdlib import PasswordHash
+from sqlalchemy.ext.asyncio import AsyncConnection
 
+from cloud import audit
 from cloud.db import Database
-from cloud.errors import Forbidden, TooManyAttempts, Unauthorized
+from cloud.errors import Forbidden, Invalid, TooManyAttempts, Unauthorized
 
 PERMISSIONS = (
     "registry.view",
@@ -37,6 +39,7 @@ PERMISSIONS = (
 )
 
 _hasher = PasswordHash.recommended()
+MIN_PASSWORD = 8
 
 
 @functools.cache
@@ -127,7 +130,7 @@ class Sessions:
             keys.append((f"addr:{address}", ADDRESS_LIMIT))
         await self._refuse_if_locked([k for k, _ in keys], now)
         try:
-            token = await self._login(tenant_slug, username, password)
+            token = await self._login(tenant_slug, username, password, address, now)
         except Unauthorized:
             await self._failed(keys, now)
             raise
@@ -155,7 +158,9 @@ class Sessions:
                 )
             await conn.execute(sa.text(_PRUNE), {"idle": now - IDLE, "now": now})
 
-    async def _login(self, tenant_slug: str, username: str, password: str) -> str:
+    async def _login(
+        self, tenant_slug: str, username: str, password: str, address: str | None, now: datetime
+    ) -> str:
         async with self.db.platform() as conn:
             tenant_id = await conn.scalar(
                 sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": tenant_slug}
@@ -178,26 +183,88 @@ class Sessions:
             raise Unauthorized("unknown property group, user or password")
         if not _hasher.verify(password, row.password_hash):
             raise Unauthorized("unknown property group, user or password")
-        return self._s.dumps({"t": str(tenant_id), "o": str(row.id)})
+        assert tenant_id is not None
+        session_id = uuid.uuid4()
+        async with self.db.tenant(tenant_id) as conn:
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO operator_session (id, tenant_id, operator_id, created_at, address)"
+                    " VALUES (:id, :t, :o, :now, :a)"
+                ),
+                {"id": session_id, "t": tenant_id, "o": row.id, "now": now, "a": address},
+            )
+        return self._s.dumps({"t": str(tenant_id), "o": str(row.id), "s": str(session_id)})
 
-    async def principal(self, token: str) -> Principal:
+    def _claims(self, token: str) -> tuple[uuid.UUID, uuid.UUID, uuid.UUID]:
         try:
             data = self._s.loads(token, max_age=self.max_age_s)
-            tenant_id, operator_id = uuid.UUID(data["t"]), uuid.UUID(data["o"])
+            return uuid.UUID(data["t"]), uuid.UUID(data["o"]), uuid.UUID(data["s"])
         except (BadSignature, KeyError, ValueError, TypeError) as exc:
             raise Unauthorized("session invalid or expired; log in again") from exc
+
+    async def logout(self, token: str) -> None:
+        """Revoke this session (a token that is already invalid is simply ignored)."""
+        try:
+            tenant_id, operator_id, session_id = self._claims(token)
+        except Unauthorized:
+            return
+        async with self.db.tenant(tenant_id) as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE operator_session SET revoked_at = :now "
+                    "WHERE id = :s AND operator_id = :o AND revoked_at IS NULL"
+                ),
+                {"s": session_id, "o": operator_id, "now": self.clock()},
+            )
+
+    async def change_password(self, who: Principal, current: str, new: str) -> None:
+        """An operator changes their own password: the current one must be right, the new
+        one at least 8 characters and different; every session of the operator (this one
+        included) is revoked, so a stolen session ends with the change."""
+        if len(new) < MIN_PASSWORD or len(new) > 256:
+            raise Invalid(f"the new password must be {MIN_PASSWORD} to 256 characters")
+        if new == current:
+            raise Invalid("the new password must differ from the current one")
+        now = self.clock()
+        async with self.db.tenant(who.tenant_id) as conn:
+            stored = await conn.scalar(
+                sa.text("SELECT password_hash FROM operator WHERE id = :o AND active FOR UPDATE"),
+                {"o": who.operator_id},
+            )
+            if stored is None or not _hasher.verify(current, stored):
+                raise Invalid("the current password is wrong")
+            await conn.execute(
+                sa.text(
+                    "UPDATE operator SET password_hash = :h, password_changed_at = :now "
+                    "WHERE id = :o"
+                ),
+                {"h": hash_password(new), "now": now, "o": who.operator_id},
+            )
+            await revoke_sessions(conn, who.operator_id, now)
+            await audit.record(
+                conn, who.tenant_id, who.actor, "operator.password", f"operator:{who.username}", now
+            )
+
+    async def principal(self, token: str) -> Principal:
+        tenant_id, operator_id, session_id = self._claims(token)
         async with self.db.tenant(tenant_id) as conn:
             row = (
                 await conn.execute(
                     sa.text(
-                        "SELECT o.username, r.permissions, o.scope, o.scope_ids FROM operator o "
-                        "JOIN role r ON r.id = o.role_id WHERE o.id = :o AND o.active"
+                        "SELECT o.username, r.permissions, o.scope, o.scope_ids, "
+                        "s.revoked_at FROM operator o JOIN role r ON r.id = o.role_id "
+                        "JOIN operator_session s ON s.operator_id = o.id AND s.id = :s "
+                        "WHERE o.id = :o AND o.active"
                     ),
-                    {"o": operator_id},
+                    {"o": operator_id, "s": session_id},
                 )
             ).first()
         if row is None:
-            raise Unauthorized("operator no longer active")
+            raise Unauthorized("operator no longer active; log in again")
+        if row.revoked_at is not None:
+            raise Unauthorized(
+                "this session has ended (logged out or password changed); log in again"
+            )
         return Principal(
             tenant_id,
             operator_id,
@@ -205,4 +272,17 @@ class Sessions:
             frozenset(row.permissions),
             row.scope,
             frozenset(row.scope_ids),
+            session_id,
         )
+
+
+async def revoke_sessions(conn: AsyncConnection, operator_id: uuid.UUID, now: datetime) -> int:
+    """End every live session of an operator (password changed or reset, deactivated)."""
+    result = await conn.execute(
+        sa.text(
+            "UPDATE operator_session SET revoked_at = :now "
+            "WHERE operator_id = :o AND revoked_at IS NULL"
+        ),
+        {"o": operator_id, "now": now},
+    )
+    return result.rowcount

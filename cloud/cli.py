@@ -40,11 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     chk = sub.add_parser("check", help="verify ledger invariants; non-zero exit on any breach")
     chk.add_argument("--tenant", help="property group slug (default: all)")
+    _import_parser(sub)
     bs = sub.add_parser("broker-sync", help="write Mosquitto's password file from credentials")
     bs.add_argument("--password-file", type=Path, required=True)
     bs.add_argument("--static", type=Path, help="static accounts (e.g. the cloud's own)")
     bs.add_argument("--pid-file", type=Path, help="broker pid file: SIGHUP it on change")
     bs.add_argument("--every", type=float, help="keep syncing every N seconds")
+    _tenant_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     settings = CloudSettings()
@@ -77,8 +79,12 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
     try:
         if args.cmd == "check":
             return await _check(wiring, args.tenant)
+        if args.cmd == "tenant":
+            return await _tenant(wiring, args)
         if args.cmd == "broker-sync":
             return await _broker_sync(wiring, args)
+        if args.cmd == "import":
+            return await _import(wiring, args)
         if args.cmd == "api":
             from cloud.api.app import create_app
             from cloud.runtime import serve_http
@@ -115,6 +121,47 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
         await wiring.db.dispose()
 
 
+def _tenant_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    tenant = sub.add_parser("tenant", help="property groups (platform operator)")
+    tsub = tenant.add_subparsers(dest="tenant_cmd", required=True)
+    create = tsub.add_parser(
+        "create",
+        help="a new property group with its administrator (every permission, whole group)",
+    )
+    create.add_argument("--slug", required=True, help="login name of the group: [a-z0-9-]{2,40}")
+    create.add_argument("--name", required=True, help="the group's name as people read it")
+    create.add_argument("--admin", required=True, help="the administrator's username")
+    create.add_argument(
+        "--password-file",
+        type=Path,
+        required=True,
+        help="file whose first line is the administrator's password (at least 8 characters)",
+    )
+
+
+async def _tenant(wiring: Wiring, args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from cloud.errors import DomainError
+    from cloud.registry.admin import create_group
+
+    try:
+        lines = args.password_file.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        print(f"prepay tenant create: cannot read {args.password_file}: {exc}", file=sys.stderr)
+        return 1
+    password = lines[0] if lines else ""
+    try:
+        tenant_id = await create_group(
+            wiring.db, args.slug, args.name, args.admin, password, datetime.now(UTC)
+        )
+    except DomainError as exc:
+        print(f"prepay tenant create: {exc}", file=sys.stderr)
+        return 1
+    print(f"property group {args.slug} created ({tenant_id}); administrator {args.admin}")
+    return 0
+
+
 async def _broker_sync(wiring: Wiring, args: argparse.Namespace) -> int:
     from cloud.registry.broker_sync import reload_broker, render, write_if_changed
     from cloud.registry.commissioning import broker_password_lines
@@ -128,6 +175,63 @@ async def _broker_sync(wiring: Wiring, args: argparse.Namespace) -> int:
         if not args.every:
             return 0
         await asyncio.sleep(args.every)
+
+
+def _import_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    imp = sub.add_parser(
+        "import",
+        help="import a legacy vending program's customers, accounts, meters and balances",
+    )
+    imp.add_argument("file", type=Path, help=".xlsx or .csv (UTF-8 or GB18030)")
+    imp.add_argument("--tenant", required=True, help="property group slug")
+    imp.add_argument(
+        "--dry-run", action="store_true", help="check every row and report; write nothing"
+    )
+
+
+async def _import(wiring: Wiring, args: argparse.Namespace) -> int:
+    """`prepay import FILE --tenant SLUG [--dry-run]`: exit 0 when imported (or, for a dry
+    run, when every row is accepted), 1 when rows are refused, 2 for an unreadable file."""
+    from datetime import UTC, datetime
+
+    from cloud.errors import DomainError
+    from cloud.registry.importer import run_import
+
+    async with wiring.db.platform() as conn:
+        tid = await conn.scalar(
+            sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": args.tenant}
+        )
+    if tid is None:
+        print(f"no property group {args.tenant!r}", file=sys.stderr)
+        return 2
+    try:
+        data = args.file.read_bytes()
+        report = await run_import(
+            wiring.db,
+            tid,
+            "cli:import",
+            args.file.name,
+            data,
+            dry_run=args.dry_run,
+            now=datetime.now(UTC),
+        )
+    except (OSError, DomainError) as exc:
+        print(f"prepay import: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    for r in report.refusals:
+        print(f"row {r.row}, {r.column or '-'}: {r.en} / {r.zh}")
+    verdict = (
+        "imported"
+        if report.written
+        else ("would import" if report.dry_run and not report.refusals else "nothing imported")
+    )
+    print(
+        f"{args.file.name}: {report.rows} row(s), {report.refused} refused; {verdict}: "
+        f"{report.customers} customer(s), {report.accounts} account(s), "
+        f"{report.points} point(s), {report.meters} meter(s), "
+        f"{report.opening_entries} opening balance(s) totalling {report.opening_total}"
+    )
+    return 1 if report.refusals else 0
 
 
 async def _check(wiring: Wiring, slug: str | None) -> int:

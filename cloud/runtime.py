@@ -54,7 +54,13 @@ class Wiring:
             settings.mqtt_url or "mqtt://127.0.0.1:1883"
         )
         services = Services(
-            db, sessions, timing(settings), broker, settings.mqtt_prefix, settings.mqtt_url
+            db,
+            sessions,
+            timing(settings),
+            broker,
+            settings.mqtt_prefix,
+            settings.mqtt_url,
+            secure_cookies=settings.environment == "production",
         )
         return cls(settings, db, services)
 

@@ -500,6 +500,8 @@ class CounterSale(SQLModel, table=True):
     reversed_by: str | None = None
     reversal_reason: str | None = None
     reversal_entry_id: uuid.UUID | None = Field(default=None, foreign_key="journal_entry.id")
+    # the wallet balance right after the sale, as its receipt shows it (migration 0013)
+    balance_after: Decimal | None = Field(default=None, sa_type=MONEY, nullable=True)
 
 
 class CashHandover(SQLModel, table=True):

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -157,3 +158,28 @@ async def wait_for(cond: Callable[[], Awaitable[bool]], timeout: float, what: st
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+async def console_form(
+    http: httpx.AsyncClient, url: str, data: dict[str, str], **kwargs: Any
+) -> httpx.Response:
+    """POST a console form as the browser does: with this client's CSRF token (fetched
+    from the login page the first time)."""
+    if http.cookies.get("prepay_csrf") is None:
+        await http.get("/console/login")
+    token = http.cookies.get("prepay_csrf")
+    assert token, "the console set no CSRF cookie"
+    return await http.post(url, data={**data, "csrf_token": token}, **kwargs)
+
+
+async def console_login(
+    http: httpx.AsyncClient, slug: str, username: str = "admin", password: str = "demo-admin"
+) -> httpx.Response:
+    r = await console_form(
+        http,
+        "/console/login",
+        {"tenant": slug, "username": username, "password": password},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    return r

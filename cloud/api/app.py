@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from cloud.api.admin_routes import router as admin_router
 from cloud.api.deps import Services
+from cloud.api.import_routes import router as import_router
+from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
+from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
+from cloud.console.pages import LocaleMiddleware
 from cloud.console.routes import router as console_router
+from cloud.console.security import SecurityHeaders
 from cloud.errors import DomainError, TooManyAttempts
 
 
@@ -17,8 +26,16 @@ def create_app(services: Services) -> FastAPI:
     app = FastAPI(title="PrepayCloud API", version="0.1.0")
     app.state.services = services
     app.include_router(api_router)
-    app.include_router(console_router)
+    app.include_router(lifecycle_router)
+    app.include_router(sales_router)
+    app.include_router(admin_router)
+    app.include_router(import_router)
     app.include_router(tariff_router)
+    app.include_router(console_router)
+    static = Path(__file__).parent.parent / "console" / "static"
+    app.mount("/console/static", StaticFiles(directory=static), name="console-static")
+    app.add_middleware(LocaleMiddleware)
+    app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(DomainError)
     async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:

@@ -23,6 +23,9 @@ class Services:
     broker_url: str = "mqtt://127.0.0.1:1883"  # what commissioned gateways connect to
     mqtt_prefix: str = "prepay"
     cloud_mqtt_url: str | None = None  # the cloud's own broker account (config pushes)
+    # cookies marked Secure everywhere (production); otherwise only over https and on
+    # localhost, which browsers treat as secure (tests' in-process clients speak http)
+    secure_cookies: bool = False
 
 
 def services(request: Request) -> Services:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -50,8 +50,11 @@ class SaleIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     account: Annotated[Key, Field(max_length=20, description="account number")]
     amount: Amount
-    method: Literal["cash", "card"] = "cash"
-    outlet_id: uuid.UUID | None = None
+    method: Literal["cash", "card", "transfer"] = "cash"
+    outlet_id: Annotated[
+        uuid.UUID | None,
+        Field(description="where the sale is made; required of an operator scoped to outlets"),
+    ] = None
 
 
 class SaleOut(BaseModel):
@@ -63,6 +66,11 @@ class SaleOut(BaseModel):
     balance_after: str
     created_at: datetime
     replayed: bool
+    outlet_id: uuid.UUID | None = None
+    grant_id: uuid.UUID | None = Field(
+        default=None, description="the cross-outlet grant (异地售电) the sale was made under"
+    )
+    business_day: date | None = None
 
 
 class PointOut(BaseModel):
@@ -115,22 +123,50 @@ async def login(body: LoginIn, request: Request, svc: ServicesDep) -> TokenOut:
     return TokenOut(access_token=token)
 
 
+def _token(request: Request) -> str:
+    auth = request.headers.get("authorization", "")
+    return auth[7:] if auth.lower().startswith("bearer ") else ""
+
+
+@router.post("/auth/logout", status_code=204, responses={401: {"description": "not logged in"}})
+async def logout(request: Request, svc: ServicesDep, who: OperatorDep) -> Response:
+    """End this session: its token is refused from now on."""
+    await svc.sessions.logout(_token(request))
+    return Response(status_code=204)
+
+
+class PasswordIn(BaseModel):
+    current_password: Password
+    new_password: Password
+
+
+@router.post(
+    "/me/password",
+    status_code=204,
+    responses={401: {"description": "not logged in"}, 422: {"description": "refused"}},
+)
+async def change_password(body: PasswordIn, svc: ServicesDep, who: OperatorDep) -> Response:
+    """Change one's own password; every session of the operator ends (log in again)."""
+    await svc.sessions.change_password(who, body.current_password, body.new_password)
+    return Response(status_code=204)
+
+
 @router.get("/service-points", response_model=list[PointOut])
 async def list_points(svc: ServicesDep, who: OperatorDep) -> list[PointOut]:
     who.require("registry.view")
-    return [_point(p) for p in await queries.service_points(svc.db, who.tenant_id)]
+    return [_point(p) for p in await queries.service_points(svc.db, who.tenant_id, who)]
 
 
 @router.get("/service-points/{point_id}", response_model=PointOut)
 async def get_point(point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> PointOut:
     who.require("registry.view")
-    return _point(await queries.service_point(svc.db, who.tenant_id, point_id))
+    return _point(await queries.service_point(svc.db, who.tenant_id, point_id, who))
 
 
 @router.get("/accounts/{number}/balance", response_model=BalanceOut)
 async def get_balance(number: PathKey, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
     who.require("registry.view")
-    balance = await queries.account_balance(svc.db, who.tenant_id, number)
+    balance = await queries.account_balance(svc.db, who.tenant_id, number, who)
     return BalanceOut(account=number, balance=str(balance))
 
 
@@ -145,8 +181,10 @@ async def create_sale(
         Header(alias="Idempotency-Key", min_length=8, max_length=100, pattern=r"^[\x21-\x7e]+$"),
     ],
 ) -> SaleOut:
-    """Sell credit at the counter. Re-sending the same Idempotency-Key returns the original
-    sale (200) and credits nothing; reusing it for a different sale is a 409."""
+    """Sell credit at the counter (cash, card or bank transfer). Re-sending the same
+    Idempotency-Key returns the original sale (200) and credits nothing; reusing it for a
+    different sale is a 409. The outlet must be in the operator's scope or under a live
+    cross-outlet grant (403 otherwise); the sale then names the grant."""
     receipt = await sell_credit(
         svc.db,
         who,
@@ -166,6 +204,9 @@ async def create_sale(
         balance_after=str(receipt.balance_after),
         created_at=receipt.created_at,
         replayed=receipt.replayed,
+        outlet_id=receipt.outlet_id,
+        grant_id=receipt.grant_id,
+        business_day=receipt.business_day,
     )
 
 
@@ -204,6 +245,7 @@ async def create_claim_code(
     site_id: uuid.UUID, body: ClaimIn, svc: ServicesDep, who: OperatorDep
 ) -> ClaimOut:
     """A one-time code an installer exchanges for a new gateway at this site."""
+    await queries.require_site(svc.db, who, site_id)
     claim = await issue_claim(
         svc.db, who, site_id, datetime.now(UTC), timedelta(minutes=body.ttl_minutes)
     )
@@ -228,6 +270,7 @@ async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> Commission
 async def revoke_gateway_credential(
     code: PathKey, svc: ServicesDep, who: OperatorDep
 ) -> RevokedOut:
+    await queries.require_gateway(svc.db, who, code)
     n = await revoke_credential(svc.db, who, code, datetime.now(UTC))
     return RevokedOut(gateway=code, revoked=n)
 
@@ -253,6 +296,7 @@ async def push_gateway_config(
     reports the version it runs; a config it refuses is reported with the reason."""
     if not svc.cloud_mqtt_url:
         raise DomainError("this API has no broker connection configured (MQTT_URL)")
+    await queries.require_gateway(svc.db, who, code)
     pushed = await push_config(
         svc.db,
         who,
@@ -306,6 +350,7 @@ async def get_point_control(
     """The pre-disconnection check and the device twin: live balance and arrears, what the
     policy decides now and why, keep-power, overrides, desired vs reported supply, recent
     commands and control events."""
+    await queries.require_point(svc.db, who, point_id)
     return await control_view(svc.db, who, point_id, datetime.now(UTC))
 
 
@@ -316,6 +361,7 @@ async def control_point(
     """Trip, restore, keep-power on/off. A trip of a point that is not in arrears is refused
     (409, with the live balance) unless ``override`` is set; a trip under keep-power is
     refused too."""
+    await queries.require_point(svc.db, who, point_id)
     req = ControlRequest(body.action, body.reason, body.override, body.until)
     result = await operate_point(svc.db, who, point_id, req, datetime.now(UTC), svc.timing)
     return _control_out(result)
@@ -327,6 +373,7 @@ async def control_site(
 ) -> list[ControlOut]:
     """The same for every point of a site (a building); each point is checked on its own and
     refusals are listed with ``done: false``."""
+    await queries.require_site(svc.db, who, site_id)
     req = ControlRequest(body.action, body.reason, body.override, body.until)
     results = await operate_site(svc.db, who, site_id, req, datetime.now(UTC), svc.timing)
     return [_control_out(r) for r in results]

@@ -1,4 +1,5 @@
-"""Counter sales: an operator takes cash or card at an outlet and credits a wallet."""
+"""Counter sales: an operator takes cash, card or a bank transfer at an outlet and credits a
+wallet (DESIGN §7)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import hashlib
 import json
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -16,17 +18,19 @@ from cloud import audit
 from cloud.auth import Principal
 from cloud.control.service import CommandTiming, after_topup
 from cloud.db import Database, next_number
-from cloud.errors import Conflict, NotFound
+from cloud.errors import Conflict, Invalid, NotFound
 from cloud.ledger import core as ledger
 from cloud.ledger.service import balance_of, post
+from cloud.payments import core
+from cloud.registry.scope import outlet_permit, require_site
 
 
 @dataclass(frozen=True)
 class SaleRequest:
     account_number: str
     amount: Decimal
-    method: str  # cash | card
-    outlet_id: uuid.UUID | None = None
+    method: str  # cash | card | transfer
+    outlet_id: uuid.UUID | None = None  # required of an operator scoped to outlets
 
     def fingerprint(self) -> str:
         doc = [self.account_number, str(self.amount), self.method, str(self.outlet_id)]
@@ -44,6 +48,17 @@ class SaleReceipt:
     created_at: datetime
     replayed: bool
     commands: int = 0
+    outlet_id: uuid.UUID | None = None
+    grant_id: uuid.UUID | None = None  # the cross-outlet grant the sale was made under
+    business_day: date | None = None
+
+
+_SITE_OF_ACCOUNT = sa.text(
+    "SELECT s.id, s.timezone, s.business_day_cutoff FROM site s WHERE s.id = coalesce("
+    "(SELECT sp.site_id FROM service_point sp WHERE sp.account_id = :a "
+    "ORDER BY sp.removed_at NULLS FIRST, sp.id LIMIT 1), "
+    "(SELECT id FROM site ORDER BY id LIMIT 1))"
+)
 
 
 async def sell_credit(
@@ -54,27 +69,54 @@ async def sell_credit(
     now: datetime,
     timing: CommandTiming,
 ) -> SaleReceipt:
-    """Credit a wallet once per idempotency key; a replay returns the original receipt."""
+    """Credit a wallet once per idempotency key; a replay returns the original receipt.
+
+    The money sits in the operator's cash drawer (cash) or the channel's clearing account
+    (card, transfer). The outlet must be in the operator's scope or under a live
+    cross-outlet grant (then the sale records the grant); an operator scoped to outlets
+    names it. The sale belongs to the business day of ``now`` at the outlet's site (the
+    account's site when no outlet is named)."""
     who.require("sale.create")
+    source = core.source_account(req.method, who.operator_id, who.username)
     async with db.tenant(who.tenant_id) as conn:
+        if await conn.scalar(
+            sa.text("SELECT 1 FROM counter_sale WHERE idempotency_key = :k"),
+            {"k": idempotency_key},
+        ):
+            return await _replay(conn, idempotency_key, req)
         acct = (
             await conn.execute(
-                sa.text("SELECT id, number FROM account WHERE number = :n"),
+                sa.text("SELECT id, number, status FROM account WHERE number = :n"),
                 {"n": req.account_number},
             )
         ).first()
         if acct is None:
             raise NotFound(f"account {req.account_number} not found")
-        if req.outlet_id is not None and not await conn.scalar(
-            sa.text("SELECT 1 FROM outlet WHERE id = :o"), {"o": req.outlet_id}
-        ):
-            raise NotFound(f"outlet {req.outlet_id} not found")
-        wallet = ledger.wallet(acct.id, acct.number)
-        source = (
-            ledger.cash_drawer(who.operator_id, who.username)
-            if req.method == "cash"
-            else ledger.clearing("card")
+        if req.outlet_id is None and who.scope == "outlet":
+            raise Invalid("choose the outlet the sale is made at")
+        grant_id = None
+        site: sa.Row[Any] | None
+        if req.outlet_id is not None:
+            permit = await outlet_permit(conn, who, req.outlet_id, now)
+            grant_id = permit.grant_id
+            site = (
+                await conn.execute(
+                    sa.text("SELECT id, timezone, business_day_cutoff FROM site WHERE id = :s"),
+                    {"s": permit.site_id},
+                )
+            ).one()
+        else:
+            site = (await conn.execute(_SITE_OF_ACCOUNT, {"a": acct.id})).first()
+            if site is not None:
+                await require_site(conn, who, site.id)
+        if acct.status == "closed":
+            raise Conflict(f"account {acct.number} is closed")
+        day = (
+            core.business_day(now, site.timezone, site.business_day_cutoff)
+            if site is not None
+            else now.date()
         )
+        wallet = ledger.wallet(acct.id, acct.number)
         posted = await post(
             conn,
             who.tenant_id,
@@ -87,15 +129,17 @@ async def sell_credit(
                 reason=f"counter sale ({req.method})",
             ),
         )
-        if not posted.created:
+        if not posted.created:  # a concurrent request with the same key got there first
             return await _replay(conn, idempotency_key, req)
         receipt_no = f"R{await next_number(conn, who.tenant_id, 'receipt'):08d}"
         sale_id = uuid.uuid4()
+        balance = await balance_of(conn, wallet.code)
         await conn.execute(
             sa.text(
                 "INSERT INTO counter_sale (id, tenant_id, idempotency_key, request_fingerprint, "
                 "receipt_no, account_id, outlet_id, operator_id, method, amount, entry_id, "
-                "created_at) VALUES (:id, :t, :k, :fp, :r, :a, :o, :op, :m, :amt, :e, :now)"
+                "created_at, grant_id, business_day, balance_after) VALUES (:id, :t, :k, :fp, "
+                ":r, :a, :o, :op, :m, :amt, :e, :now, :g, :day, :bal)"
             ),
             {
                 "id": sale_id,
@@ -110,23 +154,33 @@ async def sell_credit(
                 "amt": req.amount,
                 "e": posted.entry_id,
                 "now": now,
+                "g": grant_id,
+                "day": day,
+                "bal": balance,
             },
         )
-        balance = await balance_of(conn, wallet.code)
         commands = await after_topup(
             conn, who.tenant_id, acct.id, req.amount, f"sale:{receipt_no}", now, timing, who.actor
         )
+        detail = {"amount": str(req.amount), "receipt": receipt_no, "method": req.method}
+        if grant_id is not None:
+            detail["grant"] = str(grant_id)
         await audit.record(
-            conn,
-            who.tenant_id,
-            who.actor,
-            "sale.create",
-            f"account:{acct.number}",
-            now,
-            {"amount": str(req.amount), "receipt": receipt_no},
+            conn, who.tenant_id, who.actor, "sale.create", f"account:{acct.number}", now, detail
         )
         return SaleReceipt(
-            sale_id, receipt_no, acct.number, req.amount, req.method, balance, now, False, commands
+            sale_id,
+            receipt_no,
+            acct.number,
+            req.amount,
+            req.method,
+            balance,
+            now,
+            False,
+            commands,
+            req.outlet_id,
+            grant_id,
+            day,
         )
 
 
@@ -134,8 +188,9 @@ async def _replay(conn: AsyncConnection, key: str, req: SaleRequest) -> SaleRece
     row = (
         await conn.execute(
             sa.text(
-                "SELECT s.id, s.receipt_no, s.amount, s.method, s.created_at, "
-                "s.request_fingerprint, a.number, a.wallet_id FROM counter_sale s "
+                "SELECT s.id, s.receipt_no, s.amount, s.method, s.created_at, s.outlet_id, "
+                "s.grant_id, s.business_day, s.balance_after, s.request_fingerprint, "
+                "a.number, a.wallet_id FROM counter_sale s "
                 "JOIN account a ON a.id = s.account_id WHERE s.idempotency_key = :k"
             ),
             {"k": key},
@@ -143,9 +198,22 @@ async def _replay(conn: AsyncConnection, key: str, req: SaleRequest) -> SaleRece
     ).one()
     if row.request_fingerprint != req.fingerprint():
         raise Conflict(f"idempotency key {key!r} was already used for a different sale")
-    balance = await conn.scalar(
-        sa.text("SELECT balance FROM ledger_account WHERE id = :w"), {"w": row.wallet_id}
-    )
+    balance = row.balance_after
+    if balance is None:  # a sale from before balances were kept with it
+        balance = await conn.scalar(
+            sa.text("SELECT balance FROM ledger_account WHERE id = :w"), {"w": row.wallet_id}
+        )
     return SaleReceipt(
-        row.id, row.receipt_no, row.number, row.amount, row.method, balance, row.created_at, True
+        row.id,
+        row.receipt_no,
+        row.number,
+        row.amount,
+        row.method,
+        balance,
+        row.created_at,
+        True,
+        0,
+        row.outlet_id,
+        row.grant_id,
+        row.business_day,
     )

@@ -240,33 +240,38 @@ async def swap_meter(
     one, and rate the final reading, all in one transaction. Readings of the old channel
     after the swap are stored but no longer rated for the point."""
     async with db.tenant(tenant_id) as conn:
-        old = await conn.scalar(
-            sa.text(
-                "UPDATE binding SET removed_at = :at, removal_register = :fin "
-                "WHERE service_point_id = :p AND removed_at IS NULL RETURNING channel_id"
-            ),
-            {"at": swap.at, "fin": swap.final_register, "p": swap.service_point_id},
-        )
-        if old is None:
-            raise Conflict(f"service point {swap.service_point_id} has no meter bound")
-        await _add(
-            conn,
-            schema.Binding,
-            tenant_id=tenant_id,
-            service_point_id=swap.service_point_id,
-            channel_id=swap.new_channel_id,
-            installed_at=swap.at,
-            install_register=swap.initial_register,
-        )
-        return await apply_to_points(
-            conn,
-            tenant_id,
-            [swap.service_point_id],
-            lambda p: rate_swap(
-                p.mark, swap.at, swap.final_register, swap.initial_register, p.terms
-            ),
-            swap.at,
-            timing,
-            actor,
-            channel=swap.new_channel_id,
-        )
+        return await swap_meter_in(conn, tenant_id, swap, actor, timing)
+
+
+async def swap_meter_in(
+    conn: AsyncConnection, tenant_id: uuid.UUID, swap: MeterSwap, actor: str, timing: CommandTiming
+) -> RatingReport:
+    """:func:`swap_meter` in the caller's transaction (cloud.lifecycle's 换表)."""
+    old = await conn.scalar(
+        sa.text(
+            "UPDATE binding SET removed_at = :at, removal_register = :fin "
+            "WHERE service_point_id = :p AND removed_at IS NULL RETURNING channel_id"
+        ),
+        {"at": swap.at, "fin": swap.final_register, "p": swap.service_point_id},
+    )
+    if old is None:
+        raise Conflict(f"service point {swap.service_point_id} has no meter bound")
+    await _add(
+        conn,
+        schema.Binding,
+        tenant_id=tenant_id,
+        service_point_id=swap.service_point_id,
+        channel_id=swap.new_channel_id,
+        installed_at=swap.at,
+        install_register=swap.initial_register,
+    )
+    return await apply_to_points(
+        conn,
+        tenant_id,
+        [swap.service_point_id],
+        lambda p: rate_swap(p.mark, swap.at, swap.final_register, swap.initial_register, p.terms),
+        swap.at,
+        timing,
+        actor,
+        channel=swap.new_channel_id,
+    )

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from cloud.db import Database
 from cloud.registry.service import seed_group
 from cloud.settings import CloudSettings
-from tests.conftest import admin_auth, api_client, group_spec
+from tests.conftest import admin_auth, api_client, console_form, group_spec
 
 NUL = "bad\u0000text"
 PNUL = "bad%00text"  # the same in a path, as a client sends it
@@ -100,10 +100,10 @@ async def test_control_characters_and_long_text_are_422s_that_change_nothing(
 
 
 async def test_console_login_with_a_nul_is_a_form_message(http: httpx.AsyncClient) -> None:
-    r = await http.post(
-        "/console/login", data={"tenant": NUL, "username": "admin", "password": "x"}
+    r = await console_form(
+        http, "/console/login", {"tenant": NUL, "username": "admin", "password": "x"}
     )
-    assert r.status_code == 422 and "control characters" in r.text
+    assert r.status_code == 422 and "控制字符" in r.text
 
 
 async def _commands(db: Database, tenant: object) -> list[tuple[str, str, str]]:

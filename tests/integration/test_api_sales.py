@@ -10,7 +10,7 @@ import pytest
 from cloud.db import Database
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
-from tests.conftest import admin_auth, api_client, group_spec
+from tests.conftest import admin_auth, api_client, console_login, group_spec
 
 
 @pytest.fixture
@@ -99,13 +99,7 @@ async def test_requests_without_login_are_401(http: httpx.AsyncClient) -> None:
 async def test_console_login_and_service_point_page(db: Database, http: httpx.AsyncClient) -> None:
     group, slug = await _group(db)
     assert (await http.get("/console/", follow_redirects=False)).status_code == 303
-    r = await http.post(
-        "/console/login",
-        data={"tenant": slug, "username": "admin", "password": "demo-admin"},
-        follow_redirects=False,
-    )
-    assert r.status_code == 303
-    http.cookies = r.cookies
+    await console_login(http, slug)
     page = await http.get("/console/")
     assert page.status_code == 200
     assert "Shop 1 electricity" in page.text and group.accounts["m1"] in page.text

@@ -36,7 +36,7 @@ from contract.mqtt import (
     UpKind,
     dump,
 )
-from tests.conftest import admin_auth, api_client, group_spec, wait_for
+from tests.conftest import admin_auth, api_client, console_form, console_login, group_spec, wait_for
 
 TIMING = CommandTiming(deadline=timedelta(minutes=2), retry=timedelta(seconds=5))
 
@@ -524,25 +524,21 @@ async def test_console_shows_the_pre_disconnection_check_and_applies_actions(
     db: Database, http: httpx.AsyncClient
 ) -> None:
     s = await shop(db)
-    login = await http.post(
-        "/console/login",
-        data={"tenant": s.slug, "username": "admin", "password": "demo-admin"},
-        follow_redirects=False,
-    )
-    http.cookies = login.cookies
+    await console_login(http, s.slug)
     assert f"/console/points/{s.point}" in (await http.get("/console/")).text
     page = await http.get(f"/console/points/{s.point}")
     assert page.status_code == 200
     assert "10.00" in page.text and "in credit" in page.text
-    refused = await http.post(
-        f"/console/points/{s.point}/control", data={"action": "trip", "reason": "dunning"}
+    refused = await console_form(
+        http, f"/console/points/{s.point}/control", {"action": "trip", "reason": "dunning"}
     )
     assert refused.status_code == 409
     assert "not in arrears: live balance 10.00" in refused.text
     assert await s.commands() == []
-    done = await http.post(
+    done = await console_form(
+        http,
         f"/console/points/{s.point}/control",
-        data={"action": "trip", "reason": "meter room flooded", "override": "true"},
+        {"action": "trip", "reason": "meter room flooded", "override": "true"},
     )
     assert done.status_code == 200 and "supply off" in done.text
     assert "meter room flooded" in done.text  # the override and the queued command

@@ -19,7 +19,7 @@ from cloud.errors import TooManyAttempts, Unauthorized
 from cloud.registry.service import seed_group
 from cloud.runtime import Wiring
 from cloud.settings import CloudSettings
-from tests.conftest import group_spec
+from tests.conftest import console_form, group_spec
 
 
 class Clock:
@@ -106,7 +106,8 @@ async def test_the_api_answers_429_with_retry_after(db: Database, db_url: str) -
             r = await http.post("/api/v1/auth/token", json={**body, "password": "demo-admin"})
             assert r.status_code == 429 and int(r.headers["retry-after"]) > 800
             assert "locked until" in r.json()["detail"]
-            page = await http.post("/console/login", data=body)
-            assert page.status_code == 429 and "locked until" in page.text
+            page = await console_form(http, "/console/login", body)
+            assert page.status_code == 429 and "分钟后再试" in page.text
+            assert "其他操作员仍可登录" in page.text
     finally:
         await wiring.db.dispose()

@@ -1,0 +1,60 @@
+"""Lists in the console: one page of rows with the total, and the same rows as an Excel
+file (openpyxl, write-only)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from fastapi.responses import Response
+from openpyxl import Workbook
+
+PAGE_SIZE = 50
+EXPORT_LIMIT = 50_000
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+@dataclass(frozen=True)
+class Page:
+    offset: int
+    limit: int
+    total: int
+
+    @property
+    def number(self) -> int:
+        return self.offset // self.limit + 1
+
+    @property
+    def pages(self) -> int:
+        return max(1, (self.total + self.limit - 1) // self.limit)
+
+    @property
+    def previous(self) -> int | None:
+        return max(0, self.offset - self.limit) if self.offset > 0 else None
+
+    @property
+    def next(self) -> int | None:
+        return self.offset + self.limit if self.offset + self.limit < self.total else None
+
+
+def page_of(offset: int | None, total: int, limit: int = PAGE_SIZE) -> Page:
+    off = max(0, offset or 0)
+    return Page(min(off, max(0, total - 1)) if total else 0, limit, total)
+
+
+def xlsx(filename: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> Response:
+    wb = Workbook(write_only=True)
+    ws = wb.create_sheet()
+    ws.append(list(headers))
+    for row in rows:
+        ws.append(list(row))  # numbers (Decimal included) stay numbers; times come as text
+    buf = io.BytesIO()
+    wb.save(buf)
+    return Response(
+        buf.getvalue(),
+        media_type=XLSX,
+        headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
+    )

@@ -1,0 +1,160 @@
+"""Counter receipts (DESIGN §7): an A5 PDF, an 80 mm thermal-roll PDF and ESC/POS bytes
+for a thermal printer, all from one set of formatted fields, so the three never differ."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import jinja2
+
+from cloud.documents.pdf import CJK_FONTS, render_pdf
+from cloud.payments.capitals import amount_in_capitals
+from cloud.payments.core import METHOD_NAMES
+from cloud.payments.sales import SaleView
+
+LAYOUTS = ("a5", "80mm")
+TEMPLATES = Path(__file__).parent / "templates"
+
+
+def money(amount: Decimal) -> str:
+    """¥ and two decimals with thousands separators: ¥1,234.50."""
+    sign = "-" if amount < 0 else ""
+    return f"{sign}¥{abs(amount):,.2f}"
+
+
+def local_time(at: datetime, timezone: str) -> str:
+    """The time in the site's zone, with the zone shown:
+    ``2026-12-02 17:05:32 Asia/Shanghai (UTC+08:00)``."""
+    local = at.astimezone(ZoneInfo(timezone))
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M:%S} {timezone} (UTC{offset[:3]}:{offset[3:]})"
+
+
+@dataclass(frozen=True)
+class ReceiptFields:
+    """What a receipt shows, formatted; every layout renders exactly these."""
+
+    title: str
+    group: str
+    rows: list[tuple[str, str]]  # label, value
+    amount: str
+    capitals: str
+    grant: str | None  # 异地售电: the grant the sale was made under
+    reversal: str | None  # 已冲正: when, by whom, why
+    receipt_no: str
+
+
+def receipt_fields(sale: SaleView) -> ReceiptFields:
+    utility = "售电/售水收据"
+    rows = [
+        ("收据号", sale.receipt_no),
+        ("时间", local_time(sale.created_at, sale.timezone)),
+        ("营业日", sale.business_day.isoformat() if sale.business_day else "—"),
+        ("站点", sale.site_name or "—"),
+        ("营业网点", sale.outlet_name or "—"),
+        ("操作员", f"{sale.operator_name} ({sale.operator})"),
+        ("账户", sale.account_number),
+        ("客户", sale.customer),
+        ("房屋", sale.premises or "—"),
+        ("付款方式", METHOD_NAMES.get(sale.method, sale.method)),
+        ("金额", money(sale.amount)),
+        ("金额大写", amount_in_capitals(sale.amount)),
+        ("售后余额", money(sale.balance_after) if sale.balance_after is not None else "—"),
+    ]
+    grant = None
+    if sale.grant is not None:
+        g = sale.grant
+        grant = (
+            f"异地售电 授权 {local_time(g.starts_at, sale.timezone)[:16]} 至 "
+            f"{local_time(g.ends_at, sale.timezone)[:16]}，授权人 {g.granted_by}"
+            + (f"，{g.reason}" if g.reason else "")
+        )
+    reversal = None
+    if sale.reversed_at is not None:
+        reversal = (
+            f"已冲正 {local_time(sale.reversed_at, sale.timezone)[:19]}，"
+            f"{sale.reversed_by or ''}，原因：{sale.reversal_reason or ''}"
+        )
+    return ReceiptFields(
+        title=utility,
+        group=sale.group_name,
+        rows=rows,
+        amount=money(sale.amount),
+        capitals=amount_in_capitals(sale.amount),
+        grant=grant,
+        reversal=reversal,
+        receipt_no=sale.receipt_no,
+    )
+
+
+@functools.cache
+def _templates() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+
+
+def receipt_html(sale: SaleView, layout: str = "a5") -> str:
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    template = _templates().get_template(f"receipt_{layout}.html")
+    fields = receipt_fields(sale)
+    # a roll has no page height: one long enough for this receipt's lines, no second page
+    roll_mm = 60 + 5 * len(fields.rows) + (16 if fields.grant else 0)
+    roll_mm += 16 if fields.reversal else 0
+    return template.render(r=fields, fonts=CJK_FONTS, roll_mm=roll_mm)
+
+
+def receipt_pdf(sale: SaleView, layout: str = "a5") -> bytes:
+    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll)."""
+    return render_pdf(receipt_html(sale, layout))
+
+
+# ESC/POS: FS & selects the Chinese character mode, in which the printer reads GB18030
+_CHINESE_ON = b"\x1c\x26"
+
+
+def receipt_escpos(sale: SaleView, width: int = 32) -> bytes:
+    """The receipt for an 80 mm ESC/POS thermal printer (python-escpos's Dummy printer
+    collects the bytes); Chinese text in GB18030. ``width``: columns of a full-width line
+    counted in half-width characters (48 for 80 mm at font A; 32 keeps long values whole)."""
+    from escpos.printer import Dummy  # imported on first use
+
+    f = receipt_fields(sale)
+    p = Dummy()
+    p._raw(_CHINESE_ON)
+
+    def line(text: str) -> None:
+        p._raw(text.encode("gb18030") + b"\n")
+
+    p.set(align="center", bold=True, double_height=True, double_width=True)
+    line(f.group)
+    p.set(align="center", bold=False, normal_textsize=True)
+    line(f.title)
+    p.set(align="left", normal_textsize=True)
+    line("-" * width)
+    for label, value in f.rows:
+        line(f"{label}：{value}")
+    line("-" * width)
+    p.set(align="center", bold=True, double_height=True)
+    line(f.amount)
+    p.set(align="center", bold=False, normal_textsize=True)
+    line(f.capitals)
+    if f.grant:
+        line(f.grant)
+    if f.reversal:
+        p.set(align="center", bold=True)
+        line(f.reversal)
+        p.set(bold=False)
+    p.set(align="left", normal_textsize=True)
+    line("-" * width)
+    line("请妥善保管本收据")
+    p.cut()
+    return bytes(p.output)

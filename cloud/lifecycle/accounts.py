@@ -1,0 +1,250 @@
+"""The counter's account search and the account page (read only, narrowed by scope)."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+import sqlalchemy as sa
+
+from cloud.auth import Principal
+from cloud.db import Database, pg_array
+from cloud.errors import NotFound
+from cloud.registry.scope import require_site, sites_of
+
+
+@dataclass(frozen=True)
+class AccountHit:
+    number: str
+    status: str
+    customer: str
+    phone: str | None
+    balance: Decimal
+    premises: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SearchPage:
+    total: int
+    items: list[AccountHit]
+
+
+# Candidate accounts of each kind of match, each by an index (account number, customer
+# phone; name, premises and meter by a scan of tables one row per customer / premises /
+# device), then the page. ``:q`` NULL lists every account.
+_SEARCH = """
+WITH hit AS (
+  SELECT id FROM account WHERE CAST(:q AS text) IS NULL OR number = :q
+  UNION SELECT a.id FROM account a JOIN customer c ON c.id = a.customer_id
+    WHERE c.phone = :q OR c.name ILIKE :like OR c.id_number = :q
+  UNION SELECT sp.account_id FROM service_point sp JOIN premises p ON p.id = sp.premises_id
+    JOIN building b ON b.id = p.building_id
+    WHERE b.name || '-' || p.floor || '-' || p.number ILIKE :like
+  UNION SELECT sp.account_id FROM device d JOIN channel ch ON ch.device_id = d.id
+    JOIN binding bi ON bi.channel_id = ch.id AND bi.removed_at IS NULL
+    JOIN service_point sp ON sp.id = bi.service_point_id
+    WHERE d.serial = :q OR d.address = :q OR d.key = :q
+), scoped AS (
+  SELECT a.id, a.number, a.status, c.name, c.phone, la.balance
+  FROM hit JOIN account a ON a.id = hit.id JOIN customer c ON c.id = a.customer_id
+  JOIN ledger_account la ON la.id = a.wallet_id
+  WHERE CAST(:site AS uuid) IS NULL AND CAST(:sites AS uuid[]) IS NULL
+     OR EXISTS (SELECT 1 FROM service_point sp WHERE sp.account_id = a.id
+                AND (CAST(:site AS uuid) IS NULL OR sp.site_id = :site)
+                AND (CAST(:sites AS uuid[]) IS NULL OR sp.site_id = ANY(CAST(:sites AS uuid[]))))
+)
+SELECT s.*, count(*) OVER () AS total,
+  (SELECT array_agg(DISTINCT b.name || '-' || p.floor || '-' || p.number)
+   FROM service_point sp JOIN premises p ON p.id = sp.premises_id
+   JOIN building b ON b.id = p.building_id WHERE sp.account_id = s.id) AS premises
+FROM scoped s ORDER BY s.number LIMIT :lim OFFSET :off
+"""
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
+async def search_accounts(
+    db: Database,
+    who: Principal,
+    q: str | None,
+    site_id: uuid.UUID | None = None,
+    limit: int = 20,
+    offset: int = 0,
+) -> SearchPage:
+    """Accounts by number, customer name (substring), phone, ID number, premises
+    ("A栋-2-201": building, floor, number; substring) or meter (serial, address or key)."""
+    who.require("registry.view")
+    q = (q or "").strip() or None
+    async with db.tenant(who.tenant_id) as conn:
+        if site_id is not None:
+            await require_site(conn, who, site_id)
+        sites = await sites_of(conn, who)
+        rows = (
+            await conn.execute(
+                sa.text(_SEARCH),
+                {
+                    "q": q,
+                    "like": _like(q) if q else "",
+                    "site": site_id,
+                    "sites": None if sites is None else pg_array(sites),
+                    "lim": limit,
+                    "off": offset,
+                },
+            )
+        ).all()
+    total = int(rows[0].total) if rows else 0
+    return SearchPage(
+        total,
+        [
+            AccountHit(r.number, r.status, r.name, r.phone, r.balance, tuple(r.premises or ()))
+            for r in rows
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class MeterView:
+    gateway: str
+    gateway_online: bool
+    device_key: str
+    serial: str | None
+    address: str
+    profile: str
+    channel: int
+    installed_at: datetime
+    install_register: Decimal | None
+
+
+@dataclass(frozen=True)
+class PointView:
+    id: uuid.UUID
+    name: str
+    utility: str
+    control_mode: str
+    tariff: str
+    premises: str | None
+    removed_at: datetime | None
+    meter: MeterView | None
+    last_register: Decimal | None
+    last_reading_at: datetime | None
+    supply_desired: str | None
+    supply_reported: str | None
+
+
+@dataclass(frozen=True)
+class SaleView:
+    receipt_no: str
+    amount: Decimal
+    method: str
+    created_at: datetime
+    reversed: bool
+
+
+@dataclass(frozen=True)
+class AccountPage:
+    number: str
+    status: str
+    opened_at: datetime
+    closed_at: datetime | None
+    customer_id: uuid.UUID
+    customer: str
+    phone: str | None
+    id_number: str | None
+    balance: Decimal
+    points: list[PointView]
+    sales: list[SaleView]
+
+
+_PAGE_POINTS = """
+SELECT sp.id, sp.name, sp.utility, sp.control_mode, sp.site_id, sp.removed_at, t.name AS tariff,
+  b2.name || '-' || p.floor || '-' || p.number AS premises,
+  g.code AS gateway, g.online, d.key, d.serial, d.address, d.profile, ch.number AS channel,
+  bi.installed_at, bi.install_register, tw.desired, tw.reported, lr.measured_at, lr.total
+FROM service_point sp JOIN tariff t ON t.id = sp.tariff_id
+LEFT JOIN premises p ON p.id = sp.premises_id LEFT JOIN building b2 ON b2.id = p.building_id
+LEFT JOIN binding bi ON bi.service_point_id = sp.id AND bi.removed_at IS NULL
+LEFT JOIN channel ch ON ch.id = bi.channel_id LEFT JOIN device d ON d.id = ch.device_id
+LEFT JOIN gateway g ON g.id = d.gateway_id LEFT JOIN supply_twin tw ON tw.channel_id = ch.id
+LEFT JOIN LATERAL (SELECT r.measured_at, r.total FROM reading r WHERE r.channel_id = ch.id
+  AND r.total IS NOT NULL ORDER BY r.measured_at DESC LIMIT 1) lr ON true
+WHERE sp.account_id = :a ORDER BY sp.removed_at NULLS FIRST, sp.utility, sp.name
+"""
+
+
+async def account_page(db: Database, who: Principal, number: str) -> AccountPage:
+    """What the account page shows: customer, status, points with their meters, last
+    readings and supply state, the live balance and the recent sales."""
+    who.require("registry.view")
+    async with db.tenant(who.tenant_id) as conn:
+        a = (
+            await conn.execute(
+                sa.text(
+                    "SELECT a.id, a.number, a.status, a.opened_at, a.closed_at, c.id AS cid, "
+                    "c.name, c.phone, c.id_number, la.balance FROM account a "
+                    "JOIN customer c ON c.id = a.customer_id "
+                    "JOIN ledger_account la ON la.id = a.wallet_id WHERE a.number = :n"
+                ),
+                {"n": number},
+            )
+        ).first()
+        if a is None:
+            raise NotFound(f"account {number} not found")
+        rows = (await conn.execute(sa.text(_PAGE_POINTS), {"a": a.id})).all()
+        sites = await sites_of(conn, who)
+        if sites is not None and not any(r.site_id in sites for r in rows):
+            raise NotFound(f"account {number} not found")
+        sales = (
+            await conn.execute(
+                sa.text(
+                    "SELECT receipt_no, amount, method, created_at, reversed_at IS NOT NULL AS rev "
+                    "FROM counter_sale WHERE account_id = :a ORDER BY created_at DESC LIMIT 10"
+                ),
+                {"a": a.id},
+            )
+        ).all()
+    points = [
+        PointView(
+            r.id,
+            r.name,
+            r.utility,
+            r.control_mode,
+            r.tariff,
+            r.premises,
+            r.removed_at,
+            MeterView(
+                r.gateway,
+                r.online,
+                r.key,
+                r.serial,
+                r.address,
+                r.profile,
+                r.channel,
+                r.installed_at,
+                r.install_register,
+            )
+            if r.key is not None
+            else None,
+            r.total,
+            r.measured_at,
+            r.desired,
+            r.reported,
+        )
+        for r in rows
+    ]
+    return AccountPage(
+        a.number,
+        a.status,
+        a.opened_at,
+        a.closed_at,
+        a.cid,
+        a.name,
+        a.phone,
+        a.id_number,
+        a.balance,
+        points,
+        [SaleView(s.receipt_no, s.amount, s.method, s.created_at, s.rev) for s in sales],
+    )

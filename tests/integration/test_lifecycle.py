@@ -1,0 +1,470 @@
+"""The account lifecycle against the real PostgreSQL: 开户 with a first sale, 装表 from the
+meter's own quarantined readings, rating from the installation reading only, 过户, 拆表,
+换表 and 消户 (refund, move, write-off), each ending with `prepay check`'s invariants."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from cloud.auth import PERMISSIONS, Principal
+from cloud.check import check
+from cloud.control.service import CommandTiming
+from cloud.db import Database
+from cloud.errors import Forbidden, Invalid, NotFound
+from cloud.ingest.service import IngestService
+from cloud.lifecycle import accounts, service
+from cloud.lifecycle.core import LifecycleConflict, LifecycleInvalid, Settlement
+from cloud.registry.service import Seeded, seed_group
+from contract.mqtt import Reading, TelemetryBatch
+from tests.conftest import group_spec
+
+TIMING = CommandTiming()
+PROFILE = "acrel-ddsy1352-modbus"
+
+
+class Office:
+    """A seeded group with a building and premises, and its administrator."""
+
+    def __init__(self, db: Database, g: Seeded, code: str, tariff: uuid.UUID) -> None:
+        self.db, self.g, self.code, self.tariff = db, g, code, tariff
+        self.who = Principal(g.tenant_id, g.operator_id, "admin", frozenset(PERMISSIONS))
+        self.ingest = IngestService(db, TIMING)
+        self.seq = 0
+
+    async def premises(self, number: str) -> uuid.UUID:
+        async with self.db.tenant(self.g.tenant_id) as conn:
+            building = await conn.scalar(
+                sa.text(
+                    "INSERT INTO building (id, tenant_id, site_id, name) "
+                    "VALUES (gen_random_uuid(), :t, :s, 'A栋') ON CONFLICT (site_id, name) "
+                    "DO UPDATE SET name = excluded.name RETURNING id"
+                ),
+                {"t": self.g.tenant_id, "s": self.g.site_id},
+            )
+            premises_id = uuid.uuid4()
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO premises (id, tenant_id, site_id, building_id, floor, number, "
+                    "kind) VALUES (:id, :t, :s, :b, '2', :n, 'shop')"
+                ),
+                {
+                    "id": premises_id,
+                    "t": self.g.tenant_id,
+                    "s": self.g.site_id,
+                    "b": building,
+                    "n": number,
+                },
+            )
+        return premises_id
+
+    async def open(self, number: str, name: str, sale: str | None = None) -> service.Opened:
+        first = (
+            service.FirstSale(Decimal(sale), "cash", self.g.outlet_id, f"first-{uuid.uuid4()}")
+            if sale
+            else None
+        )
+        return await service.open_account(
+            self.db,
+            self.who,
+            service.OpenRequest(
+                premises_id=await self.premises(number),
+                points=(service.PointOrder("electricity", self.tariff),),
+                customer=service.CustomerData(name, "13800000000"),
+                first_sale=first,
+            ),
+            datetime.now(UTC),
+            TIMING,
+        )
+
+    async def send(self, device: str, *readings: tuple[datetime, str]) -> None:
+        self.seq += 1
+        batch = TelemetryBatch(
+            gateway=self.code,
+            boot_id="b1",
+            seq=self.seq,
+            sent_at=datetime.now(UTC),
+            readings=tuple(
+                Reading(device=device, measured_at=at, total=Decimal(t)) for at, t in readings
+            ),
+        )
+        await self.ingest.store_telemetry(self.code, batch, datetime.now(UTC))
+
+    def device(self, key: str, address: str = "9") -> service.DeviceSpec:
+        return service.DeviceSpec(self.code, key, 1, PROFILE, "bus1", address, f"SN-{key}")
+
+    async def balance(self, number: str) -> Decimal:
+        page = await accounts.account_page(self.db, self.who, number)
+        return page.balance
+
+    async def ack_commands(self) -> None:
+        """The gateway carried out every command (as its acks would say)."""
+        async with self.db.tenant(self.g.tenant_id) as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE device_command SET state = 'acked', finished_at = now() "
+                    "WHERE state IN ('queued', 'sent')"
+                )
+            )
+
+    async def scalar(self, query: str, **params: object) -> object:
+        async with self.db.tenant(self.g.tenant_id) as conn:
+            return await conn.scalar(sa.text(query), params)
+
+    async def checked(self) -> None:
+        report = await check(self.db, [self.g.tenant_id])
+        assert report.ok, report.breaches
+
+
+async def office(db: Database) -> Office:
+    spec = group_spec(meters=0)
+    g = await seed_group(db, spec)
+    async with db.tenant(g.tenant_id) as conn:
+        tariff = await conn.scalar(sa.text("SELECT id FROM tariff"))
+    assert isinstance(tariff, uuid.UUID)
+    return Office(db, g, spec.gateway_code, tariff)
+
+
+async def test_open_install_from_quarantine_rate_transfer_and_cancel(db: Database) -> None:
+    o = await office(db)
+    opened = await o.open("201", "Li Lei", sale="50.00")
+    assert opened.sale is not None and opened.sale.balance_after == Decimal("50.00")
+    point = opened.points[0]
+    base = datetime.now(UTC) - timedelta(hours=3)
+    now = base + timedelta(hours=1, minutes=10)  # the installation
+
+    # The meter reports before it is registered: its readings are kept in quarantine.
+    await o.send("m9", (base, "100.00"), (base + timedelta(hours=1), "101.00"))
+    assert await o.scalar("SELECT count(*) FROM reading_quarantine") == 2
+
+    # 装表 reading the register from the meter: the newest quarantined reading.
+    inst = await service.install(
+        o.db, o.who, point, service.InstallRequest(o.device("m9"), read=True), now, TIMING
+    )
+    assert inst.install_register == Decimal("101.00") and inst.history == 2
+    assert await o.scalar("SELECT count(*) FROM reading_quarantine") == 0
+    assert (
+        await o.scalar("SELECT count(*) FROM reading WHERE channel_id = :c", c=inst.channel_id) == 2
+    )
+
+    # A late reading from before the installation is stored but never rated; the next one
+    # is charged from the installation register: (103 - 101) × ¥1.
+    await o.send("m9", (now - timedelta(minutes=5), "101.50"))
+    await o.send("m9", (now + timedelta(minutes=30), "103.00"))
+    assert await o.balance(opened.account_number) == Decimal("48.00")
+    await o.checked()
+
+    # 过户 to a new customer, the balance moving with the points.
+    await o.ack_commands()
+    moved = await service.transfer(
+        o.db,
+        o.who,
+        opened.account_number,
+        service.TransferRequest(
+            service.SettleRequest(how=Settlement.MOVE), customer=service.CustomerData("Han Meimei")
+        ),
+        now + timedelta(minutes=35),
+        TIMING,
+    )
+    assert moved.new_account and moved.moved == Decimal("48.00")
+    old = await accounts.account_page(o.db, o.who, opened.account_number)
+    assert old.status == "closed" and old.balance == 0 and old.closed_at is not None
+    assert all(p.removed_at is not None and p.meter is None for p in old.points)
+    new = await accounts.account_page(o.db, o.who, moved.new_account)
+    assert new.balance == Decimal("48.00") and new.customer == "Han Meimei"
+    assert new.points[0].meter is not None and new.points[0].meter.install_register == Decimal(
+        "103"
+    )
+    # The meter now charges the new account; the old one's history stays where it was.
+    await o.send("m9", (now + timedelta(minutes=65), "104.50"))
+    assert await o.balance(moved.new_account) == Decimal("46.50")
+    assert await o.balance(opened.account_number) == Decimal("0.00")
+    await o.checked()
+
+    # 消户 with a cash refund: the final reading typed in is rated first.
+    await o.ack_commands()
+    succ = moved.points[0]
+    closed = await service.cancel(
+        o.db,
+        o.who,
+        moved.new_account,
+        service.SettleRequest(how=Settlement.REFUND, finals={succ: Decimal("105.00")}),
+        now + timedelta(minutes=70),
+        TIMING,
+    )
+    assert closed.refunded == Decimal("46.00") and closed.receipt_no
+    assert await o.balance(moved.new_account) == Decimal("0.00")
+    kind = await o.scalar(
+        "SELECT kind FROM journal_entry WHERE reason LIKE '%' || :r", r=closed.receipt_no
+    )
+    assert kind == "refund"
+    cash = await o.scalar(
+        "SELECT balance FROM ledger_account WHERE code = :c", c=f"cash:{o.g.operator_id}"
+    )
+    assert cash == Decimal("4.00")  # 50 taken, 46 given back
+    # Nothing is rated for a removed point any more.
+    await o.send("m9", (now + timedelta(minutes=80), "110.00"))
+    assert await o.balance(moved.new_account) == Decimal("0.00")
+    await o.checked()
+
+
+async def test_install_typed_register_and_refusals(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("202", "Wang")
+    b = await o.open("203", "Zhao")
+    now = datetime.now(UTC)
+    with pytest.raises(LifecycleInvalid, match="no reading of this meter"):
+        await service.install(
+            o.db,
+            o.who,
+            a.points[0],
+            service.InstallRequest(o.device("m1", "1"), read=True),
+            now,
+            TIMING,
+        )
+    await o.send("m1", (now - timedelta(minutes=5), "50.00"))
+    with pytest.raises(LifecycleInvalid, match="below the meter's last reading"):
+        await service.install(
+            o.db,
+            o.who,
+            a.points[0],
+            service.InstallRequest(o.device("m1", "1"), Decimal("49")),
+            now,
+            TIMING,
+        )
+    # Nothing of the refused attempts stayed: no device, the reading still quarantined.
+    assert await o.scalar("SELECT count(*) FROM device") == 0
+    assert await o.scalar("SELECT count(*) FROM reading_quarantine") == 1
+    req = service.InstallRequest(o.device("m1", "1"), Decimal("50.00"))
+    await service.install(o.db, o.who, a.points[0], req, now, TIMING)
+    with pytest.raises(LifecycleConflict, match="already has a meter"):
+        await service.install(o.db, o.who, a.points[0], req, now, TIMING)
+    with pytest.raises(LifecycleConflict, match="already bound"):
+        await service.install(o.db, o.who, b.points[0], req, now, TIMING)
+    with pytest.raises(Invalid, match="unknown meter profile"):
+        spec = service.DeviceSpec(o.code, "m2", 1, "no-such-meter", "bus1", "2")
+        await service.install(
+            o.db, o.who, b.points[0], service.InstallRequest(spec, Decimal(0)), now, TIMING
+        )
+    counter = Principal(o.g.tenant_id, o.g.operator_id, "clerk", frozenset({"sale.create"}))
+    with pytest.raises(Forbidden):
+        await service.install(o.db, counter, b.points[0], req, now, TIMING)
+    with pytest.raises(NotFound):
+        await service.install(o.db, o.who, uuid.uuid4(), req, now, TIMING)
+
+
+async def test_remove_and_swap(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("204", "Sun", sale="20.00")
+    p = a.points[0]
+    now = datetime.now(UTC) - timedelta(hours=2)
+    await service.install(
+        o.db, o.who, p, service.InstallRequest(o.device("m1", "1"), Decimal("10")), now, TIMING
+    )
+    # 换表 with a command in flight is refused; once acked it swaps, charging the final.
+    assert await o.scalar("SELECT count(*) FROM device_command WHERE state = 'queued'")
+    swap = service.SwapRequest(o.device("m2", "2"), Decimal("12.00"), Decimal("0"))
+    with pytest.raises(LifecycleConflict, match="in flight"):
+        await service.swap(o.db, o.who, p, swap, now + timedelta(minutes=30), TIMING)
+    await o.ack_commands()
+    out = await service.swap(o.db, o.who, p, swap, now + timedelta(minutes=30), TIMING)
+    assert out.charged == Decimal("2.00")
+    await o.send("m2", (now + timedelta(minutes=40), "1.50"))
+    assert await o.balance(a.account_number) == Decimal("16.50")
+    # 拆表 at a typed final reading: rated, the point unmetered, on the same account.
+    await o.ack_commands()
+    removed = await service.remove(
+        o.db, o.who, p, Decimal("2.00"), now + timedelta(minutes=50), TIMING
+    )
+    assert removed.charged == Decimal("0.50")
+    page = await accounts.account_page(o.db, o.who, a.account_number)
+    assert page.balance == Decimal("16.00") and page.points[0].meter is None
+    assert page.points[0].removed_at is None and page.status == "active"
+    with pytest.raises(LifecycleConflict, match="no meter to remove"):
+        await service.remove(o.db, o.who, p, None, now + timedelta(minutes=55), TIMING)
+    assert await o.scalar("SELECT count(*) FROM work_order WHERE kind = 'meter_swap'") == 1
+    await o.checked()
+
+
+async def test_cancel_in_debt_needs_a_write_off_and_move_to_another_account(
+    db: Database,
+) -> None:
+    o = await office(db)
+    a = await o.open("205", "Zhou", sale="1.00")
+    b = await o.open("206", "Wu", sale="5.00")
+    now = datetime.now(UTC) - timedelta(hours=2)
+    await service.install(
+        o.db,
+        o.who,
+        a.points[0],
+        service.InstallRequest(o.device("m1", "1"), Decimal("0")),
+        now,
+        TIMING,
+    )
+    await o.send("m1", (now + timedelta(minutes=30), "4.00"))  # ¥4 used, ¥1 paid
+    await o.ack_commands()
+    assert await o.balance(a.account_number) == Decimal("-3.00")
+    with pytest.raises(LifecycleConflict, match=r"owes 3\.00"):
+        await service.cancel(
+            o.db,
+            o.who,
+            a.account_number,
+            service.SettleRequest(how=Settlement.REFUND),
+            now + timedelta(minutes=40),
+            TIMING,
+        )
+    clerk = Principal(
+        o.g.tenant_id, o.g.operator_id, "clerk", frozenset(PERMISSIONS) - {"account.write_off"}
+    )
+    with pytest.raises(Forbidden, match=r"account\.write_off"):
+        await service.cancel(
+            o.db,
+            clerk,
+            a.account_number,
+            service.SettleRequest(write_off=True, reason="gone"),
+            now + timedelta(minutes=40),
+            TIMING,
+        )
+    # Nothing changed by the refusals: still metered, still open.
+    page = await accounts.account_page(o.db, o.who, a.account_number)
+    assert page.status == "active" and page.points[0].meter is not None
+    out = await service.cancel(
+        o.db,
+        o.who,
+        a.account_number,
+        service.SettleRequest(write_off=True, reason="tenant left, unreachable"),
+        now + timedelta(minutes=40),
+        TIMING,
+    )
+    assert out.written_off == Decimal("3.00")
+    assert await o.balance(a.account_number) == Decimal("0.00")
+    with pytest.raises(LifecycleConflict, match="is closed"):
+        await service.cancel(o.db, o.who, a.account_number, service.SettleRequest(), now, TIMING)
+    # b moves its balance to a closed account: refused; to itself: refused.
+    with pytest.raises(LifecycleConflict, match="is closed"):
+        await service.cancel(
+            o.db,
+            o.who,
+            b.account_number,
+            service.SettleRequest(how=Settlement.MOVE, to_account=a.account_number),
+            now,
+            TIMING,
+        )
+    with pytest.raises(LifecycleInvalid, match="to itself"):
+        await service.cancel(
+            o.db,
+            o.who,
+            b.account_number,
+            service.SettleRequest(how=Settlement.MOVE, to_account=b.account_number),
+            now,
+            TIMING,
+        )
+    c = await o.open("207", "Zheng")
+    out = await service.cancel(
+        o.db,
+        o.who,
+        b.account_number,
+        service.SettleRequest(how=Settlement.MOVE, to_account=c.account_number),
+        now,
+        TIMING,
+    )
+    assert out.moved == Decimal("5.00")
+    assert await o.balance(c.account_number) == Decimal("5.00")
+    await o.checked()
+
+
+async def test_transfer_with_a_command_in_flight_is_refused(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("208", "Qian", sale="10.00")
+    now = datetime.now(UTC)
+    await service.install(
+        o.db,
+        o.who,
+        a.points[0],
+        service.InstallRequest(o.device("m1", "1"), Decimal("0")),
+        now,
+        TIMING,
+    )
+    assert await o.scalar("SELECT count(*) FROM device_command WHERE state = 'queued'")
+    req = service.TransferRequest(
+        service.SettleRequest(how=Settlement.REFUND), customer=service.CustomerData("Feng")
+    )
+    with pytest.raises(LifecycleConflict, match="in flight"):
+        await service.transfer(o.db, o.who, a.account_number, req, now, TIMING)
+    assert await o.scalar("SELECT count(*) FROM customer WHERE name = 'Feng'") == 0
+    await o.ack_commands()
+    out = await service.transfer(o.db, o.who, a.account_number, req, now, TIMING)
+    assert out.refunded == Decimal("10.00") and out.receipt_no and out.new_account
+    assert await o.balance(out.new_account) == Decimal("0.00")
+    await o.checked()
+
+
+async def test_open_refusals_and_search(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("209", "Chen Xiaoming")
+    premises = await o.scalar("SELECT premises_id FROM service_point WHERE id = :p", p=a.points[0])
+    again = service.OpenRequest(
+        premises_id=premises,  # type: ignore[arg-type]
+        points=(service.PointOrder("electricity", o.tariff),),
+        customer=service.CustomerData("Somebody"),
+    )
+    with pytest.raises(LifecycleConflict, match="already open"):
+        await service.open_account(o.db, o.who, again, datetime.now(UTC), TIMING)
+    with pytest.raises(Invalid, match="is for electricity, not water"):
+        water = replace_points(again, service.PointOrder("water", o.tariff))
+        await service.open_account(o.db, o.who, water, datetime.now(UTC), TIMING)
+    assert await o.scalar("SELECT count(*) FROM customer WHERE name = 'Somebody'") == 0
+    now = datetime.now(UTC)
+    await service.install(
+        o.db,
+        o.who,
+        a.points[0],
+        service.InstallRequest(o.device("m7", "7"), Decimal("0")),
+        now,
+        TIMING,
+    )
+    for q in (a.account_number, "xiaoming", "13800000000", "A栋-2-209", "SN-m7", "7"):
+        page = await accounts.search_accounts(o.db, o.who, q)
+        assert [h.number for h in page.items] == [a.account_number], q
+    assert (await accounts.search_accounts(o.db, o.who, "nobody")).total == 0
+    # Another group's administrator finds nothing of this one.
+    other = await office(db)
+    assert (await accounts.search_accounts(o.db, other.who, a.account_number)).total == 0
+    with pytest.raises(NotFound):
+        await accounts.account_page(o.db, other.who, a.account_number)
+
+
+def replace_points(req: service.OpenRequest, *points: service.PointOrder) -> service.OpenRequest:
+    from dataclasses import replace
+
+    return replace(req, points=points)
+
+
+async def test_install_a_device_the_pushed_config_registered(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("210", "Jiang")
+    async with db.tenant(o.g.tenant_id) as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO device (id, tenant_id, gateway_id, key, profile, bus, address) "
+                "VALUES (gen_random_uuid(), :t, :g, 'cfg-1', :p, 'bus1', '11')"
+            ),
+            {"t": o.g.tenant_id, "g": o.g.gateway_id, "p": PROFILE},
+        )
+    now = datetime.now(UTC)
+    spec = service.DeviceSpec(o.code, "cfg-1", 2)  # by its key only; channel 2 is new
+    out = await service.install(
+        o.db, o.who, a.points[0], service.InstallRequest(spec, Decimal("3.3")), now, TIMING
+    )
+    assert await o.scalar("SELECT count(*) FROM device") == 1
+    assert await o.scalar("SELECT number FROM channel WHERE id = :c", c=out.channel_id) == 2
+    wrong = service.DeviceSpec(o.code, "cfg-1", 3, profile="acrel-adf300l-modbus")
+    b = await o.open("211", "Jiang Two")
+    with pytest.raises(Invalid, match="registered with profile"):
+        await service.install(
+            o.db, o.who, b.points[0], service.InstallRequest(wrong, Decimal(0)), now, TIMING
+        )
