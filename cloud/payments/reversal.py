@@ -104,7 +104,7 @@ async def reverse_sale(
             await conn.execute(
                 sa.text(
                     "UPDATE device_command SET state = 'superseded', finished_at = :now, "
-                    "result = jsonb_build_object('reason', :why) WHERE id = :id"
+                    "result = jsonb_build_object('reason', CAST(:why AS text)) WHERE id = :id"
                 ),
                 {"id": recharge.id, "now": now, "why": f"sale {receipt_no} reversed"},
             )
