@@ -38,12 +38,22 @@ async def _group(db: Database, balance: str = "10.00") -> tuple[Seeded, str]:
     return await seed_group(db, spec), spec.slug
 
 
-async def _outlet(db: Database, g: Seeded, name: str) -> uuid.UUID:
-    outlet_id = uuid.uuid4()
+async def _outlet(db: Database, g: Seeded, name: str, own_site: bool = False) -> uuid.UUID:
+    """A new outlet at the group's site, or (``own_site``) at a new site of its own."""
+    outlet_id, site_id = uuid.uuid4(), g.site_id
     async with db.tenant(g.tenant_id) as conn:
+        if own_site:
+            site_id = uuid.uuid4()
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO site (id, tenant_id, name, timezone) "
+                    "VALUES (:id, :t, :n, 'Asia/Shanghai')"
+                ),
+                {"id": site_id, "t": g.tenant_id, "n": f"{name} site"},
+            )
         await conn.execute(
             sa.text("INSERT INTO outlet (id, tenant_id, site_id, name) VALUES (:id, :t, :s, :n)"),
-            {"id": outlet_id, "t": g.tenant_id, "s": g.site_id, "n": name},
+            {"id": outlet_id, "t": g.tenant_id, "s": site_id, "n": name},
         )
     return outlet_id
 
@@ -136,8 +146,10 @@ async def test_scoped_operator_sells_at_own_outlet_only_until_granted(
     db: Database, http: httpx.AsyncClient
 ) -> None:
     g, slug = await _group(db)
-    outlet_b = await _outlet(db, g, "East Office")
-    op_id, auth = await _operator(db, http, g, slug, COUNTER, "outlet", [g.outlet_id])
+    outlet_b = await _outlet(db, g, "East Office", own_site=True)
+    op_id, auth = await _operator(
+        db, http, g, slug, [*COUNTER, "sale.reverse"], "outlet", [g.outlet_id]
+    )
     account = g.accounts["m1"]
 
     own = await _sell(http, auth, account, "5.00", outlet_id=str(g.outlet_id))
@@ -169,6 +181,16 @@ async def test_scoped_operator_sells_at_own_outlet_only_until_granted(
     after = await _sell(http, auth, account, "7.00", outlet_id=str(outlet_b))
     assert after.status_code == 403
     assert await _balance(http, auth, account) == "22.00"
+    # the sale made under the grant stays the operator's own: listed, and reversible today
+    mine = await http.get("/api/v1/sales?limit=10", headers=auth)
+    assert granted.json()["receipt_no"] in [s["receipt_no"] for s in mine.json()["items"]]
+    rev = await http.post(
+        f"/api/v1/sales/{granted.json()['receipt_no']}/reverse",
+        json={"reason": "sold at the wrong office"},
+        headers=auth,
+    )
+    assert rev.status_code == 200, rev.text
+    assert await _balance(http, auth, account) == "15.00"
 
 
 async def test_bank_transfer_sits_in_transfer_clearing(
