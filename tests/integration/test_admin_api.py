@@ -462,7 +462,15 @@ async def test_bad_premises_are_422_and_change_nothing(
 
 
 async def test_premises_paging_bounds(http: httpx.AsyncClient, w: World) -> None:
-    for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"site_id": "nope"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 501},
+        {"offset": -1},
+        {"site_id": "nope"},
+        {"q": "1\u0000"},
+        {"floor": "\u0000"},
+        {"q": "x" * 101},
+    ):
         r = await http.get("/api/v1/premises", params=params, headers=w.admin)
         assert r.status_code == 422, params
 
