@@ -97,7 +97,8 @@ def timezone(value: str) -> str:
 @functools.cache
 def _zone_keys() -> frozenset[str]:
     """Read from the tz database once, on first use."""
-    return frozenset(available_timezones())
+    # some systems list their own aliases, which name no zone of the site
+    return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
 
 
 def _decimal(
