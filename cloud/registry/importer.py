@@ -25,10 +25,11 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud import audit, schema
-from cloud.db import Database
+from cloud.db import Database, pg_array, pg_text_array
 from cloud.errors import DomainError, Invalid
 from cloud.ledger import core as ledger
 from cloud.ledger.service import ensure_accounts, post_many
@@ -217,10 +218,39 @@ async def _load(conn: AsyncConnection, sites: Sequence[uuid.UUID] | None) -> _Ex
     return _Existing(facts, buildings, premises)
 
 
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=32)
+def _bulk_insert(table: sa.Table, names: tuple[str, ...]) -> sa.TextClause:
+    casts = []
+    for i, name in enumerate(names):
+        column = table.c[name]
+        kind = "text" if isinstance(column.type, sa.String) else column.type.compile(dialect=_PG)
+        casts.append(f"CAST(:c{i} AS {kind}[])")
+    return sa.text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({', '.join(casts)})"
+    )
+
+
 async def _insert(conn: AsyncConnection, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """One executemany per table (psycopg pipelines it), column defaults applied."""
-    if rows:
-        await conn.execute(sa.insert(model.__table__), rows)
+    """One INSERT … SELECT FROM unnest(arrays) per table, whatever the number of rows (the
+    registry's statement-level triggers then fire once); scalar column defaults applied."""
+    if not rows:
+        return
+    table: sa.Table = model.__table__
+    defaults = {
+        c.name: c.default.arg
+        for c in table.columns
+        if c.name not in rows[0] and isinstance(c.default, sa.ColumnDefault) and c.default.is_scalar
+    }
+    names = tuple(rows[0]) + tuple(defaults)
+    params: dict[str, str] = {}
+    for i, name in enumerate(names):
+        values = [r[name] for r in rows] if name in rows[0] else [defaults[name]] * len(rows)
+        text = isinstance(table.c[name].type, sa.String)
+        params[f"c{i}"] = pg_text_array(values) if text else pg_array(values)
+    await conn.execute(_bulk_insert(table, names), params)
 
 
 @dataclass(frozen=True)
@@ -458,9 +488,8 @@ async def run_import(
             else sum(1 for a in plan.accounts.values() if a.opening_balance != 0),
             opening_total=sum((a.opening_balance for a in plan.accounts.values()), Decimal(0)),
         )
-        await _insert(
-            conn,
-            schema.ImportRun,
+        await conn.execute(
+            sa.insert(schema.ImportRun.__table__),  # type: ignore[attr-defined]
             [
                 {
                     "id": run_id,
