@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud import audit, schema
 from cloud.db import Database, pg_array, pg_text_array
-from cloud.errors import DomainError, Invalid
+from cloud.errors import Conflict, DomainError, Invalid
 from cloud.ledger import core as ledger
 from cloud.ledger.service import ensure_accounts, post_many
 from cloud.registry.import_core import (
@@ -460,8 +460,28 @@ async def run_import(
     Raises FileTooLarge or Invalid for a file that cannot be read at all; a readable file's
     refused rows are in the report (and a real run then writes nothing but the report)."""
     table = await asyncio.to_thread(read_table, filename, data)
-    header, rows = (table[0], table[1:]) if table else ([], [])
     run_id = uuid.uuid4()
+    try:
+        return await _run(db, tenant_id, actor, filename, table, dry_run, now, sites, run_id)
+    except sa.exc.IntegrityError:  # another import or an opening wrote the same rows
+        raise Conflict(
+            "导入期间数据已被修改，未写入任何数据，请重试 / the registry changed during the "
+            "import (another import or account opening?): nothing was written, try again"
+        ) from None
+
+
+async def _run(
+    db: Database,
+    tenant_id: uuid.UUID,
+    actor: str,
+    filename: str,
+    table: list[list[str]],
+    dry_run: bool,
+    now: datetime,
+    sites: Sequence[uuid.UUID] | None,
+    run_id: uuid.UUID,
+) -> ImportReport:
+    header, rows = (table[0], table[1:]) if table else ([], [])
     async with db.tenant(tenant_id) as conn:
         existing = await _load(conn, sites)
         plan = await asyncio.to_thread(validate, header, rows, existing.facts)

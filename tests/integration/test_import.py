@@ -21,7 +21,7 @@ from cloud.auth import hash_password
 from cloud.check import check
 from cloud.cli import main as prepay
 from cloud.db import Database
-from cloud.errors import Invalid
+from cloud.errors import Conflict, Invalid
 from cloud.registry.import_core import COLUMNS, MAX_ROWS
 from cloud.registry.importer import MAX_BYTES, FileTooLarge, ImportReport, run_import
 from cloud.registry.service import Seeded, seed_group
@@ -255,6 +255,24 @@ async def test_existing_accounts_and_meters_are_refused(db: Database) -> None:
     report = await _import(db, seeded, to_csv(rows), dry_run=True, name="b.csv")
     assert [(r.row, r.column) for r in report.refusals] == [(2, "address")]
     assert "already registered" in report.refusals[0].en
+
+
+async def test_two_imports_of_one_file_at_once_write_it_once(db: Database) -> None:
+    seeded = await _group(db)
+    data = to_csv(rows_for(await _gateway(db, seeded), 200))
+    results = await asyncio.gather(
+        _import(db, seeded, data, dry_run=False, name="a.csv"),
+        _import(db, seeded, data, dry_run=False, name="a.csv"),
+        return_exceptions=True,
+    )
+    written = [r for r in results if isinstance(r, ImportReport) and r.written]
+    others = [r for r in results if not (isinstance(r, ImportReport) and r.written)]
+    assert len(written) == 1, results
+    assert isinstance(others[0], Conflict) or (
+        isinstance(others[0], ImportReport) and others[0].refused == 200
+    )
+    assert (await _counts(db, seeded.tenant_id))["service_point"] == 200
+    assert (await check(db, [seeded.tenant_id])).ok
 
 
 async def test_unreadable_and_oversized_files_are_refused(db: Database) -> None:
