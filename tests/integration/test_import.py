@@ -275,6 +275,23 @@ async def test_two_imports_of_one_file_at_once_write_it_once(db: Database) -> No
     assert (await check(db, [seeded.tenant_id])).ok
 
 
+async def test_the_registry_counter_moves_once_per_statement(db: Database) -> None:
+    """Ingest re-reads a gateway's meter map when the counter moves (migration 0013)."""
+    seeded = await _group(db)
+    counter = sa.text("SELECT value FROM tenant_counter WHERE name = 'registry'")
+    async with db.tenant(seeded.tenant_id) as conn:
+        before = await conn.scalar(counter)
+    data = to_csv(rows_for(await _gateway(db, seeded), 30))
+    await _import(db, seeded, data, dry_run=False, name="a.csv")
+    async with db.tenant(seeded.tenant_id) as conn:
+        imported = await conn.scalar(counter)
+        await conn.execute(sa.text("UPDATE binding SET install_register = 0"))
+        updated = await conn.scalar(counter)
+        await conn.execute(sa.text("UPDATE binding SET install_register = 0 WHERE false"))
+        untouched = await conn.scalar(counter)
+    assert (before, imported, updated, untouched) == (None, 3, 4, 4)  # device, channel, binding
+
+
 async def test_unreadable_and_oversized_files_are_refused(db: Database) -> None:
     seeded = await _group(db)
     with pytest.raises(FileTooLarge):
