@@ -339,7 +339,9 @@ async def http(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _clerk(db: Database, seeded: Seeded, permissions: list[str]) -> None:
+async def _clerk(
+    db: Database, seeded: Seeded, permissions: list[str], sites: list[uuid.UUID] | None = None
+) -> None:
     async with db.tenant(seeded.tenant_id) as conn:
         role = uuid.uuid4()
         await conn.execute(
@@ -349,9 +351,16 @@ async def _clerk(db: Database, seeded: Seeded, permissions: list[str]) -> None:
         await conn.execute(
             sa.text(
                 "INSERT INTO operator (id, tenant_id, username, display_name, password_hash, "
-                "role_id, active) VALUES (gen_random_uuid(), :t, 'clerk', 'Clerk', :h, :r, true)"
+                "role_id, active, scope, scope_ids) VALUES (gen_random_uuid(), :t, 'clerk', "
+                "'Clerk', :h, :r, true, :scope, :ids)"
             ),
-            {"t": seeded.tenant_id, "h": hash_password("clerk-pass"), "r": role},
+            {
+                "t": seeded.tenant_id,
+                "h": hash_password("clerk-pass"),
+                "r": role,
+                "scope": "tenant" if sites is None else "site",
+                "ids": sites or [],
+            },
         )
 
 
@@ -428,4 +437,36 @@ async def test_api_refuses_without_permission_and_bad_uploads(
     garbled = {"file": ("a.csv", b"\xff\xfe\x00\x81\x30", "text/csv")}
     bad = await http.post("/api/v1/imports", files=garbled, headers=auth)
     assert bad.status_code == 422 and "GB18030" in bad.json()["detail"]
+    assert (await _counts(db, seeded.tenant_id))["account"] == 0
+
+
+async def test_a_site_scoped_operator_imports_only_onto_gateways_of_their_sites(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    seeded = await _group(db)
+    async with db.tenant(seeded.tenant_id) as conn:
+        elsewhere = uuid.uuid4()
+        await conn.execute(
+            sa.text(
+                "INSERT INTO site (id, tenant_id, name, timezone, notice_minutes, "
+                "alarm_hysteresis, friendly_weekends, friendly_holidays) "
+                "VALUES (:i, :t, 'Elsewhere', 'Asia/Shanghai', 0, 1, true, true)"
+            ),
+            {"i": elsewhere, "t": seeded.tenant_id},
+        )
+    await _clerk(db, seeded, ["import.run"], sites=[elsewhere])
+    async with db.platform() as conn:
+        slug = await conn.scalar(
+            sa.text("SELECT slug FROM tenant WHERE id = :t"), {"t": seeded.tenant_id}
+        )
+    r = await http.post(
+        "/api/v1/auth/token", json={"tenant": slug, "username": "clerk", "password": "clerk-pass"}
+    )
+    clerk = {"authorization": f"Bearer {r.json()['access_token']}"}
+    files = {"file": ("a.csv", to_csv(rows_for(await _gateway(db, seeded), 2)), "text/csv")}
+    refused = await http.post(
+        "/api/v1/imports", files=files, data={"dry_run": "false"}, headers=clerk
+    )
+    assert refused.status_code == 422
+    assert {x["column"] for x in refused.json()["refusals"]} == {"gateway_code"}
     assert (await _counts(db, seeded.tenant_id))["account"] == 0
