@@ -449,7 +449,8 @@ async def test_the_business_office_day(
             for q in (
                 "SELECT * FROM rating_state",
                 "SELECT * FROM binding",
-                "SELECT channel_id, measured_at, total FROM reading ORDER BY measured_at DESC LIMIT 3",
+                "SELECT channel_id, measured_at, total FROM reading "
+                "ORDER BY measured_at DESC LIMIT 3",
                 "SELECT reason, count(*) FROM reading_quarantine GROUP BY 1",
                 "SELECT code, balance, unposted FROM ledger_account",
                 "SELECT * FROM work_order",

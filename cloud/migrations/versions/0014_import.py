@@ -9,14 +9,14 @@ a 100 s import. Statement-level triggers with transition tables bump each touche
 counter once per statement; the counter still moves on every change, which is all the
 ingest compares.
 
-Revision ID: 0013
-Revises: 0012
+Revision ID: 0014
+Revises: 0013
 """
 
 from alembic import op
 
-revision = "0013"
-down_revision = "0012"
+revision = "0014"
+down_revision = "0013"
 branch_labels = None
 depends_on = None
 
