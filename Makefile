@@ -7,7 +7,7 @@ ifeq ($(UV),)
 UV := .prepay/tools/bin/uv
 endif
 
-.PHONY: demo test lint setup check clean i18n
+.PHONY: demo test lint setup check clean i18n browser-deps
 
 $(UV):
 	python3 -m venv .prepay/tools
@@ -21,7 +21,17 @@ setup: $(UV)
 demo: setup
 	$(UV) run --frozen prepay demo
 
-test: setup
+# The browser tests drive Debian's Chromium; receipts need the CJK font and pdftotext.
+# Installed when missing (as root, with apt-get); otherwise those tests say what to install.
+browser-deps:
+	@if [ ! -x /usr/bin/chromium ] || ! command -v pdftotext >/dev/null || ! fc-list | grep -q "Noto Sans CJK"; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    apt-get install -y -q chromium fonts-noto-cjk poppler-utils >/dev/null || \
+	    (apt-get update -q >/dev/null && apt-get install -y -q chromium fonts-noto-cjk poppler-utils >/dev/null); \
+	  else echo "browser tests need: apt-get install -y chromium fonts-noto-cjk poppler-utils"; fi; \
+	fi
+
+test: setup browser-deps
 	$(UV) run --frozen pytest
 
 lint: setup

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import secrets
 import signal
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,14 +15,22 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from cloud.api.app import create_app
+from cloud.auth import PERMISSIONS, Principal
 from cloud.control.dispatcher import Dispatcher
-from cloud.db import migrate
+from cloud.control.service import CommandTiming
+from cloud.db import Database, migrate
 from cloud.embedded import EmbeddedBroker, free_port
 from cloud.ingest.consumer import lanes, run_lanes
 from cloud.ingest.service import IngestService
-from cloud.registry.service import GroupSpec, MeterSpec, seed_group
+from cloud.lifecycle.service import CustomerData, OpenRequest, PointOrder, open_account
+from cloud.registry import admin
+from cloud.registry.admin import OperatorDraft
+from cloud.registry.admin_core import PremisesDraft
+from cloud.registry.service import GroupSpec, MeterSpec, Seeded, seed_group
 from cloud.runtime import Wiring, owner_url, serve_http
 from cloud.settings import CloudSettings
+from cloud.tariffs.admin import NewTariff, create_tariff
+from cloud.tariffs.rules import VersionDraft
 from contract.mqtt import Topics
 from gateway_agent.agent import Agent
 from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
@@ -34,7 +43,8 @@ log = logging.getLogger(__name__)
 SIM_SPEED = 60.0  # one wall-clock second = one simulated minute
 DEMO = GroupSpec(
     slug="demo",
-    name="Demo Property Group",
+    name="演示物业集团",
+    site="河畔市场",
     # Simulated time runs SIM_SPEED times faster than the readings' wall-clock timestamps,
     # so the points may draw that much more per hour before rating calls it impossible.
     max_rate=Decimal(15) * Decimal(SIM_SPEED),
@@ -42,10 +52,10 @@ DEMO = GroupSpec(
     friendly_hours=False,
     alarms=(Decimal("5.00"), Decimal("2.00")),
     meters=[
-        MeterSpec("shop-101", 1, "Lucky Noodles (101)", Decimal("1.50")),
-        MeterSpec("shop-102", 2, "Green Tea House (102)", Decimal("6.00")),
-        MeterSpec("shop-103", 3, "Phone Repair (103)", Decimal("20.00")),
-        MeterSpec("shop-104", 4, "Fresh Fruit (104)", Decimal("50.00")),
+        MeterSpec("shop-101", 1, "好运面馆", Decimal("1.50")),
+        MeterSpec("shop-102", 2, "绿茶小馆", Decimal("6.00")),
+        MeterSpec("shop-103", 3, "手机维修", Decimal("20.00")),
+        MeterSpec("shop-104", 4, "鲜果铺", Decimal("50.00")),
     ],
 )
 
@@ -70,7 +80,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
     wiring = Wiring.build(settings, url)
     db = wiring.db
     if not await _tenant_exists(wiring, DEMO.slug):
-        await seed_group(db, DEMO)
+        await seed_office(db, await seed_group(db, DEMO), wiring.services.timing)
     start_kwh = await _last_registers(wiring)
 
     broker: EmbeddedBroker | None = None
@@ -153,6 +163,74 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         print("Stopped cleanly.", flush=True)
 
 
+CLERK = ("clerk", "demo-clerk")
+INSTALLER = ("installer", "demo-installer")
+
+
+async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> None:
+    """The business office of the demo group: two buildings (shops on floors 1–2 of A栋,
+    flats on floors 3–4 of B栋), the four metered shops placed in A栋, flats with
+    electricity and water waiting for their meters (装表), a water tariff, a second outlet,
+    a counter clerk scoped to that outlet and an installer."""
+    now = datetime.now(UTC)
+    who = Principal(seeded.tenant_id, seeded.operator_id, "admin", frozenset(PERMISSIONS))
+    a = await admin.create_building(db, who, seeded.site_id, "A栋", now)
+    b = await admin.create_building(db, who, seeded.site_id, "B栋", now)
+    shops = {}
+    for floor, numbers in (("1", ("101", "102", "103", "104")), ("2", ("201", "202"))):
+        for n in numbers:
+            draft = PremisesDraft(floor, n, "shop", Decimal("36.00"))
+            shops[n] = await admin.create_premises(db, who, a.id, draft, now)
+    flats = []
+    for floor in ("3", "4"):
+        for n in ("01", "02", "03"):
+            draft = PremisesDraft(floor, f"{floor}{n}", "flat", Decimal("68.50"))
+            flats.append(await admin.create_premises(db, who, b.id, draft, now))
+    async with db.tenant(seeded.tenant_id) as conn:
+        for key, point in seeded.points.items():  # shop-101 … shop-104 → A栋-1-101 …
+            number = key.removeprefix("shop-")
+            await conn.execute(
+                sa.text("UPDATE service_point SET premises_id = :p, name = :n WHERE id = :id"),
+                {"p": shops[number].id, "n": f"A栋-1-{number} 电", "id": point},
+            )
+        await conn.execute(
+            sa.text("UPDATE outlet SET name = '一号营业厅' WHERE id = :o"), {"o": seeded.outlet_id}
+        )
+        power = await conn.scalar(sa.text("SELECT id FROM tariff WHERE utility = 'electricity'"))
+    water = await create_tariff(
+        db,
+        who,
+        NewTariff(
+            "居民水价", "water", seeded.site_id, VersionDraft("flat", {"unit_price": "3.8000"})
+        ),
+        now,
+    )
+    for flat, name in zip(flats, ("陈家", "刘家", "赵家", "孙家", "周家", "吴家"), strict=True):
+        points = (PointOrder("electricity", power), PointOrder("water", water))
+        req = OpenRequest(flat.id, points, customer=CustomerData(name))
+        await open_account(db, who, req, now, timing)
+    second = await admin.create_outlet(db, who, seeded.site_id, "二号营业厅", now)
+    clerk_role = await admin.create_role(
+        db,
+        who,
+        "收费员",
+        ["registry.view", "account.open", "account.close", "sale.create", "sale.reverse"],
+        now,
+    )
+    installer_role = await admin.create_role(
+        db, who, "装表员", ["registry.view", "meter.install", "gateway.commission"], now
+    )
+    await admin.create_operator(
+        db,
+        who,
+        OperatorDraft(CLERK[0], "王收费", CLERK[1], clerk_role.id, "outlet", (second.id,)),
+        now,
+    )
+    await admin.create_operator(
+        db, who, OperatorDraft(INSTALLER[0], "李师傅", INSTALLER[1], installer_role.id), now
+    )
+
+
 async def _tenant_exists(wiring: Wiring, slug: str) -> bool:
     async with wiring.db.platform() as conn:
         return bool(await conn.scalar(sa.text("SELECT 1 FROM tenant WHERE slug = :s"), {"s": slug}))
@@ -191,14 +269,17 @@ def _banner(host: str, port: int, db_url: str, mqtt_url: str, data: Path) -> Non
 PrepayCloud demo is running.
 
   Console   http://{host}:{port}/console/
-  Login     property group: {DEMO.slug}   user: {DEMO.admin_username}   password: {DEMO.admin_password}
+  Logins    property group: {DEMO.slug}
+    administrator (every permission)         user: {DEMO.admin_username:<10} password: {DEMO.admin_password}
+    counter clerk (二号营业厅 only)            user: {CLERK[0]:<10} password: {CLERK[1]}
+    installer (装表)                          user: {INSTALLER[0]:<10} password: {INSTALLER[1]}
   API docs  http://{host}:{port}/docs
   Database  {db_url}
   Broker    {mqtt_url}
   Data      {data.resolve()}
 
 Four simulated DDSY1352 meters are polled every 5 s (simulated time runs 60x).
-"Lucky Noodles (101)" starts with ¥1.50 and is cut off within about a minute; top it up:
+"好运面馆" (A栋-1-101, account A000001) starts with ¥1.50 and is cut off within about a minute; top it up:
 
   TOKEN=$(curl -s -X POST http://{host}:{port}/api/v1/auth/token -H 'content-type: application/json' \\
     -d '{{"tenant":"{DEMO.slug}","username":"{DEMO.admin_username}","password":"{DEMO.admin_password}"}}' \\

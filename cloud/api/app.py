@@ -16,6 +16,8 @@ from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
+from cloud.console.gateways import router as gateways_router
+from cloud.console.imports import router as imports_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, explain, render
 from cloud.console.routes import router as console_router
@@ -33,6 +35,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(import_router)
     app.include_router(tariff_router)
     app.include_router(office_router)
+    app.include_router(gateways_router)
+    app.include_router(imports_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")

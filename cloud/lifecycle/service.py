@@ -311,6 +311,10 @@ async def _new_account(
 # -- 开户 open account ------------------------------------------------------------------------
 
 
+# A new point's default name: its premises and the utility as counter staff say it.
+UTILITY_NAMES = {"electricity": "电", "water": "水"}
+
+
 @dataclass(frozen=True)
 class PointOrder:
     utility: str
@@ -423,7 +427,7 @@ async def open_account(
                     "s": prem.site_id,
                     "a": acct.id,
                     "tar": o.tariff_id,
-                    "n": o.name or f"{label} {o.utility}",
+                    "n": o.name or f"{label} {UTILITY_NAMES.get(o.utility, o.utility)}",
                     "u": o.utility,
                     "m": o.control_mode,
                     "p": prem.id,

@@ -698,7 +698,9 @@ async def test_password_reset_revokes_sessions(
             headers=w.admin,
         )
     )
-    assert r["sessions_revoked"] == 2
+    assert r["sessions_revoked"] == 3  # the two above and the one the fixture logged in
+    stale = await http.get("/api/v1/service-points", headers=w.site_admin)
+    assert stale.status_code == 401  # that session ended with the reset
     async with db.tenant(w.a.tenant_id) as conn:
         open_ = await conn.scalar(
             sa.text(

@@ -143,3 +143,16 @@ def test_the_chinese_catalogue_translates_every_message(tmp_path: Path) -> None:
     with po.open("rb") as f:
         done = {m.id for m in read_po(f) if m.id and m.string}
     assert sorted(ids - done) == []
+
+
+def test_no_template_needs_what_the_csp_forbids() -> None:
+    """The policy allows no inline style or script: a ``style=`` attribute or an inline
+    ``<script>`` would silently not apply in the browser."""
+    templates = ROOT / "cloud/console/templates"
+    bad = [
+        (p.name, needle)
+        for p in sorted(templates.glob("*.html"))
+        for needle in ('style="', "<style", "<script>", "onclick=", "onsubmit=")
+        if needle in p.read_text(encoding="utf-8")
+    ]
+    assert bad == []

@@ -1,0 +1,67 @@
+"""The installer's gateway pages: every gateway in the operator's scope with its presence
+and config version, and one gateway's meters — the registered ones and those it reports
+that nobody has registered yet (their readings wait in quarantine until 装表)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from cloud.api.deps import ServicesDep
+from cloud.console.pages import render, signed_in
+from cloud.errors import NotFound
+from cloud.ingest.service import unregistered
+from cloud.registry.scope import sites_of
+
+router = APIRouter(prefix="/console/gateways", include_in_schema=False)
+
+_GATEWAYS = """
+SELECT g.id, g.code, g.name, g.online, g.last_seen_at, g.config_version, g.config_pushed,
+       s.name AS site, s.timezone,
+       (SELECT count(*) FROM device d WHERE d.gateway_id = g.id) AS devices,
+       (SELECT count(DISTINCT (q.device, q.channel)) FROM reading_quarantine q
+         WHERE q.gateway_id = g.id AND q.reason = 'unknown_channel') AS unregistered
+FROM gateway g JOIN site s ON s.id = g.site_id
+WHERE CAST(:sites AS uuid[]) IS NULL OR g.site_id = ANY(CAST(:sites AS uuid[]))
+ORDER BY s.name, g.code
+"""
+_DEVICES = """
+SELECT d.key, d.profile, d.bus, d.address, d.serial, ch.number AS channel,
+       sp.name AS point, a.number AS account
+FROM device d JOIN channel ch ON ch.device_id = d.id
+LEFT JOIN binding b ON b.channel_id = ch.id AND b.removed_at IS NULL
+LEFT JOIN service_point sp ON sp.id = b.service_point_id
+LEFT JOIN account a ON a.id = sp.account_id
+WHERE d.gateway_id = :g ORDER BY d.bus, d.key, ch.number
+"""
+
+
+@router.get("")
+async def gateways(request: Request, svc: ServicesDep) -> Response:
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    who.require("registry.view")
+    async with svc.db.tenant(who.tenant_id) as conn:
+        sites = await sites_of(conn, who)
+        rows = (await conn.execute(sa.text(_GATEWAYS), {"sites": sites})).all()
+    return render(request, svc, "gateways.html", {"who": who, "gateways": rows}, section="settings")
+
+
+@router.get("/{code}")
+async def gateway(code: str, request: Request, svc: ServicesDep) -> Response:
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    who.require("registry.view")
+    async with svc.db.tenant(who.tenant_id) as conn:
+        sites = await sites_of(conn, who)
+        rows = (await conn.execute(sa.text(_GATEWAYS), {"sites": sites})).all()
+        g = next((r for r in rows if r.code == code[:64]), None)
+        if g is None:
+            raise NotFound(f"gateway {code[:64]} not found")
+        devices = (await conn.execute(sa.text(_DEVICES), {"g": g.id})).all()
+    waiting = await unregistered(svc.db, who.tenant_id, g.id)
+    ctx = {"who": who, "g": g, "devices": devices, "waiting": waiting}
+    return render(request, svc, "gateway.html", ctx, section="settings")

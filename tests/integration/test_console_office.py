@@ -1,0 +1,144 @@
+"""The business office's console pages over HTTP: a double-submitted sale sells once and
+shows the same receipt, a sale form without the CSRF token sells nothing, a bad amount is
+a message in Chinese with nothing sold, the reversal form, another group's account and
+sale are 404 pages, the gateway page lists the meters waiting for 装表, and the import
+page's dry run names the refused row."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+
+from cloud.db import Database
+from cloud.registry.service import Seeded, seed_group
+from cloud.settings import CloudSettings
+from tests.conftest import api_client, console_form, console_login, group_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def http(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
+    async with api_client(CloudSettings(database_url=db_url), db_url) as client:
+        yield client
+
+
+async def _group(db: Database) -> tuple[Seeded, str]:
+    spec = group_spec()
+    return await seed_group(db, spec), spec.slug
+
+
+async def _sales(db: Database, g: Seeded) -> int:
+    async with db.tenant(g.tenant_id) as conn:
+        return int(await conn.scalar(sa.text("SELECT count(*) FROM counter_sale")) or 0)
+
+
+async def test_a_sale_sells_once_and_can_be_reversed(db: Database, http: httpx.AsyncClient) -> None:
+    g, slug = await _group(db)
+    number = g.accounts["m1"]
+    await console_login(http, slug)
+    page = await http.get(f"/console/counter/{number}")
+    assert page.status_code == 200 and "收款并售电" in page.text
+    key = re.search(r'name="form_key" value="([0-9a-f]+)"', page.text).group(1)  # type: ignore[union-attr]
+    body = {"amount": "50", "method": "cash", "outlet_id": str(g.outlet_id), "form_key": key}
+    no_csrf = await http.post(f"/console/counter/{number}/sell", data=body)
+    assert no_csrf.status_code == 403 and await _sales(db, g) == 0
+    bad = await console_form(http, f"/console/counter/{number}/sell", {**body, "amount": "12.345"})
+    assert bad.status_code == 422 and "最多 2 位小数" in bad.text and await _sales(db, g) == 0
+    first = await console_form(
+        http, f"/console/counter/{number}/sell", body, follow_redirects=False
+    )
+    again = await console_form(
+        http, f"/console/counter/{number}/sell", body, follow_redirects=False
+    )
+    assert first.status_code == again.status_code == 303
+    assert first.headers["location"] == again.headers["location"]  # the same receipt
+    assert await _sales(db, g) == 1
+    receipt = await http.get(first.headers["location"])
+    assert "¥50.00" in receipt.text and "冲正本笔售电" in receipt.text
+    assert "(Asia/Shanghai)" in receipt.text
+    no = first.headers["location"].rsplit("/", 1)[1]
+    empty = await console_form(http, f"/console/sales/{no}/reverse", {"reason": ""})
+    assert empty.status_code == 422 and "请填写" in empty.text
+    done = await console_form(
+        http, f"/console/sales/{no}/reverse", {"reason": "收错户号"}, follow_redirects=False
+    )
+    assert done.status_code == 303
+    shown = await http.get(done.headers["location"])
+    assert "已冲正" in shown.text and "收错户号" in shown.text
+    twice = await console_form(http, f"/console/sales/{no}/reverse", {"reason": "again"})
+    assert twice.status_code == 409
+
+
+async def test_another_groups_account_and_sale_are_not_found(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    _, slug = await _group(db)
+    other, _ = await _group(db)
+    await console_login(http, slug)
+    r = await http.get(f"/console/accounts/{other.accounts['m1']}")
+    # (both groups number their accounts alike: the page shows our own A000001)
+    assert r.status_code == 200 and "Shop 1" in r.text
+    missing = await http.get("/console/accounts/Z999999")
+    assert missing.status_code == 404 and "未找到" in missing.text
+    sale = await http.get("/console/sales/R99999999")
+    assert sale.status_code == 404
+    sell = await console_form(
+        http,
+        "/console/counter/Z999999/sell",
+        {"amount": "5", "method": "cash", "outlet_id": str(other.outlet_id), "form_key": "k" * 32},
+    )
+    assert sell.status_code == 404 and await _sales(db, other) == 0
+
+
+async def test_the_gateway_page_lists_meters_waiting_for_installation(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    g, slug = await _group(db)
+    async with db.tenant(g.tenant_id) as conn:
+        await conn.execute(
+            sa.text(
+                "INSERT INTO reading_quarantine (gateway_id, device, channel, measured_at, "
+                "tenant_id, reason, reading, received_at) VALUES (:g, 'new-201', 1, :at, :t, "
+                "'unknown_channel', CAST(:r AS jsonb), :at)"
+            ),
+            {
+                "g": g.gateway_id,
+                "at": datetime.now(UTC),
+                "t": g.tenant_id,
+                "r": '{"total": "321.50"}',
+            },
+        )
+        code = await conn.scalar(sa.text("SELECT code FROM gateway"))
+    await console_login(http, slug)
+    listing = await http.get("/console/gateways")
+    assert listing.status_code == 200 and code in listing.text
+    page = await http.get(f"/console/gateways/{code}")
+    assert "new-201" in page.text and "321.50" in page.text and "m1" in page.text
+    assert (await http.get(f"/console/gateways/gw-{uuid.uuid4().hex}")).status_code == 404
+
+
+async def test_the_import_page_names_the_refused_row(db: Database, http: httpx.AsyncClient) -> None:
+    g, slug = await _group(db)
+    await console_login(http, slug)
+    page = await http.get("/console/imports")
+    assert page.status_code == 200 and "导入" in page.text
+    template = (ROOT / "cloud/registry/import_template.csv").read_bytes()
+    token = http.cookies.get("prepay_csrf")
+    r = await http.post(
+        "/console/imports",
+        data={"csrf_token": token or "", "mode": "import"},
+        files={"file": ("legacy.csv", template, "text/csv")},
+    )
+    # the template's example names the demo's gateway, unknown to this group
+    assert r.status_code == 422 and "没有写入任何数据" in r.text
+    assert re.search(r'<td class="num">2</td>', r.text)  # row 2, the example row
+    async with db.tenant(g.tenant_id) as conn:
+        assert await conn.scalar(sa.text("SELECT count(*) FROM account")) == 1
