@@ -19,6 +19,7 @@ from cloud.api.tariff_routes import router as tariff_router
 from cloud.console.pages import LocaleMiddleware
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
+from cloud.console.settings import router as settings_router
 from cloud.errors import DomainError, TooManyAttempts
 
 
@@ -31,6 +32,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(import_router)
     app.include_router(tariff_router)
+    app.include_router(settings_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
