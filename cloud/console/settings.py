@@ -581,9 +581,7 @@ def _version(data: Form, zone: str) -> VersionDraft:
     if data.get("margin_ack") == "on":
         reason = data.get("margin_reason", "")
         if len(reason) < 3:
-            raise Invalid(
-                N_("Give a reason (3 characters or more) for the price.")
-            )
+            raise Invalid(N_("Give a reason (3 characters or more) for the price."))
     if data.get("kind", "flat") == "flat":
         price = _decimal(data.get("unit_price", ""), N_("The unit price is a number."))
         kind, spec = "flat", {"unit_price": str(price)}
