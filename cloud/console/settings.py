@@ -795,6 +795,7 @@ async def _operators_page(
         "error": error,
         "which": which,
         "key": forms.new_key(),
+        "role_key": forms.new_key(),
     }
     return _page(request, svc, who, "settings_operators.html", ctx, status)
 
