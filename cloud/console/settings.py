@@ -8,6 +8,7 @@ is sent to the first one's result); a refusal re-draws the form with the input k
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, time
@@ -23,7 +24,7 @@ from pydantic import TypeAdapter, ValidationError
 from cloud.api.deps import Services, ServicesDep
 from cloud.api.tariff_routes import Plan
 from cloud.auth import PERMISSIONS, Principal
-from cloud.console import forms, lists
+from cloud.console import forms, i18n, lists
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import N_, explain, refused_csrf, render, signed_in
 from cloud.errors import DomainError, Forbidden, Invalid, NotFound
@@ -46,6 +47,7 @@ ZONES = (
     "UTC",
 )
 KINDS = (("shop", N_("Shop")), ("flat", N_("Flat")), ("office", N_("Office")), ("unit", N_("Unit")))
+PLAN_KINDS = {"flat": N_("Flat rate"), "tiered": N_("Tiered"), "tou": N_("Time of use")}
 UTILITIES = (("electricity", N_("Electricity")), ("water", N_("Water")))
 SCOPES = (
     ("tenant", N_("Whole property group")),
@@ -86,7 +88,42 @@ DONE = {
     "grant": N_("Grant added."),
     "revoked": N_("Grant revoked."),
 }
-_MARGIN = "acknowledge it with a reason"
+_MARGIN_HINT = N_("Tick the box below and give the reason to keep this price.")
+_MARGIN_TEXT = re.compile(
+    r"unit price (?P<price>\S+) is above the ceiling (?P<ceiling>\S+) at site (?P<site>.+) "
+    r"\(catalogue price (?P<catalogue>\S+) plus (?P<margin>\S+)% margin\)"
+)
+# The services' refusals a clerk meets on these pages, for the catalogue (explain()
+# translates a message it finds there; the others are shown as the service words them).
+SERVICE_MESSAGES = (
+    N_("permission 'registry.view' required"),
+    N_("permission 'registry.edit' required"),
+    N_("permission 'operator.manage' required"),
+    N_("permission 'tariff.edit' required"),
+    N_("only a tenant-wide operator can add a site"),
+    N_("only a tenant-wide operator can manage roles"),
+    N_("an operator scoped to outlets cannot add outlets"),
+    N_("a tariff of the whole group is changed only by a group operator"),
+    N_("you cannot give an operator a scope wider than your own"),
+    N_("you cannot deactivate yourself"),
+    N_("friendly night needs both a start and an end (or neither)"),
+    N_("friendly night start and end must differ"),
+    N_("site name must not be empty"),
+    N_("building name must not be empty"),
+    N_("outlet name must not be empty"),
+    N_("role name must not be empty"),
+    N_("display name must not be empty"),
+    N_("floor must not be empty"),
+    N_("premises number must not be empty"),
+    N_("name must not be blank"),
+    N_("password must be at least 8 characters"),
+    N_("a site scope needs at least one site id"),
+    N_("a outlet scope needs at least one outlet id"),
+    N_("a grant must end after it starts"),
+    N_("a grant must end in the future"),
+    N_("a grant lasts at most 31 days"),
+    N_("a grant needs a reason (at least 3 characters)"),
+)
 _PLAN: TypeAdapter[Any] = TypeAdapter(Plan)
 
 Form = dict[str, str]
@@ -107,6 +144,19 @@ def _page(
 ) -> Response:
     base = {"who": who, "done": _done(request), "error": "", "form": {}, "BASE": BASE}
     return render(request, svc, name, base | ctx, status=status, section="settings")
+
+
+def _explain(exc: DomainError) -> str:
+    """explain(), with the tariff margin's refusal worded for the clerk."""
+    found = _MARGIN_TEXT.search(str(exc))
+    if found is None:
+        return explain(exc)
+    text = _(
+        "Unit price %(price)s is above the ceiling %(ceiling)s at site %(site)s "
+        "(catalogue price %(catalogue)s plus %(margin)s%% margin)."
+    )
+    sep = "：" if i18n.current.get() == "zh_CN" else ": "
+    return f"{_('Please correct the input')}{sep}{text % found.groupdict()} {_(_MARGIN_HINT)}"
 
 
 def _refused(request: Request, svc: Services, who: Principal, exc: DomainError) -> Response:
@@ -142,7 +192,7 @@ async def _create(
         await forms.release(svc.db, who, key)
         if exc.status == 404:
             raise
-        return await again(explain(exc), exc.status)
+        return await again(_explain(exc), exc.status)
     await forms.finish(svc.db, who, key, where)
     return RedirectResponse(where, status_code=303)
 
@@ -153,7 +203,7 @@ async def _change(work: Callable[[], Awaitable[str]], again: Again) -> Response:
     except DomainError as exc:
         if exc.status == 404:
             raise
-        return await again(explain(exc), exc.status)
+        return await again(_explain(exc), exc.status)
     return RedirectResponse(where, status_code=303)
 
 
@@ -613,9 +663,10 @@ async def _tariffs_page(
         "site_names": names,
         "zones": {s.id: s.settings.timezone for s in sites},
         "utilities": UTILITIES,
+        "plan_kinds": PLAN_KINDS,
         "form": form or {"kind": "flat", "monthly_fee": "0"},
         "error": error,
-        "margin": _MARGIN in error,
+        "margin": _(_MARGIN_HINT) in error,
         "key": forms.new_key(),
     }
     return _page(request, svc, who, "settings_tariffs.html", ctx, status)
@@ -698,9 +749,10 @@ async def _tariff_page(
         "site_name": next((s.settings.name for s in sites if s.id == tariff.site_id), None),
         "zone": _zone(sites, tariff.site_id),
         "points": points,
+        "plan_kinds": PLAN_KINDS,
         "form": form or {"kind": "flat", "monthly_fee": "0"},
         "error": error,
-        "margin": _MARGIN in error,
+        "margin": _(_MARGIN_HINT) in error,
         "key": forms.new_key(),
     }
     return _page(request, svc, who, "settings_tariff.html", ctx, status)

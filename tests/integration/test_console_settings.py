@@ -112,6 +112,7 @@ async def test_onboard_a_group_in_the_browser(
     assert row.notice_minutes == 45 and str(row.price_margin) == "0.1000"
     bad = await console_form(http, f"{S}/sites/{site_id}", {**SITE, "friendly_night_end": ""})
     assert bad.status_code == 422 and 'role="alert"' in bad.text
+    assert "夜间不断电时段须同时填写开始和结束" in bad.text
     assert "45" not in bad.text or 'value="滨江商业广场"' in bad.text  # the input is kept
 
     # a building (sent twice with the same key: one row) and its premises
@@ -167,6 +168,10 @@ async def test_onboard_a_group_in_the_browser(
     refused = await console_form(http, f"{S}/tariffs", tariff)
     assert refused.status_code == 422 and 'role="alert"' in refused.text
     assert 'name="margin_ack"' in refused.text and 'value="1.5000"' in refused.text
+    assert (
+        "单价 1.5000 高于站点“滨江商业广场”的上限 1.1000（目录电价 1.0000 加 10% 上浮）"
+        in refused.text
+    )
     accepted = await console_form(
         http,
         f"{S}/tariffs",
