@@ -26,7 +26,7 @@ from cloud.api.tariff_routes import Plan
 from cloud.auth import PERMISSIONS, Principal
 from cloud.console import forms, i18n, lists
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import N_, explain, refused_csrf, render, signed_in
+from cloud.console.pages import N_, TITLES, explain, refused_csrf, render, signed_in
 from cloud.errors import DomainError, Forbidden, Invalid, NotFound
 from cloud.registry import admin
 from cloud.registry import admin_core as core
@@ -93,6 +93,35 @@ _MARGIN_TEXT = re.compile(
     r"unit price (?P<price>\S+) is above the ceiling (?P<ceiling>\S+) at site (?P<site>.+) "
     r"\(catalogue price (?P<catalogue>\S+) plus (?P<margin>\S+)% margin\)"
 )
+# Refusals that name what was entered, worded again for the catalogue.
+_NAMED = (
+    (
+        re.compile(r"premises (?P<number>.+) already exists in (?P<building>.+)"),
+        N_("Premises %(number)s already exists in %(building)s."),
+    ),
+    (
+        re.compile(r"building '(?P<name>.+)' already exists at this site"),
+        N_("Building %(name)s already exists at this site."),
+    ),
+    (
+        re.compile(r"outlet '(?P<name>.+)' already exists at this site"),
+        N_("Outlet %(name)s already exists at this site."),
+    ),
+    (re.compile(r"role '(?P<name>.+)' already exists"), N_("Role %(name)s already exists.")),
+    (re.compile(r"username '(?P<name>.+)' is taken"), N_("The user name %(name)s is taken.")),
+    (
+        re.compile(r"a (?P<utility>\w+) tariff named (?P<name>.+) already exists"),
+        N_("A tariff named %(name)s already exists for this utility."),
+    ),
+    (
+        re.compile(r"operator (?P<name>\S+) holds permissions you do not: (?P<perms>.+)"),
+        N_("Operator %(name)s holds permissions you do not: %(perms)s."),
+    ),
+    (
+        re.compile(r"you cannot grant permissions you do not hold: (?P<perms>.+)"),
+        N_("You cannot grant permissions you do not hold: %(perms)s."),
+    ),
+)
 # The services' refusals a clerk meets on these pages, for the catalogue (explain()
 # translates a message it finds there; the others are shown as the service words them).
 SERVICE_MESSAGES = (
@@ -148,15 +177,19 @@ def _page(
 
 def _explain(exc: DomainError) -> str:
     """explain(), with the tariff margin's refusal worded for the clerk."""
-    found = _MARGIN_TEXT.search(str(exc))
-    if found is None:
-        return explain(exc)
-    text = _(
-        "Unit price %(price)s is above the ceiling %(ceiling)s at site %(site)s "
-        "(catalogue price %(catalogue)s plus %(margin)s%% margin)."
-    )
     sep = "：" if i18n.current.get() == "zh_CN" else ": "
-    return f"{_('Please correct the input')}{sep}{text % found.groupdict()} {_(_MARGIN_HINT)}"
+    title = _(TITLES.get(exc.status, "Refused"))
+    found = _MARGIN_TEXT.search(str(exc))
+    if found is not None:
+        text = _(
+            "Unit price %(price)s is above the ceiling %(ceiling)s at site %(site)s "
+            "(catalogue price %(catalogue)s plus %(margin)s%% margin)."
+        )
+        return f"{title}{sep}{text % found.groupdict()} {_(_MARGIN_HINT)}"
+    for pattern, msgid in _NAMED:
+        if named := pattern.fullmatch(str(exc)):
+            return f"{title}{sep}{_(msgid) % named.groupdict()}"
+    return explain(exc)
 
 
 def _refused(request: Request, svc: Services, who: Principal, exc: DomainError) -> Response:
