@@ -327,6 +327,39 @@ async def test_another_groups_ids_are_not_found(
     assert r.status_code == 404
     r = await console_form(http, f"{S}/operators/{other.operator_id}/deactivate", {})
     assert r.status_code == 404
+    r = await console_form(
+        http, f"{S}/operators/{other.operator_id}/password", {"password": "taken-over-1"}
+    )
+    assert r.status_code == 404
+    async with db.tenant(other.tenant_id) as conn:
+        other_tariff = await conn.scalar(sa.text("SELECT id FROM tariff"))
+    assert (await http.get(f"{S}/tariffs/{other_tariff}")).status_code == 404
+    version = {"kind": "flat", "unit_price": "9", "form_key": key}
+    r = await console_form(http, f"{S}/tariffs/{other_tariff}/versions", version)
+    assert r.status_code == 404
+    own = re.search(rf"/tariffs/({UUID})", (await http.get(f"{S}/tariffs")).text).group(1)  # type: ignore[union-attr]
+    r = await console_form(
+        http, f"{S}/tariffs/{own}/assign", {"point_ids": str(other.points["m1"])}
+    )
+    assert r.status_code == 404
+    r = await console_form(
+        http,
+        f"{S}/buildings/{uuid.uuid4()}/premises",
+        {"floor": "1", "number": "1", "form_key": key},
+    )
+    assert r.status_code == 404
+    assert (await http.get(f"{S}/buildings/{uuid.uuid4()}/premises")).status_code == 404
+    grant = {
+        "operator_id": str(other.operator_id),
+        "outlet_id": str(other.outlet_id),
+        "starts_at": "2030-01-01T08:00",
+        "ends_at": "2030-01-02T08:00",
+        "reason": "forged",
+        "form_key": key,
+    }
+    assert (await console_form(http, f"{S}/grants", grant)).status_code == 404
+    assert await count(db, other.tenant_id, "tariff_version") == 1
+    assert await count(db, other.tenant_id, "outlet_grant") == 0
     assert await count(db, other.tenant_id, "building") == 0
     assert await count(db, other.tenant_id, "outlet") == 1
     async with db.tenant(other.tenant_id) as conn:
@@ -374,3 +407,52 @@ async def test_an_operator_without_registry_edit_is_told(
         ops = await viewer.get(f"{S}/operators")
         assert ops.status_code == 403 and "无权操作" in ops.text
     assert await count(db, group.tenant_id, "building") == 0
+
+
+async def test_a_site_administrator_sees_only_their_site(
+    db_url: str, db: Database, seeded: tuple[str, Seeded]
+) -> None:
+    slug, group = seeded
+    async with api_client(CloudSettings(database_url=db_url), db_url) as admin:
+        await console_login(admin, slug)
+        site_id = await add_site(admin, db, group.tenant_id)
+        page = await admin.get(f"{S}/operators")
+        perms = ["registry.view", "registry.edit", "operator.manage"]
+        r = await console_form(
+            admin,
+            f"{S}/roles",
+            {"name": "站点管理员", "permissions": perms, "form_key": key_of(page.text, nth=1)},  # type: ignore[dict-item]
+        )
+        assert r.status_code == 303
+        page = await admin.get(f"{S}/operators")
+        role_id = re.search(rf'<option value="({UUID})"[^>]*>站点管理员', page.text).group(1)  # type: ignore[union-attr]
+        operator = {
+            "username": "siteadmin",
+            "display_name": "李强",
+            "password": "site-pass-1",
+            "role_id": role_id,
+            "scope": "site",
+            "form_key": key_of(page.text),
+        }
+        none = await console_form(admin, f"{S}/operators", operator)
+        assert none.status_code == 422 and "请至少选择一个站点" in none.text
+        assert 'value="李强"' in none.text and "site-pass-1" not in none.text
+        r = await console_form(
+            admin,
+            f"{S}/operators",
+            {**operator, "site_ids": str(site_id), "form_key": key_of(none.text)},
+        )
+        assert r.status_code == 303, r.text
+    async with api_client(CloudSettings(database_url=db_url), db_url) as scoped:
+        await console_login(scoped, slug, "siteadmin", "site-pass-1")
+        sites = await scoped.get(f"{S}/sites")
+        assert SITE["name"] in sites.text and "Riverside Market" not in sites.text
+        assert (await scoped.get(f"{S}/sites/{group.site_id}/buildings")).status_code == 404
+        key = key_of(sites.text)
+        r = await console_form(scoped, f"{S}/sites", {**SITE, "name": "另一站点", "form_key": key})
+        assert r.status_code == 403 and "只有全集团范围的操作员可以新增站点" in r.text
+        r = await console_form(
+            scoped, f"{S}/sites/{site_id}/outlets", {"name": "二号厅", "form_key": key_of(r.text)}
+        )
+        assert r.status_code == 303
+    assert await count(db, group.tenant_id, "site") == 2
