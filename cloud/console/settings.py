@@ -1001,7 +1001,8 @@ async def _grants_page(
     zones = {s.id: s.settings.timezone for s in sites}
     ctx = {
         "grants": grants,
-        "operators": [o for o in operators if o.active],
+        # a tenant-wide operator already sells everywhere: only the scoped ones need grants
+        "operators": [o for o in operators if o.active and o.scope != "tenant"],
         "outlets": outlets,
         "site_names": {s.id: s.settings.name for s in sites},
         "zones": zones,

@@ -291,6 +291,17 @@ async def test_onboard_a_group_in_the_browser(
         )
     assert active is False
 
+    # the same pages in English
+    for url, text in (
+        (S, "Cross-outlet grants"),
+        (f"{S}/sites/{site_id}", "Business-day cut-off"),
+        (f"{S}/tariffs", "New tariff"),
+        (f"{S}/operators", "Sell credit"),
+        (f"{S}/grants", "New grant"),
+    ):
+        page = await http.get(url, params={"lang": "en"})
+        assert page.status_code == 200 and text in page.text
+
 
 async def test_a_form_without_csrf_creates_nothing(
     http: httpx.AsyncClient, db: Database, seeded: tuple[str, Seeded]
