@@ -433,9 +433,14 @@ async def update_site(site_id: uuid.UUID, request: Request, svc: ServicesDep) ->
     data, _multi = await _read(request)
 
     async def work() -> str:
+        who.require("registry.edit")
         s = _site_settings(data)
-        changes = {f: getattr(s, f) for f in core.SITE_FIELDS}
-        await admin.update_site(svc.db, who, site_id, changes, _now())
+        current = (await admin.get_site(svc.db, who, site_id)).settings
+        changes = {
+            f: getattr(s, f) for f in core.SITE_FIELDS if getattr(s, f) != getattr(current, f)
+        }
+        if changes:  # the audit event names only what changed
+            await admin.update_site(svc.db, who, site_id, changes, _now())
         return f"{BASE}/sites?done=site"
 
     async def again(error: str, status: int) -> Response:

@@ -415,6 +415,13 @@ async def test_an_operator_without_registry_edit_is_told(
         r = await console_form(viewer, url, {"name": "B座", "form_key": key_of(page.text)})
         assert r.status_code == 403 and 'role="alert"' in r.text and "无权操作" in r.text
         assert 'value="B座"' in r.text  # the input is kept
+        unchanged = await viewer.get(f"{S}/sites/{group.site_id}")
+        assert unchanged.status_code == 200
+        form = dict(
+            re.findall(r'<input id="(\w+)" name="\w+"[^>]*? value="([^"]*)"', unchanged.text)
+        )
+        r = await console_form(viewer, f"{S}/sites/{group.site_id}", form)
+        assert r.status_code == 403 and "需要“编辑站点、楼栋、房间与营业厅”权限" in r.text
         ops = await viewer.get(f"{S}/operators")
         assert ops.status_code == 403 and "无权操作" in ops.text
     assert await count(db, group.tenant_id, "building") == 0
