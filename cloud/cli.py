@@ -1,4 +1,4 @@
-"""`prepay`: the cloud's command line (demo, api, ingest, worker, migrate, check)."""
+"""`prepay`: the cloud's command line (demo, api, ingest, worker, migrate, check, tenant)."""
 
 from __future__ import annotations
 

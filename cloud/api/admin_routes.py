@@ -13,10 +13,10 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import Password, Reason
+from cloud.api.fields import Password, Reason, has_control
 from cloud.registry import admin
 from cloud.registry import admin_core as core
 
@@ -28,6 +28,12 @@ Num = Annotated[Decimal, Field(allow_inf_nan=False)]
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def _search_text(value: str | None) -> str | None:
+    if value is not None and has_control(value):
+        raise ValueError("must not contain control characters (such as NUL)")
+    return value
 
 
 def _now() -> datetime:
@@ -197,10 +203,12 @@ async def search_premises(
     who: OperatorDep,
     site_id: uuid.UUID | None = None,
     building_id: uuid.UUID | None = None,
-    floor: Annotated[str | None, Query(max_length=20)] = None,
-    q: Annotated[str | None, Query(max_length=100, description="part of number or building")] = (
-        None
-    ),
+    floor: Annotated[str | None, Query(max_length=20), AfterValidator(_search_text)] = None,
+    q: Annotated[
+        str | None,
+        Query(max_length=100, description="part of the number or the building's name"),
+        AfterValidator(_search_text),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=admin.PAGE_MAX)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> PremisesPageOut:

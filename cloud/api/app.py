@@ -16,7 +16,8 @@ from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
-from cloud.console.pages import LocaleMiddleware
+from cloud.console.office import router as office_router
+from cloud.console.pages import LocaleMiddleware, explain, render
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
@@ -32,6 +33,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(admin_router)
     app.include_router(import_router)
     app.include_router(tariff_router)
+    app.include_router(office_router)
     app.include_router(settings_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
@@ -40,7 +42,10 @@ def create_app(services: Services) -> FastAPI:
     app.add_middleware(SecurityHeaders)
 
     @app.exception_handler(DomainError)
-    async def _domain_error(_: Request, exc: DomainError) -> JSONResponse:
+    async def _domain_error(request: Request, exc: DomainError) -> Response:
+        if request.url.path.startswith("/console/"):  # a person: a page, in their language
+            ctx = {"message": explain(exc), "refused": True}
+            return render(request, services, "message.html", ctx, status=exc.status)
         headers = (
             {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, TooManyAttempts) else None
         )

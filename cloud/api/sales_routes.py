@@ -168,7 +168,7 @@ async def sale_receipt_escpos(receipt_no: PathKey, svc: ServicesDep, who: Operat
     """The receipt as ESC/POS bytes for a thermal printer (Chinese text in GB18030)."""
     sale = await get_sale(svc.db, who, receipt_no)
     return Response(
-        receipt_escpos(sale),
+        await asyncio.to_thread(receipt_escpos, sale),
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{sale.receipt_no}.escpos"'},
     )

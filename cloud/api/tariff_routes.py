@@ -85,6 +85,11 @@ class TariffIn(_In):
     version: VersionIn
 
 
+class TariffPatch(_In):
+    name: Name | None = None
+    active: bool | None = Field(None, description="false: no longer assignable nor on notices")
+
+
 class AssignIn(_In):
     service_point_ids: list[uuid.UUID] = Field(min_length=1, max_length=5000)
 
@@ -171,6 +176,18 @@ async def create_tariff(body: TariffIn, svc: ServicesDep, who: OperatorDep) -> T
     now = datetime.now(UTC)
     new = admin.NewTariff(body.name, body.utility, body.site_id, body.version.draft())
     tariff_id = await admin.create_tariff(svc.db, who, new, now)
+    return _detail(await admin.get_tariff(svc.db, who, tariff_id, now))
+
+
+@router.patch("/tariffs/{tariff_id}", response_model=TariffDetailOut)
+async def update_tariff(
+    tariff_id: uuid.UUID, body: TariffPatch, svc: ServicesDep, who: OperatorDep
+) -> TariffDetailOut:
+    """Rename or (de)activate a tariff; its prices change only by a new version. A tariff
+    service points are on is not deactivated (422)."""
+    who.require("tariff.edit")
+    now = datetime.now(UTC)
+    await admin.update_tariff(svc.db, who, tariff_id, now, body.name, body.active)
     return _detail(await admin.get_tariff(svc.db, who, tariff_id, now))
 
 

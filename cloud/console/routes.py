@@ -132,7 +132,7 @@ async def monitor(
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
-    points = await queries.service_points(svc.db, who.tenant_id)
+    points = await queries.service_points(svc.db, who.tenant_id, who)
     if q:
         needle = q.casefold()
         points = [p for p in points if needle in p.name.casefold() or needle in p.account_number]
@@ -211,7 +211,7 @@ async def _page(
     status: int = 200,
 ) -> Response:
     view = await control_view(svc.db, who, point_id, datetime.now(UTC))
-    zone = (await queries.service_point(svc.db, who.tenant_id, point_id)).site_timezone
+    zone = (await queries.service_point(svc.db, who.tenant_id, point_id, who)).site_timezone
     ctx = {"v": view, "who": who, "message": message, "refused": refused, "zone": zone}
     return render(request, svc, "point_control.html", ctx, status=status, section="monitor")
 

@@ -58,8 +58,17 @@ def _money(value: Decimal) -> str:
     return f"¥{value.quantize(Decimal('0.01'))}"
 
 
-def _when(ts: datetime, tz: ZoneInfo) -> str:
-    return format_datetime(ts, "yyyy年M月d日 HH:mm", tzinfo=tz, locale=LOCALE)
+def _offset(ts: datetime, tz: ZoneInfo) -> str:
+    offset = ts.astimezone(tz).strftime("%z")
+    return f"UTC{offset[:3]}:{offset[3:]}"
+
+
+def _when(ts: datetime, tz: ZoneInfo, usual: str | None = None) -> str:
+    """Local date and time; with its UTC offset where it is not the ``usual`` one (a zone
+    with summer time)."""
+    text = format_datetime(ts, "yyyy年M月d日 HH:mm", tzinfo=tz, locale=LOCALE)
+    offset = _offset(ts, tz)
+    return text if offset == usual else f"{text}（{offset}）"
 
 
 def _rows(utility: str, v: admin.VersionView) -> list[tuple[str, str]]:
@@ -93,10 +102,10 @@ def _rows(utility: str, v: admin.VersionView) -> list[tuple[str, str]]:
     return lines
 
 
-def _version(utility: str, v: admin.VersionView, tz: ZoneInfo) -> dict[str, Any]:
+def _version(utility: str, v: admin.VersionView, tz: ZoneInfo, usual: str) -> dict[str, Any]:
     return {
         "kind": KIND.get(v.kind, v.kind),
-        "from": _when(v.effective_from, tz),
+        "from": _when(v.effective_from, tz, usual),
         "rows": _rows(utility, v),
         "fee": _money(v.monthly_fee) if v.monthly_fee else None,
         "margin_reason": v.margin_reason,
@@ -106,8 +115,8 @@ def _version(utility: str, v: admin.VersionView, tz: ZoneInfo) -> dict[str, Any]
 def render_notice(site: NoticeSite, tariffs: list[admin.TariffView], now: datetime) -> str:
     """The notice's HTML (what :func:`render_pdf` prints)."""
     tz = ZoneInfo(site.timezone)
-    offset = now.astimezone(tz).strftime("%z")
-    zone = f"{site.timezone}，UTC{offset[:3]}:{offset[3:]}"
+    usual = _offset(now, tz)
+    zone = f"{site.timezone}，{usual}"
     shown = []
     for t in tariffs:
         if t.current is None and not t.scheduled:
@@ -117,8 +126,8 @@ def render_notice(site: NoticeSite, tariffs: list[admin.TariffView], now: dateti
                 "name": t.name,
                 "utility": UTILITY.get(t.utility, t.utility),
                 "scope": "本项目" if t.site_id else "集团通用",
-                "current": _version(t.utility, t.current, tz) if t.current else None,
-                "scheduled": [_version(t.utility, v, tz) for v in t.scheduled],
+                "current": _version(t.utility, t.current, tz, usual) if t.current else None,
+                "scheduled": [_version(t.utility, v, tz, usual) for v in t.scheduled],
             }
         )
     catalogue = None
@@ -136,7 +145,7 @@ def render_notice(site: NoticeSite, tariffs: list[admin.TariffView], now: dateti
             fonts=CJK_FONTS,
             site=site,
             zone=zone,
-            printed=_when(now, tz),
+            printed=_when(now, tz, usual),
             tariffs=shown,
             catalogue=catalogue,
         )

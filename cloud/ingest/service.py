@@ -152,7 +152,7 @@ class IngestService:
     ) -> list[IngestResult]:
         results = [IngestResult() for _ in batches]
         async with self.db.tenant(tenant_id) as conn:
-            gateway_id, targets = await self._targets(conn, topic_gateway)
+            version, gateway_id, targets = await self._targets(conn, topic_gateway)
             rows: list[str] = []  # COPY lines
             kept: list[dict[str, object]] = []  # quarantined readings
             points: set[str] = set()  # the service points the rows are bound to
@@ -176,7 +176,7 @@ class IngestService:
             _count_stored(results, ends, skipped)
             if rows:  # nothing staged (every reading quarantined): nothing to rate
                 report = await rate_staged(
-                    conn, tenant_id, len(points), skipped, received_at, self.timing
+                    conn, tenant_id, len(points), skipped, received_at, self.timing, version
                 )
                 for result in results:
                     result.charged, result.commands = report.charged, report.commands
@@ -246,8 +246,9 @@ class IngestService:
 
     async def _targets(
         self, conn: AsyncConnection, gateway_code: str
-    ) -> tuple[uuid.UUID, dict[tuple[str, int], _Target]]:
-        """The gateway's (device, channel) → channel / bound service point map, re-read only
+    ) -> tuple[int, uuid.UUID, dict[tuple[str, int], _Target]]:
+        """The registry version, and the gateway's (device, channel) → channel / bound
+        service point map, re-read only
         when the tenant's registry changed since (a trigger counts every change to devices,
         channels and bindings; reading the counter is one row, the map is thousands)."""
         version = int(
@@ -256,10 +257,10 @@ class IngestService:
         )
         cached = self._maps.get(gateway_code)
         if cached is not None and cached[0] == version:
-            return cached[1], cached[2]
+            return cached
         gateway_id, targets = await self._load_targets(conn, gateway_code)
         self._maps[gateway_code] = (version, gateway_id, targets)
-        return gateway_id, targets
+        return version, gateway_id, targets
 
     async def _load_targets(
         self, conn: AsyncConnection, gateway_code: str

@@ -34,19 +34,24 @@ class SearchPage:
 # Candidate accounts of each kind of match, each by an index (account number, customer
 # phone; name, premises and meter by a scan of tables one row per customer / premises /
 # device), then the page. ``:q`` NULL lists every account.
-_SEARCH = """
-WITH hit AS (
-  SELECT id FROM account WHERE CAST(:q AS text) IS NULL OR number = :q
+_HITS = """
+  SELECT id FROM account WHERE number = :q
   UNION SELECT a.id FROM account a JOIN customer c ON c.id = a.customer_id
     WHERE c.phone = :q OR c.name ILIKE :like OR c.id_number = :q
   UNION SELECT sp.account_id FROM service_point sp JOIN premises p ON p.id = sp.premises_id
     JOIN building b ON b.id = p.building_id
     WHERE b.name || '-' || p.floor || '-' || p.number ILIKE :like
-  UNION SELECT sp.account_id FROM device d JOIN channel ch ON ch.device_id = d.id
+  UNION SELECT sp.account_id FROM meter JOIN channel ch ON ch.device_id = meter.id
     JOIN binding bi ON bi.channel_id = ch.id AND bi.removed_at IS NULL
     JOIN service_point sp ON sp.id = bi.service_point_id
-    WHERE d.serial = :q OR d.address = :q OR d.key = :q
-), scoped AS (
+"""
+# The meters matched first (a scan of one small row per device), then their bindings: left
+# to itself the planner walks every binding to the device.
+_METERS = (
+    "meter AS MATERIALIZED (SELECT id FROM device WHERE serial = :q OR address = :q OR key = :q), "
+)
+_SEARCH = """
+WITH {meters}hit AS ({hits}), scoped AS (
   SELECT a.id, a.number, a.status, c.name, c.phone, la.balance
   FROM hit JOIN account a ON a.id = hit.id JOIN customer c ON c.id = a.customer_id
   JOIN ledger_account la ON la.id = a.wallet_id
@@ -61,6 +66,8 @@ SELECT s.*, count(*) OVER () AS total,
    JOIN building b ON b.id = p.building_id WHERE sp.account_id = s.id) AS premises
 FROM scoped s ORDER BY s.number LIMIT :lim OFFSET :off
 """
+SEARCH = _SEARCH.format(meters=_METERS, hits=_HITS)
+LIST = _SEARCH.format(meters="", hits="SELECT id FROM account")
 
 
 def _like(text: str) -> str:
@@ -85,7 +92,7 @@ async def search_accounts(
         sites = await sites_of(conn, who)
         rows = (
             await conn.execute(
-                sa.text(_SEARCH),
+                sa.text(SEARCH if q else LIST),
                 {
                     "q": q,
                     "like": _like(q) if q else "",

@@ -623,28 +623,26 @@ async def adopt_quarantine(
 ) -> int:
     """Move the quarantined readings of an unregistered (device, channel) into ``reading``
     as the channel's history, and out of the quarantine. Returns how many moved."""
+    where = (
+        "FROM reading_quarantine WHERE gateway_id = :g AND device = :d AND channel = :n "
+        "AND reason = 'unknown_channel'"
+    )
+    key = {"g": gateway_id, "d": device_key, "n": channel}
     rows = (
-        await conn.execute(
-            sa.text(
-                "DELETE FROM reading_quarantine WHERE gateway_id = :g AND device = :d "
-                "AND channel = :n AND reason = 'unknown_channel' RETURNING reading, received_at"
-            ),
-            {"g": gateway_id, "d": device_key, "n": channel},
-        )
+        await conn.execute(sa.text(f"SELECT measured_at, reading, received_at {where}"), key)
     ).all()
-    if not rows:
-        return 0
     values = []
     for r in rows:
         try:
             w = WireReading.model_validate(r.reading)
-        except ValidationError:
+        except ValidationError:  # (kept where it is: the ingest stored it as it came)
             continue
         values.append(
             {
                 "c": channel_id,
                 "t": tenant_id,
                 "m": w.measured_at,
+                "q": r.measured_at,
                 "rcv": r.received_at,
                 "total": w.total,
                 "tou": None if w.tou is None else "{" + ",".join(str(v) for v in w.tou) + "}",
@@ -656,16 +654,21 @@ async def adopt_quarantine(
                 "pc": w.purchase_count,
             }
         )
-    if values:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO reading (channel_id, tenant_id, measured_at, received_at, total, "
-                "tou, voltage, current, power, supply_on, meter_balance, purchase_count) "
-                "VALUES (:c, :t, :m, :rcv, :total, CAST(:tou AS numeric[]), :v, :i, :p, :s, "
-                ":mb, :pc) ON CONFLICT (channel_id, measured_at) DO NOTHING"
-            ),
-            values,
-        )
+    if not values:
+        return 0
+    await conn.execute(
+        sa.text(
+            "INSERT INTO reading (channel_id, tenant_id, measured_at, received_at, total, "
+            "tou, voltage, current, power, supply_on, meter_balance, purchase_count) "
+            "VALUES (:c, :t, :m, :rcv, :total, CAST(:tou AS numeric[]), :v, :i, :p, :s, "
+            ":mb, :pc) ON CONFLICT (channel_id, measured_at) DO NOTHING"
+        ),
+        values,
+    )
+    await conn.execute(
+        sa.text(f"DELETE {where} AND measured_at = ANY(CAST(:at AS timestamptz[]))"),
+        {**key, "at": pg_array(v["q"] for v in values)},
+    )
     return len(values)
 
 

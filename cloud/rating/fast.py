@@ -274,6 +274,27 @@ async def lock_marks(conn: AsyncConnection, points: int) -> None:
         await conn.scalar(_LOCK)
 
 
+_REGISTRY = sa.text("SELECT value FROM tenant_counter WHERE name = 'registry'")
+# Each staged row to the point its channel is bound to now (none: not rated; the reading
+# is stored for its channel all the same, and a successor point rates from its own base).
+_REBIND = sa.text(
+    f"UPDATE {STAGED} i SET service_point_id = cur.sp FROM (SELECT s.n, (SELECT "
+    "b.service_point_id FROM binding b WHERE b.channel_id = s.channel_id AND b.removed_at IS "
+    f"NULL) AS sp FROM {STAGED} s) AS cur WHERE cur.n = i.n "
+    "AND i.service_point_id IS DISTINCT FROM cur.sp"
+)
+
+
+async def rebind_if_changed(conn: AsyncConnection, registry: int) -> None:
+    """When the registry moved on since the rows were staged, re-point them at today's
+    bindings and lock the marks of any point that is new to the batch."""
+    if int(await conn.scalar(_REGISTRY) or 0) == registry:
+        return
+    if (await conn.execute(_REBIND)).rowcount:
+        await conn.execute(_INSERT_STAGED_STATES)
+        await conn.scalar(_LOCK)
+
+
 @dataclass(frozen=True)
 class Rated:
     fast: int  # how many points were rated here

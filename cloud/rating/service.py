@@ -431,6 +431,7 @@ async def rate_staged(
     skipped: set[int],
     now: datetime,
     timing: CommandTiming,
+    registry: int | None = None,
 ) -> RatingReport:
     """Rate the readings the ingest staged (:data:`cloud.rating.fast.STAGED`) and stored —
     all but the rows ``skipped`` — of the ``points`` (how many) service points the staged
@@ -442,6 +443,11 @@ async def rate_staged(
         await record_reported_many(conn, reported)
         return RatingReport()
     await fast_rating.lock_marks(conn, points)
+    if registry is not None:
+        # The map the rows were staged by (``registry``, its version) may have changed
+        # since: a 过户 or 拆表 that committed meanwhile retired the point a row names. Its
+        # mark is locked now, so the bindings read next are the ones that stay.
+        await fast_rating.rebind_if_changed(conn, registry)
     rated = await fast_rating.rate_in_place(conn, tenant_id, skipped)
     slow = rated.slow
     outcomes = []

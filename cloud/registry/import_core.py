@@ -36,7 +36,7 @@ class Column:
 COLUMNS: tuple[Column, ...] = (
     Column("customer_name", "客户名称", True, "张三"),
     Column("phone", "联系电话", False, "13800138000"),
-    Column("id_number", "证件号码", False, "110101199003074514"),
+    Column("id_number", "证件号码", False, ""),
     Column("account_number", "户号", True, "000012"),
     Column("building", "楼栋", True, "A栋"),
     Column("floor", "楼层", True, "1"),

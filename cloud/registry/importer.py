@@ -25,11 +25,12 @@ from functools import lru_cache
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud import audit, schema
-from cloud.db import Database
-from cloud.errors import DomainError, Invalid
+from cloud.db import Database, pg_array, pg_text_array
+from cloud.errors import Conflict, DomainError, Invalid
 from cloud.ledger import core as ledger
 from cloud.ledger.service import ensure_accounts, post_many
 from cloud.registry.import_core import (
@@ -217,10 +218,39 @@ async def _load(conn: AsyncConnection, sites: Sequence[uuid.UUID] | None) -> _Ex
     return _Existing(facts, buildings, premises)
 
 
+_PG = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+@lru_cache(maxsize=32)
+def _bulk_insert(table: sa.Table, names: tuple[str, ...]) -> sa.TextClause:
+    casts = []
+    for i, name in enumerate(names):
+        column = table.c[name]
+        kind = "text" if isinstance(column.type, sa.String) else column.type.compile(dialect=_PG)
+        casts.append(f"CAST(:c{i} AS {kind}[])")
+    return sa.text(
+        f"INSERT INTO {table.name} ({', '.join(names)}) SELECT * FROM unnest({', '.join(casts)})"
+    )
+
+
 async def _insert(conn: AsyncConnection, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """One executemany per table (psycopg pipelines it), column defaults applied."""
-    if rows:
-        await conn.execute(sa.insert(model.__table__), rows)
+    """One INSERT … SELECT FROM unnest(arrays) per table, whatever the number of rows (the
+    registry's statement-level triggers then fire once); scalar column defaults applied."""
+    if not rows:
+        return
+    table: sa.Table = model.__table__
+    defaults = {
+        c.name: c.default.arg
+        for c in table.columns
+        if c.name not in rows[0] and isinstance(c.default, sa.ColumnDefault) and c.default.is_scalar
+    }
+    names = tuple(rows[0]) + tuple(defaults)
+    params: dict[str, str] = {}
+    for i, name in enumerate(names):
+        values = [r[name] for r in rows] if name in rows[0] else [defaults[name]] * len(rows)
+        text = isinstance(table.c[name].type, sa.String)
+        params[f"c{i}"] = pg_text_array(values) if text else pg_array(values)
+    await conn.execute(_bulk_insert(table, names), params)
 
 
 @dataclass(frozen=True)
@@ -430,8 +460,28 @@ async def run_import(
     Raises FileTooLarge or Invalid for a file that cannot be read at all; a readable file's
     refused rows are in the report (and a real run then writes nothing but the report)."""
     table = await asyncio.to_thread(read_table, filename, data)
-    header, rows = (table[0], table[1:]) if table else ([], [])
     run_id = uuid.uuid4()
+    try:
+        return await _run(db, tenant_id, actor, filename, table, dry_run, now, sites, run_id)
+    except sa.exc.IntegrityError:  # another import or an opening wrote the same rows
+        raise Conflict(
+            "导入期间数据已被修改，未写入任何数据，请重试 / the registry changed during the "
+            "import (another import or account opening?): nothing was written, try again"
+        ) from None
+
+
+async def _run(
+    db: Database,
+    tenant_id: uuid.UUID,
+    actor: str,
+    filename: str,
+    table: list[list[str]],
+    dry_run: bool,
+    now: datetime,
+    sites: Sequence[uuid.UUID] | None,
+    run_id: uuid.UUID,
+) -> ImportReport:
+    header, rows = (table[0], table[1:]) if table else ([], [])
     async with db.tenant(tenant_id) as conn:
         existing = await _load(conn, sites)
         plan = await asyncio.to_thread(validate, header, rows, existing.facts)
@@ -458,9 +508,8 @@ async def run_import(
             else sum(1 for a in plan.accounts.values() if a.opening_balance != 0),
             opening_total=sum((a.opening_balance for a in plan.accounts.values()), Decimal(0)),
         )
-        await _insert(
-            conn,
-            schema.ImportRun,
+        await conn.execute(
+            sa.insert(schema.ImportRun.__table__),  # type: ignore[attr-defined]
             [
                 {
                     "id": run_id,

@@ -4,7 +4,8 @@ over :mod:`cloud.tariffs.rules`.
 
 Scope: a tariff of a site is seen and changed by operators whose scope covers the site
 (another one is not found); a tariff of the whole group (no site) is seen by every operator
-and changed only by one scoped to the whole group.
+and assigned by any to the points in their scope, but changed only by one scoped to the
+whole group.
 """
 
 from __future__ import annotations
@@ -273,7 +274,11 @@ async def create_tariff(db: Database, who: Principal, new: NewTariff, now: datet
     return tariff_id
 
 
-async def _locked_tariff(conn: AsyncConnection, who: Principal, tariff_id: uuid.UUID) -> Any:
+async def _locked_tariff(
+    conn: AsyncConnection, who: Principal, tariff_id: uuid.UUID, change: bool = True
+) -> Any:
+    """The tariff's row, locked; NotFound outside the scope, Forbidden for a group tariff
+    the operator may not ``change`` (assigning one to points in scope is no change to it)."""
     row = (
         await conn.execute(
             sa.text(
@@ -285,7 +290,8 @@ async def _locked_tariff(conn: AsyncConnection, who: Principal, tariff_id: uuid.
     sites = await sites_of(conn, who)
     if row is None or (row.site_id is not None and sites is not None and row.site_id not in sites):
         raise NotFound(f"tariff {tariff_id} not found")
-    await _writable(conn, who, row.site_id)
+    if change:
+        await _writable(conn, who, row.site_id)
     return row
 
 
@@ -342,7 +348,7 @@ async def assign_tariff(
     by it; what was rated before stays as it was (rating only moves a point's mark on)."""
     ids = sorted(set(point_ids), key=lambda i: i.int)
     async with db.tenant(who.tenant_id) as conn:
-        tariff = await _locked_tariff(conn, who, tariff_id)
+        tariff = await _locked_tariff(conn, who, tariff_id, change=False)
         rows = (
             await conn.execute(
                 sa.text(
@@ -394,3 +400,62 @@ async def assign_tariff(
             },
         )
     return Assigned(tariff_id, tuple(ids), len(moving))
+
+
+async def update_tariff(
+    db: Database,
+    who: Principal,
+    tariff_id: uuid.UUID,
+    now: datetime,
+    name: str | None = None,
+    active: bool | None = None,
+) -> None:
+    """Rename a tariff or (de)activate it. Its prices change only by a new version; a tariff
+    points are on is not deactivated (move them to another first)."""
+    async with db.tenant(who.tenant_id) as conn:
+        tariff = await _locked_tariff(conn, who, tariff_id)
+        detail: dict[str, str] = {}
+        if name is not None and name.strip() != tariff.name:
+            name = name.strip()
+            if not name:
+                raise Invalid("name must not be blank")
+            taken = await conn.scalar(
+                sa.text(
+                    "SELECT 1 FROM tariff WHERE name = :n AND site_id IS NOT DISTINCT FROM :s "
+                    "AND utility = :u AND id <> :id"
+                ),
+                {"n": name, "s": tariff.site_id, "u": tariff.utility, "id": tariff_id},
+            )
+            if taken:
+                raise Conflict(f"a {tariff.utility} tariff named {name} already exists")
+            detail.update(previous_name=tariff.name, name=name)
+        if active is not None and active != tariff.active:
+            if not active:
+                used = int(
+                    await conn.scalar(
+                        sa.text(
+                            "SELECT count(*) FROM service_point WHERE tariff_id = :t "
+                            "AND removed_at IS NULL"
+                        ),
+                        {"t": tariff_id},
+                    )
+                    or 0
+                )
+                if used:
+                    raise Invalid(
+                        f"tariff {tariff.name} is used by {used} service point(s): assign them "
+                        "another tariff first"
+                    )
+            detail["active"] = str(active).lower()
+        if not detail:
+            return
+        await conn.execute(
+            sa.text(
+                "UPDATE tariff SET name = coalesce(:n, name), active = coalesce(:a, active) "
+                "WHERE id = :id"
+            ),
+            {"n": detail.get("name"), "a": active if "active" in detail else None, "id": tariff_id},
+        )
+        await audit.record(
+            conn, who.tenant_id, who.actor, "tariff.update", f"tariff:{tariff_id}", now, detail
+        )

@@ -462,7 +462,15 @@ async def test_bad_premises_are_422_and_change_nothing(
 
 
 async def test_premises_paging_bounds(http: httpx.AsyncClient, w: World) -> None:
-    for params in ({"limit": 0}, {"limit": 501}, {"offset": -1}, {"site_id": "nope"}):
+    for params in (
+        {"limit": 0},
+        {"limit": 501},
+        {"offset": -1},
+        {"site_id": "nope"},
+        {"q": "1\u0000"},
+        {"floor": "\u0000"},
+        {"q": "x" * 101},
+    ):
         r = await http.get("/api/v1/premises", params=params, headers=w.admin)
         assert r.status_code == 422, params
 
@@ -968,3 +976,42 @@ async def test_scope_narrows_points_balances_control_and_claims(
         ok(await http.get(f"/api/v1/accounts/{account}/balance", headers=w.admin))["balance"]
         == "10.00"
     )
+
+
+async def test_a_tenant_wide_manager_hands_on_only_what_they_hold(
+    http: httpx.AsyncClient, w: World
+) -> None:
+    role = ok(
+        await http.post(
+            "/api/v1/roles",
+            json={"name": "hr", "permissions": ["operator.manage", "registry.view"]},
+            headers=w.admin,
+        ),
+        201,
+    )
+    ok(await http.post("/api/v1/operators", json=_op("hr", role["id"]), headers=w.admin), 201)
+    hr = await login(http, w.slug, "hr", "clerk-password")
+    r = await http.post(
+        "/api/v1/roles", json={"name": "seller", "permissions": ["sale.create"]}, headers=hr
+    )
+    assert r.status_code == 403 and "sale.create" in r.json()["detail"]
+    r = await http.patch(f"/api/v1/roles/{w.admin_role}", json={"permissions": []}, headers=hr)
+    assert r.status_code == 403  # the administrator role holds more than hr
+    r = await http.post("/api/v1/operators", json=_op("boss2", w.admin_role), headers=hr)
+    assert r.status_code == 403
+    r = await http.post(
+        f"/api/v1/operators/{w.a.operator_id}/password",
+        json={"password": "taken-over"},
+        headers=hr,
+    )
+    assert r.status_code == 403 and "holds permissions you do not" in r.json()["detail"]
+    # within what hr holds, it works
+    ok(
+        await http.post(
+            "/api/v1/roles", json={"name": "viewer", "permissions": ["registry.view"]}, headers=hr
+        ),
+        201,
+    )
+    await admin_auth(http, w.slug)  # the administrator's password is unchanged
+    roles = {r["name"]: r for r in ok(await http.get("/api/v1/roles", headers=w.admin))}
+    assert "seller" not in roles and roles["administrator"]["permissions"] == list(PERMISSIONS)

@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import pytest
@@ -37,12 +38,22 @@ async def _group(db: Database, balance: str = "10.00") -> tuple[Seeded, str]:
     return await seed_group(db, spec), spec.slug
 
 
-async def _outlet(db: Database, g: Seeded, name: str) -> uuid.UUID:
-    outlet_id = uuid.uuid4()
+async def _outlet(db: Database, g: Seeded, name: str, own_site: bool = False) -> uuid.UUID:
+    """A new outlet at the group's site, or (``own_site``) at a new site of its own."""
+    outlet_id, site_id = uuid.uuid4(), g.site_id
     async with db.tenant(g.tenant_id) as conn:
+        if own_site:
+            site_id = uuid.uuid4()
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO site (id, tenant_id, name, timezone) "
+                    "VALUES (:id, :t, :n, 'Asia/Shanghai')"
+                ),
+                {"id": site_id, "t": g.tenant_id, "n": f"{name} site"},
+            )
         await conn.execute(
             sa.text("INSERT INTO outlet (id, tenant_id, site_id, name) VALUES (:id, :t, :s, :n)"),
-            {"id": outlet_id, "t": g.tenant_id, "s": g.site_id, "n": name},
+            {"id": outlet_id, "t": g.tenant_id, "s": site_id, "n": name},
         )
     return outlet_id
 
@@ -135,8 +146,10 @@ async def test_scoped_operator_sells_at_own_outlet_only_until_granted(
     db: Database, http: httpx.AsyncClient
 ) -> None:
     g, slug = await _group(db)
-    outlet_b = await _outlet(db, g, "East Office")
-    op_id, auth = await _operator(db, http, g, slug, COUNTER, "outlet", [g.outlet_id])
+    outlet_b = await _outlet(db, g, "East Office", own_site=True)
+    op_id, auth = await _operator(
+        db, http, g, slug, [*COUNTER, "sale.reverse"], "outlet", [g.outlet_id]
+    )
     account = g.accounts["m1"]
 
     own = await _sell(http, auth, account, "5.00", outlet_id=str(g.outlet_id))
@@ -168,6 +181,16 @@ async def test_scoped_operator_sells_at_own_outlet_only_until_granted(
     after = await _sell(http, auth, account, "7.00", outlet_id=str(outlet_b))
     assert after.status_code == 403
     assert await _balance(http, auth, account) == "22.00"
+    # the sale made under the grant stays the operator's own: listed, and reversible today
+    mine = await http.get("/api/v1/sales?limit=10", headers=auth)
+    assert granted.json()["receipt_no"] in [s["receipt_no"] for s in mine.json()["items"]]
+    rev = await http.post(
+        f"/api/v1/sales/{granted.json()['receipt_no']}/reverse",
+        json={"reason": "sold at the wrong office"},
+        headers=auth,
+    )
+    assert rev.status_code == 200, rev.text
+    assert await _balance(http, auth, account) == "15.00"
 
 
 async def test_bank_transfer_sits_in_transfer_clearing(
@@ -184,9 +207,7 @@ async def test_bank_transfer_sits_in_transfer_clearing(
         )
         day = await conn.scalar(sa.text("SELECT business_day FROM counter_sale"))
     assert held == Decimal("120.00")
-    assert (
-        day == datetime.now(UTC).astimezone(__import__("zoneinfo").ZoneInfo("Asia/Shanghai")).date()
-    )
+    assert day == datetime.now(ZoneInfo("Asia/Shanghai")).date()  # the site's, cut-off 00:00
     bad = await _sell(http, auth, g.accounts["m1"], "1.00", method="wechat")
     assert bad.status_code == 422
 
@@ -474,3 +495,69 @@ async def test_another_groups_sale_is_not_found_and_nothing_changes(
     assert their_outlet.status_code == 404
     assert await _state(db, mine) == before
     assert (await http.get(f"/api/v1/sales/{receipt}", headers=auth)).status_code == 200
+
+
+async def _meter_controlled(db: Database, g: Seeded) -> None:
+    """m1 becomes meter-controlled, its meter's purchase count known (3)."""
+    async with db.tenant(g.tenant_id) as conn:
+        await conn.execute(
+            sa.text("UPDATE service_point SET control_mode = 'meter' WHERE id = :p"),
+            {"p": g.points["m1"]},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO control_state (service_point_id, tenant_id, purchase_count) "
+                "VALUES (:p, :t, 3)"
+            ),
+            {"p": g.points["m1"], "t": g.tenant_id},
+        )
+
+
+async def test_reversal_cancels_a_queued_recharge_and_waits_for_a_sent_one(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    g, slug = await _group(db)
+    await _meter_controlled(db, g)
+    auth = await admin_auth(http, slug)
+    queued = (await _sell(http, auth, g.accounts["m1"], "30.00")).json()["receipt_no"]
+    sent = (await _sell(http, auth, g.accounts["m1"], "40.00")).json()["receipt_no"]
+
+    async def command(receipt: str) -> str:
+        async with db.tenant(g.tenant_id) as conn:
+            state = await conn.scalar(
+                sa.text("SELECT state FROM device_command WHERE params->>'cause' = :c"),
+                {"c": f"sale:{receipt}"},
+            )
+        return str(state)
+
+    assert await command(queued) == "queued"
+    async with db.tenant(g.tenant_id) as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE device_command SET state = 'sent', sent_at = now() "
+                "WHERE params->>'cause' = :c"
+            ),
+            {"c": f"sale:{sent}"},
+        )
+    before = await _state(db, g)
+    r = await http.post(f"/api/v1/sales/{sent}/reverse", json={"reason": "wrong"}, headers=auth)
+    assert r.status_code == 409 and "on its way to the meter" in r.json()["detail"]
+    assert await _state(db, g) == before and await command(sent) == "sent"
+
+    r = await http.post(f"/api/v1/sales/{queued}/reverse", json={"reason": "wrong"}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert await command(queued) == "superseded"  # the meter never gets it
+    assert await _balance(http, auth, g.accounts["m1"]) == "50.00"  # 10 + 30 + 40 - 30
+
+
+async def test_a_closed_account_takes_no_sale(db: Database, http: httpx.AsyncClient) -> None:
+    g, slug = await _group(db)
+    auth = await admin_auth(http, slug)
+    async with db.tenant(g.tenant_id) as conn:
+        await conn.execute(
+            sa.text("UPDATE account SET status = 'closed', closed_at = now() WHERE number = :n"),
+            {"n": g.accounts["m1"]},
+        )
+    r = await _sell(http, auth, g.accounts["m1"], "5.00")
+    assert r.status_code == 409 and f"account {g.accounts['m1']} is closed" in r.json()["detail"]
+    assert await _balance(http, auth, g.accounts["m1"]) == "10.00"

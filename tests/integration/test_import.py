@@ -21,7 +21,7 @@ from cloud.auth import hash_password
 from cloud.check import check
 from cloud.cli import main as prepay
 from cloud.db import Database
-from cloud.errors import Invalid
+from cloud.errors import Conflict, Invalid
 from cloud.registry.import_core import COLUMNS, MAX_ROWS
 from cloud.registry.importer import MAX_BYTES, FileTooLarge, ImportReport, run_import
 from cloud.registry.service import Seeded, seed_group
@@ -257,6 +257,41 @@ async def test_existing_accounts_and_meters_are_refused(db: Database) -> None:
     assert "already registered" in report.refusals[0].en
 
 
+async def test_two_imports_of_one_file_at_once_write_it_once(db: Database) -> None:
+    seeded = await _group(db)
+    data = to_csv(rows_for(await _gateway(db, seeded), 200))
+    results = await asyncio.gather(
+        _import(db, seeded, data, dry_run=False, name="a.csv"),
+        _import(db, seeded, data, dry_run=False, name="a.csv"),
+        return_exceptions=True,
+    )
+    written = [r for r in results if isinstance(r, ImportReport) and r.written]
+    others = [r for r in results if not (isinstance(r, ImportReport) and r.written)]
+    assert len(written) == 1, results
+    assert isinstance(others[0], Conflict) or (
+        isinstance(others[0], ImportReport) and others[0].refused == 200
+    )
+    assert (await _counts(db, seeded.tenant_id))["service_point"] == 200
+    assert (await check(db, [seeded.tenant_id])).ok
+
+
+async def test_the_registry_counter_moves_once_per_statement(db: Database) -> None:
+    """Ingest re-reads a gateway's meter map when the counter moves (migration 0013)."""
+    seeded = await _group(db)
+    counter = sa.text("SELECT value FROM tenant_counter WHERE name = 'registry'")
+    async with db.tenant(seeded.tenant_id) as conn:
+        before = await conn.scalar(counter)
+    data = to_csv(rows_for(await _gateway(db, seeded), 30))
+    await _import(db, seeded, data, dry_run=False, name="a.csv")
+    async with db.tenant(seeded.tenant_id) as conn:
+        imported = await conn.scalar(counter)
+        await conn.execute(sa.text("UPDATE binding SET install_register = 0"))
+        updated = await conn.scalar(counter)
+        await conn.execute(sa.text("UPDATE binding SET install_register = 0 WHERE false"))
+        untouched = await conn.scalar(counter)
+    assert (before, imported, updated, untouched) == (None, 3, 4, 4)  # device, channel, binding
+
+
 async def test_unreadable_and_oversized_files_are_refused(db: Database) -> None:
     seeded = await _group(db)
     with pytest.raises(FileTooLarge):
@@ -304,7 +339,9 @@ async def http(db_url: str) -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def _clerk(db: Database, seeded: Seeded, permissions: list[str]) -> None:
+async def _clerk(
+    db: Database, seeded: Seeded, permissions: list[str], sites: list[uuid.UUID] | None = None
+) -> None:
     async with db.tenant(seeded.tenant_id) as conn:
         role = uuid.uuid4()
         await conn.execute(
@@ -314,9 +351,16 @@ async def _clerk(db: Database, seeded: Seeded, permissions: list[str]) -> None:
         await conn.execute(
             sa.text(
                 "INSERT INTO operator (id, tenant_id, username, display_name, password_hash, "
-                "role_id, active) VALUES (gen_random_uuid(), :t, 'clerk', 'Clerk', :h, :r, true)"
+                "role_id, active, scope, scope_ids) VALUES (gen_random_uuid(), :t, 'clerk', "
+                "'Clerk', :h, :r, true, :scope, :ids)"
             ),
-            {"t": seeded.tenant_id, "h": hash_password("clerk-pass"), "r": role},
+            {
+                "t": seeded.tenant_id,
+                "h": hash_password("clerk-pass"),
+                "r": role,
+                "scope": "tenant" if sites is None else "site",
+                "ids": sites or [],
+            },
         )
 
 
@@ -393,4 +437,36 @@ async def test_api_refuses_without_permission_and_bad_uploads(
     garbled = {"file": ("a.csv", b"\xff\xfe\x00\x81\x30", "text/csv")}
     bad = await http.post("/api/v1/imports", files=garbled, headers=auth)
     assert bad.status_code == 422 and "GB18030" in bad.json()["detail"]
+    assert (await _counts(db, seeded.tenant_id))["account"] == 0
+
+
+async def test_a_site_scoped_operator_imports_only_onto_gateways_of_their_sites(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    seeded = await _group(db)
+    async with db.tenant(seeded.tenant_id) as conn:
+        elsewhere = uuid.uuid4()
+        await conn.execute(
+            sa.text(
+                "INSERT INTO site (id, tenant_id, name, timezone, notice_minutes, "
+                "alarm_hysteresis, friendly_weekends, friendly_holidays) "
+                "VALUES (:i, :t, 'Elsewhere', 'Asia/Shanghai', 0, 1, true, true)"
+            ),
+            {"i": elsewhere, "t": seeded.tenant_id},
+        )
+    await _clerk(db, seeded, ["import.run"], sites=[elsewhere])
+    async with db.platform() as conn:
+        slug = await conn.scalar(
+            sa.text("SELECT slug FROM tenant WHERE id = :t"), {"t": seeded.tenant_id}
+        )
+    r = await http.post(
+        "/api/v1/auth/token", json={"tenant": slug, "username": "clerk", "password": "clerk-pass"}
+    )
+    clerk = {"authorization": f"Bearer {r.json()['access_token']}"}
+    files = {"file": ("a.csv", to_csv(rows_for(await _gateway(db, seeded), 2)), "text/csv")}
+    refused = await http.post(
+        "/api/v1/imports", files=files, data={"dry_run": "false"}, headers=clerk
+    )
+    assert refused.status_code == 422
+    assert {x["column"] for x in refused.json()["refusals"]} == {"gateway_code"}
     assert (await _counts(db, seeded.tenant_id))["account"] == 0

@@ -468,3 +468,45 @@ async def test_install_a_device_the_pushed_config_registered(db: Database) -> No
         await service.install(
             o.db, o.who, b.points[0], service.InstallRequest(wrong, Decimal(0)), now, TIMING
         )
+
+
+async def test_swap_of_a_meter_controlled_point_sends_its_credit_on(db: Database) -> None:
+    o = await office(db)
+    opened = await service.open_account(
+        o.db,
+        o.who,
+        service.OpenRequest(
+            premises_id=await o.premises("212"),
+            points=(service.PointOrder("electricity", o.tariff, control_mode="meter"),),
+            customer=service.CustomerData("Meter Holder"),
+        ),
+        datetime.now(UTC),
+        TIMING,
+    )
+    p = opened.points[0]
+    now = datetime.now(UTC) - timedelta(hours=1)
+    await service.install(
+        o.db, o.who, p, service.InstallRequest(o.device("m1", "1"), Decimal("0")), now, TIMING
+    )
+    async with db.tenant(o.g.tenant_id) as conn:  # as the meter's readings mirror them
+        await conn.execute(
+            sa.text(
+                "UPDATE control_state SET meter_balance = 7.50, meter_balance_at = :at, "
+                "purchase_count = 3 WHERE service_point_id = :p"
+            ),
+            {"at": now, "p": p},
+        )
+    await o.ack_commands()
+    swap = service.SwapRequest(o.device("m2", "2"), Decimal("0.50"), Decimal("0"))
+    out = await service.swap(o.db, o.who, p, swap, now + timedelta(minutes=30), TIMING)
+    assert out.credit_moved == Decimal("7.50")
+    # The new meter's purchase count is not known yet: the installer is asked to recharge.
+    detail = await o.scalar(
+        "SELECT detail->>'amount' FROM work_order WHERE kind = 'recharge_unknown_count'"
+    )
+    assert detail == "7.50"
+    assert (
+        await o.scalar("SELECT meter_balance FROM control_state WHERE service_point_id = :p", p=p)
+        is None
+    )
+    await o.checked()

@@ -384,3 +384,37 @@ async def test_bad_cancel_is_4xx_and_changes_nothing(
     assert r.status_code == 422, r.text
     page = (await http.get(f"/api/v1/accounts/{number}", headers=auth)).json()
     assert page["status"] == "active" and page["balance"] == "5.00"
+
+
+async def test_a_site_operator_works_at_their_site_and_search_pages(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    grp = await _group(db)
+    clerk = await _operator(
+        db, http, grp, ["registry.view", "registry.edit", "account.open"], "site", [grp.g.site_id]
+    )
+    r = await http.post("/api/v1/accounts", json=_open_body(grp), headers=clerk)
+    assert r.status_code == 201, r.text
+    auth = await admin_auth(http, grp.slug)
+    async with db.tenant(grp.g.tenant_id) as conn:  # a second premises for a second account
+        building = await conn.scalar(sa.text("SELECT id FROM building"))
+        premises = uuid.uuid4()
+        await conn.execute(
+            sa.text(
+                "INSERT INTO premises (id, tenant_id, site_id, building_id, floor, number) "
+                "VALUES (:p, :t, :s, :b, '3', '302')"
+            ),
+            {"p": premises, "t": grp.g.tenant_id, "s": grp.g.site_id, "b": building},
+        )
+    body = _open_body(grp, premises_id=str(premises))
+    assert (await http.post("/api/v1/accounts", json=body, headers=auth)).status_code == 201
+    pages = [
+        (await http.get("/api/v1/accounts", params={"limit": 1, "offset": n}, headers=clerk)).json()
+        for n in (0, 1, 2)
+    ]
+    assert [p["total"] for p in pages[:2]] == [2, 2] and pages[2]["items"] == []
+    assert pages[0]["items"][0]["number"] < pages[1]["items"][0]["number"]
+    r = await http.get("/api/v1/accounts", params={"limit": 0}, headers=clerk)
+    assert r.status_code == 422
+    r = await http.get("/api/v1/accounts", params={"site_id": str(uuid.uuid4())}, headers=clerk)
+    assert r.status_code == 404

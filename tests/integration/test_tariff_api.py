@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -15,10 +16,16 @@ import sqlalchemy as sa
 
 from cloud import schema
 from cloud.auth import hash_password
+from cloud.check import check
+from cloud.control.service import CommandTiming
 from cloud.db import Database
+from cloud.ingest.service import IngestService
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
+from contract.mqtt import Reading, TelemetryBatch
 from tests.conftest import admin_auth, api_client, group_spec
+
+TIMING = CommandTiming()
 
 
 @pytest.fixture
@@ -159,6 +166,8 @@ async def test_writes_need_tariff_edit(db: Database, http: httpx.AsyncClient) ->
         r = await http.post(path, json=body, headers=viewer)
         assert r.status_code == 403, (path, r.text)
         assert "tariff.edit" in r.json()["detail"]
+    r = await http.patch(f"/api/v1/tariffs/{tid}", json={"name": "X"}, headers=viewer)
+    assert r.status_code == 403
     assert await _state(db, group) == before
     nobody = await _operator(db, http, group, slug, ["sale.create"])
     assert (await http.get("/api/v1/tariffs", headers=nobody)).status_code == 403
@@ -179,6 +188,8 @@ async def test_another_groups_tariffs_points_and_sites_are_not_found(
     before, their_before = await _state(db, mine), await _state(db, theirs)
 
     assert (await http.get(f"/api/v1/tariffs/{their_tariff}", headers=auth)).status_code == 404
+    r = await http.patch(f"/api/v1/tariffs/{their_tariff}", json={"active": False}, headers=auth)
+    assert r.status_code == 404
     r = await http.post(
         f"/api/v1/tariffs/{their_tariff}/versions",
         json=_flat(effective_from=_later()),
@@ -448,10 +459,30 @@ async def test_a_site_scoped_operator_sees_and_changes_only_its_site(
     assert r.status_code == 404  # the point is at a site outside the scope
     r = await http.post("/api/v1/tariffs", json=_new("Everywhere"), headers=scoped)
     assert r.status_code == 403  # a tariff of the whole group needs a group operator
+    group_tariff = next(t["id"] for t in (await http.get("/api/v1/tariffs", headers=scoped)).json())
+    r = await http.post(
+        f"/api/v1/tariffs/{group_tariff}/versions",
+        json=_flat(effective_from=_later()),
+        headers=scoped,
+    )
+    assert r.status_code == 403
     r = await http.get(f"/api/v1/sites/{group.site_id}/price-notice.pdf", headers=scoped)
     assert r.status_code == 404
     after = await _state(db, group)
     assert after[2] == before[2] and len(after[0]) == len(before[0]) + 1
+    assert len(after[1]) == len(before[1]) + 1  # the Harbour tariff's first version only
+
+    # an operator of the point's site puts it on a group tariff (no change to the tariff)
+    everywhere = (await http.post("/api/v1/tariffs", json=_new("Group B"), headers=auth)).json()
+    at_home = await _operator(
+        db, http, group, slug, ["registry.view", "tariff.edit"], "site", [group.site_id]
+    )
+    r = await http.post(
+        f"/api/v1/tariffs/{everywhere['id']}/assign",
+        json={"service_point_ids": [str(group.points["m1"])]},
+        headers=at_home,
+    )
+    assert r.status_code == 200 and r.json()["changed"] == 1
 
 
 async def test_price_notice_lists_every_tariff_in_force_and_scheduled(
@@ -534,10 +565,83 @@ async def test_price_notice_lists_every_tariff_in_force_and_scheduled(
         "Asia/Shanghai，UTC+08:00",
         "1.3000元/千瓦时",
         "调价agreed",
-        "最高收费标准1.1500元/千瓦时",
+        "最高收费标准：1.1500元/千瓦时",
         "允许加价幅度15%",
     ]:
         assert "".join(expected.split()) in flat, (expected, text)
     assert "595.276 x 841.89" in _poppler("pdfinfo", str(pdf))  # A4
     fonts = _poppler("pdffonts", str(pdf))
     assert "CJK" in fonts and " yes " in fonts  # embedded
+
+
+async def test_assigning_prices_what_is_rated_from_now_on_and_never_the_past(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    group, slug = await _group(db, meters=1)
+    auth = await admin_auth(http, slug)
+    now = datetime.now(UTC)
+
+    async def feed(minutes_ago: float, total: str, seq: int) -> None:
+        reading = Reading.model_validate(
+            {"device": "m1", "measured_at": now - timedelta(minutes=minutes_ago), "total": total}
+        )
+        batch = TelemetryBatch(gateway=gw, boot_id="b", seq=seq, sent_at=now, readings=(reading,))
+        await IngestService(db, TIMING).store_telemetry(gw, batch, datetime.now(UTC))
+
+    async with db.tenant(group.tenant_id) as conn:
+        gw = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    await feed(10, "100", 1)
+    await feed(8, "101", 2)  # 1 kWh at the seeded ¥1.0000
+    assert await balance(db, group) == Decimal("9.00")
+
+    made = (await http.post("/api/v1/tariffs", json=_new(price="2.0000"), headers=auth)).json()
+    r = await http.post(
+        f"/api/v1/tariffs/{made['id']}/assign",
+        json={"service_point_ids": [str(group.points["m1"])]},
+        headers=auth,
+    )
+    assert r.status_code == 200, r.text
+    assert await balance(db, group) == Decimal("9.00")  # nothing rated again
+    # a reading taken before the new tariff's first version, arriving after the move, is
+    # rated at the point's tariff now (the batch is not jammed), and so is the next one
+    await feed(5, "102", 3)
+    await feed(1, "103", 4)
+    assert await balance(db, group) == Decimal("5.00")
+    assert (await check(db, [group.tenant_id])).ok
+
+
+async def balance(db: Database, group: Seeded) -> Decimal:
+    async with db.tenant(group.tenant_id) as conn:
+        value = await conn.scalar(
+            sa.text("SELECT balance FROM ledger_account WHERE kind = 'wallet'")
+        )
+    assert isinstance(value, Decimal)
+    return value
+
+
+async def test_rename_and_deactivate(db: Database, http: httpx.AsyncClient) -> None:
+    group, slug = await _group(db, meters=1)
+    auth = await admin_auth(http, slug)
+    seeded = (await http.get("/api/v1/tariffs", headers=auth)).json()[0]["id"]
+    spare = (await http.post("/api/v1/tariffs", json=_new("Spare"), headers=auth)).json()["id"]
+    before = await _state(db, group)
+    r = await http.patch(f"/api/v1/tariffs/{seeded}", json={"active": False}, headers=auth)
+    assert r.status_code == 422 and "used by 1 service point" in r.json()["detail"]
+    r = await http.patch(f"/api/v1/tariffs/{spare}", json={"name": "Commercial flat"}, headers=auth)
+    assert r.status_code == 409
+    r = await http.patch(f"/api/v1/tariffs/{spare}", json={"name": ""}, headers=auth)
+    assert r.status_code == 422
+    assert await _state(db, group) == before
+
+    r = await http.patch(
+        f"/api/v1/tariffs/{spare}", json={"name": "Old shops", "active": False}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["name"] == "Old shops" and r.json()["active"] is False
+    assert await _audits(db, group, "tariff.update") == 1
+    r = await http.post(
+        f"/api/v1/tariffs/{spare}/assign",
+        json={"service_point_ids": [str(group.points["m1"])]},
+        headers=auth,
+    )
+    assert r.status_code == 422 and "not active" in r.json()["detail"]

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from cloud.auth import PERMISSIONS
 from cloud.cli import main
 from cloud.db import Database
+from cloud.ledger import core as ledger
 from cloud.settings import CloudSettings
 from tests.conftest import api_client
 
@@ -84,12 +85,56 @@ async def test_create_then_log_in_set_up_and_check(
             f"/api/v1/sites/{site.json()['id']}/outlets", json={"name": "营业厅"}, headers=auth
         )
         assert outlet.status_code == 201, outlet.text
-    async with db.platform() as conn:
-        tenant_id = await conn.scalar(sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": slug})
+        async with db.platform() as conn:
+            tenant_id = await conn.scalar(
+                sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": slug}
+            )
+        number = await _account(db, tenant_id)  # as 开户 will make it (another helper's)
+        sale = await http.post(
+            "/api/v1/sales",
+            json={"account": number, "amount": "50.00", "outlet_id": outlet.json()["id"]},
+            headers={**auth, "Idempotency-Key": "first-sale-1"},
+        )
+        assert sale.status_code == 201, sale.text
+        balance = await http.get(f"/api/v1/accounts/{number}/balance", headers=auth)
+        assert balance.json()["balance"] == "50.00"
     async with db.tenant(tenant_id) as conn:
         actions = list(await conn.scalars(sa.text("SELECT action FROM audit_event ORDER BY at")))
     assert actions[0] == "tenant.created"
     assert await _cli("check", "--tenant", slug) == 0
+
+
+async def _account(db: Database, tenant_id: uuid.UUID) -> str:
+    """A customer's account with an empty wallet, written as seed_group writes one."""
+    account_id, wallet_id, customer_id = uuid.uuid4(), uuid.uuid4(), uuid.uuid4()
+    wallet = ledger.wallet(account_id, "A000001")
+    async with db.tenant(tenant_id) as conn:
+        await conn.execute(
+            sa.text("INSERT INTO customer (id, tenant_id, name) VALUES (:id, :t, '张三')"),
+            {"id": customer_id, "t": tenant_id},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO ledger_account (id, tenant_id, code, kind, name, normal_side, "
+                "balance) VALUES (:id, :t, :code, :kind, :name, :side, 0)"
+            ),
+            {
+                "id": wallet_id,
+                "t": tenant_id,
+                "code": wallet.code,
+                "kind": wallet.kind.value,
+                "name": wallet.name,
+                "side": wallet.normal_side.value,
+            },
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO account (id, tenant_id, customer_id, number, wallet_id) "
+                "VALUES (:id, :t, :c, 'A000001', :w)"
+            ),
+            {"id": account_id, "t": tenant_id, "c": customer_id, "w": wallet_id},
+        )
+    return "A000001"
 
 
 @pytest.mark.usefixtures("cli_env")

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cloud.auth import PERMISSIONS
 from cloud.errors import Forbidden, Invalid
@@ -29,7 +31,20 @@ def test_zoneinfo_keys_are_accepted(zone: str) -> None:
     assert core.site(replace(SITE, timezone=zone)).timezone == zone
 
 
-@pytest.mark.parametrize("zone", ["", "CST+8", "UTC+8", "Asia/Nowhere", "../etc/passwd", "x" * 70])
+@pytest.mark.parametrize(
+    "zone",
+    [
+        "",
+        "CST+8",
+        "UTC+8",
+        "Asia/Nowhere",
+        "../etc/passwd",
+        "x" * 70,
+        "localtime",
+        "posixrules",
+        "a\x00b",
+    ],
+)
 def test_a_time_zone_must_be_a_zoneinfo_key(zone: str) -> None:
     with pytest.raises(Invalid, match="unknown time zone"):
         core.site(replace(SITE, timezone=zone))
@@ -260,3 +275,30 @@ def test_a_grant_of_an_outlet_already_in_scope_is_refused() -> None:
     with pytest.raises(Invalid, match="already in this operator's scope"):
         core.grant(_draft(), NOW, TENANT, S1)
     assert core.grant(replace(_draft(), outlet_id=O3), NOW, SITE1, S2)
+
+
+_reaches = st.one_of(
+    st.just(TENANT),
+    st.sets(st.sampled_from([S1, S2]), min_size=1).map(lambda s: core.reach("site", s, OUTLETS)),
+    st.sets(st.sampled_from([O1, O2, O3]), min_size=1).map(
+        lambda o: core.reach("outlet", o, OUTLETS)
+    ),
+)
+
+
+@given(_reaches, _reaches, _reaches)
+def test_covers_is_a_preorder_with_the_tenant_on_top(
+    a: core.Reach, b: core.Reach, c: core.Reach
+) -> None:
+    assert core.covers(a, a)
+    assert core.covers(TENANT, a)
+    if core.covers(a, b) and core.covers(b, c):
+        assert core.covers(a, c)
+    if a.sites is not None:
+        assert not core.covers(a, TENANT)
+
+
+@given(_reaches, _reaches)
+def test_what_is_covered_lies_within_the_coverers_sites(a: core.Reach, b: core.Reach) -> None:
+    if core.covers(a, b) and a.sites is not None:
+        assert b.sites is not None and b.sites <= a.sites

@@ -5,12 +5,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import replace
 from datetime import UTC, date, datetime, time
+from decimal import Decimal
 
 import pytest
 
+from cloud.documents.receipt import money, receipt_escpos, receipt_fields
 from cloud.errors import Conflict, Forbidden, Invalid
 from cloud.ledger.core import AccountKind
 from cloud.payments.core import ReversalFacts, business_day, check_reversal, source_account
+from cloud.payments.sales import SaleView
 
 OP = uuid.UUID(int=7)
 
@@ -115,3 +118,61 @@ def test_permission_is_checked_before_anything_else() -> None:
     worst = replace(OK, permitted=False, reason="", handed_over=True, recharge_state="acked")
     with pytest.raises(Forbidden):
         check_reversal(worst)
+
+
+def _sale(**change: object) -> SaleView:
+    at = datetime(2026, 12, 2, 16, 30, tzinfo=UTC)
+    base = SaleView(
+        id=uuid.UUID(int=1),
+        receipt_no="R00000012",
+        group_name="滨江物业集团",
+        site_name="滨江市场",
+        timezone="Asia/Shanghai",
+        outlet_id=uuid.UUID(int=2),
+        outlet_name="东区营业厅",
+        operator="li",
+        operator_name="李收银",
+        account_number="A000012",
+        customer="张三五金店",
+        premises="1号楼 2 A-201",
+        amount=Decimal("1409.50"),
+        method="transfer",
+        balance_after=Decimal("1500.00"),
+        created_at=at,
+        business_day=date(2026, 12, 3),
+        grant=None,
+        reversed_at=None,
+        reversed_by=None,
+        reversal_reason=None,
+        reversal_entry_id=None,
+    )
+    return replace(base, **change)  # type: ignore[arg-type]
+
+
+def test_receipt_fields_format_money_capitals_and_local_time() -> None:
+    f = dict(receipt_fields(_sale()).rows)
+    assert f["金额"] == "¥1,409.50" and f["金额大写"] == "壹仟肆佰零玖元伍角整"
+    assert f["售后余额"] == "¥1,500.00" and f["付款方式"] == "银行转账"
+    assert f["时间"] == "2026-12-03 00:30:00 Asia/Shanghai (UTC+08:00)"  # 16:30 UTC
+    ny = dict(receipt_fields(_sale(timezone="America/New_York")).rows)
+    assert ny["时间"] == "2026-12-02 11:30:00 America/New_York (UTC-05:00)"
+    assert money(Decimal("-3.5")) == "-¥3.50"
+
+
+def test_escpos_bytes_decode_as_gb18030_with_the_reversal() -> None:
+    at = datetime(2026, 12, 2, 17, tzinfo=UTC)
+    sale = _sale(reversed_at=at, reversed_by="operator:admin", reversal_reason="收错账户")
+    raw = receipt_escpos(sale)
+    assert raw.startswith(b"\x1c\x26") and raw.endswith(b"\x1dV\x00")
+    text = raw.decode("gb18030")
+    for shown in [
+        "滨江物业集团",
+        "东区营业厅",
+        "¥1,409.50",
+        "壹仟肆佰零玖元伍角整",
+        "已冲正",
+        "收错账户",
+    ]:
+        assert shown in text
+    assert "异地售电" not in text
+    assert "张三五金店".encode("gb18030") in raw  # GB18030, not UTF-8

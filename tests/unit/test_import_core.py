@@ -182,7 +182,10 @@ def test_a_row_of_an_account_must_name_the_same_customer() -> None:
 
 
 def test_an_id_number_belongs_to_one_customer() -> None:
-    plan = run(row(), row(customer_name="李四", account_number="9", address="2"))
+    plan = run(
+        row(id_number="X1"),
+        row(id_number="X1", customer_name="李四", account_number="9", address="2"),
+    )
     assert only_refusal(plan)[:2] == (3, "id_number")
 
 
@@ -236,3 +239,41 @@ def test_aliases_of_kinds_and_utilities() -> None:
 def test_dlt645_addresses_are_kept_upper_case() -> None:
     plan = run(row(meter_profile="dlt645-2007-prepaid", address="0000000000ab"))
     assert plan.ok and next(iter(plan.devices.values())).address == "0000000000AB"
+
+
+def test_the_committed_templates_are_the_generated_ones_and_their_example_passes() -> None:
+    from cloud.registry import import_template
+    from cloud.registry.importer import read_table
+
+    here = import_template.HERE
+    assert (here / "import_template.csv").read_bytes() == import_template.csv_bytes()
+    facts = Facts(
+        accounts=frozenset(),
+        tariffs={"Commercial flat": (TariffFact(ELEC, "electricity", None),)},
+        gateways={"gw-demo-1": GatewayFact(GW, SITE)},
+        profiles=FACTS.profiles,
+    )
+    for name in ("import_template.csv", "import_template.xlsx"):
+        table = read_table(name, (here / name).read_bytes())
+        assert table[0] == HEADER
+        assert table == read_table(name, getattr(import_template, name[16:] + "_bytes")())
+        plan = validate(table[0], table[1:], facts)
+        assert plan.ok and plan.rows == 1, plan.refusals
+        assert next(iter(plan.accounts)) == "000012"  # a text cell keeps its zeros
+
+
+def test_spreadsheet_numbers_read_as_typed() -> None:
+    import io
+
+    from openpyxl import Workbook
+
+    from cloud.registry.importer import read_table
+
+    book = Workbook()
+    sheet = book.active
+    assert sheet is not None
+    sheet.append(["期初余额", "户号", "装表读数"])
+    sheet.append([12.5, 1001, 0.1 + 0.2])
+    buf = io.BytesIO()
+    book.save(buf)
+    assert read_table("a.xlsx", buf.getvalue())[1] == ["12.5", "1001", "0.3"]

@@ -8,8 +8,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from cloud.tariffs.core import Flat, Tariff, TariffVersion
+from cloud.tariffs.core import Flat, Tariff, TariffVersion, plan_from_spec
 from cloud.tariffs.rules import (
     SKEW,
     Ceiling,
@@ -290,3 +292,51 @@ def test_readings_before_a_tariffs_first_version_are_priced_at_it() -> None:
     assert tariff.at(NOW) is first
     assert tariff.for_interval(NOW + timedelta(days=30)) is first
     assert tariff.at(NOW + timedelta(days=30)) is second
+
+
+prices = st.decimals(min_value=Decimal("0.0001"), max_value=Decimal("20"), places=4)
+
+
+@given(
+    price=prices,
+    catalogue=prices,
+    margin=st.decimals(min_value=Decimal(0), max_value=Decimal("0.5"), places=4),
+    reason=st.one_of(st.none(), st.just(""), st.just("agreed")),
+)
+def test_margin_rule_property(
+    price: Decimal, catalogue: Decimal, margin: Decimal, reason: str | None
+) -> None:
+    """A flat price is accepted exactly when it is within the ceiling or acknowledged, and
+    the reason is kept exactly when it was needed."""
+    ceiling = Ceiling("S", catalogue, margin)
+    draft = VersionDraft("flat", {"unit_price": str(price)}, margin_reason=reason)
+    above = price > catalogue * (1 + margin)
+    if above and not reason:
+        with pytest.raises(MarginExceeded):
+            accept_version("electricity", draft, NOW, (), [ceiling])
+        return
+    ok = accept_version("electricity", draft, NOW, (), [ceiling])
+    assert ok.margin_reason == (reason if above else None)
+    assert plan_from_spec(ok.kind, ok.spec, None) == Flat(price)
+
+
+@given(
+    bounds=st.lists(st.integers(min_value=1, max_value=10_000), min_size=0, max_size=9),
+    block_prices=st.lists(prices, min_size=10, max_size=10),
+)
+def test_tiered_plans_round_trip_and_bounds_must_strictly_ascend(
+    bounds: list[int], block_prices: list[Decimal]
+) -> None:
+    blocks = [
+        {"up_to": str(b), "price": str(p)}
+        for b, p in zip(bounds, block_prices[: len(bounds)], strict=True)
+    ]
+    blocks.append({"up_to": None, "price": str(block_prices[-1])})
+    spec = {"cycle": "month", "blocks": blocks}
+    if bounds != sorted(set(bounds)):
+        with pytest.raises(RuleError):
+            valid_plan("water", "tiered", spec)
+        return
+    ok = accept_version("water", VersionDraft("tiered", spec), NOW, (), [])
+    assert plan_from_spec(ok.kind, ok.spec, None) == valid_plan("water", "tiered", spec)
+    assert ok.highest_price == max(Decimal(b["price"]) for b in blocks)
