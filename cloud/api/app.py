@@ -22,6 +22,7 @@ from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, explain, render
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
+from cloud.console.settings import router as settings_router
 from cloud.errors import DomainError, TooManyAttempts
 
 
@@ -37,6 +38,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(office_router)
     app.include_router(gateways_router)
     app.include_router(imports_router)
+    app.include_router(settings_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
