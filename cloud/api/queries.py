@@ -34,7 +34,7 @@ class PointRow:
 _POINTS = """
 SELECT sp.id, sp.name, a.number AS account_number, la.balance, tw.desired, tw.reported,
        tw.reported_at, r.total AS last_total, r.measured_at AS last_reading_at,
-       g.online AS gateway_online, s.timezone AS site_timezone
+       coalesce(g.online, false) AS gateway_online, s.timezone AS site_timezone
 FROM service_point sp
 JOIN site s ON s.id = sp.site_id
 JOIN account a ON a.id = sp.account_id

@@ -340,14 +340,8 @@ async def index(request: Request, svc: ServicesDep) -> Response:
 
 @router.get("/gateways")
 async def gateways(request: Request, svc: ServicesDep) -> Response:
-    who = await signed_in(request, svc)
-    if isinstance(who, Response):
-        return who
-    ctx = {
-        "title": _("Gateways"),
-        "message": _("Gateways are commissioned with the gateway issue; nothing to set here yet."),
-    }
-    return render(request, svc, "placeholder.html", {"who": who, **ctx}, section="settings")
+    """The gateways' own pages (cloud.console.gateways)."""
+    return RedirectResponse("/console/gateways", status_code=303)
 
 
 # --- sites ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import re
 import shutil
 import subprocess
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -27,6 +28,8 @@ import sqlalchemy as sa
 
 from cloud.check import check
 from cloud.cli import main as prepay
+from cloud.console.i18n import translations
+from cloud.console.settings import PERMISSION_LABELS
 from cloud.control.dispatcher import Dispatcher
 from cloud.control.service import CommandTiming
 from cloud.db import Database
@@ -118,8 +121,17 @@ WORDS = {
 }
 
 
-async def _setup_group(live: Live, tmp_path: Path, tag: str) -> dict[str, Any]:
-    """`prepay tenant create`, then the administrator's set-up over the API."""
+async def _setup_group(
+    live: Live,
+    tmp_path: Path,
+    tag: str,
+    page: Any,
+    lang: str,
+    shot: Callable[[str], Awaitable[None]],
+) -> dict[str, Any]:
+    """`prepay tenant create`, then the administrator's set-up in the console's 设置 pages;
+    the installer commissions the gateway with a claim code (the API the CLI calls)."""
+    t = translations(lang).gettext
     slug = f"b{tag}"
     pw = tmp_path / "admin-password"
     pw.write_text("first-admin-pw\n", encoding="utf-8")
@@ -139,74 +151,80 @@ async def _setup_group(live: Live, tmp_path: Path, tag: str) -> dict[str, Any]:
         ],
     )
     assert code == 0
+    await _login(page, live, lang, slug, "boss", "first-admin-pw")
+    base = f"{live.base}/console/settings"
+    await page.goto(f"{base}/sites")
+    await page.get_by_label(t("Site name")).fill("一期商铺")
+    await shot("admin-site")
+    await page.get_by_role("button", name=t("Add site")).click()
+    await page.get_by_role("link", name=t("Buildings and premises")).click()
+    await page.get_by_label(t("Building name")).fill("A栋")
+    await page.get_by_role("button", name=t("Add building")).click()
+    await page.get_by_role("link", name=t("Premises"), exact=True).click()
+    await page.get_by_label(t("Floor"), exact=True).fill("1")
+    await page.get_by_label(t("Number"), exact=True).fill("101")
+    await page.get_by_label(t("Floor area (m², optional)")).fill("36.50")
+    await shot("admin-premises")
+    await page.get_by_role("button", name=t("Add premises")).click()
+    await page.goto(f"{base}/sites")
+    await page.get_by_role("link", name=t("Outlets"), exact=True).click()
+    await page.get_by_label(t("Outlet name")).fill("一号营业厅")
+    await page.get_by_role("button", name=t("Add outlet")).click()
+    await page.goto(f"{base}/tariffs")
+    await page.get_by_label(t("Tariff name")).fill("商铺电价")
+    await page.get_by_label(t("Utility")).select_option("electricity")
+    await page.get_by_label(t("Unit price (¥ per kWh or m³)")).fill("1.0000")
+    await shot("admin-tariff")
+    await page.get_by_role("button", name=t("Add tariff")).click()
+    await page.goto(f"{base}/operators")
+    await page.get_by_label(t("Role name")).fill("收费员")
+    for perm in (
+        "registry.view",
+        "account.open",
+        "account.close",
+        "meter.install",
+        "sale.create",
+        "sale.reverse",
+    ):
+        await page.get_by_label(t(PERMISSION_LABELS[perm]), exact=True).check()
+    await page.get_by_role("button", name=t("Add role")).click()
+    await page.get_by_label(t("User"), exact=True).fill("clerk")
+    await page.get_by_label(t("Display name")).fill("王收费")
+    await page.get_by_label(t("Password (at least 8 characters)")).fill("clerk-password")
+    await page.get_by_label(t("Role"), exact=True).select_option(label="收费员")
+    await page.get_by_label(t("Chosen outlets")).check()
+    await page.get_by_label(re.compile("一号营业厅")).check()
+    await shot("admin-operator")
+    await page.get_by_role("button", name=t("Add operator")).click()
+    await page.get_by_role("status").wait_for()
+    await page.get_by_role("button", name=t("Log out")).click()
+    await page.wait_for_url("**/console/login")
+
     async with httpx.AsyncClient(base_url=live.base) as http:
         tok = await http.post(
             "/api/v1/auth/token",
             json={"tenant": slug, "username": "boss", "password": "first-admin-pw"},
         )
         auth = {"authorization": f"Bearer {tok.json()['access_token']}"}
-
-        async def post(url: str, body: dict[str, Any]) -> dict[str, Any]:
-            r = await http.post(url, json=body, headers=auth)
-            assert r.status_code in (200, 201), r.text
-            doc: dict[str, Any] = r.json()
-            return doc
-
-        site = await post(
-            "/api/v1/sites",
-            {
-                "name": "一期商铺",
-                "friendly_night_start": None,
-                "friendly_night_end": None,
-                "friendly_weekends": False,
-                "friendly_holidays": False,
-            },
+        sites = (await http.get("/api/v1/sites", headers=auth)).json()
+        assert [s["name"] for s in sites] == ["一期商铺"]
+        claim = await http.post(
+            f"/api/v1/sites/{sites[0]['id']}/claim-codes", json={"ttl_minutes": 30}, headers=auth
         )
-        building = await post(f"/api/v1/sites/{site['id']}/buildings", {"name": "A栋"})
-        await post(
-            f"/api/v1/buildings/{building['id']}/premises",
-            {"floor": "1", "number": "101", "kind": "shop", "floor_area": "36.50"},
-        )
-        outlet = await post(f"/api/v1/sites/{site['id']}/outlets", {"name": "一号营业厅"})
-        await post(
-            "/api/v1/tariffs",
-            {
-                "name": "商铺电价",
-                "utility": "electricity",
-                "site_id": site["id"],
-                "version": {"plan": {"kind": "flat", "unit_price": "1.0000"}},
-            },
-        )
-        role = await post(
-            "/api/v1/roles",
-            {
-                "name": "收费员",
-                "permissions": [
-                    "registry.view",
-                    "account.open",
-                    "account.close",
-                    "meter.install",
-                    "sale.create",
-                    "sale.reverse",
-                ],
-            },
-        )
-        await post(
-            "/api/v1/operators",
-            {
-                "username": "clerk",
-                "display_name": "王收费",
-                "password": "clerk-password",
-                "role_id": role["id"],
-                "scope": "outlet",
-                "scope_ids": [outlet["id"]],
-            },
-        )
-        claim = await post(f"/api/v1/sites/{site['id']}/claim-codes", {"ttl_minutes": 30})
-        gw = await http.post("/api/v1/gateways/commission", json={"claim": claim["code"]})
+        gw = await http.post("/api/v1/gateways/commission", json={"claim": claim.json()["code"]})
         assert gw.status_code == 201, gw.text
     tenant_id = await _scalar(live.wiring.db, None, "SELECT id FROM tenant WHERE slug = :s", s=slug)
     return {"slug": slug, "gateway": gw.json()["gateway"], "tenant_id": tenant_id}
+
+
+async def _login(page: Any, live: Live, lang: str, slug: str, user: str, password: str) -> None:
+    t = translations(lang).gettext
+    await page.goto(f"{live.base}/console/login?lang={lang}")
+    await page.get_by_label(t("Property group")).fill(slug)
+    await page.get_by_label(t("User")).fill(user)
+    await page.get_by_label(t("Password")).fill(password)
+    await page.get_by_role("button", name=t("Log in")).click()
+    await page.wait_for_url("**/console/")
 
 
 async def _scalar(db: Database, tenant: uuid.UUID | None, query: str, **params: Any) -> Any:
@@ -239,7 +257,24 @@ async def test_the_business_office_day(
     shots = ARTIFACTS / f"business-office-{lang}"
     shutil.rmtree(shots, ignore_errors=True)
     shots.mkdir(parents=True)
-    group = await _setup_group(live, tmp_path, uuid.uuid4().hex[:6])
+    context = await browser.new_context(
+        locale="zh-CN" if lang == "zh_CN" else "en-US", accept_downloads=True
+    )
+    page = await context.new_page()
+    page.set_default_timeout(15_000)
+    step = 0
+
+    async def shot(name: str) -> None:
+        nonlocal step
+        step += 1
+        await page.screenshot(path=str(shots / f"{step:02d}-{name}.png"), full_page=True)
+
+    try:
+        group = await _setup_group(live, tmp_path, uuid.uuid4().hex[:6], page, lang, shot)
+    except BaseException:
+        await shot("failed")
+        await context.close()
+        raise
     tenant = group["tenant_id"]
     profiles = load_profiles()
     # 6 kW at 20x: 120 kW as the cloud sees it, under its plausibility limit for one shop
@@ -277,26 +312,9 @@ async def test_the_business_office_day(
     await asyncio.wait_for(ingest.ready.wait(), 10)
     await asyncio.wait_for(dispatcher.ready.wait(), 10)
     tasks.append(asyncio.create_task(agent.run()))
-    context = await browser.new_context(
-        locale="zh-CN" if lang == "zh_CN" else "en-US", accept_downloads=True
-    )
-    page = await context.new_page()
-    page.set_default_timeout(15_000)
-    step = 0
-
-    async def shot(name: str) -> None:
-        nonlocal step
-        step += 1
-        await page.screenshot(path=str(shots / f"{step:02d}-{name}.png"), full_page=True)
-
     try:
-        await page.goto(f"{live.base}/console/login?lang={lang}")
-        await page.get_by_label(w["tenant"]).fill(group["slug"])
-        await page.get_by_label(w["user"]).fill("clerk")
-        await page.get_by_label(w["password"]).fill("clerk-password")
-        await shot("login")
-        await page.get_by_role("button", name=w["login"]).click()
-        await page.wait_for_url("**/console/")
+        await _login(page, live, lang, group["slug"], "clerk", "clerk-password")
+        await shot("clerk-logged-in")
 
         # 开户: a new customer at A栋-1-101, electricity on the shop tariff
         await page.goto(f"{live.base}/console/accounts/new")
