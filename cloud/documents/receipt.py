@@ -112,8 +112,11 @@ def receipt_html(sale: SaleView, layout: str = "a5") -> str:
     return template.render(r=fields, fonts=CJK_FONTS, roll_mm=roll_mm)
 
 
+@functools.lru_cache(maxsize=512)
 def receipt_pdf(sale: SaleView, layout: str = "a5") -> bytes:
-    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll)."""
+    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll).
+    Kept for reprints (the key is every field of the sale, its reversal included, so a
+    changed sale is drawn anew); the console's receipt page draws it ahead of the click."""
     return render_pdf(receipt_html(sale, layout))
 
 

@@ -136,6 +136,7 @@ async def _load(
 
 async def list_tariffs(db: Database, who: Principal, now: datetime) -> list[TariffView]:
     """The tariffs the operator's scope sees, each with its versions."""
+    who.require("registry.view")
     async with db.tenant(who.tenant_id) as conn:
         return await _load(conn, who, now)
 
@@ -143,6 +144,7 @@ async def list_tariffs(db: Database, who: Principal, now: datetime) -> list[Tari
 async def get_tariff(
     db: Database, who: Principal, tariff_id: uuid.UUID, now: datetime
 ) -> TariffView:
+    who.require("registry.view")
     async with db.tenant(who.tenant_id) as conn:
         found = await _load(conn, who, now, tariff_id)
     if not found:
@@ -241,6 +243,7 @@ def _detail(v: rules.AcceptedVersion) -> dict[str, str]:
 
 async def create_tariff(db: Database, who: Principal, new: NewTariff, now: datetime) -> uuid.UUID:
     """A tariff with its first version (which starts now or later)."""
+    who.require("tariff.edit")
     name = new.name.strip()
     if not name:
         raise Invalid("name must not be blank")
@@ -308,6 +311,7 @@ async def add_version(
     db: Database, who: Principal, tariff_id: uuid.UUID, draft: rules.VersionDraft, now: datetime
 ) -> uuid.UUID:
     """A new version of a tariff, from now or a later date: what was rated stays as it was."""
+    who.require("tariff.edit")
     async with db.tenant(who.tenant_id) as conn:
         tariff = await _locked_tariff(conn, who, tariff_id)
         version = _accept(
@@ -346,6 +350,7 @@ async def assign_tariff(
 ) -> Assigned:
     """Put service points on a tariff, all or none. Readings rated from now on are priced
     by it; what was rated before stays as it was (rating only moves a point's mark on)."""
+    who.require("tariff.edit")
     ids = sorted(set(point_ids), key=lambda i: i.int)
     async with db.tenant(who.tenant_id) as conn:
         tariff = await _locked_tariff(conn, who, tariff_id, change=False)
@@ -412,6 +417,7 @@ async def update_tariff(
 ) -> None:
     """Rename a tariff or (de)activate it. Its prices change only by a new version; a tariff
     points are on is not deactivated (move them to another first)."""
+    who.require("tariff.edit")
     async with db.tenant(who.tenant_id) as conn:
         tariff = await _locked_tariff(conn, who, tariff_id)
         detail: dict[str, str] = {}
