@@ -61,6 +61,7 @@ class Wiring:
             settings.mqtt_prefix,
             settings.mqtt_url,
             secure_cookies=settings.environment == "production",
+            draw_receipts_ahead=settings.draw_receipts_ahead,
         )
         return cls(settings, db, services)
 

@@ -64,6 +64,9 @@ class CloudSettings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # a sale's A5 receipt drawn in the background as soon as it commits (the click on 打印
+    # then finds it drawn); off in the test suite, where nobody prints
+    draw_receipts_ahead: bool = True
     command_deadline_s: int = 120  # supply commands; a recharge has 24 h
     command_retry_s: float = 5.0
 

@@ -27,6 +27,10 @@ from cloud.embedded import EmbeddedBroker, start_embedded_postgres
 from cloud.registry.service import GroupSpec, MeterSpec, Seeded, seed_group
 from cloud.settings import CloudSettings
 
+# Nobody prints in the suite: no receipts drawn in the background after each sale (the one
+# test of drawing ahead turns it on for its own app).
+os.environ.setdefault("PREPAY_DRAW_RECEIPTS_AHEAD", "false")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -26,6 +26,7 @@ class Services:
     # cookies marked Secure everywhere (production); otherwise only over https and on
     # localhost, which browsers treat as secure (tests' in-process clients speak http)
     secure_cookies: bool = False
+    draw_receipts_ahead: bool = False  # (cloud.documents.receipt.draw_ahead)
 
 
 def services(request: Request) -> Services:

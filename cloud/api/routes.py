@@ -21,6 +21,7 @@ from cloud.control.operator import (
     operate_point,
     operate_site,
 )
+from cloud.documents.receipt import draw_ahead
 from cloud.errors import DomainError
 from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.registry.commissioning import exchange_claim, issue_claim, revoke_credential
@@ -195,6 +196,8 @@ async def create_sale(
     )
     if receipt.replayed:
         response.status_code = 200
+    elif svc.draw_receipts_ahead:
+        draw_ahead(svc.db, who, receipt.receipt_no)
     return SaleOut(
         id=receipt.sale_id,
         receipt_no=receipt.receipt_no,

@@ -6,7 +6,6 @@ what was typed and the reason in the operator's language."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -22,7 +21,7 @@ from cloud.auth import Principal
 from cloud.console import forms, lists
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import N_, explain, refused_csrf, render, signed_in
-from cloud.documents.receipt import receipt_pdf
+from cloud.documents.receipt import draw_ahead
 from cloud.errors import DomainError
 from cloud.lifecycle import accounts, service
 from cloud.lifecycle.core import Settlement
@@ -33,7 +32,6 @@ from cloud.registry import admin
 from cloud.tariffs.admin import list_tariffs
 
 router = APIRouter(prefix="/console", include_in_schema=False)
-_drawing: set[asyncio.Task[bytes]] = set()  # receipts being drawn ahead (kept referenced)
 
 DONE = {
     "opened": N_("Account opened."),
@@ -588,6 +586,8 @@ async def sell(number: str, request: Request, svc: ServicesDep) -> Response:
         if exc.status == 404 and "account" not in str(exc):
             raise
         return await _counter(request, svc, who, number, explain(exc), exc.status, values)
+    if not sale.replayed and svc.draw_receipts_ahead:
+        draw_ahead(svc.db, who, sale.receipt_no)
     return RedirectResponse(f"/console/sales/{sale.receipt_no}", status_code=303)
 
 
@@ -600,9 +600,6 @@ async def _sale_page(
     status: int = 200,
 ) -> Response:
     sale = await get_sale(svc.db, who, receipt_no)
-    # the clerk prints next: draw the A5 receipt now, so the click finds it ready
-    _drawing.add(asyncio.create_task(asyncio.to_thread(receipt_pdf, sale, "a5")))
-    _drawing.difference_update({t for t in _drawing if t.done()})
     done = request.query_params.get("done", "")
     ctx = {
         "who": who,

@@ -3,7 +3,9 @@ for a thermal printer, all from one set of formatted fields, so the three never 
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import logging
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -12,10 +14,12 @@ from zoneinfo import ZoneInfo
 
 import jinja2
 
+from cloud.auth import Principal
+from cloud.db import Database
 from cloud.documents.pdf import CJK_FONTS, render_pdf
 from cloud.payments.capitals import amount_in_capitals
 from cloud.payments.core import METHOD_NAMES
-from cloud.payments.sales import SaleView
+from cloud.payments.sales import SaleView, get_sale
 
 LAYOUTS = ("a5", "80mm")
 TEMPLATES = Path(__file__).parent / "templates"
@@ -112,12 +116,35 @@ def receipt_html(sale: SaleView, layout: str = "a5") -> str:
     return template.render(r=fields, fonts=CJK_FONTS, roll_mm=roll_mm)
 
 
+log = logging.getLogger(__name__)
+
+
 @functools.lru_cache(maxsize=512)
 def receipt_pdf(sale: SaleView, layout: str = "a5") -> bytes:
     """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll).
     Kept for reprints (the key is every field of the sale, its reversal included, so a
     changed sale is drawn anew); the console's receipt page draws it ahead of the click."""
     return render_pdf(receipt_html(sale, layout))
+
+
+_ahead: set[asyncio.Task[None]] = set()  # receipts being drawn ahead (kept referenced)
+
+
+def draw_ahead(db: Database, who: Principal, receipt_no: str) -> None:
+    """Draw a new sale's A5 receipt in the background, so the clerk's 打印 a moment later
+    finds it drawn (receipt_pdf keeps it); a failure here only means it is drawn on the
+    click instead."""
+
+    async def draw() -> None:
+        try:
+            sale = await get_sale(db, who, receipt_no)
+            await asyncio.to_thread(receipt_pdf, sale, "a5")
+        except Exception:
+            log.warning("receipt %s not drawn ahead", receipt_no, exc_info=True)
+
+    task = asyncio.get_running_loop().create_task(draw())
+    _ahead.add(task)
+    task.add_done_callback(_ahead.discard)
 
 
 # ESC/POS: FS & selects the Chinese character mode, in which the printer reads GB18030

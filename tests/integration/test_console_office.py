@@ -17,9 +17,10 @@ import pytest
 import sqlalchemy as sa
 
 from cloud.db import Database
+from cloud.documents.receipt import receipt_pdf
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
-from tests.conftest import api_client, console_form, console_login, group_spec
+from tests.conftest import api_client, console_form, console_login, group_spec, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,3 +143,29 @@ async def test_the_import_page_names_the_refused_row(db: Database, http: httpx.A
     assert re.search(r'<td class="num">2</td>', r.text)  # row 2, the example row
     async with db.tenant(g.tenant_id) as conn:
         assert await conn.scalar(sa.text("SELECT count(*) FROM account")) == 1
+
+
+async def test_a_sales_receipt_is_drawn_before_the_click(db: Database, db_url: str) -> None:
+    g, slug = await _group(db)
+    before = receipt_pdf.cache_info().currsize
+    settings = CloudSettings(database_url=db_url, draw_receipts_ahead=True)
+    async with api_client(settings, db_url) as http:
+        await console_login(http, slug)
+        body = {
+            "amount": "8.00",
+            "method": "cash",
+            "outlet_id": str(g.outlet_id),
+            "form_key": uuid.uuid4().hex,
+        }
+        r = await console_form(
+            http, f"/console/counter/{g.accounts['m1']}/sell", body, follow_redirects=False
+        )
+        assert r.status_code == 303
+
+        async def drawn() -> bool:
+            return receipt_pdf.cache_info().currsize > before
+
+        await wait_for(drawn, 30, "the receipt drawn in the background")
+        hits = receipt_pdf.cache_info().hits
+        pdf = await http.get(f"/api/v1/sales/{r.headers['location'].rsplit('/', 1)[1]}/receipt.pdf")
+        assert pdf.status_code == 200 and receipt_pdf.cache_info().hits == hits + 1
