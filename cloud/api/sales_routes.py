@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from cloud.api.deps import OperatorDep, ServicesDep
 from cloud.api.fields import Key, PathKey, Reason
-from cloud.documents.receipt import receipt_escpos, receipt_pdf
+from cloud.documents.receipt import drawn_receipt, receipt_escpos
 from cloud.payments.reversal import reverse_sale
 from cloud.payments.sales import SaleView, get_sale, list_sales
 
@@ -151,7 +151,7 @@ async def sale_receipt_pdf(
 ) -> Response:
     """The receipt as a PDF (CJK font embedded): an A5 sheet or an 80 mm thermal roll."""
     sale = await get_sale(svc.db, who, receipt_no)
-    pdf = await asyncio.to_thread(receipt_pdf, sale, layout)
+    pdf = await drawn_receipt(sale, layout)
     return Response(
         pdf,
         media_type="application/pdf",

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import multiprocessing
+from collections import OrderedDict
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -119,12 +122,51 @@ def receipt_html(sale: SaleView, layout: str = "a5") -> str:
 log = logging.getLogger(__name__)
 
 
-@functools.lru_cache(maxsize=512)
 def receipt_pdf(sale: SaleView, layout: str = "a5") -> bytes:
-    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll).
-    Kept for reprints (the key is every field of the sale, its reversal included, so a
-    changed sale is drawn anew); the console's receipt page draws it ahead of the click."""
+    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll)."""
     return render_pdf(receipt_html(sale, layout))
+
+
+# Drawing a receipt is ~0.2 s of Python (WeasyPrint's layout) holding the interpreter: in
+# the server's own process it would stall every request behind it. It runs in a worker
+# process of its own; the drawn PDFs are kept for the click and for reprints (the key is
+# every field of the sale, its reversal included, so a changed sale is drawn anew).
+_KEEP = 512
+_drawn: OrderedDict[tuple[SaleView, str], bytes] = OrderedDict()
+_drawing: dict[tuple[SaleView, str], asyncio.Future[bytes]] = {}
+_pool: ProcessPoolExecutor | None = None
+
+
+def _workers() -> ProcessPoolExecutor:
+    global _pool
+    if _pool is None:
+        _pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    return _pool
+
+
+async def drawn_receipt(sale: SaleView, layout: str = "a5") -> bytes:
+    """The receipt's PDF, drawn in the worker process (once, however many ask at once)."""
+    key = (sale, layout)
+    if (pdf := _drawn.get(key)) is not None:
+        _drawn.move_to_end(key)
+        return pdf
+    future = _drawing.get(key)
+    if future is None:
+        loop = asyncio.get_running_loop()
+        future = asyncio.ensure_future(loop.run_in_executor(_workers(), receipt_pdf, sale, layout))
+        _drawing[key] = future
+    try:
+        pdf = await asyncio.shield(future)
+    finally:
+        _drawing.pop(key, None)
+    _drawn[key] = pdf
+    while len(_drawn) > _KEEP:
+        _drawn.popitem(last=False)
+    return pdf
+
+
+def kept_receipts() -> int:
+    return len(_drawn)
 
 
 _ahead: set[asyncio.Task[None]] = set()  # receipts being drawn ahead (kept referenced)
@@ -132,13 +174,11 @@ _ahead: set[asyncio.Task[None]] = set()  # receipts being drawn ahead (kept refe
 
 def draw_ahead(db: Database, who: Principal, receipt_no: str) -> None:
     """Draw a new sale's A5 receipt in the background, so the clerk's 打印 a moment later
-    finds it drawn (receipt_pdf keeps it); a failure here only means it is drawn on the
-    click instead."""
+    finds it drawn; a failure here only means it is drawn on the click instead."""
 
     async def draw() -> None:
         try:
-            sale = await get_sale(db, who, receipt_no)
-            await asyncio.to_thread(receipt_pdf, sale, "a5")
+            await drawn_receipt(await get_sale(db, who, receipt_no), "a5")
         except Exception:
             log.warning("receipt %s not drawn ahead", receipt_no, exc_info=True)
 

@@ -132,18 +132,18 @@ async def main(rounds: int, font_cache: bool) -> None:
             for name, call in (("account search", search), ("account page", page), ("sale", sell)):
                 print(f"{name:16s} {_stats(await _time(rounds, call))}")
             from cloud.documents import pdf
-            from cloud.documents.receipt import receipt_pdf
+            from cloud.documents import receipt as drawing
 
             if font_cache and not pdf.subset_path().exists():
                 await asyncio.to_thread(pdf.build_subset)
             started = time.perf_counter()  # the sales' receipts drawn in the background
-            while receipt_pdf.cache_info().currsize < len(receipts):
+            while drawing.kept_receipts() < len(receipts):
                 if time.perf_counter() - started > 120:
                     break
                 await asyncio.sleep(0.2)
             ahead = await _time(rounds, receipt)
             print(f"{'receipt PDF':16s} {_stats(ahead)}  (the click after the sale: drawn ahead)")
-            receipt_pdf.cache_clear()
+            drawing._drawn.clear()
             print(
                 f"{'receipt PDF':16s} {_stats(await _time(rounds, receipt))}  (drawn on the click)"
             )

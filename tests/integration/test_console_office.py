@@ -17,7 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from cloud.db import Database
-from cloud.documents.receipt import receipt_pdf
+from cloud.documents import receipt
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
 from tests.conftest import api_client, console_form, console_login, group_spec, wait_for
@@ -147,7 +147,7 @@ async def test_the_import_page_names_the_refused_row(db: Database, http: httpx.A
 
 async def test_a_sales_receipt_is_drawn_before_the_click(db: Database, db_url: str) -> None:
     g, slug = await _group(db)
-    before = receipt_pdf.cache_info().currsize
+    before = receipt.kept_receipts()
     settings = CloudSettings(database_url=db_url, draw_receipts_ahead=True)
     async with api_client(settings, db_url) as http:
         await console_login(http, slug)
@@ -163,9 +163,10 @@ async def test_a_sales_receipt_is_drawn_before_the_click(db: Database, db_url: s
         assert r.status_code == 303
 
         async def drawn() -> bool:
-            return receipt_pdf.cache_info().currsize > before
+            return receipt.kept_receipts() > before
 
         await wait_for(drawn, 30, "the receipt drawn in the background")
-        hits = receipt_pdf.cache_info().hits
+        kept = receipt.kept_receipts()
         pdf = await http.get(f"/api/v1/sales/{r.headers['location'].rsplit('/', 1)[1]}/receipt.pdf")
-        assert pdf.status_code == 200 and receipt_pdf.cache_info().hits == hits + 1
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+        assert receipt.kept_receipts() == kept  # served as drawn, not drawn again
