@@ -19,6 +19,7 @@ from cloud.api.deps import Services, ServicesDep
 from cloud.api.fields import has_control
 from cloud.auth import Principal
 from cloud.console import forms, lists
+from cloud.console.format import when
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import N_, explain, refused_csrf, render, signed_in
 from cloud.documents.receipt import draw_ahead
@@ -626,10 +627,47 @@ async def sales_list(
     svc: ServicesDep,
     account: Annotated[str, Query(max_length=20)] = "",
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    export: Annotated[str, Query(max_length=8)] = "",
 ) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        rows = []
+        for start in range(0, lists.EXPORT_LIMIT, 200):  # the service pages at 200
+            chunk = await list_sales(svc.db, who, account or None, None, None, 200, start)
+            rows.extend(chunk.items)
+            if len(chunk.items) < 200:
+                break
+        headers = [
+            _("Receipt"),
+            _("Time"),
+            _("Account"),
+            _("Customer"),
+            _("Outlet"),
+            _("Operator"),
+            _("Amount"),
+            _("Payment method"),
+            _("Reversed"),
+        ]
+        return lists.xlsx(
+            "sales.xlsx",
+            headers,
+            (
+                [
+                    s.receipt_no,
+                    when(s.created_at, s.timezone),
+                    s.account_number,
+                    s.customer,
+                    s.outlet_name or "",
+                    s.operator,
+                    s.amount,
+                    _(dict(METHODS).get(s.method, s.method)),
+                    when(s.reversed_at, s.timezone) if s.reversed_at else "",
+                ]
+                for s in rows
+            ),
+        )
     found = await list_sales(svc.db, who, account or None, None, None, lists.PAGE_SIZE + 1, offset)
     more = len(found.items) > lists.PAGE_SIZE
     ctx = {

@@ -3,6 +3,7 @@ the formatting helpers; and the console's answers to a missing login or a refuse
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,104 @@ TITLES = {
 }
 
 
+# The refusals a clerk meets at the counter and in 营业, worded with what was entered: the
+# pattern finds the values, the catalogue holds the sentence (static ones are looked up as
+# they are).
+_WORDED = (
+    (r"account (?P<a>\S+) is closed", N_("account %(a)s is closed")),
+    (r"account (?P<a>\S+) not found", N_("account %(a)s not found")),
+    (r"sale (?P<r>\S+) not found", N_("sale %(r)s not found")),
+    (r"sale (?P<r>\S+) is already reversed", N_("sale %(r)s is already reversed")),
+    (
+        r"sale (?P<r>\S+) belongs to business day (?P<d>\S+), which has closed: only a "
+        r"same-day sale can be reversed",
+        N_(
+            "sale %(r)s belongs to business day %(d)s, which has closed: only a same-day sale "
+            "can be reversed"
+        ),
+    ),
+    (
+        r"the cash of business day (?P<d>\S+) has been handed over: sale (?P<r>\S+) can no "
+        r"longer be reversed",
+        N_(
+            "the cash of business day %(d)s has been handed over: sale %(r)s can no longer "
+            "be reversed"
+        ),
+    ),
+    (
+        r"the meter has already taken the recharge of sale (?P<r>\S+): it cannot be "
+        r"reversed \(refund it with a deduction at the meter\)",
+        N_(
+            "the meter has already taken the recharge of sale %(r)s: it cannot be reversed "
+            "(refund it with a deduction at the meter)"
+        ),
+    ),
+    (
+        r"the recharge of sale (?P<r>\S+) is on its way to the meter: wait for the meter's "
+        r"answer before reversing",
+        N_(
+            "the recharge of sale %(r)s is on its way to the meter: wait for the meter's "
+            "answer before reversing"
+        ),
+    ),
+    (r"service point (?P<p>.+) already has a meter", N_("service point %(p)s already has a meter")),
+    (
+        r"service point (?P<p>.+) has no meter to (swap|remove)",
+        N_("service point %(p)s has no meter"),
+    ),
+    (r"service point (?P<p>.+) is removed", N_("service point %(p)s is removed")),
+    (
+        r"account (?P<a>\S+) owes (?P<m>\S+): collect it first, or write it off",
+        N_("account %(a)s owes ¥%(m)s: collect it first, or write it off"),
+    ),
+    (
+        r"refund (?P<m>\S+) is more than the balance (?P<b>\S+) of account (?P<a>\S+)",
+        N_("the refund ¥%(m)s is more than the balance ¥%(b)s of account %(a)s"),
+    ),
+    (
+        r"installation register (?P<r>\S+) is below the meter's last reading (?P<l>\S+) .*",
+        N_("the installation register %(r)s is below the meter's last reading %(l)s"),
+    ),
+    (
+        r"final register (?P<r>\S+) is below the last reading (?P<l>\S+)",
+        N_("the final register %(r)s is below the last reading %(l)s"),
+    ),
+    (
+        r"the premises' (?P<u>\w+) is already open on account (?P<a>\S+)",
+        N_("this premises' supply is already open on account %(a)s"),
+    ),
+)
+_PATTERNS = tuple((re.compile(f"^{p}$"), msg) for p, msg in _WORDED)
+STATIC = (
+    N_("a reversal needs a reason"),
+    N_("a write-off needs a reason"),
+    N_("choose the outlet the sale is made at"),
+    N_("moving the balance needs the account it moves to"),
+    N_("this outlet is outside your scope and no grant for it is in force"),
+    N_("writing off arrears needs permission 'account.write_off'"),
+    N_("this meter channel is already bound to another service point"),
+    N_("the new meter channel is already bound to a service point"),
+    N_("no reading of this meter has arrived from its gateway yet: type the register in"),
+    N_("permission 'sale.create' required"),
+    N_("permission 'sale.reverse' required"),
+    N_("permission 'account.open' required"),
+    N_("permission 'account.close' required"),
+    N_("permission 'meter.install' required"),
+    N_("permission 'import.run' required"),
+)
+
+
+def _translated(message: str) -> str:
+    for pattern, msgid in _PATTERNS:
+        if m := pattern.match(message):
+            return _(msgid) % m.groupdict()
+    return _(message)
+
+
 def explain(exc: DomainError) -> str:
     """A service's refusal in the operator's language: the catalogue's translation of the
-    message where it has one, after a title for its kind."""
+    message (or of its pattern, with the values it names), after a title for its kind."""
     title = _(TITLES.get(exc.status, "Refused"))
-    return f"{title}：{_(str(exc))}" if i18n.current.get() == "zh_CN" else f"{title}: {exc}"
+    if i18n.current.get() != "zh_CN":
+        return f"{title}: {exc}"
+    return f"{title}：{_translated(str(exc))}"

@@ -6,6 +6,7 @@ page's dry run names the refused row."""
 
 from __future__ import annotations
 
+import io
 import re
 import uuid
 from collections.abc import AsyncIterator
@@ -15,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import sqlalchemy as sa
+from openpyxl import load_workbook
 
 from cloud.db import Database
 from cloud.documents import receipt
@@ -76,6 +78,9 @@ async def test_a_sale_sells_once_and_can_be_reversed(db: Database, http: httpx.A
     assert "已冲正" in shown.text and "收错户号" in shown.text
     twice = await console_form(http, f"/console/sales/{no}/reverse", {"reason": "again"})
     assert twice.status_code == 409
+    xlsx = await http.get("/console/sales?export=xlsx")
+    rows = list(load_workbook(io.BytesIO(xlsx.content)).active.iter_rows(values_only=True))
+    assert rows[0][0] == "收据" and rows[1][0] == no and rows[1][6] == 50 and rows[1][8]
 
 
 async def test_another_groups_account_and_sale_are_not_found(
@@ -170,3 +175,15 @@ async def test_a_sales_receipt_is_drawn_before_the_click(db: Database, db_url: s
         pdf = await http.get(f"/api/v1/sales/{r.headers['location'].rsplit('/', 1)[1]}/receipt.pdf")
         assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
         assert receipt.kept_receipts() == kept  # served as drawn, not drawn again
+
+
+async def test_a_refusal_names_its_values_in_chinese(db: Database, http: httpx.AsyncClient) -> None:
+    g, slug = await _group(db)
+    await console_login(http, slug)
+    async with db.tenant(g.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE account SET status = 'closed'"))
+    number = g.accounts["m1"]
+    body = {"amount": "5", "method": "cash", "outlet_id": str(g.outlet_id), "form_key": "c" * 32}
+    r = await console_form(http, f"/console/counter/{number}/sell", body)
+    assert r.status_code == 409 and f"户号 {number} 已销户" in r.text
+    assert await _sales(db, g) == 0
