@@ -3,6 +3,8 @@
 document.addEventListener("submit", function (ev) {
   var form = ev.target;
   if (form.dataset.sent) { ev.preventDefault(); return; }
+  // a step that moves money or closes an account asks once more (data-confirm)
+  if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) { ev.preventDefault(); return; }
   form.dataset.sent = "1";
   form.querySelectorAll("button[type=submit], button:not([type])").forEach(function (b) {
     b.disabled = true;

@@ -262,6 +262,13 @@ async def test_the_business_office_day(
     )
     page = await context.new_page()
     page.set_default_timeout(15_000)
+    asked: list[str] = []  # what the confirmations asked (reversal, transfer, cancel)
+
+    async def confirm(dialog: Any) -> None:
+        asked.append(dialog.message)
+        await dialog.accept()
+
+    page.on("dialog", confirm)
     step = 0
 
     async def shot(name: str) -> None:
@@ -459,6 +466,7 @@ async def test_the_business_office_day(
             db, tenant, "SELECT string_agg(status, ',' ORDER BY number) FROM account"
         )
         assert statuses == "closed,closed"
+        assert len(asked) == 3 and number in asked[1] and new_number in asked[2], asked
         report = await check(db, [tenant])
         assert report.ok, report.breaches
     except BaseException:
