@@ -434,7 +434,16 @@ async def test_the_business_office_day(
         await page.wait_for_url(re.compile(r".*done=swapped"))
         await shot("swapped")
 
-        # 过户 to a new customer, the balance moving with the premises
+        # 过户 to a new customer, the balance moving with the premises — once the commands
+        # the swap sent to the new meter are answered (a transfer waits for them)
+        async def settled() -> bool:
+            n = await _scalar(
+                db, tenant, "SELECT count(*) FROM device_command WHERE state IN ('queued', 'sent')"
+            )
+            return int(n) == 0
+
+        await wait_for(settled, 30, "the commands to the new meter answered")
+        await page.reload()
         tform = page.get_by_role("form", name=w["transfer_form"])
         await tform.get_by_label(w["new_name"], exact=True).fill("张氏五金")
         await shot("transfer")
@@ -444,7 +453,9 @@ async def test_the_business_office_day(
         assert new_number != number
         await shot("transferred")
 
-        # 消户 with the balance refunded in cash
+        # 消户 with the balance refunded in cash (also once the meter has answered)
+        await wait_for(settled, 30, "the commands to the meter answered")
+        await page.reload()
         cform = page.get_by_role("form", name=w["cancel_form"])
         await cform.get_by_role("button", name=w["cancel"], exact=True).click()
         await page.wait_for_url(re.compile(r".*done=cancelled"))
