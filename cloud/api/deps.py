@@ -37,9 +37,14 @@ def services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-async def operator(request: Request, svc: ServicesDep) -> Principal:
+def session_token(request: Request) -> str | None:
+    """The bearer token, or the console's session cookie."""
     auth = request.headers.get("authorization", "")
-    token = auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
+    return auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
+
+
+async def operator(request: Request, svc: ServicesDep) -> Principal:
+    token = session_token(request)
     if not token:
         raise Unauthorized("log in first")
     return await svc.sessions.principal(token)

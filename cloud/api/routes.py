@@ -11,7 +11,7 @@ from fastapi import APIRouter, Header, Request, Response
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from cloud.api import queries
-from cloud.api.deps import OperatorDep, ServicesDep
+from cloud.api.deps import OperatorDep, ServicesDep, session_token
 from cloud.api.fields import Key, Password, PathKey, Reason
 from cloud.control.operator import (
     ControlAction,
@@ -124,15 +124,10 @@ async def login(body: LoginIn, request: Request, svc: ServicesDep) -> TokenOut:
     return TokenOut(access_token=token)
 
 
-def _token(request: Request) -> str:
-    auth = request.headers.get("authorization", "")
-    return auth[7:] if auth.lower().startswith("bearer ") else ""
-
-
 @router.post("/auth/logout", status_code=204, responses={401: {"description": "not logged in"}})
 async def logout(request: Request, svc: ServicesDep, who: OperatorDep) -> Response:
     """End this session: its token is refused from now on."""
-    await svc.sessions.logout(_token(request))
+    await svc.sessions.logout(session_token(request) or "")
     return Response(status_code=204)
 
 

@@ -131,9 +131,17 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-async def _zone(svc: Services, who: Principal) -> str:
+async def _zone(svc: Services, who: Principal, number: str) -> str:
+    """The time zone of the account's site (its first point's)."""
     async with svc.db.tenant(who.tenant_id) as conn:
-        zone = await conn.scalar(sa.text("SELECT timezone FROM site ORDER BY name LIMIT 1"))
+        zone = await conn.scalar(
+            sa.text(
+                "SELECT s.timezone FROM account a JOIN service_point sp ON sp.account_id = a.id "
+                "JOIN site s ON s.id = sp.site_id WHERE a.number = :n "
+                "ORDER BY sp.removed_at NULLS FIRST, sp.id LIMIT 1"
+            ),
+            {"n": number},
+        )
     return str(zone or "Asia/Shanghai")
 
 
@@ -307,7 +315,7 @@ async def _account(
     ctx = {
         "who": who,
         "a": page,
-        "zone": await _zone(svc, who),
+        "zone": await _zone(svc, who, number),
         "error": error,
         "done": _(DONE[done]) if done in DONE else None,
         "v": values or {},
@@ -511,9 +519,9 @@ async def _sale_outlets(svc: Services, who: Principal, now: datetime) -> list[An
             {"scope": who.scope, "ids": list(who.scope_ids), "op": who.operator_id, "now": now},
         )
         seen: dict[uuid.UUID, Any] = {}
-        for r in rows:
-            if r.id not in seen or seen[r.id].grant_id is not None:
-                seen.setdefault(r.id, r)
+        for r in rows:  # an outlet of the scope shows as such, not as granted
+            if r.id not in seen or (seen[r.id].grant_id is not None and r.grant_id is None):
+                seen[r.id] = r
         return list(seen.values())
 
 
@@ -531,7 +539,7 @@ async def _counter(
     ctx = {
         "who": who,
         "a": page,
-        "zone": await _zone(svc, who),
+        "zone": await _zone(svc, who, number),
         "error": error,
         "v": values or {},
         "form_key": (values or {}).get("form_key") or forms.new_key(),

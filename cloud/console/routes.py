@@ -12,7 +12,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import RedirectResponse, Response
 
 from cloud.api import queries
-from cloud.api.deps import SESSION_COOKIE, ServicesDep
+from cloud.api.deps import SESSION_COOKIE, ServicesDep, session_token
 from cloud.api.fields import has_control
 from cloud.auth import Principal
 from cloud.console import lists
@@ -77,8 +77,7 @@ async def login(
 async def logout(request: Request, svc: ServicesDep) -> Response:
     if (bad := await refused_csrf(request, svc)) is not None:
         return bad
-    token = request.cookies.get(SESSION_COOKIE)
-    if token:
+    if token := session_token(request):
         await svc.sessions.logout(token)
     resp = RedirectResponse("/console/login", status_code=303)
     resp.delete_cookie(SESSION_COOKIE, path="/")

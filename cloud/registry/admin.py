@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud import audit
-from cloud.auth import Principal, hash_password
+from cloud.auth import Principal, hash_password, revoke_sessions
 from cloud.db import Database
 from cloud.errors import Conflict, Forbidden, Invalid, NotFound
 from cloud.registry import admin_core as core
@@ -630,16 +630,6 @@ async def _manageable(
     return row
 
 
-_REVOKE_SESSIONS = """
-UPDATE operator_session SET revoked_at = :now WHERE operator_id = :o AND revoked_at IS NULL
-"""
-
-
-async def _revoke_sessions(conn: AsyncConnection, operator_id: uuid.UUID, now: datetime) -> int:
-    result = await conn.execute(sa.text(_REVOKE_SESSIONS), {"o": operator_id, "now": now})
-    return int(result.rowcount)
-
-
 async def create_operator(
     db: Database, who: Principal, draft: OperatorDraft, now: datetime
 ) -> OperatorRow:
@@ -754,7 +744,7 @@ async def update_operator(
         )
         detail = {k: str(v) for k, v in asdict(change).items() if v is not None}
         if row.active and not active:
-            detail["sessions_revoked"] = str(await _revoke_sessions(conn, operator_id, now))
+            detail["sessions_revoked"] = str(await revoke_sessions(conn, operator_id, now))
         await audit.record(
             conn, who.tenant_id, who.actor, "operator.updated", str(operator_id), now, detail
         )
@@ -780,7 +770,7 @@ async def reset_password(
             ),
             {"h": hash_password(secret), "now": now, "o": operator_id},
         )
-        revoked = await _revoke_sessions(conn, operator_id, now)
+        revoked = await revoke_sessions(conn, operator_id, now)
         await audit.record(
             conn,
             who.tenant_id,
