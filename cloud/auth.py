@@ -116,6 +116,7 @@ class Sessions:
         self.db = db
         self.max_age_s = max_age_s
         self.clock = clock
+        self.secret = secret  # (the tenant app's sessions are signed with it too)
         self._s = URLSafeTimedSerializer(secret, salt="prepay-session")
 
     async def login(

@@ -84,6 +84,19 @@ class Site(SQLModel, table=True):
         sa_type=sa.Numeric(5, 4),
         sa_column_kwargs={"server_default": "0.15"},
     )
+    # What a tenant may top up from their phone (the mini-program and H5 page): the
+    # minimum and maximum of one payment and the quick amounts offered.
+    topup_min: Decimal = Field(
+        default=Decimal("10.00"), sa_type=MONEY, sa_column_kwargs={"server_default": "10.00"}
+    )
+    topup_max: Decimal = Field(
+        default=Decimal("5000.00"), sa_type=MONEY, sa_column_kwargs={"server_default": "5000.00"}
+    )
+    quick_amounts: list[Decimal] = Field(
+        default_factory=lambda: [Decimal(30), Decimal(50), Decimal(100), Decimal(200)],
+        sa_type=pg.ARRAY(MONEY),
+        sa_column_kwargs={"server_default": "{30,50,100,200}"},
+    )
 
 
 class Outlet(SQLModel, table=True):
@@ -667,6 +680,107 @@ class AuditEvent(SQLModel, table=True):
     target: str
     detail: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
     at: datetime = Field(sa_type=TS)
+
+
+class AppUser(SQLModel, table=True):
+    """A tenant's person in the mini-program or on the H5 page: known by their WeChat
+    openid (per app) or by a phone number they proved with an SMS code. DESIGN §13."""
+
+    __tablename__ = "app_user"
+    __table_args__ = (
+        sa.Index(
+            "app_user_openid",
+            "tenant_id",
+            "appid",
+            "openid",
+            unique=True,
+            postgresql_where=sa.text("openid IS NOT NULL"),
+        ),
+        sa.Index(
+            "app_user_phone",
+            "tenant_id",
+            "phone",
+            unique=True,
+            postgresql_where=sa.text("phone IS NOT NULL"),
+        ),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    appid: str | None = None
+    openid: str | None = None
+    phone: str | None = None  # E.164
+    language: str = Field(default="zh_CN", sa_column_kwargs={"server_default": "zh_CN"})
+    created_at: datetime = _ts()
+    last_login_at: datetime | None = _ts(nullable=True)
+
+
+class AppSession(SQLModel, table=True):
+    """A tenant user's session; its token names the row, so logging out revokes it."""
+
+    __tablename__ = "app_session"
+    __table_args__ = (sa.Index("ix_app_session_user", "user_id"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    user_id: uuid.UUID = Field(foreign_key="app_user.id")
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    revoked_at: datetime | None = _ts(nullable=True)
+
+
+class AccountBinding(SQLModel, table=True):
+    """A user allowed to see and top up an account (several users per account, several
+    accounts per user); unbinding keeps the row."""
+
+    __tablename__ = "account_binding"
+    __table_args__ = (
+        sa.Index(
+            "account_binding_live",
+            "user_id",
+            "account_id",
+            unique=True,
+            postgresql_where=sa.text("unbound_at IS NULL"),
+        ),
+        sa.Index("ix_account_binding_account", "account_id"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    user_id: uuid.UUID = Field(foreign_key="app_user.id")
+    account_id: uuid.UUID = Field(foreign_key="account.id")
+    bound_at: datetime = _ts()
+    unbound_at: datetime | None = _ts(nullable=True)
+    unbound_by: str | None = None  # "user" or an operator's actor name
+
+
+class SubscribeAcceptance(SQLModel, table=True):
+    """WeChat one-time subscribe messages a user accepted, per template: each allows one
+    message; the notifier spends one per message and falls back to SMS at zero."""
+
+    __tablename__ = "subscribe_acceptance"
+    __table_args__ = (sa.CheckConstraint("remaining >= 0", name="subscribe_remaining"),)
+    tenant_id: uuid.UUID = _tenant()
+    user_id: uuid.UUID = Field(foreign_key="app_user.id", primary_key=True)
+    template_id: str = Field(primary_key=True)
+    remaining: int = 0
+    updated_at: datetime = _ts()
+
+
+class NotifyPreference(SQLModel, table=True):
+    """How a customer wants to be told (channels in order of preference: wechat, sms),
+    in which language, and which kinds of alert they turned off."""
+
+    __tablename__ = "notify_preference"
+    tenant_id: uuid.UUID = _tenant()
+    customer_id: uuid.UUID = Field(foreign_key="customer.id", primary_key=True)
+    channels: list[str] = Field(
+        default_factory=lambda: ["sms"],
+        sa_type=pg.ARRAY(sa.Text),
+        sa_column_kwargs={"server_default": "{sms}"},
+    )
+    language: str = Field(default="zh_CN", sa_column_kwargs={"server_default": "zh_CN"})
+    muted: list[str] = Field(
+        default_factory=list, sa_type=pg.ARRAY(sa.Text), sa_column_kwargs={"server_default": "{}"}
+    )
+    updated_at: datetime = _ts()
 
 
 TENANT_TABLES = [

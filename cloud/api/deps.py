@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -11,6 +11,7 @@ from cloud.auth import Principal, Sessions
 from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.errors import Unauthorized
+from miniapp_api.identity import AppSessions
 
 SESSION_COOKIE = "prepay_session"
 
@@ -27,6 +28,11 @@ class Services:
     # localhost, which browsers treat as secure (tests' in-process clients speak http)
     secure_cookies: bool = False
     draw_receipts_ahead: bool = False  # (cloud.documents.receipt.draw_ahead)
+    # tenant users' sessions (miniapp_api), signed with the same key as operators'
+    app_sessions: AppSessions = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.app_sessions = AppSessions(self.db, self.sessions.secret)
 
 
 def services(request: Request) -> Services:
