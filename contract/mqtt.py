@@ -299,6 +299,10 @@ class BusStats(Model, frozen=True, kw_only=True):
     errors: NonNegative
     utilisation: Annotated[float, Meta(ge=0, le=1)]  # share of the interval the line was busy
     devices_backing_off: NonNegative = 0
+    #: requests a meter answered "no such data" / exception 2 (the quantities are skipped)
+    refused: NonNegative = 0
+    #: data identifiers / register runs not asked now because a meter refused them
+    refused_items: NonNegative = 0
 
 
 class EventKind(StrEnum):

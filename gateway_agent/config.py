@@ -72,6 +72,8 @@ class BusConfig(_Strict, frozen=True, kw_only=True):
     serial: SerialPortConfig | None = None
     timeout_s: Positive = 1.0
     silence_s: Annotated[float, Meta(ge=0)] | None = None  # inter-frame; default 3.5 chars
+    #: a data identifier / register run a meter refuses is asked again after this long
+    refused_retry_s: Positive = 3600.0
     devices: list[DeviceConfig]
 
     def __post_init__(self) -> None:

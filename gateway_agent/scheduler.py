@@ -207,6 +207,8 @@ class BusScheduler:
             "errors": c.errors,
             "utilisation": round(min(1.0, c.busy_s / span), 4) if span else 0.0,
             "devices_backing_off": sum(1 for h in self.health.values() if h.backing_off),
+            "refused": self.driver.refusals.take(),
+            "refused_items": self.driver.refusals.skipping(),
         }
         self.counters = BusCounters(since=now)
         return stats

@@ -55,6 +55,27 @@ def _block(items: list[tuple[int, int, int, str, int]]) -> Block:
     return Block(items[0][0], start, end - start, tuple((i[3], i[4]) for i in items))
 
 
+def split_block(profile: ModbusProfile, block: Block) -> list[Block]:
+    """Smaller reads for the quantities of ``block``, for a meter that refused it with
+    exception 2 (illegal data address): its runs of listed registers when it spans unlisted
+    ones (``max_read_gap``), else one read per quantity; empty for a single quantity."""
+    items = sorted(
+        (block.function, profile.register_of(name, ch), profile.quantities[name].count, name, ch)
+        for name, ch in block.members
+    )
+    runs: list[list[tuple[int, int, int, str, int]]] = []
+    for item in items:
+        if runs and item[1] <= max(r + n for _, r, n, _, _ in runs[-1]):
+            runs[-1].append(item)
+        else:
+            runs.append([item])
+    if len(runs) > 1:
+        return [_block(run) for run in runs]
+    if len(items) > 1:
+        return [_block([item]) for item in items]
+    return []
+
+
 def decode_value(q: ModbusQuantity, words: list[int]) -> Decimal:
     if len(words) != q.count:
         raise ProfileDecodeError(f"{q.type} needs {q.count} registers, got {len(words)}")

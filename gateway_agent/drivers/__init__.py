@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from gateway_agent.config import DeviceConfig
+    from gateway_agent.drivers.refusals import Refusals
     from meter_profiles.schema import AnyProfile
 
 #: Decoded values of one read, by (quantity name, channel).
@@ -45,7 +46,10 @@ class Unsupported(DriverError):
 
 
 class MeterDriver(Protocol):
-    """What the bus scheduler asks of a protocol driver."""
+    """What the bus scheduler asks of a protocol driver. ``refusals``: what the bus's meters
+    refused to answer (skipped quantities, counted in the heartbeat)."""
+
+    refusals: Refusals
 
     async def read(self, device: DeviceConfig, profile: AnyProfile) -> Values:
         """Every quantity of every channel, with the fewest requests the protocol allows."""

@@ -25,6 +25,7 @@ from gateway_agent.drivers import (
     Values,
 )
 from gateway_agent.drivers.link import Link
+from gateway_agent.drivers.refusals import Refusals
 from gateway_agent.protocols import cjt188
 from gateway_agent.protocols.cjt188 import (
     ControlCode,
@@ -125,6 +126,7 @@ class Cjt188Driver:
     def __init__(self, link: Link, timeout_s: float) -> None:
         self.link = link
         self.timeout_s = timeout_s
+        self.refusals = Refusals()  # one metering-data DI: nothing to skip, kept for stats
         self._ser = 0
 
     def _next_ser(self) -> int:

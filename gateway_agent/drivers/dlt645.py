@@ -1,6 +1,8 @@
 """DL/T 645 driver (2007 and 1997 editions): one read request per data identifier of the
-profile, remote trip/close control (C = 1C), recharge by a write-data request (C = 14),
-broadcast time sync (C = 08) and read-address with the wildcard address (for ``scan``).
+profile (a refused identifier costs only its quantities; a refused block identifier falls
+back to the single identifiers it stands for), remote trip/close control (C = 1C),
+recharge by a write-data request (C = 14), broadcast time sync (C = 08) and read-address
+with the wildcard address (for ``scan``).
 
 Every reply is checked before it is believed: the checksum and end byte (codec), the
 function it answers, the meter address and the data identifier. A meter answering with an
@@ -25,6 +27,7 @@ from gateway_agent.drivers import (
     Values,
 )
 from gateway_agent.drivers.link import Link
+from gateway_agent.drivers.refusals import RETRY_S, Refusals
 from gateway_agent.protocols import dlt645 as dlt
 from gateway_agent.protocols.errors import DecodeError, FrameError, NoFrameError
 from meter_profiles.schema import AnyProfile, Dlt645Profile, DltQuantity
@@ -106,12 +109,26 @@ class Dlt645Driver:
 
     ``settle_s``: after a broken or garbled answer, the driver waits this long before its
     next request so the rest of a babbling meter's bytes are dropped, not mistaken for the
-    next meter's reply."""
+    next meter's reply.
 
-    def __init__(self, link: Link, timeout_s: float, *, settle_s: float = 0.05) -> None:
+    ``refused_retry_s``: a data identifier the meter answered "no such data" is not asked
+    again for this long (see :mod:`gateway_agent.drivers.refusals`)."""
+
+    def __init__(
+        self,
+        link: Link,
+        timeout_s: float,
+        *,
+        settle_s: float = 0.05,
+        refused_retry_s: float = RETRY_S,
+    ) -> None:
         self.link = link
         self.timeout_s = timeout_s
         self.settle_s = settle_s
+        self.refusals = Refusals(refused_retry_s)
+        self._block_members: dict[
+            tuple[str, int], list[tuple[int, list[tuple[str, DltQuantity]]]]
+        ] = {}
 
     async def close(self) -> None:
         await self.link.close()
@@ -203,25 +220,86 @@ class Dlt645Driver:
         return parsed.value
 
     async def read(self, device: DeviceConfig, profile: AnyProfile) -> Values:
+        """Every DI of the profile. A DI the meter refuses with "no such data" costs only its
+        quantities (skipped until :attr:`refusals` asks again); a refused block DI falls back
+        to the single DIs it stands for. DeviceException only when nothing was answered."""
         p = _dlt(profile)
         address = _address(device)
         values: Values = {}
+        refused: list[DeviceException] = []
         for di, items in p.reads().items():
-            raw = await self._read_di(p, address, di)
-            size = items[0][1].size
-            needed = (items[-1][1].element + 1) * size
-            if len(raw) < needed:
-                raise DecodeFailure(
-                    f"meter {address}: DI {dlt.format_di(di, 2 if p.edition == '1997' else 4)} "
-                    f"carries {len(raw)} byte(s), the profile needs {needed}"
-                )
-            for name, q in items:
-                start = q.element * size
-                try:
-                    values[(name, 1)] = decode_element(q, raw[start : start + size])
-                except DecodeFailure as exc:
-                    raise DecodeFailure(f"meter {address}: {name}: {exc}") from exc
+            if await self._ask(device.key, p, address, di, items, values, refused):
+                continue
+            for member, member_items in self._members(p, di, items):
+                await self._ask(device.key, p, address, member, member_items, values, refused)
+        if not values and refused:
+            self.refusals.forget(device.key)  # ask everything again next time
+            last = refused[-1]
+            raise DeviceException(
+                last.code,
+                f"meter {address} refused every data identifier of profile {p.model} "
+                f"(last: {last})",
+                last.answer,
+            )
         return values
+
+    async def _ask(
+        self,
+        key: str,
+        p: Dlt645Profile,
+        address: str,
+        di: int,
+        items: list[tuple[str, DltQuantity]],
+        values: Values,
+        refused: list[DeviceException],
+    ) -> bool:
+        """Read ``di`` into ``values``; False if the meter refuses it (now or lately)."""
+        if self.refusals.skip(key, di):
+            return False
+        width = 2 if p.edition == "1997" else 4
+        try:
+            raw = await self._read_di(p, address, di)
+        except DeviceException as exc:
+            if not exc.code & dlt.ErrorFlag.NO_SUCH_DATA:
+                raise
+            refused.append(exc)
+            names = ", ".join(name for name, _ in items)
+            self.refusals.refused(
+                key, di, f"meter {address} has no data {dlt.format_di(di, width)} ({names})"
+            )
+            return False
+        self.refusals.answered(key, di)
+        size = items[0][1].size
+        needed = (items[-1][1].element + 1) * size
+        if len(raw) < needed:
+            raise DecodeFailure(
+                f"meter {address}: DI {dlt.format_di(di, width)} "
+                f"carries {len(raw)} byte(s), the profile needs {needed}"
+            )
+        for name, q in items:
+            start = q.element * size
+            try:
+                values[(name, 1)] = decode_element(q, raw[start : start + size])
+            except DecodeFailure as exc:
+                raise DecodeFailure(f"meter {address}: {name}: {exc}") from exc
+        return True
+
+    def _members(
+        self, p: Dlt645Profile, di: int, items: list[tuple[str, DltQuantity]]
+    ) -> list[tuple[int, list[tuple[str, DltQuantity]]]]:
+        """The single DIs a block DI stands for, one quantity each (element 0); empty when
+        ``di`` is no block DI (or a DL/T 645-1997 one)."""
+        key = (p.model, di)
+        members = self._block_members.get(key)
+        if members is None:
+            members = []
+            if p.edition == "2007" and dlt.is_block_di(di):
+                for name, q in items:
+                    single = dlt.block_member(di, q.element)
+                    if single is not None:
+                        members.append((single, [(name, q.model_copy(update={"element": 0}))]))
+            self._block_members[key] = members
+        return members
 
     async def read_address(self, *, wakeup: bool = True) -> str:
         """Ask whoever is alone on the bus for its address (C = 13 to ``AAAAAAAAAAAA``).

@@ -55,7 +55,9 @@ def make_driver(bus: BusConfig, profiles: dict[str, AnyProfile]) -> MeterDriver:
     if protocol == "dlt645":
         from gateway_agent.drivers.dlt645 import Dlt645Driver
 
-        return Dlt645Driver(make_link(bus, profiles), bus.timeout_s)
+        return Dlt645Driver(
+            make_link(bus, profiles), bus.timeout_s, refused_retry_s=bus.refused_retry_s
+        )
     if protocol == "cjt188":
         from gateway_agent.drivers.cjt188 import Cjt188Driver
 

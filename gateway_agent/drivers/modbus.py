@@ -9,6 +9,10 @@ Transports (``bus.transport``):
 - ``serial``: Modbus RTU on a local RS-485 port, :class:`AsyncModbusSerialClient`; line
   settings from the bus, else from its first device's profile.
 
+A block a meter refuses with exception 2 (illegal data address), typically because it spans
+registers the meter does not have (the profile's ``max_read_gap``), is split into its runs
+of listed registers, then into single quantities, and the split is remembered.
+
 What pymodbus 3.16 does not do, and this driver adds (found by reading its source):
 
 - **Inter-frame silence.** The async client writes a request as soon as it is asked, with
@@ -56,13 +60,22 @@ from gateway_agent.drivers import (
     Values,
 )
 from gateway_agent.drivers.factory import serial_settings
-from meter_profiles.decode import Block, ProfileDecodeError, decode_block, plan_blocks
+from gateway_agent.drivers.refusals import Refusals
+from meter_profiles.decode import (
+    Block,
+    ProfileDecodeError,
+    decode_block,
+    plan_blocks,
+    split_block,
+)
 from meter_profiles.schema import AnyProfile, ModbusProfile
 
 log = logging.getLogger(__name__)
 
 #: Fewer bytes than this cannot be an RTU frame (unit, function, CRC).
 MIN_FRAME = 4
+#: Modbus exception 2: a register of the request is not there.
+ILLEGAL_DATA_ADDRESS = 2
 
 
 def _modbus(profile: AnyProfile) -> ModbusProfile:
@@ -79,10 +92,22 @@ def rtu_silence_s(baudrate: int, bits_per_char: int) -> float:
 
 
 class ModbusDriver:
-    """One Modbus bus. Not safe for concurrent use: the bus scheduler owns it."""
+    """One Modbus bus. Not safe for concurrent use: the bus scheduler owns it.
 
-    def __init__(self, bus: BusConfig, profiles: dict[str, AnyProfile] | None = None) -> None:
+    ``refused_retry_s`` (default: the bus's ``refused_retry_s``): registers a meter refused
+    with exception 2 are not asked again for this long."""
+
+    def __init__(
+        self,
+        bus: BusConfig,
+        profiles: dict[str, AnyProfile] | None = None,
+        *,
+        refused_retry_s: float | None = None,
+    ) -> None:
         self.bus = bus
+        self.refusals = Refusals(
+            bus.refused_retry_s if refused_retry_s is None else refused_retry_s
+        )
         self.where = f"bus {bus.name}"
         common = {
             "timeout": bus.timeout_s,
@@ -121,6 +146,8 @@ class ModbusDriver:
             self.where = f"{bus.transport} {bus.host}:{bus.port}"
         self.frame_gap_s = min(self.frame_gap_s, bus.timeout_s)
         self._plans: dict[str, list[Block]] = {}
+        #: blocks a device refused with exception 2, by (device key, block): their parts
+        self._splits: dict[tuple[str, Block], list[Block]] = {}
         # the transaction in flight (one at a time)
         self._abort: asyncio.Future[DriverError] | None = None
         self.hard_timeout_s = 2 * bus.timeout_s + 2.0
@@ -280,11 +307,64 @@ class ModbusDriver:
             raise DecodeFailure(f"unit {unit}: {what}: {exc}") from exc
 
     async def read(self, device: DeviceConfig, profile: AnyProfile) -> Values:
+        """Every planned block. A block refused with exception 2 (illegal data address) is
+        split (:func:`split_block`) and the split remembered for the device; a read that
+        cannot be split further costs only its quantities (skipped until :attr:`refusals`
+        asks again). DeviceException only when nothing was answered."""
         mp = _modbus(profile)
         values: Values = {}
+        refused: list[DeviceException] = []
         for block in self.plan(mp):
-            values.update(await self.read_block(device.unit, mp, block))
+            await self._read_planned(device, mp, block, values, refused)
+        if not values and refused:
+            self.refusals.forget(device.key)  # ask everything again next time
+            for key in [k for k in self._splits if k[0] == device.key]:
+                del self._splits[key]
+            last = refused[-1]
+            raise DeviceException(
+                last.code,
+                f"unit {device.unit} refused every register of profile {mp.model} (last: {last})",
+                last.answer,
+            )
         return values
+
+    async def _read_planned(
+        self,
+        device: DeviceConfig,
+        mp: ModbusProfile,
+        block: Block,
+        values: Values,
+        refused: list[DeviceException],
+    ) -> None:
+        key = device.key
+        parts = self._splits.get((key, block))
+        if parts is None:
+            if self.refusals.skip(key, block):
+                return
+            try:
+                values.update(await self.read_block(device.unit, mp, block))
+            except DeviceException as exc:
+                if exc.code != ILLEGAL_DATA_ADDRESS:
+                    raise
+                refused.append(exc)
+                names = ", ".join(name for name, _ in block.members)
+                what = (
+                    f"unit {device.unit} refused {block.count} register(s) at "
+                    f"{block.start:#06x} ({names}) with exception 2 (illegal data address)"
+                )
+                parts = split_block(mp, block)
+                if not parts:
+                    self.refusals.refused(key, block, what)
+                    return
+                self.refusals.refused(
+                    key, block, f"{what}: reading them as {len(parts)} blocks", remember=False
+                )
+                self._splits[(key, block)] = parts
+            else:
+                self.refusals.answered(key, block)
+                return
+        for part in parts:
+            await self._read_planned(device, mp, part, values, refused)
 
     async def control(
         self,

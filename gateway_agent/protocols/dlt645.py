@@ -526,6 +526,53 @@ def data_item_by_name(name: str) -> DataItem:
     raise KeyError(name)
 
 
+#: Phase-only variables (no "total" value): a block over their phase byte (DI1) starts at
+#: phase A = 01. Voltage, current, phase angle, voltage and current distortion.
+_PHASE_ONLY_VARIABLES = frozenset({0x01, 0x02, 0x07, 0x08, 0x09})
+
+
+def _block_position(di: int) -> int | None:
+    """Which byte of a 2007 DI is ``FF`` (0 = DI0 … 3 = DI3), if exactly one is."""
+    positions = [i for i in range(4) if (di >> (8 * i)) & 0xFF == 0xFF]
+    return positions[0] if len(positions) == 1 else None
+
+
+def is_block_di(di: int) -> bool:
+    """Is ``di`` a DL/T 645-2007 block identifier (one byte ``FF`` = every value of that byte,
+    e.g. ``0001FF00`` = forward active energy total and tariffs 1..63)?"""
+    return _block_position(di) is not None
+
+
+def block_member(di: int, element: int) -> int | None:
+    """The single identifier that element ``element`` of block identifier ``di`` stands for
+    (``0001FF00`` element 2 → ``00010200``, ``0201FF00`` element 0 → ``02010100``, phase A);
+    None if ``di`` is not a block identifier with one ``FF`` byte."""
+    pos = _block_position(di)
+    if pos is None or element < 0:
+        return None
+    first = 0
+    if pos == 1 and di >> 24 == 0x02 and (di >> 16) & 0xFF in _PHASE_ONLY_VARIABLES:
+        first = 1
+    value = first + element
+    if value >= 0xFF:
+        return None
+    return (di & ~(0xFF << (8 * pos))) | (value << (8 * pos))
+
+
+def block_name(di: int) -> str | None:
+    """A name for a block identifier from its first member's (``0001FF00`` →
+    ``forward_active_energy_block``), None if ``di`` is not a block or its first member is
+    not a known data item."""
+    first = block_member(di, 0)
+    item = DATA_ITEMS.get(first) if first is not None else None
+    if item is None:
+        return None
+    stem = item.name
+    for suffix in ("_total", "_a"):
+        stem = stem.removesuffix(suffix)
+    return f"{stem}_block"
+
+
 def encode_di(di: int, width: int = 4) -> bytes:
     """DI as written (``0x00010000``) -> wire order before the offset (``00 00 01 00``)."""
     if not 0 <= di < 1 << (8 * width):

@@ -11,6 +11,7 @@ buses:
     meters:
       - {profile: acrel-ddsy1352-modbus, unit: 1}
       - {profile: acrel-ddsy1352-dlt645, address: "000000000002"}   # not on the same bus
+      - {profile: acrel-ddsy1352-modbus, unit: 3, strict: true}  # refuses gaps in blocks
 ```
 """
 
@@ -44,6 +45,9 @@ class SimMeter(_Strict):
     meter_prepaid: bool | None = None
     balance: Decimal = Decimal("0.00")
     price: Decimal = Field(default=Decimal("1.00"), gt=0)
+    #: answers less than its profile plans for (see ``Faults.strict``): DL/T 645 refuses
+    #: block and tariff identifiers, Modbus refuses unlisted registers inside a block
+    strict: bool = False
 
 
 class SimBus(_Strict):
@@ -142,11 +146,12 @@ async def start_bus(bus: SimBus, profiles: dict[str, AnyProfile], speed: float =
             raise SimConfigError(f"bus {bus.name}: modbus_tcp carries Modbus, not {protocol}")
         sim = ModbusTcpSimulator(meters, bus.host, bus.port)
         sim.reply_delay_s = timing.reply_delay_s
+        sim.faults.strict.update(_strict(bus, meters))
         await sim.start()
         return RunningBus(
             bus.name, protocol, bus.transport, meters, sim.faults, f"{sim.host}:{sim.port}", sim
         )
-    faults = Faults()
+    faults = Faults(strict=_strict(bus, meters))
     server = LineServer(make_responder(protocol, meters, faults), timing)
     if bus.transport == "pty":
         where = await server.start_pty()
@@ -154,6 +159,15 @@ async def start_bus(bus: SimBus, profiles: dict[str, AnyProfile], speed: float =
         port = await server.start_tcp(bus.host, bus.port)
         where = f"{bus.host}:{port}"
     return RunningBus(bus.name, protocol, bus.transport, meters, faults, where, server)
+
+
+def _strict(bus: SimBus, meters: list[SimulatedMeter]) -> set[int | str]:
+    """The fault keys (unit id or address) of the bus's ``strict`` meters."""
+    return {
+        (sim.unit if sim.profile.protocol == "modbus" else sim.address.upper())
+        for m, sim in zip(bus.meters, meters, strict=True)
+        if m.strict
+    }
 
 
 def make_responder(protocol: str, meters: list[SimulatedMeter], faults: Faults) -> Responder:

@@ -7,7 +7,8 @@ Each :class:`SimulatedMeter` on the bus answers at its own address as a real met
   register); several quantities on one DI make a block reply; replies longer than
   ``max_data`` bytes go out in follow-up frames (flag 0x20, read with C = 12); every 2007 meter
   also answers its communication address (04000401, used by ``scan``) and its clock
-  (04000101 date, 04000102 time); an unknown DI gets error reply b1 "no such data";
+  (04000101 date, 04000102 time); a profile's block DI (``0001FF00``) is also answered
+  one member at a time (``00010000``…); an unknown DI gets error reply b1 "no such data";
 - read address (C = 13) to a wildcard address;
 - remote control (C = 1C): the password level and password are checked (b2 on mismatch),
   an expired validity deadline is refused (b0), keep-power refuses trip (b2);
@@ -23,7 +24,7 @@ the profile uses wake-up bytes.
 
 Faults (by meter address): ``silent`` (no reply), ``corrupt`` (the reply's checksum is
 wrong), ``exception`` (an error reply with that error byte), ``garbage`` (random bytes that
-are no frame at all).
+are no frame at all), ``strict`` (block and tariff identifiers get "no such data").
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ def expected_value(q: DltQuantity, value: Decimal) -> Decimal:
     return dlt.decode_bcd_decimal(raw, q.decimals, signed=q.signed)
 
 
+def is_tariff_di(di: int) -> bool:
+    """An energy identifier of one tariff (DI3 = 00, energy kind DI2 <= 0A, tariff DI1
+    1..63): ``00010100`` is forward active energy, tariff 1."""
+    return di >> 24 == 0 and (di >> 16) & 0xFF <= 0x0A and 1 <= (di >> 8) & 0xFF <= 0x3F
+
+
 def _profile(meter: SimulatedMeter) -> Dlt645Profile:
     profile = meter.profile
     assert isinstance(profile, Dlt645Profile)
@@ -104,6 +111,7 @@ class Dlt645Responder:
         self.now = now
         self._rng = random.Random(seed)
         self._pending: dict[tuple[str, int], list[bytes]] = {}  # follow-up chunks to send
+        self._singles: dict[str, dict[int, list[tuple[str, DltQuantity]]]] = {}
 
     # -- the line -------------------------------------------------------------------------
     def respond(self, buffer: bytes) -> tuple[int, bytes | None] | None:
@@ -202,8 +210,25 @@ class Dlt645Responder:
             return dlt.error_reply(address, fn, UNAUTHORISED if exc.unauthorised else OTHER)
         return dlt.error_reply(address, fn, OTHER)
 
+    def _reads(self, profile: Dlt645Profile) -> dict[int, list[tuple[str, DltQuantity]]]:
+        """The profile's DIs, and the single DIs its block DIs stand for (one quantity each)."""
+        reads = self._singles.get(profile.model)
+        if reads is None:
+            reads = dict(profile.reads())
+            if profile.edition == "2007":
+                for di, items in profile.reads().items():
+                    for name, q in items:
+                        single = dlt.block_member(di, q.element)
+                        if single is not None and dlt.is_block_di(di):
+                            reads.setdefault(single, [(name, q.model_copy(update={"element": 0}))])
+            self._singles[profile.model] = reads
+        return reads
+
     def _value(self, meter: SimulatedMeter, profile: Dlt645Profile, di: int) -> bytes | None:
-        items = profile.reads().get(di)
+        if meter.address.upper() in self.faults.strict and profile.edition == "2007":
+            if dlt.is_block_di(di) or is_tariff_di(di):
+                return None
+        items = self._reads(profile).get(di)
         if items is None:
             return self._builtin(meter, profile, di)
         meter.advance()

@@ -35,18 +35,25 @@ class LineTiming:
 @dataclass
 class Faults:
     """Injected faults by device (Modbus unit id or meter address): silence, a corrupted
-    checksum, or an exception / error reply with the given code."""
+    checksum, or an exception / error reply with the given code.
+
+    ``strict`` devices answer less than their profile plans for, as many real firmwares do:
+    a DL/T 645 meter refuses block identifiers (``0001FF00``…) and tariff energy
+    identifiers (``00010100``…) with "no such data"; a Modbus meter refuses a read that
+    spans unlisted registers inside a block with exception 2 (illegal data address)."""
 
     silent: set[int | str] = field(default_factory=set)
     corrupt: set[int | str] = field(default_factory=set)
     exception: dict[int | str, int] = field(default_factory=dict)
     garbage: set[int | str] = field(default_factory=set)
+    strict: set[int | str] = field(default_factory=set)
 
     def clear(self) -> None:
         self.silent.clear()
         self.corrupt.clear()
         self.exception.clear()
         self.garbage.clear()
+        self.strict.clear()
 
 
 @dataclass

@@ -78,7 +78,9 @@ class ModbusDevices:
                 regs = registers(meter)
                 words = []
                 for a in range(start, start + count):
-                    if (fn, a) not in regs and not _in_gap(regs, fn, a):
+                    if (fn, a) not in regs and (
+                        unit in self.faults.strict or not _in_gap(regs, fn, a)
+                    ):
                         raise MeterRefused(0x02, f"illegal address {a:#06x}")
                     words.append(regs.get((fn, a), 0))
                 return bytes([fn, 2 * count]) + b"".join(struct.pack(">H", w) for w in words)
@@ -100,7 +102,8 @@ class ModbusDevices:
 
 
 def _in_gap(regs: dict[tuple[int, int], int], fn: int, address: int, span: int = 4) -> bool:
-    """Real meters answer small unmapped holes inside a register block with zeros."""
+    """Real meters answer small unmapped holes inside a register block with zeros (a
+    ``strict`` meter refuses them)."""
     return any((fn, address - d) in regs for d in range(1, span + 1)) and any(
         (fn, address + d) in regs for d in range(1, span + 1)
     )

@@ -16,19 +16,24 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
-from gateway_agent.config import BusConfig, DeviceConfig
+from contract.mqtt import Reading, Supply
+from gateway_agent.agent import Agent
+from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
 from gateway_agent.drivers import DecodeFailure, DeviceException, DeviceTimeout, Unsupported
 from gateway_agent.drivers.dlt645 import Dlt645Driver
 from gateway_agent.drivers.factory import make_driver
 from gateway_agent.drivers.link import Link, SerialSettings
+from gateway_agent.outbox import READING
 from gateway_agent.protocols import dlt645 as dlt
 from meter_profiles.decode import supply_on
 from meter_profiles.loader import load_profiles
 from meter_profiles.schema import Dlt645Profile
-from meter_profiles.simulators.dlt645 import Dlt645Responder
+from meter_profiles.simulators.bus import SimBus, start_bus
+from meter_profiles.simulators.dlt645 import Dlt645Responder, expected_value
 from meter_profiles.simulators.line import Faults, LineServer, LineTiming
 from meter_profiles.simulators.meter import SimulatedMeter
 
@@ -85,6 +90,7 @@ async def dlt_bus(
     timeout_s: float = 1.0,
     timing: LineTiming | None = None,
     balance: Decimal = Decimal("100.00"),
+    refused_retry_s: float = 3600.0,
     **responder_kw: object,
 ) -> AsyncIterator[Bus]:
     """A bus with one simulated meter per (profile, address), served over ``transport``."""
@@ -102,7 +108,7 @@ async def dlt_bus(
     else:
         port = await server.start_tcp()
         link = Link.tcp("127.0.0.1", port)
-    driver = Dlt645Driver(link, timeout_s)
+    driver = Dlt645Driver(link, timeout_s, refused_retry_s=refused_retry_s)
     bus = Bus(driver, server, responder, {m.address: m for m in sims}, clock)
     bus.run_load(1800)
     try:
@@ -391,24 +397,130 @@ async def test_faults_map_to_distinct_driver_errors(transport: str) -> None:
         assert (await drv.read(a, profile))[("total_energy", 1)] > 0
 
 
+# -- partial reads: a refused identifier costs only its quantities -----------------------------
+
+TARIFFS = {"tou_spike", "tou_peak", "tou_flat", "tou_valley"}
+
+
+def _with_hoarding_limit(model: str) -> Dlt645Profile:
+    """``model`` plus a DI the simulated meter does not have (04001004)."""
+    base = PROFILES[model]
+    extra = base.quantities["remaining_amount"].model_copy(update={"di": 0x04001004})
+    return base.model_copy(update={"quantities": {**base.quantities, "hoarding_limit": extra}})
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_unknown_identifier_is_an_error_reply(transport: str) -> None:
-    """A DI the meter does not have: error reply b1 "no such data" (D1 01 02)."""
+async def test_an_unknown_identifier_costs_only_its_quantity(
+    transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A DI the meter does not have (error reply b1 "no such data"): the rest of the reading
+    is read, the refusal is logged once and counted, and the DI is asked again only after
+    the retry interval."""
     model = "acrel-ddsy1352-dlt645"
-    extra = PROFILES[model].model_copy(
-        update={
-            "quantities": {
-                **PROFILES[model].quantities,
-                "hoarding_limit": PROFILES[model]
-                .quantities["remaining_amount"]
-                .model_copy(update={"di": 0x04001004}),
-            }
-        }
-    )
+    extra = _with_hoarding_limit(model)
+    dis = len(extra.reads())
+    async with dlt_bus(transport, [(model, ADDRESS_A)], refused_retry_s=0.4) as bus:
+        drv, dev = bus.driver, bus.device(ADDRESS_A)
+        stats = bus.server.stats
+
+        values = await drv.read(dev, extra)
+        assert set(values) == {(name, 1) for name in PROFILES[model].quantities}
+        assert stats.requests == dis
+        assert drv.refusals.take() == 1 and drv.refusals.skipping() == 1
+
+        again = await drv.read(dev, extra)
+        assert set(again) == set(values)
+        assert stats.requests == 2 * dis - 1, "the refused DI is not asked again at once"
+        assert drv.refusals.take() == 0
+
+        await asyncio.sleep(0.45)
+        await drv.read(dev, extra)
+        assert stats.requests == 3 * dis - 1, "asked again after the retry interval"
+        assert drv.refusals.take() == 1
+    logged = [r for r in caplog.records if "04001004" in r.getMessage()]
+    assert len(logged) == 1, "logged once per device and identifier"
+    assert "hoarding_limit" in logged[0].getMessage()
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("model", EDITION_2007)
+async def test_a_meter_refusing_block_and_tariff_identifiers(transport: str, model: str) -> None:
+    """Acceptance (issue 22): a meter that refuses block identifiers (0001FF00) and tariff
+    identifiers (00010100…): every profile still reads every quantity the meter answers; a
+    refused block falls back to its single identifiers; the next read asks only what the
+    meter answers."""
+    profile = PROFILES[model]
+    answered = set(profile.quantities) - TARIFFS
     async with dlt_bus(transport, [(model, ADDRESS_A)]) as bus:
-        with pytest.raises(DeviceException) as refused:
-            await bus.driver.read(bus.device(ADDRESS_A), extra)
-    assert refused.value.code == 0x02
+        bus.faults.strict.add(ADDRESS_A)
+        drv, dev, meter = bus.driver, bus.device(ADDRESS_A), bus.meters[ADDRESS_A]
+        values = await drv.read(dev, profile)
+        truth = meter.values(1)
+        first = bus.server.stats.requests
+        again = await drv.read(dev, profile)
+        second = bus.server.stats.requests - first
+
+    assert set(values) == {(name, 1) for name in answered}
+    for name in answered:
+        assert values[(name, 1)] == expected_value(profile.quantities[name], truth[name]), name
+    assert values[("total_energy", 1)] > 0
+    assert set(again) == set(values)
+    blocks = [di for di in profile.reads() if dlt.is_block_di(di)]
+    refused = len(blocks) + len(TARIFFS & set(profile.quantities))
+    assert drv.refusals.take() == refused
+    assert first == len(profile.reads()) + sum(len(profile.reads()[di]) for di in blocks)
+    assert second == len(answered), "one request per answered quantity, none refused"
+
+
+async def test_the_heartbeat_counts_refusals_and_the_readings_carry_the_rest(
+    tmp_path: Path,
+) -> None:
+    """Both kinds of DL/T 645-2007 profile (block and single energy identifiers) on one bus
+    of meters that refuse block and tariff identifiers, polled by the agent: every reading
+    carries what the meters answer, no device backs off, and the heartbeat counts the
+    refusals."""
+    models = ("dlt645-2007-prepaid", "acrel-ddsy1352-dlt645")
+    clock = FakeClock()
+    sims = [
+        SimulatedMeter(PROFILES[m], 1, address=a, balance=Decimal(50), clock=clock)
+        for m, a in zip(models, (ADDRESS_A, ADDRESS_B), strict=True)
+    ]
+    clock.t += 600
+    responder = Dlt645Responder(sims, Faults(strict={ADDRESS_A, ADDRESS_B}))
+    server = LineServer(responder)
+    port = await server.start_tcp()
+    devices = [
+        DeviceConfig(key=f"m{s.address}", profile=s.profile.model, address=s.address) for s in sims
+    ]
+    cfg = AgentConfig(
+        gateway="gw-dlt",
+        data_dir=tmp_path,
+        poll_interval_s=0.2,
+        buses=[BusConfig(name="dlt", transport="tcp", port=port, timeout_s=0.5, devices=devices)],
+    )
+    agent = Agent(cfg, load_profiles())
+    task = asyncio.create_task(agent.buses[0].run())
+    try:
+        await asyncio.sleep(1.0)
+        heartbeat = agent.heartbeat()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await server.stop()
+    readings = [Reading.model_validate_json(body) for _, body in agent.outbox.peek(READING, 1000)]
+    agent.outbox.close()
+    stats = heartbeat.buses["dlt"]
+    # the block profile: 0001FF00 and its four tariff members; the other: four tariffs
+    assert stats.refused == 9 and stats.refused_items == 9
+    assert stats.devices_backing_off == 0 and stats.errors == 0
+    for dev in devices:
+        mine = [r for r in readings if r.device == dev.key]
+        assert len(mine) >= 3, dev.key
+        for r in mine:
+            assert r.total is not None and r.total > 0
+            assert r.meter_balance is not None and r.voltage is not None
+            assert r.supply is Supply.ON and r.purchase_count == 0
+            assert r.tou is None  # refused by the meter
 
 
 class Lying(Dlt645Responder):
@@ -501,3 +613,33 @@ async def test_agent_bus_config_builds_a_working_driver(transport: str) -> None:
     finally:
         await driver.close()
         await server.stop()
+
+
+async def test_a_sim_config_meter_can_be_strict() -> None:
+    """``strict: true`` in a `prepay-gateway sim` file makes that meter refuse block and
+    tariff identifiers; its neighbour answers them."""
+    bus = SimBus.model_validate(
+        {
+            "transport": "tcp",
+            "meters": [
+                {"profile": "dlt645-2007-prepaid", "address": ADDRESS_A, "strict": True},
+                {"profile": "dlt645-2007-prepaid", "address": ADDRESS_B},
+            ],
+        }
+    )
+    running = await start_bus(bus, load_profiles())
+    port = int(running.where.rsplit(":", 1)[1])
+    driver = Dlt645Driver(Link.tcp("127.0.0.1", port), 0.5)
+    profile = PROFILES["dlt645-2007-prepaid"]
+    try:
+        a = await driver.read(
+            DeviceConfig(key="a", profile=profile.model, address=ADDRESS_A), profile
+        )
+        b = await driver.read(
+            DeviceConfig(key="b", profile=profile.model, address=ADDRESS_B), profile
+        )
+    finally:
+        await driver.close()
+        await running.stop()
+    assert running.faults.strict == {ADDRESS_A}
+    assert {n for n, _ in b} - {n for n, _ in a} == TARIFFS

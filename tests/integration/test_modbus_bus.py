@@ -25,15 +25,19 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
-from gateway_agent.config import BusConfig, DeviceConfig, SerialPortConfig
+from contract.mqtt import Reading
+from gateway_agent.agent import Agent
+from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig, SerialPortConfig
 from gateway_agent.drivers import DecodeFailure, DeviceException, DeviceTimeout, Values
 from gateway_agent.drivers.factory import make_driver
 from gateway_agent.drivers.modbus import ModbusDriver
+from gateway_agent.outbox import READING
 from gateway_agent.protocols.modbus_rtu import encode_frame
-from meter_profiles.decode import plan_blocks, supply_on
+from meter_profiles.decode import Block, plan_blocks, split_block, supply_on
 from meter_profiles.loader import load_profiles
 from meter_profiles.schema import ModbusProfile
 from meter_profiles.simulators.line import Faults, LineServer, LineTiming
@@ -416,6 +420,128 @@ async def test_reads_use_the_planned_blocks_only() -> None:
     finally:
         await driver.close()
         await server.stop()
+
+
+# -- a meter that refuses unlisted registers inside a planned block --------------------------
+
+
+def _gapped_blocks(profile: ModbusProfile) -> list[Block]:
+    """Planned blocks that span registers the profile does not list."""
+    return [
+        b
+        for b in plan_blocks(profile)
+        if b.count > sum(profile.quantities[n].count for n, _ in b.members)
+    ]
+
+
+GAPPED = [n for n in MODBUS if _gapped_blocks(modbus_profile(n))]
+
+
+def test_some_shipped_profiles_plan_blocks_over_unlisted_registers() -> None:
+    assert {"acrel-ddsy1352-modbus", "acrel-adf300l-12"} <= set(GAPPED)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("name", GAPPED)
+async def test_a_meter_refusing_unlisted_registers_is_read_in_split_blocks(
+    name: str, transport: str
+) -> None:
+    """Acceptance (issue 22): a block spanning unlisted registers (``max_read_gap``) is
+    answered with exception 2 by a strict meter; the driver splits it into the listed
+    registers' runs, reads every quantity, and remembers the split for that device only."""
+    profile = modbus_profile(name)
+    async with open_bus(transport, profile) as bus:
+        bus.faults.strict.add(1)
+        drv = bus.driver
+        first = await drv.read(bus.devices[0], profile)
+        assert_matches(profile, first, bus.meters[0])
+        refused = drv.refusals.take()
+        assert refused == len(_gapped_blocks(profile)), "one refusal per gapped block"
+        bus.clock.now += 600.0
+        assert_matches(profile, await drv.read(bus.devices[0], profile), bus.meters[0])
+        assert drv.refusals.take() == 0, "the split is remembered"
+        assert drv.refusals.skipping() == 0, "nothing is lost"
+        # the other meter on the bus answers the planned blocks
+        assert_matches(profile, await drv.read(bus.devices[1], profile), bus.meters[1])
+        assert drv.refusals.take() == 0
+
+
+async def test_split_reads_are_remembered_and_a_missing_register_costs_its_quantity() -> None:
+    """Over a line that counts requests: the first read of a strict meter costs the planned
+    blocks plus the split runs, later reads only the runs; a quantity whose own register
+    the meter refuses is skipped (and counted in the heartbeat), the rest still read."""
+    profile = modbus_profile("acrel-ddsy1352-modbus")
+    # a quantity the meter does not have, two registers after the last metering one
+    extra = profile.model_copy(
+        update={
+            "quantities": {
+                **profile.quantities,
+                "frequency": profile.quantities["pf"].model_copy(update={"address": 0x0012}),
+            }
+        }
+    )
+    clock = ManualClock()
+    meters = [SimulatedMeter(profile, 1, clock=clock, start_total=10.0)]
+    faults = Faults(strict={1})
+    server = LineServer(ModbusRtuResponder(ModbusDevices(meters, faults)), LineTiming())
+    port = await server.start_tcp()
+    device = DeviceConfig(key="m1", profile=profile.model, unit=1)
+    bus = BusConfig(name="b", transport="tcp", port=port, timeout_s=0.3, devices=[device])
+    driver = make_driver(bus, PROFILES)
+    assert isinstance(driver, ModbusDriver)
+    plan = plan_blocks(extra)
+    runs = [r for b in plan for r in (split_block(extra, b) if b.start == 0 else [b])]
+    try:
+        clock.now += 600.0
+        values = await driver.read(device, extra)
+        assert ("frequency", 1) not in values
+        assert_matches(profile, values, meters[0])
+        first = server.stats.requests
+        # planned: 2 blocks; block 0 refused → 4 runs, the last (frequency alone) refused
+        assert (len(plan), len(runs)) == (2, 5)
+        assert first == len(plan) + len(runs) - 1
+        assert driver.refusals.take() == 2 and driver.refusals.skipping() == 1
+        values = await driver.read(device, extra)
+        assert_matches(profile, values, meters[0])
+        assert server.stats.requests - first == len(runs) - 1, "split kept, frequency skipped"
+    finally:
+        await driver.close()
+        await server.stop()
+
+
+async def test_the_heartbeat_counts_modbus_refusals(tmp_path: Path) -> None:
+    """The agent polling strict meters: readings carry every quantity, no device backs off,
+    and the heartbeat counts one refusal per device and gapped block (the split is kept)."""
+    profile = modbus_profile("acrel-ddsy1352-modbus")
+    meters = [SimulatedMeter(profile, u, start_total=5.0) for u in (1, 2)]
+    sim = ModbusTcpSimulator(meters)
+    sim.faults.strict.update({1, 2})
+    await sim.start()
+    devices = [DeviceConfig(key=f"m{m.unit}", profile=profile.model, unit=m.unit) for m in meters]
+    cfg = AgentConfig(
+        gateway="gw-mb",
+        data_dir=tmp_path,
+        poll_interval_s=0.1,
+        buses=[BusConfig(name="mb", port=sim.port, timeout_s=0.3, devices=devices)],
+    )
+    agent = Agent(cfg, PROFILES)
+    task = asyncio.create_task(agent.buses[0].run())
+    try:
+        await asyncio.sleep(0.8)
+        heartbeat = agent.heartbeat()
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await sim.stop()
+    readings = [Reading.model_validate_json(body) for _, body in agent.outbox.peek(READING, 1000)]
+    agent.outbox.close()
+    stats = heartbeat.buses["mb"]
+    assert stats.refused == len(meters) * len(_gapped_blocks(profile))
+    assert stats.refused_items == 0 and stats.devices_backing_off == 0 and stats.errors == 0
+    for dev in devices:
+        mine = [r for r in readings if r.device == dev.key]
+        assert len(mine) >= 3
+        assert all(r.total is not None and r.tou is not None and r.voltage for r in mine)
 
 
 # -- the RTU responder on its own (framing rules a real slave follows) -----------------------

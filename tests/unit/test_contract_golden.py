@@ -121,7 +121,13 @@ CASES: dict[str, Any] = {
         buses={
             "bus-1": BusStats(transactions=1200, timeouts=3, errors=1, utilisation=0.996),
             "bus-2": BusStats(
-                transactions=0, timeouts=0, errors=0, utilisation=0.0, devices_backing_off=2
+                transactions=0,
+                timeouts=0,
+                errors=0,
+                utilisation=0.0,
+                devices_backing_off=2,
+                refused=4,
+                refused_items=2,
             ),
             "bus-3": BusStats(transactions=5, timeouts=0, errors=0, utilisation=1.0),
             "bus-4": BusStats(transactions=5, timeouts=0, errors=0, utilisation=0.1234567891),
