@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import io
 import logging
 import multiprocessing
 from collections import OrderedDict
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import jinja2
 
 from cloud.auth import Principal
 from cloud.db import Database
+from cloud.documents import canvas
 from cloud.documents.pdf import CJK_FONTS, render_pdf
 from cloud.payments.capitals import amount_in_capitals
 from cloud.payments.core import METHOD_NAMES
@@ -123,14 +126,199 @@ log = logging.getLogger(__name__)
 
 
 def receipt_pdf(sale: SaleView, layout: str = "a5") -> bytes:
-    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll)."""
-    return render_pdf(receipt_html(sale, layout))
+    """The receipt as a PDF, CJK font embedded: ``a5`` (a sheet) or ``80mm`` (a roll).
+    Drawn with reportlab when the documents' TrueType font is cut and has every character
+    the receipt needs; otherwise laid out by WeasyPrint from the HTML template."""
+    return draw_receipt(sale, layout) or render_pdf(receipt_html(sale, layout))
 
 
-# Drawing a receipt is ~0.2 s of Python (WeasyPrint's layout) holding the interpreter: in
-# the server's own process it would stall every request behind it. It runs in a worker
-# process of its own; the drawn PDFs are kept for the click and for reprints (the key is
-# every field of the sale, its reversal included, so a changed sale is drawn anew).
+def _texts(f: ReceiptFields) -> list[str]:
+    texts = [
+        f.title,
+        f.group,
+        f.amount,
+        f.capitals,
+        f.receipt_no,
+        "人民币经办人签字：客户签字：请妥善保管本收据",
+    ]
+    texts += [t for row in f.rows for t in row]
+    return texts + [t for t in (f.grant, f.reversal) if t]
+
+
+def draw_receipt(sale: SaleView, layout: str = "a5") -> bytes | None:
+    """The receipt drawn with reportlab in a few milliseconds, or None when the font is
+    not ready or lacks one of its characters (the caller uses WeasyPrint then)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
+    f = receipt_fields(sale)
+    if not canvas.drawable(_texts(f)):
+        return None
+    return _draw_a5(f) if layout == "a5" else _draw_roll(f)
+
+
+def _new_canvas(size: tuple[float, float], f: ReceiptFields) -> tuple[Any, io.BytesIO]:
+    from reportlab.pdfgen.canvas import Canvas
+
+    out = io.BytesIO()
+    c = Canvas(out, pagesize=size, initialFontName=canvas.FONT, initialFontSize=10)
+    c.setTitle(f"{f.title} {f.receipt_no}")
+    c.setAuthor(f.group)
+    c.setCreator("PrepayCloud")
+    return c, out
+
+
+def _bold_centred(c: Any, x: float, y: float, text: str, size: float) -> None:
+    """Bold from the regular face: the glyphs filled and stroked (text render mode 2)."""
+    c.saveState()
+    c.setLineWidth(size / 30)
+    t = c.beginText(x - canvas.width(text, size) / 2, y)
+    t.setFont(canvas.FONT, size)
+    t.setTextRenderMode(2)
+    t.textOut(text)
+    c.drawText(t)
+    c.restoreState()
+
+
+def _box(c: Any, text: str, x: float, y: float, w: float, size: float, pad: float,
+         dashed: bool = False, red: bool = False, line: float = 0.6) -> float:  # fmt: skip
+    """A bordered box of wrapped text under ``y``; returns the y below it."""
+    lines = canvas.wrap(text, size, w - 2 * pad)
+    lead = size * 1.45
+    h = len(lines) * lead + 2 * pad - (lead - size)
+    c.saveState()
+    c.setLineWidth(line)
+    if dashed:
+        c.setDash(3, 2)
+    if red:
+        c.setStrokeColorRGB(0.69, 0, 0)
+        c.setFillColorRGB(0.69, 0, 0)
+    c.rect(x, y - h, w, h)
+    c.setFont(canvas.FONT, size)
+    for i, text_line in enumerate(lines):
+        c.drawString(x + pad, y - pad - size * 0.88 - i * lead, text_line)
+    c.restoreState()
+    return y - h
+
+
+def _draw_a5(f: ReceiptFields) -> bytes:
+    """A5 sheet: the group's name, the title, a bordered table of the fields, the amount
+    large with its 大写 in capitals, the grant and the reversal boxed, two signatures."""
+    from reportlab.lib.pagesizes import A5
+    from reportlab.lib.units import mm
+
+    c, out = _new_canvas(A5, f)
+    w, h = A5
+    x0, x1 = 12 * mm, w - 12 * mm
+    y = h - 10 * mm
+    c.setFont(canvas.FONT, 16)
+    y -= 16
+    c.drawCentredString(w / 2, y, f.group)
+    y -= 2 * mm + 12
+    c.setFont(canvas.FONT, 12)
+    c.drawCentredString(w / 2, y, f.title, charSpace=3.6)
+    y -= 5 * mm
+    label_w = 0.26 * (x1 - x0)
+    pad, size, lead = 2.4 * mm, 10.0, 13.0
+    c.setLineWidth(0.4)
+    c.setStrokeGray(0.33)
+    for label, value in f.rows:
+        lines = canvas.wrap(value, size, x1 - x0 - label_w - 2 * pad)
+        rh = 2.2 * mm + size + (len(lines) - 1) * lead
+        c.setFillGray(0.945)
+        c.rect(x0, y - rh, label_w, rh, stroke=0, fill=1)
+        c.setFillGray(0.07)
+        c.rect(x0, y - rh, x1 - x0, rh)
+        c.line(x0 + label_w, y, x0 + label_w, y - rh)
+        c.setFont(canvas.FONT, size)
+        base = y - 1.1 * mm - size * 0.88
+        c.drawString(x0 + pad, base, label)
+        for i, text_line in enumerate(lines):
+            c.drawString(x0 + label_w + pad, base - i * lead, text_line)
+        y -= rh
+    c.setFont(canvas.FONT, 15)
+    y -= 3 * mm + 15
+    _bold_centred(c, w / 2, y, f.amount, 15)
+    c.setFont(canvas.FONT, 12)
+    y -= 1 * mm + 12 * 1.2
+    c.drawCentredString(w / 2, y, f"人民币 {f.capitals}")
+    y -= 4 * mm
+    if f.grant:
+        y = _box(c, f.grant, x0, y - 3 * mm, x1 - x0, 10, 2 * mm, dashed=True)
+    if f.reversal:
+        y = _box(c, f.reversal, x0, y - 3 * mm, x1 - x0, 12, 2 * mm, red=True, line=1.2)
+    c.setFont(canvas.FONT, 10)
+    y -= 7 * mm + 10
+    c.drawString(x0, y, "经办人签字：")
+    c.drawRightString(x1 - 30 * mm, y, "客户签字：")
+    c.showPage()
+    c.save()
+    return out.getvalue()
+
+
+def _draw_roll(f: ReceiptFields) -> bytes:
+    """80 mm roll (72 mm printable): the fields as label-left, value-right lines between
+    dashed rules; the page as long as this receipt."""
+    from reportlab.lib.units import mm
+
+    width, margin, size, lead = 80 * mm, 4 * mm, 8.5, 8.5 * 1.35
+    inner = width - 2 * margin
+    plan: list[tuple[str, str, list[str]]] = []
+    for label, value in f.rows:
+        room = inner - canvas.width(label, size) - 2 * mm
+        plan.append((label, value, canvas.wrap(value, size, room)))
+    grant = canvas.wrap(f.grant, size, inner) if f.grant else []
+    reversal = canvas.wrap(f.reversal, size, inner - 2 * mm) if f.reversal else []
+    lines = sum(len(v) for _, _, v in plan) + len(grant) + len(reversal)
+    height = 3 * mm * 2 + 12 * 1.3 + lead * (lines + 3) + 14 * 1.3 + 6 * 1.5 * mm + 4 * mm
+    c, out = _new_canvas((width, height), f)
+    x0, x1 = margin, width - margin
+    y = height - 3 * mm - 12
+
+    def rule(at: float) -> float:
+        c.saveState()
+        c.setDash(2, 1.5)
+        c.setLineWidth(0.6)
+        c.line(x0, at, x1, at)
+        c.restoreState()
+        return float(at - 1.5 * mm)
+
+    c.setFont(canvas.FONT, 12)
+    _bold_centred(c, width / 2, y, f.group, 12)
+    c.setFont(canvas.FONT, size)
+    y -= lead
+    c.drawCentredString(width / 2, y, f.title)
+    y = rule(y - 2 * mm) - size
+    for label, _value, value_lines in plan:
+        c.drawString(x0, y, label)
+        for text_line in value_lines:
+            c.drawRightString(x1, y, text_line)
+            y -= lead
+    y = rule(y + lead - size - 1.5 * mm)
+    c.setFont(canvas.FONT, 14)
+    y -= 14 + 1 * mm
+    _bold_centred(c, width / 2, y, f.amount, 14)
+    c.setFont(canvas.FONT, size)
+    y -= lead
+    c.drawCentredString(width / 2, y, f.capitals)
+    for text_line in grant:
+        y -= lead
+        c.drawString(x0, y, text_line)
+    if f.reversal:
+        y = _box(c, f.reversal, x0, y - 1.5 * mm - 3, inner, size, 1 * mm, line=0.8)
+        y += size
+    y = rule(y - 1.5 * mm - 3)
+    c.drawCentredString(width / 2, y - size - 0.5 * mm, "请妥善保管本收据")
+    c.showPage()
+    c.save()
+    return out.getvalue()
+
+
+# A receipt drawn with reportlab takes a few milliseconds and is drawn here, in the server's
+# process. One that WeasyPrint must lay out (the font not cut yet, or a character outside
+# it) is ~0.2 s of Python holding the interpreter: in the server's own process it would
+# stall every request behind it, so it runs in a worker process of its own. The drawn PDFs
+# are kept for the click and for reprints (the key is every field of the sale, its
+# reversal included, so a changed sale is drawn anew).
 _KEEP = 512
 _drawn: OrderedDict[tuple[SaleView, str], bytes] = OrderedDict()
 _drawing: dict[tuple[SaleView, str], asyncio.Future[bytes]] = {}
@@ -145,24 +333,37 @@ def _workers() -> ProcessPoolExecutor:
 
 
 async def drawn_receipt(sale: SaleView, layout: str = "a5") -> bytes:
-    """The receipt's PDF, drawn in the worker process (once, however many ask at once)."""
+    """The receipt's PDF: drawn here with reportlab, or laid out by WeasyPrint in the
+    worker process (once, however many ask at once)."""
     key = (sale, layout)
     if (pdf := _drawn.get(key)) is not None:
         _drawn.move_to_end(key)
         return pdf
+    drawn = draw_receipt(sale, layout)
+    if drawn is not None:
+        _keep(key, drawn)
+        return drawn
     future = _drawing.get(key)
     if future is None:
         loop = asyncio.get_running_loop()
-        future = asyncio.ensure_future(loop.run_in_executor(_workers(), receipt_pdf, sale, layout))
+        future = asyncio.ensure_future(loop.run_in_executor(_workers(), _laid_out, sale, layout))
         _drawing[key] = future
     try:
         pdf = await asyncio.shield(future)
     finally:
         _drawing.pop(key, None)
+    _keep(key, pdf)
+    return pdf
+
+
+def _laid_out(sale: SaleView, layout: str) -> bytes:
+    return render_pdf(receipt_html(sale, layout))
+
+
+def _keep(key: tuple[SaleView, str], pdf: bytes) -> None:
     _drawn[key] = pdf
     while len(_drawn) > _KEEP:
         _drawn.popitem(last=False)
-    return pdf
 
 
 def kept_receipts() -> int:

@@ -136,6 +136,8 @@ async def main(rounds: int, font_cache: bool) -> None:
 
             if font_cache and not pdf.subset_path().exists():
                 await asyncio.to_thread(pdf.build_subset)
+            if font_cache and not pdf.truetype_path().exists():
+                await asyncio.to_thread(pdf.build_truetype)
             started = time.perf_counter()  # the sales' receipts drawn in the background
             while drawing.kept_receipts() < len(receipts):
                 if time.perf_counter() - started > 120:
