@@ -3,20 +3,34 @@
 Paste the bytes a sniffer or a meter tool shows; get JSON back saying what the frame is.
 Decimals are strings, date-times ISO 8601 with the meter's UTC offset. A broken frame exits
 with status 2 and ``{"error": "..."}``.
+
+DL/T 645-2007 block identifiers (``0001FF00``…) are named and a block reply is split into
+its members' values. With ``--profile P`` the values are also decoded as that meter profile
+reads them (``quantities``): a DL/T 645 reply by the profile's formats; a Modbus read reply
+(with ``--start``, the register of its first word, which a reply does not carry) or bare
+register words (``--registers``) by the profile's types, word order and scale, so a float32
+in CDAB order shows as its number; a Modbus read request lists the quantities it covers.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
 from collections.abc import Callable
 from datetime import date, datetime, time, tzinfo
 from decimal import Decimal
+from pathlib import Path
 
+from gateway_agent.drivers import DecodeFailure
+from gateway_agent.drivers.dlt645 import decode_element
 from gateway_agent.protocols import cjt188, dlt645, modbus_rtu
 from gateway_agent.protocols.errors import FrameError, NoFrameError
+from meter_profiles.decode import ProfileDecodeError, decode_value
+from meter_profiles.loader import ProfileError, load_profiles
+from meter_profiles.schema import AnyProfile, Dlt645Profile, DltQuantity, ModbusProfile
 
 PROTOCOL_CHOICES = ("dlt645-2007", "dlt645-1997", "cjt188", "modbus-rtu")
 
@@ -82,16 +96,45 @@ def _di_fields(
     di: int, value: bytes | None, table: dict[int, dlt645.DataItem], width: int
 ) -> Report:
     item = table.get(di)
+    block = dlt645.block_name(di) if width == 4 and item is None else None
     out: Report = {
         "data_identifier": dlt645.format_di(di, width),
-        "data_identifier_name": item.name if item else "unknown",
+        "data_identifier_name": item.name if item else block or "unknown",
     }
+    if block is not None:
+        out["block"] = True
     if value is None:
         return out
-    if item is None:
-        out["value_hex"] = _hex(value)
-    else:
+    if item is not None:
         out["values"] = {item.name: _dlt645_value(item, value)}
+    elif block is not None:
+        out.update(_block_values(di, value))
+    else:
+        out["value_hex"] = _hex(value)
+    return out
+
+
+def _block_values(di: int, value: bytes) -> Report:
+    """A block reply split into its members (each as wide as the first member's item)."""
+    first_di = dlt645.block_member(di, 0)
+    assert first_di is not None  # a named block has a known first member
+    first = dlt645.DATA_ITEMS[first_di]
+    width = first.width
+    values: Report = {}
+    members: list[str] = []
+    for element in range(len(value) // width):
+        member = dlt645.block_member(di, element)
+        if member is None:
+            break
+        raw = value[element * width : (element + 1) * width]
+        item = dlt645.DATA_ITEMS.get(member)
+        if item is None or item.width != width:  # a member the table does not list: like the first
+            item = dataclasses.replace(first, di=member, name=f"{first.name}_element_{element}")
+        members.append(dlt645.format_di(member))
+        values[item.name] = _dlt645_value(item, raw)
+    out: Report = {"block_members": members, "values": values}
+    if len(value) % width:
+        out["trailing_hex"] = _hex(value[len(value) - len(value) % width :])
     return out
 
 
@@ -364,6 +407,165 @@ def _auto(raw: bytes, decoders: dict[str, Callable[[bytes], Report]]) -> Report:
     )
 
 
+# --------------------------------------------------------------------------------------------
+# Through a meter profile
+# --------------------------------------------------------------------------------------------
+
+
+def _quantity_entry(name: str, unit: str | None, verified: bool) -> Report:
+    entry: Report = {"quantity": name}
+    if unit:
+        entry["unit"] = unit
+    if not verified:
+        entry["verified"] = False
+    return entry
+
+
+def _dlt645_items(profile: Dlt645Profile, di: int) -> list[tuple[str, DltQuantity]]:
+    """The profile's quantities a reply to ``di`` carries: the DI's own, or the one element
+    of a block DI of the profile that ``di`` stands for."""
+    items = profile.reads().get(di)
+    if items is not None:
+        return items
+    for block, block_items in profile.reads().items():
+        if profile.edition == "2007" and dlt645.is_block_di(block):
+            for name, q in block_items:
+                if dlt645.block_member(block, q.element) == di:
+                    return [(name, q.model_copy(update={"element": 0}))]
+    return []
+
+
+def _dlt645_quantities(profile: Dlt645Profile, raw: bytes) -> Report:
+    frame = dlt645.decode_frame(raw).frame
+    edition_1997 = profile.edition == "1997"
+    read = dlt645.ControlCode1997.READ_DATA if edition_1997 else dlt645.ControlCode.READ_DATA
+    if not frame.is_reply and frame.function == read:  # which quantities it asks for
+        di = (
+            dlt645.parse_read_request_1997(frame)
+            if edition_1997
+            else dlt645.parse_read_request(frame)
+        )
+        names = [{"quantity": name} for name, _ in _dlt645_items(profile, di)]
+        return {"profile": profile.model, "quantities": names}
+    followup = dlt645.ControlCode.READ_FOLLOWUP
+    if not frame.is_reply or frame.is_error or frame.function not in (read, followup):
+        return {"profile": profile.model, "quantities": []}
+    reply = dlt645.parse_read_reply_1997(frame) if edition_1997 else dlt645.parse_read_reply(frame)
+    items = _dlt645_items(profile, reply.di)
+    out: list[Report] = []
+    for name, q in items:
+        entry = _quantity_entry(name, q.unit, q.verified)
+        size = q.size
+        value = reply.value[q.element * size : (q.element + 1) * size]
+        if len(value) < size:
+            entry["error"] = f"the reply carries {len(reply.value)} byte(s), {name} needs more"
+        else:
+            try:
+                entry["value"] = format(decode_element(q, value), "f")
+            except DecodeFailure as exc:
+                entry["error"] = str(exc)
+        out.append(entry)
+    report: Report = {"profile": profile.model, "quantities": out}
+    if not items:
+        report["profile_note"] = f"{profile.model} reads nothing from this identifier"
+    return report
+
+
+def _modbus_covered(
+    profile: ModbusProfile, function: int, start: int, count: int
+) -> list[tuple[str, int, int]]:
+    """(quantity, channel, register) of every quantity wholly inside the registers."""
+    out = []
+    for ch in range(1, profile.channels + 1):
+        for name, q in profile.quantities.items():
+            if (ch > 1 and name in profile.shared) or q.function != function:
+                continue
+            reg = profile.register_of(name, ch)
+            if start <= reg and reg + q.count <= start + count:
+                out.append((name, ch, reg))
+    return sorted(out, key=lambda item: item[2])
+
+
+def decode_registers(
+    profile: ModbusProfile, start: int, words: list[int], function: int = 3
+) -> Report:
+    """Register values (as read with ``function`` from ``start``) through ``profile``: each
+    quantity they wholly hold, decoded by its type, word order and scale; registers no
+    quantity lists are named too."""
+    quantities: list[Report] = []
+    covered: set[int] = set()
+    for name, ch, reg in _modbus_covered(profile, function, start, len(words)):
+        q = profile.quantities[name]
+        entry = _quantity_entry(name, q.unit, q.verified)
+        if profile.channels > 1:
+            entry["channel"] = ch
+        entry["register"] = f"0x{reg:04X}"
+        entry["type"] = q.type
+        if q.count > 1:
+            entry["word_order"] = q.word_order
+        try:
+            value = decode_value(q, words[reg - start : reg - start + q.count])
+            entry["value"] = format(value, "f")
+        except ProfileDecodeError as exc:
+            entry["error"] = str(exc)
+        covered.update(range(reg, reg + q.count))
+        quantities.append(entry)
+    report: Report = {
+        "profile": profile.model,
+        "start_register": f"0x{start:04X}",
+        "quantities": quantities,
+    }
+    unlisted = [f"0x{r:04X}" for r in range(start, start + len(words)) if r not in covered]
+    if unlisted:
+        report["unlisted_registers"] = unlisted
+    return report
+
+
+def _modbus_quantities(profile: ModbusProfile, raw: bytes, start: int | None) -> Report:
+    frame = modbus_rtu.decode_frame(raw)
+    message = modbus_rtu.interpret(frame).message
+    function = frame.function & 0x7F
+    if isinstance(message, modbus_rtu.ReadRequest) and function in (3, 4):
+        covered = _modbus_covered(profile, function, message.start, message.quantity)
+        return {
+            "profile": profile.model,
+            "quantities": [
+                {"quantity": n, "register": f"0x{r:04X}"}
+                | ({"channel": ch} if profile.channels > 1 else {})
+                for n, ch, r in covered
+            ],
+        }
+    if isinstance(message, modbus_rtu.ReadRegistersReply) and function in (3, 4):
+        if start is None:
+            return {
+                "profile": profile.model,
+                "profile_note": "a read reply does not say its first register: give --start",
+            }
+        return decode_registers(profile, start, list(message.registers), function)
+    if isinstance(message, modbus_rtu.WriteSingleRegister):
+        actions = [
+            {"control": action, "channel": ch}
+            for action in profile.controls
+            for ch in range(1, profile.channels + 1)
+            if (ctl := profile.control_register(action, ch)) is not None
+            and (ctl.address, ctl.value) == (message.address, message.value)
+        ]
+        return {"profile": profile.model, "controls": actions}
+    return {"profile": profile.model}
+
+
+def _through_profile(raw: bytes, report: Report, profile: AnyProfile, start: int | None) -> Report:
+    protocol = str(report.get("protocol", ""))
+    if isinstance(profile, Dlt645Profile) and protocol.startswith("dlt645"):
+        return _dlt645_quantities(profile, raw)
+    if isinstance(profile, ModbusProfile) and protocol == "modbus-rtu":
+        return _modbus_quantities(profile, raw, start)
+    return {
+        "profile": profile.model,
+        "profile_note": f"a {profile.protocol} profile: not applied to a {protocol} frame",
+    }
+
+
 def decode_hex(
     text: str,
     protocol: str | None = None,
@@ -371,9 +573,13 @@ def decode_hex(
     tz: tzinfo = dlt645.CHINA_STANDARD_TIME,
     flow_decimals: int = 2,
     status_layout: cjt188.StatusLayout = cjt188.DEFAULT_STATUS_LAYOUT,
+    profile: AnyProfile | None = None,
+    start: int | None = None,
 ) -> dict[str, object]:
     """Decode one frame given as hex; ``protocol`` is one of :data:`PROTOCOL_CHOICES` or None
-    to detect it. Raises :class:`FrameError` for input that is not a valid frame."""
+    to detect it. With ``profile``, its values are decoded as that profile reads them too
+    (``start``: the first register of a Modbus read reply). Raises :class:`FrameError` for
+    input that is not a valid frame."""
     raw = parse_hex(text)
     decoders: dict[str, Callable[[bytes], Report]] = {
         "dlt645": lambda data: _decode_dlt645(data, None, tz),
@@ -383,10 +589,21 @@ def decode_hex(
         "modbus-rtu": _decode_modbus,
     }
     if protocol is None:
-        return _auto(raw, decoders)
-    if protocol not in PROTOCOL_CHOICES:
+        report = _auto(raw, decoders)
+    elif protocol not in PROTOCOL_CHOICES:
         raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOL_CHOICES}")
-    return decoders[protocol](raw)
+    else:
+        report = decoders[protocol](raw)
+    if profile is not None:
+        report.update(_through_profile(raw, report, profile, start))
+    return report
+
+
+def _register(text: str) -> int:
+    value = int(text, 0)
+    if not 0 <= value <= 0xFFFF:
+        raise argparse.ArgumentTypeError(f"register {text} is not within 0-0xFFFF")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -407,6 +624,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="decimal places of CJ/T 188 flow values (default: 2, the 2004 edition)",
     )
     parser.add_argument(
+        "--profile",
+        metavar="MODEL",
+        help="also decode the values as this meter profile reads them (quantity names, "
+        "formats, Modbus types, word order and scale)",
+    )
+    parser.add_argument(
+        "--profiles-dir", type=Path, default=None, help="installer's extra profiles"
+    )
+    parser.add_argument(
+        "--start",
+        type=_register,
+        default=None,
+        help="register of the first word of a Modbus read reply or of --registers "
+        "(e.g. 0x0001; a reply does not carry it)",
+    )
+    parser.add_argument(
+        "--registers",
+        action="store_true",
+        help="HEX is register values (16-bit words, 4 hex digits each), not a frame; needs "
+        "--profile (Modbus) and --start",
+    )
+    parser.add_argument(
+        "--function",
+        type=int,
+        choices=(3, 4),
+        default=3,
+        help="with --registers: read with function 3 (holding, default) or 4 (input)",
+    )
+    parser.add_argument(
         "hex",
         nargs="+",
         metavar="HEX",
@@ -415,12 +661,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _words(text: str) -> list[int]:
+    raw = parse_hex(text)
+    if len(raw) % 2:
+        raise FrameError(f"{len(raw)} byte(s) are not whole 16-bit registers")
+    return [int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2)]
+
+
+class UsageError(ValueError):
+    """The options do not make sense together (unknown profile, registers without one)."""
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+def _decode_args(args: argparse.Namespace) -> Report:
+    profile: AnyProfile | None = None
+    if args.profile is not None:
+        try:
+            profiles = load_profiles(args.profiles_dir)
+        except ProfileError as exc:
+            raise UsageError(str(exc)) from exc
+        if args.profile not in profiles:
+            raise UsageError(
+                f"unknown profile {args.profile!r}; known: {', '.join(sorted(profiles))}"
+            )
+        profile = profiles[args.profile]
+    text = " ".join(args.hex)
+    if args.registers:
+        if not isinstance(profile, ModbusProfile) or args.start is None:
+            raise UsageError("--registers needs --profile with a Modbus profile and --start")
+        return decode_registers(profile, args.start, _words(text), args.function)
+    return decode_hex(
+        text, args.protocol, flow_decimals=args.flow_decimals, profile=profile, start=args.start
+    )
+
+
 def main(argv: list[str]) -> int:
-    """``prepay-gateway decode``: print the frame as JSON; 0 on success, 2 on a broken frame."""
+    """``prepay-gateway decode``: print the frame as JSON; 0 on success, 2 on a broken frame
+    (or an unknown profile, or registers without a Modbus profile and start)."""
     args = build_parser().parse_args(argv)
     try:
-        report = decode_hex(" ".join(args.hex), args.protocol, flow_decimals=args.flow_decimals)
-    except FrameError as exc:
+        report = _decode_args(args)
+    except (FrameError, UsageError) as exc:
         sys.stdout.write(json.dumps({"error": exc.message}, ensure_ascii=False) + "\n")
         sys.stderr.write(f"prepay-gateway decode: {exc.message}\n")
         return 2

@@ -4,6 +4,10 @@
   answers cleanly. When several answer at once their replies collide (a broken frame): the
   scan then narrows the address one byte at a time (``AA`` bytes are wildcards, lowest byte
   first), reading the communication address (DI 04 00 04 01) of whoever matches.
+  Then each found meter is asked the identifiers of every DL/T 645-2007 profile (each
+  distinct DI once, and the members of a refused block DI) and the profile its answers fit
+  best is suggested (:func:`fit_dlt645`): the most quantities answered, then the fewest
+  refused, then the fewest requests per poll.
 - CJ/T 188: the same with read-address (C = 03, DI 81 0A) and the 7-byte address, narrowing
   with read-data (DI 90 1F) to the wildcard meter type.
 - Modbus: probe each unit id in a range by reading the identity register the profiles
@@ -28,11 +32,12 @@ import yaml
 
 from gateway_agent.config import BusConfig, DeviceConfig, SerialPortConfig
 from gateway_agent.drivers import DecodeFailure, DeviceException, DeviceTimeout
+from gateway_agent.drivers.dlt645 import Dlt645Driver, decode_element
 from gateway_agent.drivers.factory import make_driver, make_link
 from gateway_agent.drivers.link import Link
 from gateway_agent.protocols import cjt188, dlt645
 from meter_profiles.loader import ProfileError, load_profiles
-from meter_profiles.schema import AnyProfile, ModbusProfile
+from meter_profiles.schema import AnyProfile, Dlt645Profile, DltQuantity, ModbusProfile
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +154,143 @@ async def _outcome(
     return ONE, address
 
 
+# -- which DL/T 645 profile fits --------------------------------------------------------------
+
+#: What a meter answered per DI: the value bytes, or None (refused, silent or garbled).
+Answers = dict[int, bytes | None]
+
+
+@dataclass(frozen=True)
+class ProfileFit:
+    """How a meter's answers fit one profile, read as the driver reads it (a refused block
+    DI falls back to its members)."""
+
+    model: str
+    quantities: int
+    answered: tuple[str, ...]
+    refused: tuple[str, ...]
+    refused_dis: int
+    requests: int  # per poll, once the refusals are known
+
+    @property
+    def rank(self) -> tuple[int, int, int, int]:
+        """Higher is better: most answered, fewest refused quantities, DIs, requests."""
+        return (len(self.answered), -len(self.refused), -self.refused_dis, -self.requests)
+
+
+def _fits(raw: bytes | None, items: list[tuple[str, DltQuantity]]) -> bool:
+    """Does ``raw`` carry every element ``items`` need, each one decodable?"""
+    if raw is None:
+        return False
+    size = items[0][1].size
+    if len(raw) < (items[-1][1].element + 1) * size:
+        return False
+    try:
+        for _name, q in items:
+            decode_element(q, raw[q.element * size : (q.element + 1) * size])
+    except DecodeFailure:
+        return False
+    return True
+
+
+def _block_members(
+    di: int, items: list[tuple[str, DltQuantity]]
+) -> list[tuple[int, str, DltQuantity]]:
+    if not dlt645.is_block_di(di):
+        return []
+    out = []
+    for name, q in items:
+        member = dlt645.block_member(di, q.element)
+        if member is not None:
+            out.append((member, name, q.model_copy(update={"element": 0})))
+    return out
+
+
+def dis_to_ask(profile: Dlt645Profile, answers: Answers) -> list[int]:
+    """The DIs still to ask for :func:`fit_dlt645`: the profile's own, then the members of
+    its block DIs the meter refused."""
+    out = [di for di in profile.reads() if di not in answers]
+    if out:
+        return out
+    for di, items in profile.reads().items():
+        if not _fits(answers[di], items):
+            out += [m for m, _, _ in _block_members(di, items) if m not in answers]
+    return out
+
+
+def fit_dlt645(profile: Dlt645Profile, answers: Answers) -> ProfileFit:
+    """How ``answers`` (every DI :func:`dis_to_ask` named) fit ``profile``."""
+    answered: list[str] = []
+    refused: list[str] = []
+    refused_dis = requests = 0
+    for di, items in profile.reads().items():
+        if _fits(answers.get(di), items):
+            answered += [name for name, _ in items]
+            requests += 1
+            continue
+        refused_dis += 1
+        members = _block_members(di, items)
+        if not members:
+            refused += [name for name, _ in items]
+            continue
+        for member, name, q in members:
+            if _fits(answers.get(member), [(name, q)]):
+                answered.append(name)
+                requests += 1
+            else:
+                refused.append(name)
+                refused_dis += 1
+    return ProfileFit(
+        model=profile.model,
+        quantities=len(profile.quantities),
+        answered=tuple(answered),
+        refused=tuple(refused),
+        refused_dis=refused_dis,
+        requests=requests,
+    )
+
+
+async def suggest_dlt645_profile(
+    driver: Dlt645Driver, address: str, profiles: dict[str, AnyProfile]
+) -> list[ProfileFit]:
+    """Ask ``address`` the identifiers of every DL/T 645-2007 profile, each distinct one
+    once; the fits, best first (empty when there is no such profile)."""
+    candidates = sorted(
+        (p for p in profiles.values() if isinstance(p, Dlt645Profile) and p.edition == "2007"),
+        key=lambda p: p.model,
+    )
+    answers: Answers = {}
+    for _round in range(2):  # the profiles' DIs, then the members of refused block DIs
+        for p in candidates:
+            for di in dis_to_ask(p, answers):
+                if di in answers:
+                    continue
+                try:
+                    answers[di] = await driver.read_di(address, di, wakeup=p.wakeup)
+                except (DeviceException, DeviceTimeout, DecodeFailure) as exc:
+                    log.debug("meter %s: %s", address, exc)
+                    answers[di] = None
+    fits = [fit_dlt645(p, answers) for p in candidates]
+    return sorted(fits, key=lambda f: f.rank, reverse=True)  # stable: by model on a tie
+
+
+def _fit_notes(fits: list[ProfileFit]) -> list[str]:
+    if not fits or not fits[0].answered:
+        return ["answers none of the DL/T 645-2007 profiles' identifiers: name its profile"]
+    best = fits[0]
+    notes = [
+        f"profile suggested from the identifiers it answers ({len(best.answered)} of "
+        f"{best.quantities} quantities of {best.model}); DL/T 645 does not say the model: "
+        "check it"
+    ]
+    if best.refused:
+        notes.append(f"refuses {', '.join(best.refused)}: those values will be missing")
+    also = [f.model for f in fits[1:] if f.rank == best.rank]
+    if also:
+        notes.append(f"fits {', '.join(also)} equally well: pick the right one")
+    return notes
+
+
 # -- Modbus --------------------------------------------------------------------------------
 
 
@@ -259,28 +401,29 @@ async def scan(
         with _quiet("pymodbus"):  # its own error logging would drown the scan's output
             return await scan_modbus(bus, profiles, units)
     link = make_link(bus, profiles)
+    found: list[Found] = []
     try:
         if protocol == "dlt645":
             first, probe = dlt645_probes(link, timeout_s)
             addresses = await search_addresses(probe, dlt645.ADDRESS_WIDTH, first)
-            model = "dlt645-2007-prepaid" if "dlt645-2007-prepaid" in profiles else None
+            # a data read is longer than a probe's answer: wait what the line needs
+            baud = bus.serial.baudrate if bus.serial is not None else None
+            driver = Dlt645Driver(link, max(timeout_s, operating_timeout(protocol, baud)))
+            for a in addresses:
+                fits = await suggest_dlt645_profile(driver, a, profiles)
+                model = fits[0].model if fits and fits[0].answered else None
+                found.append(Found(protocol, address=a, profile=model, notes=_fit_notes(fits)))
         elif protocol == "cjt188":
             first, probe = cjt188_probes(link, timeout_s)
             addresses = await search_addresses(probe, cjt188.ADDRESS_WIDTH, first)
             model = "cjt188-valve-water" if "cjt188-valve-water" in profiles else None
+            note = "CJ/T 188 does not say the model: check the profile"
+            found = [Found(protocol, address=a, profile=model, notes=[note]) for a in addresses]
         else:
             raise ValueError(f"cannot scan protocol {protocol!r}")
     finally:
         await link.close()
-    return [
-        Found(
-            protocol,
-            address=a,
-            profile=model,
-            notes=["DL/T 645 and CJ/T 188 do not say the model: check the profile"],
-        )
-        for a in addresses
-    ]
+    return found
 
 
 @contextlib.contextmanager

@@ -88,8 +88,19 @@ def decode_value(q: ModbusQuantity, words: list[int]) -> Decimal:
     if q.type == "float32":
         if value != value or value in (float("inf"), float("-inf")):
             raise ProfileDecodeError(f"float register is not a finite number: {value}")
-        return Decimal(repr(value)) * q.scale
+        return _shortest_float32(raw) * q.scale
     return Decimal(value) * q.scale
+
+
+def _shortest_float32(raw: bytes) -> Decimal:
+    """The float32 in ``raw`` (big-endian) as the shortest decimal that reads back as the
+    same float32: ``42F6E979`` is 123.456, not the double 123.45600128173828."""
+    value = struct.unpack(">f", raw)[0]
+    for digits in range(1, 10):
+        text = f"{value:.{digits}g}"
+        if struct.pack(">f", float(text)) == raw:
+            return Decimal(text)
+    return Decimal(repr(value))  # 9 significant digits always round-trip: not reached
 
 
 def encode_value(q: ModbusQuantity, value: Decimal) -> list[int]:

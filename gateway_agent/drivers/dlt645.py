@@ -183,9 +183,14 @@ class Dlt645Driver:
                     "which this driver does not read for DL/T 645-1997"
                 )
             return value
+        return await self.read_di(address, di, wakeup=p.wakeup)
+
+    async def read_di(self, address: str, di: int, *, wakeup: bool = True) -> bytes:
+        """The value bytes a DL/T 645-2007 meter answers for ``di`` (follow-up frames
+        joined); DeviceException carries the error byte of a refusal."""
         name = dlt.format_di(di)
         reply = await self._transact(
-            dlt.read_data_request(address, di, wakeup=p.wakeup), f"read {name}"
+            dlt.read_data_request(address, di, wakeup=wakeup), f"read {name}"
         )
         value = self._check_read(reply, address, di, None)
         seq = 0
@@ -193,7 +198,7 @@ class Dlt645Driver:
             seq += 1
             if seq > MAX_FOLLOWUPS:
                 raise DecodeFailure(f"meter {address}: DI {name}: more than {MAX_FOLLOWUPS} frames")
-            request = dlt.read_followup_request(address, di, seq, wakeup=p.wakeup)
+            request = dlt.read_followup_request(address, di, seq, wakeup=wakeup)
             reply = await self._transact(request, f"read {name} follow-up {seq}")
             value += self._check_read(reply, address, di, seq)
         return value

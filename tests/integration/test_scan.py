@@ -7,6 +7,7 @@ import yaml
 from gateway_agent.config import BusConfig
 from gateway_agent.scan import scan, snippet
 from meter_profiles.loader import load_profiles
+from meter_profiles.schema import Dlt645Profile
 from meter_profiles.simulators.meter import SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
 
@@ -89,7 +90,62 @@ async def test_dlt645_scan_of_a_single_meter_takes_one_request() -> None:
     finally:
         await running.stop()  # type: ignore[attr-defined]
     assert [f.address for f in found] == ["000000000161"]
-    assert requests == 1
+    # one read-address finds it; then each distinct identifier of the 2007 profiles, once
+    dis = {
+        di
+        for p in load_profiles().values()
+        if isinstance(p, Dlt645Profile) and p.edition == "2007"
+        for di in p.reads()
+    }
+    assert requests == 1 + len(dis)
+
+
+async def test_dlt645_scan_suggests_the_profile_each_meter_answers() -> None:
+    """Three kinds of DL/T 645-2007 meter on one bus (block energy identifiers, single
+    identifiers, three phases): each is suggested the profile its answers fit, not a
+    hard-coded one, and the snippet carries it."""
+    meters = {
+        "000000000161": "dlt645-2007-prepaid",  # answers 0001FF00
+        "000000000272": "acrel-ddsy1352-dlt645",  # refuses 0001FF00, answers 00010000…
+        "000000000383": "acrel-dtsy1352-dlt645",  # answers phases B and C too
+    }
+    from meter_profiles.simulators.bus import SimBus, start_bus
+
+    sim_bus = SimBus.model_validate(
+        {"meters": [{"profile": p, "address": a} for a, p in meters.items()]}
+    )
+    running = await start_bus(sim_bus, load_profiles())
+    port = int(running.where.rsplit(":", 1)[1])
+    bus = BusConfig(name="b", transport="tcp", port=port, timeout_s=0.05, devices=[])
+    try:
+        found = await scan(bus, "dlt645", load_profiles(), timeout_s=0.05)
+    finally:
+        await running.stop()
+    assert {f.address: f.profile for f in found} == meters
+    for f in found:
+        assert "refuses" not in " ".join(f.notes), f.notes
+        assert f"of {f.profile}" in f.notes[0]
+    doc = yaml.safe_load(snippet(bus, found))
+    assert {d["address"]: d["profile"] for d in doc["buses"][0]["devices"]} == meters
+
+
+async def test_dlt645_scan_of_a_meter_that_refuses_tariffs_says_what_will_be_missing() -> None:
+    from meter_profiles.simulators.bus import SimBus, start_bus
+
+    sim_bus = SimBus.model_validate(
+        {"meters": [{"profile": "dlt645-2007-prepaid", "address": "000000000161", "strict": True}]}
+    )
+    running = await start_bus(sim_bus, load_profiles())
+    port = int(running.where.rsplit(":", 1)[1])
+    bus = BusConfig(name="b", transport="tcp", port=port, timeout_s=0.05, devices=[])
+    try:
+        (found,) = await scan(bus, "dlt645", load_profiles(), timeout_s=0.05)
+    finally:
+        await running.stop()
+    # no profile fits whole: the one that needs no block DI and refuses least is suggested
+    assert found.profile == "acrel-ddsy1352-dlt645"
+    assert "10 of 14 quantities" in found.notes[0]
+    assert "refuses tou_spike, tou_peak, tou_flat, tou_valley" in found.notes[1]
 
 
 async def test_cjt188_scan_finds_each_water_meter() -> None:

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
+import struct
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway_agent import decode
 from gateway_agent.protocols import cjt188, dlt645, modbus_rtu
+from meter_profiles.decode import decode_value
+from meter_profiles.schema import ModbusQuantity
 
 READ_REQUEST = "68 61 01 00 00 00 00 68 11 04 33 33 34 33 14 16"
 READ_REPLY = "68 61 01 00 00 00 00 68 91 08 33 33 34 33 59 33 33 33 8A 16"
@@ -329,3 +336,162 @@ def test_decode_hex_is_json_ready_without_floats() -> None:
     assert json.loads(json.dumps(result)) == result
     with pytest.raises(ValueError, match="unknown protocol"):
         decode.decode_hex(CJT_READ, "mbus")
+
+
+# -- through a meter profile (--profile) ---------------------------------------------------------
+
+
+def _cdab_profile(directory: Path) -> Path:
+    """The shipped water meter map with its float32 in CDAB word order (low word first)."""
+    shipped = (
+        Path(__file__).resolve().parents[2] / "meter_profiles/profiles/modbus-valve-water.yaml"
+    )
+    text = shipped.read_text(encoding="utf-8")
+    text = text.replace("model: modbus-valve-water", "model: water-cdab")
+    text = text.replace("word_order: big", "word_order: little")
+    (directory / "water-cdab.yaml").write_text(text, encoding="utf-8")
+    return directory
+
+
+def _rtu(*payload: int, function: int = 3) -> str:
+    return modbus_rtu.encode_frame(1, function, bytes(payload)).hex(" ")
+
+
+def test_a_float32_in_cdab_order_shows_as_its_number(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # 123.456 is 42 F6 E9 79 as a big-endian float32; CDAB sends the low word first
+    reply = _rtu(4, 0xE9, 0x79, 0x42, 0xF6)
+    profiles = str(_cdab_profile(tmp_path))
+    args = ("--profile", "water-cdab", "--profiles-dir", profiles, "--start", "0x0001", reply)
+    code, report, _ = run(capsys, *args)
+    assert code == 0
+    assert report["registers_hex"] == ["E979", "42F6"]
+    (volume,) = report["quantities"]  # type: ignore[misc]
+    assert volume == {
+        "quantity": "total_volume",
+        "unit": "m³",
+        "verified": False,
+        "register": "0x0001",
+        "type": "float32",
+        "word_order": "little",
+        "value": "123.456",
+    }
+    # the same words given bare
+    bare_args = ("--profile", "water-cdab", "--profiles-dir", profiles, "--registers")
+    code, bare, _ = run(capsys, *bare_args, "--start", "1", "E979 42F6")
+    assert code == 0 and bare["quantities"] == report["quantities"]
+    # read as the shipped big-endian profile, the same words are another number
+    code, big, _ = run(capsys, "--profile", "modbus-valve-water", "--start", "1", reply)
+    assert big["quantities"][0]["value"] != "123.456"  # type: ignore[index]
+
+
+def test_registers_through_a_profile_name_quantities_and_unlisted_registers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    words = [0] * 17
+    words[0:2] = [0x0001, 0x86A0]  # total_energy uint32 100000 × 0.01 = 1000.00 kWh
+    words[0x0B] = 2205  # voltage 220.5 V
+    words[0x0D] = 0xFFF6  # power int16 −10 × 0.001 kW
+    hex_words = " ".join(f"{w:04X}" for w in words)
+    code, report, _ = run(
+        capsys, "--profile", "acrel-ddsy1352-modbus", "--registers", "--start", "0", hex_words
+    )
+    assert code == 0
+    values = {q["quantity"]: q["value"] for q in report["quantities"]}  # type: ignore[attr-defined]
+    assert values["total_energy"] == "1000.00"
+    assert values["voltage"] == "220.5"
+    assert values["power"] == "-0.010"
+    assert report["unlisted_registers"] == ["0x000A", "0x000E"]
+
+
+def test_a_modbus_request_lists_what_it_reads_and_a_write_names_its_control(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, report, _ = run(capsys, "--profile", "acrel-ddsy1352-modbus", _rtu(0x02, 0x00, 0, 5))
+    assert code == 0
+    assert [q["quantity"] for q in report["quantities"]] == [  # type: ignore[attr-defined]
+        "model_id",
+        "remaining_amount",
+        "purchase_count",
+        "relay_state",
+    ]
+    trip = _rtu(0x02, 0x10, 0x00, 0x01, function=6)
+    code, report, _ = run(capsys, "--profile", "acrel-ddsy1352-modbus", trip)
+    assert report["controls"] == [{"control": "trip", "channel": 1}]
+
+
+def test_a_read_reply_without_its_start_register_says_so(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code, report, _ = run(capsys, "--profile", "modbus-valve-water", _rtu(2, 0, 1))
+    assert code == 0 and "--start" in str(report["profile_note"])
+    assert "quantities" not in report
+
+
+def _dlt_reply(di: int, *values: str) -> str:
+    data = b"".join(dlt645.encode_bcd_decimal(Decimal(v), 4, 2) for v in values)
+    return dlt645.encode_frame(dlt645.read_data_reply("000000000161", di, data)).hex(" ")
+
+
+def test_block_identifiers_are_named_and_split_into_their_members(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    request = dlt645.encode_frame(dlt645.read_data_request("000000000161", 0x0001FF00)).hex()
+    code, report, _ = run(capsys, request)
+    assert code == 0
+    assert report["data_identifier_name"] == "forward_active_energy_block"
+    assert report["block"] is True
+    code, report, _ = run(capsys, _dlt_reply(0x0001FF00, "12.34", "1", "2", "3", "6.34"))
+    assert report["block_members"] == ["00010000", "00010100", "00010200", "00010300", "00010400"]
+    values = report["values"]
+    assert values["forward_active_energy_total"] == {"value": "12.34", "unit": "kWh"}  # type: ignore[index]
+    assert values["forward_active_energy_tariff_4"]["value"] == "6.34"  # type: ignore[index]
+
+
+def test_dlt645_values_through_a_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    block = _dlt_reply(0x0001FF00, "12.34", "1", "2", "3", "6.34")
+    code, report, _ = run(capsys, "--profile", "dlt645-2007-prepaid", block)
+    assert code == 0
+    got = {q["quantity"]: q["value"] for q in report["quantities"]}  # type: ignore[attr-defined]
+    assert got == {
+        "total_energy": "12.34",
+        "tou_spike": "1.00",
+        "tou_peak": "2.00",
+        "tou_flat": "3.00",
+        "tou_valley": "6.34",
+    }
+    # a single identifier the profile's block stands for is its element
+    code, report, _ = run(capsys, "--profile", "dlt645-2007-prepaid", _dlt_reply(0x00010200, "2.5"))
+    assert [(q["quantity"], q["value"]) for q in report["quantities"]] == [("tou_peak", "2.50")]  # type: ignore[attr-defined]
+    # the request names what it asks for
+    request = dlt645.encode_frame(dlt645.read_data_request("000000000161", 0x00900200)).hex()
+    code, report, _ = run(capsys, "--profile", "acrel-ddsy1352-dlt645", request)
+    assert report["quantities"] == [{"quantity": "remaining_amount"}]
+    # a profile of another protocol is not applied
+    code, report, _ = run(capsys, "--profile", "acrel-ddsy1352-modbus", request)
+    assert code == 0 and "not applied" in str(report["profile_note"])
+
+
+def test_profile_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    code, report, err = run(capsys, "--profile", "no-such-meter", READ_REPLY)
+    assert code == 2 and "unknown profile 'no-such-meter'" in str(report["error"])
+    assert "acrel-ddsy1352-modbus" in err, "the known profiles are listed"
+    code, report, _ = run(capsys, "--profile", "acrel-ddsy1352-modbus", "--registers", "0001")
+    assert code == 2 and "--start" in str(report["error"])
+    code, report, _ = run(
+        capsys, "--profile", "acrel-ddsy1352-modbus", "--registers", "--start", "0", "000"
+    )
+    assert code == 2
+
+
+@given(st.binary(min_size=4, max_size=4))
+def test_float32_registers_decode_to_the_shortest_decimal_that_reads_back(raw: bytes) -> None:
+    value = struct.unpack(">f", raw)[0]
+    if not math.isfinite(value):
+        return
+    q = ModbusQuantity(address=0, type="float32")
+    words = [int.from_bytes(raw[:2], "big"), int.from_bytes(raw[2:], "big")]
+    decoded = decode_value(q, words)
+    assert struct.pack(">f", float(decoded)) == raw
+    assert len(decoded.as_tuple().digits) <= 9
