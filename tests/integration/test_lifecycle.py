@@ -510,3 +510,58 @@ async def test_swap_of_a_meter_controlled_point_sends_its_credit_on(db: Database
         is None
     )
     await o.checked()
+
+
+@pytest.mark.parametrize("rebind", [True, False])
+async def test_a_reading_staged_by_the_map_a_transfer_replaced_charges_the_successor(
+    db: Database, monkeypatch: pytest.MonkeyPatch, rebind: bool
+) -> None:
+    """The race the browser test once caught, made deterministic: ingest reads the registry
+    map, a 过户 commits, and only then are the rows staged and rated. Here ingest is handed
+    the map as it read it before the transfer (its version included), so the rows name the
+    retired point; `cloud.rating.fast.rebind_if_changed` must re-point them at the successor.
+    Without it (``rebind=False``) the closed account is charged: the test can fail."""
+    from cloud.rating import fast
+
+    if not rebind:
+
+        async def unchanged(conn: object, registry: int) -> None:
+            return None
+
+        monkeypatch.setattr(fast, "rebind_if_changed", unchanged)
+    o = await office(db)
+    opened = await o.open("205", "Sun", sale="20.00")
+    now = datetime.now(UTC) - timedelta(hours=2)
+    req = service.InstallRequest(o.device("m5", "5"), Decimal("10.00"))
+    await service.install(o.db, o.who, opened.points[0], req, now, TIMING)
+    await o.send("m5", (now + timedelta(minutes=10), "11.00"))
+    assert await o.balance(opened.account_number) == Decimal("19.00")
+    async with o.db.tenant(o.g.tenant_id) as conn:
+        stale = await o.ingest._targets(conn, o.code)  # the map before the transfer
+
+    await o.ack_commands()
+    moved = await service.transfer(
+        o.db,
+        o.who,
+        opened.account_number,
+        service.TransferRequest(
+            service.SettleRequest(how=Settlement.MOVE), customer=service.CustomerData("Zhou")
+        ),
+        now + timedelta(minutes=20),
+        TIMING,
+    )
+    assert moved.new_account and moved.moved == Decimal("19.00")
+
+    async def racing_read(conn: object, gateway_code: str) -> object:
+        return stale  # what a read racing the transfer's commit returned
+
+    monkeypatch.setattr(o.ingest, "_targets", racing_read)
+    await o.send("m5", (now + timedelta(minutes=40), "12.50"))
+    old = await o.balance(opened.account_number)
+    new = await o.balance(moved.new_account)
+    if rebind:
+        assert (old, new) == (Decimal("0.00"), Decimal("17.50"))  # 1.5 kWh × ¥1, once
+        await o.checked()
+    else:
+        # the retired point rated: the closed account charged, the successor not
+        assert (old, new) == (Decimal("-1.50"), Decimal("19.00"))
