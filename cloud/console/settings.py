@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
@@ -27,6 +27,7 @@ from cloud.auth import PERMISSIONS, Principal
 from cloud.console import forms, i18n, lists
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import N_, TITLES, explain, refused_csrf, render, signed_in
+from cloud.db import Database
 from cloud.errors import DomainError, Forbidden, Invalid, NotFound
 from cloud.registry import admin
 from cloud.registry import admin_core as core
@@ -366,10 +367,34 @@ async def _sites_page(
 
 
 @router.get("/sites")
-async def sites_page(request: Request, svc: ServicesDep) -> Response:
+async def sites_page(
+    request: Request, svc: ServicesDep, export: Annotated[str, Query(max_length=8)] = ""
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        try:
+            sites = await admin.list_sites(svc.db, who)
+        except Forbidden as exc:
+            return _refused(request, svc, who, exc)
+        headers = [
+            _("Site"), _("Time zone"), _("Business-day cut-off"), _("Friendly night"),
+            _("Catalogue price"),
+        ]  # fmt: skip
+        rows = [
+            [
+                st.settings.name,
+                st.settings.timezone,
+                st.settings.business_day_cutoff.strftime("%H:%M"),
+                f"{st.settings.friendly_night_start:%H:%M}–{st.settings.friendly_night_end:%H:%M}"
+                if st.settings.friendly_night_start and st.settings.friendly_night_end
+                else "",
+                st.settings.catalogue_price,
+            ]
+            for st in sites
+        ]
+        return lists.xlsx("sites.xlsx", headers, rows)
     return await _sites_page(request, svc, who, {}, "", 200)
 
 
@@ -446,6 +471,25 @@ async def update_site(site_id: uuid.UUID, request: Request, svc: ServicesDep) ->
 # --- buildings and premises ----------------------------------------------------------
 
 
+async def _names_xlsx(
+    request: Request,
+    svc: Services,
+    who: Principal,
+    site_id: uuid.UUID,
+    lister: Callable[[Database, Principal, uuid.UUID], Awaitable[Sequence[Any]]],
+    header: str,
+) -> Response:
+    """A site's buildings or outlets (anything with a ``name``) as an Excel file."""
+    try:
+        site = await admin.get_site(svc.db, who, site_id)
+        named = await lister(svc.db, who, site_id)
+    except Forbidden as exc:
+        return _refused(request, svc, who, exc)
+    rows = [[site.settings.name, n.name] for n in named]
+    filename = "buildings.xlsx" if lister is admin.list_buildings else "outlets.xlsx"
+    return lists.xlsx(filename, [_("Site"), header], rows)
+
+
 async def _buildings_page(
     request: Request,
     svc: Services,
@@ -471,10 +515,17 @@ async def _buildings_page(
 
 
 @router.get("/sites/{site_id}/buildings")
-async def buildings_page(site_id: uuid.UUID, request: Request, svc: ServicesDep) -> Response:
+async def buildings_page(
+    site_id: uuid.UUID,
+    request: Request,
+    svc: ServicesDep,
+    export: Annotated[str, Query(max_length=8)] = "",
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        return await _names_xlsx(request, svc, who, site_id, admin.list_buildings, _("Building"))
     return await _buildings_page(request, svc, who, site_id, {}, "", 200)
 
 
@@ -619,10 +670,17 @@ async def _outlets_page(
 
 
 @router.get("/sites/{site_id}/outlets")
-async def outlets_page(site_id: uuid.UUID, request: Request, svc: ServicesDep) -> Response:
+async def outlets_page(
+    site_id: uuid.UUID,
+    request: Request,
+    svc: ServicesDep,
+    export: Annotated[str, Query(max_length=8)] = "",
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        return await _names_xlsx(request, svc, who, site_id, admin.list_outlets, _("Outlet"))
     return await _outlets_page(request, svc, who, site_id, {}, "", 200)
 
 

@@ -154,6 +154,19 @@ async def test_onboard_a_group_in_the_browser(
         outlet_id = await conn.scalar(
             sa.text("SELECT id FROM outlet WHERE site_id = :s"), {"s": site_id}
         )
+    for url, header, value in (  # the site's lists, each to Excel, in the clerk's language
+        (f"{S}/sites", "站点", None),
+        (f"{S}/sites/{site_id}/buildings", "站点", "A座"),
+        (f"{S}/sites/{site_id}/outlets", "站点", "一号营业厅"),
+    ):
+        page = await http.get(url)
+        assert f"{url}?export=xlsx" in page.text
+        book = await http.get(f"{url}?export=xlsx")
+        assert book.headers["content-type"].startswith("application/vnd.openxmlformats")
+        sheet = list(load_workbook(io.BytesIO(book.content)).active.iter_rows(values_only=True))
+        assert sheet[0][0] == header and len(sheet) >= 2
+        if value is not None:
+            assert [r[1] for r in sheet[1:]] == [value]
 
     # a tariff above the catalogue price plus margin: refused, then accepted with a reason
     key = await fresh_key(http, f"{S}/tariffs")
