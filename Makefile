@@ -49,5 +49,5 @@ clean:
 # ones into the catalogues; translate the empty msgstr in the zh_CN .po by hand. The .po
 # is compiled in memory when the console starts (cloud/console/i18n.py).
 i18n: setup
-	$(UV) run --frozen pybabel extract -F babel.cfg -k _ -k N_ -o .prepay/messages.pot .
-	$(UV) run --frozen pybabel update -i .prepay/messages.pot -d cloud/console/locale -l zh_CN --no-fuzzy-matching
+	$(UV) run --frozen pybabel extract -F babel.cfg -k _ -k N_ --no-location --sort-output -o .prepay/messages.pot .
+	$(UV) run --frozen pybabel update -i .prepay/messages.pot -d cloud/console/locale -l zh_CN --no-fuzzy-matching -w 100

@@ -23,6 +23,7 @@ from cloud.console.pages import LocaleMiddleware, explain, render
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
+from cloud.console.settings_edit import router as settings_edit_router
 from cloud.errors import DomainError, TooManyAttempts
 
 
@@ -39,6 +40,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(gateways_router)
     app.include_router(imports_router)
     app.include_router(settings_router)
+    app.include_router(settings_edit_router)
     app.include_router(console_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")

@@ -4,11 +4,16 @@ that nobody has registered yet (their readings wait in quarantine until 装表).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from cloud.api.deps import ServicesDep
+from cloud.console import lists
+from cloud.console.format import when
+from cloud.console.i18n import gettext as _
 from cloud.console.pages import render, signed_in
 from cloud.errors import NotFound
 from cloud.ingest.service import unregistered
@@ -38,7 +43,9 @@ WHERE d.gateway_id = :g ORDER BY d.bus, d.key, ch.number
 
 
 @router.get("")
-async def gateways(request: Request, svc: ServicesDep) -> Response:
+async def gateways(
+    request: Request, svc: ServicesDep, export: Annotated[str, Query(max_length=8)] = ""
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
@@ -46,6 +53,25 @@ async def gateways(request: Request, svc: ServicesDep) -> Response:
     async with svc.db.tenant(who.tenant_id) as conn:
         sites = await sites_of(conn, who)
         rows = (await conn.execute(sa.text(_GATEWAYS), {"sites": sites})).all()
+    if export == "xlsx":
+        headers = [
+            _("Gateway"), _("Name"), _("Site"), _("Online"), _("Last seen"), _("Meters"),
+            _("Unregistered meters"), _("Config version"),
+        ]  # fmt: skip
+        table = [
+            [
+                g.code,
+                g.name,
+                g.site,
+                _("online") if g.online else _("offline"),
+                when(g.last_seen_at, g.timezone),
+                g.devices,
+                g.unregistered,
+                g.config_version,
+            ]
+            for g in rows
+        ]
+        return lists.xlsx("gateways.xlsx", headers, table)
     return render(request, svc, "gateways.html", {"who": who, "gateways": rows}, section="settings")
 
 

@@ -4,16 +4,20 @@ nothing. The template and its columns are linked from the page."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.datastructures import UploadFile
 
-from cloud.api.deps import ServicesDep
+from cloud.api.deps import Services, ServicesDep
+from cloud.console import i18n, lists
+from cloud.console.format import when
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import explain, refused_csrf, render, signed_in
-from cloud.errors import DomainError
+from cloud.errors import DomainError, NotFound
 from cloud.registry import importer
 from cloud.registry.scope import sites_of
 
@@ -22,14 +26,49 @@ TEMPLATES = {"xlsx": "import_template.xlsx", "csv": "import_template.csv"}
 
 
 @router.get("")
-async def imports_page(request: Request, svc: ServicesDep) -> Response:
+async def imports_page(
+    request: Request,
+    svc: ServicesDep,
+    export: Annotated[str, Query(max_length=8)] = "",
+    run: uuid.UUID | None = None,
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
     who.require("import.run")
+    if export == "xlsx" and run:
+        return await _refusals_xlsx(request, svc, who.tenant_id, run)
+    if export == "xlsx":
+        every = await importer.list_runs(svc.db, who.tenant_id, lists.EXPORT_LIMIT)
+        headers = [_("Time"), _("File"), _("By"), _("Rows"), _("Kind"), _("Refused")]
+        rows = [
+            [
+                when(r.created_at),
+                r.filename,
+                r.actor,
+                r.rows,
+                _("check") if r.dry_run else _("import"),
+                r.refused,
+            ]
+            for r in every
+        ]
+        return lists.xlsx("imports.xlsx", headers, rows)
     runs = await importer.list_runs(svc.db, who.tenant_id, 20)
     ctx = {"who": who, "runs": runs, "report": None, "error": None}
     return render(request, svc, "imports.html", ctx, section="settings")
+
+
+async def _refusals_xlsx(
+    request: Request, svc: Services, tenant_id: uuid.UUID, run_id: uuid.UUID
+) -> Response:
+    """One run's refused rows, to correct the file against (row, column, reason)."""
+    runs = await importer.list_runs(svc.db, tenant_id, lists.EXPORT_LIMIT)
+    found = next((r for r in runs if r.id == run_id), None)
+    if found is None:
+        raise NotFound(f"import run {run_id} not found")
+    zh = i18n.current.get() == "zh_CN"
+    rows = [[r["row"], r["column"], r["zh"] if zh else r["en"]] for r in found.report]
+    return lists.xlsx("import-refusals.xlsx", [_("Row"), _("Column"), _("Reason")], rows)
 
 
 @router.get("/template.{ext}")

@@ -45,12 +45,21 @@ def page_of(offset: int | None, total: int, limit: int = PAGE_SIZE) -> Page:
     return Page(min(off, max(0, total - 1)) if total else 0, limit, total)
 
 
+Sheet = tuple[str, Sequence[str], Iterable[Sequence[Any]]]
+
+
 def xlsx(filename: str, headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> Response:
+    return xlsx_sheets(filename, [("", headers, rows)])
+
+
+def xlsx_sheets(filename: str, sheets: Sequence[Sheet]) -> Response:
+    """Several lists in one workbook, a sheet each (an empty title keeps openpyxl's)."""
     wb = Workbook(write_only=True)
-    ws = wb.create_sheet()
-    ws.append(list(headers))
-    for row in rows:
-        ws.append(list(row))  # numbers (Decimal included) stay numbers; times come as text
+    for title, headers, rows in sheets:
+        ws = wb.create_sheet(title[:31] or None)
+        ws.append(list(headers))
+        for row in rows:
+            ws.append(list(row))  # numbers (Decimal included) stay numbers; times as text
     buf = io.BytesIO()
     wb.save(buf)
     return Response(

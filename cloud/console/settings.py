@@ -25,6 +25,7 @@ from cloud.api.deps import Services, ServicesDep
 from cloud.api.tariff_routes import Plan
 from cloud.auth import PERMISSIONS, Principal
 from cloud.console import forms, i18n, lists
+from cloud.console.format import when
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import N_, TITLES, explain, refused_csrf, render, signed_in
 from cloud.db import Database
@@ -87,6 +88,11 @@ DONE = {
     "deactivated": N_("Operator deactivated."),
     "password": N_("Password reset: that operator's sessions have ended."),
     "grant": N_("Grant added."),
+    "unchanged": N_("Nothing was changed."),
+    "premises_saved": N_("Premises saved."),
+    "role_saved": N_("Role saved."),
+    "operator_saved": N_("Operator saved."),
+    "reactivated": N_("Operator active again: they can sign in."),
     "revoked": N_("Grant revoked."),
 }
 _MARGIN_HINT = N_("Tick the box below and give the reason to keep this price.")
@@ -117,6 +123,17 @@ _NAMED = (
     (
         re.compile(r"operator (?P<name>\S+) holds permissions you do not: (?P<perms>.+)"),
         N_("Operator %(name)s holds permissions you do not: %(perms)s."),
+    ),
+    (
+        re.compile(
+            r"tariff (?P<name>.+) is used by (?P<n>\d+) service point\(s\): assign them "
+            r"another tariff first"
+        ),
+        N_("Tariff %(name)s is used by %(n)s service point(s): assign them another tariff first."),
+    ),
+    (
+        re.compile(r"tariff (?P<name>.+) is not active"),
+        N_("Tariff %(name)s is not active: activate it on its page first."),
     ),
     (
         re.compile(r"you cannot grant permissions you do not hold: (?P<perms>.+)"),
@@ -763,10 +780,43 @@ async def _tariffs_page(
 
 
 @router.get("/tariffs")
-async def tariffs_page(request: Request, svc: ServicesDep) -> Response:
+async def tariffs_page(
+    request: Request, svc: ServicesDep, export: Annotated[str, Query(max_length=8)] = ""
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        try:
+            who.require("registry.view")
+            found = await tariffs.list_tariffs(svc.db, who, _now())
+            sites = await admin.list_sites(svc.db, who)
+        except Forbidden as exc:
+            return _refused(request, svc, who, exc)
+        names: dict[uuid.UUID | None, str] = {s.id: s.settings.name for s in sites}
+        zones: dict[uuid.UUID | None, str] = {s.id: s.settings.timezone for s in sites}
+        headers = [
+            _("Tariff"), _("Utility"), _("Site"), _("State"), _("In force"), _("Unit price"),
+            _("Monthly fee"), _("Since"), _("Next version from"),
+        ]  # fmt: skip
+        rows: list[list[Any]] = []
+        for t in found:
+            now, zone = t.current, zones.get(t.site_id, "Asia/Shanghai")
+            price = (now.spec.get("unit_price") if now else None) or ""
+            rows.append(
+                [
+                    t.name,
+                    _(dict(UTILITIES)[t.utility]),
+                    names.get(t.site_id) or _("Whole property group"),
+                    _("active") if t.active else _("inactive"),
+                    _(PLAN_KINDS[now.kind]) if now else "",
+                    Decimal(price) if price else "",
+                    now.monthly_fee if now else "",
+                    when(now.effective_from, zone) if now else "",
+                    when(t.scheduled[0].effective_from, zone) if t.scheduled else "",
+                ]
+            )
+        return lists.xlsx("tariffs.xlsx", headers, rows)
     return await _tariffs_page(request, svc, who, {}, "", 200)
 
 
@@ -943,11 +993,53 @@ async def _operators_page(
 
 
 @router.get("/operators")
-async def operators_page(request: Request, svc: ServicesDep) -> Response:
+async def operators_page(
+    request: Request, svc: ServicesDep, export: Annotated[str, Query(max_length=8)] = ""
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        return await _operators_xlsx(request, svc, who)
     return await _operators_page(request, svc, who, {}, "", 200)
+
+
+async def _operators_xlsx(request: Request, svc: Services, who: Principal) -> Response:
+    """The operators, then the roles, in one sheet each."""
+    try:
+        operators = await admin.list_operators(svc.db, who)
+        roles = await admin.list_roles(svc.db, who)
+        sites = await admin.list_sites(svc.db, who)
+        outlets = await admin.list_outlets(svc.db, who)
+    except Forbidden as exc:
+        return _refused(request, svc, who, exc)
+    names = {s.id: s.settings.name for s in sites} | {o.id: o.name for o in outlets}
+
+    def perms(r: admin.RoleRow) -> str:
+        return "、".join(_(PERMISSION_LABELS.get(p, p)) for p in r.permissions)
+
+    people = [
+        [
+            o.username,
+            o.display_name,
+            o.role,
+            _(dict(SCOPES)[o.scope]),
+            "、".join(names.get(i, str(i)) for i in o.scope_ids),
+            _("active") if o.active else _("inactive"),
+        ]
+        for o in operators
+    ]
+    return lists.xlsx_sheets(
+        "operators.xlsx",
+        [
+            (
+                _("Operators"),
+                [_("User"), _("Name"), _("Role"), _("Scope"), _("Sites or outlets"), _("State")],
+                people,
+            ),
+            (_("Roles"), [_("Role"), _("Permissions")], [[r.name, perms(r)] for r in roles]),
+        ],
+    )
 
 
 @router.post("/roles")
@@ -1072,10 +1164,45 @@ async def _grants_page(
 
 
 @router.get("/grants")
-async def grants_page(request: Request, svc: ServicesDep) -> Response:
+async def grants_page(
+    request: Request, svc: ServicesDep, export: Annotated[str, Query(max_length=8)] = ""
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
+    if export == "xlsx":
+        try:
+            grants = await admin.list_grants(svc.db, who)
+            sites = await admin.list_sites(svc.db, who)
+        except Forbidden as exc:
+            return _refused(request, svc, who, exc)
+        zones = {s.id: s.settings.timezone for s in sites}
+        names = {s.id: s.settings.name for s in sites}
+        now = _now()
+
+        def state(g: admin.GrantRow) -> str:
+            if g.revoked_at is not None:
+                return _("revoked")
+            return _("expired") if g.ends_at <= now else _("in force")
+
+        headers = [
+            _("Operator"), _("Outlet"), _("Site"), _("From"), _("Until"), _("Reason"),
+            _("Granted by"), _("State"),
+        ]  # fmt: skip
+        rows = [
+            [
+                g.username,
+                g.outlet,
+                names.get(g.site_id, ""),
+                when(g.starts_at, zones.get(g.site_id, "Asia/Shanghai")),
+                when(g.ends_at, zones.get(g.site_id, "Asia/Shanghai")),
+                g.reason,
+                g.granted_by,
+                state(g),
+            ]
+            for g in grants
+        ]
+        return lists.xlsx("grants.xlsx", headers, rows)
     return await _grants_page(request, svc, who, {}, "", 200)
 
 

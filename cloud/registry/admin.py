@@ -330,6 +330,23 @@ async def search_premises(db: Database, who: Principal, query: PremisesQuery) ->
 PREMISES_FIELDS = ("floor", "number", "kind", "floor_area")
 
 
+async def get_premises(db: Database, who: Principal, premises_id: uuid.UUID) -> PremisesRow:
+    """One premises, at a site the operator sees (NotFound otherwise)."""
+    who.require("registry.view")
+    async with db.tenant(who.tenant_id) as conn:
+        row = (
+            await conn.execute(sa.text(_PREMISES + " WHERE p.id = :p"), {"p": premises_id})
+        ).first()
+        if row is None:
+            raise NotFound(f"premises {premises_id} not found")
+        found = PremisesRow(**row._mapping)
+        try:
+            await require_site(conn, who, found.site_id)
+        except NotFound:
+            raise NotFound(f"premises {premises_id} not found") from None
+    return found
+
+
 async def update_premises(
     db: Database, who: Principal, premises_id: uuid.UUID, changes: Mapping[str, Any], now: datetime
 ) -> PremisesRow:

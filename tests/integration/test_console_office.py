@@ -148,6 +148,14 @@ async def test_the_import_page_names_the_refused_row(db: Database, http: httpx.A
     assert re.search(r'<td class="num">2</td>', r.text)  # row 2, the example row
     async with db.tenant(g.tenant_id) as conn:
         assert await conn.scalar(sa.text("SELECT count(*) FROM account")) == 1
+    # the run's refused rows, as Excel, to correct the file against
+    link = re.search(r'href="(/console/imports\?export=xlsx&amp;run=[0-9a-f-]+)"', r.text)
+    assert link, "the earlier runs list no refused rows to download"
+    book = await http.get(link.group(1).replace("&amp;", "&"))
+    rows = list(load_workbook(io.BytesIO(book.content)).active.iter_rows(values_only=True))
+    assert rows[0] == ("行", "列", "原因") and rows[1][0] == 2 and "网关" in rows[1][2]
+    other = f"/console/imports?export=xlsx&run={uuid.uuid4()}"
+    assert (await http.get(other)).status_code == 404
 
 
 async def test_a_sales_receipt_is_drawn_before_the_click(db: Database, db_url: str) -> None:

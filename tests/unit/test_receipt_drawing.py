@@ -17,10 +17,15 @@ import pytest
 from cloud.documents import canvas, pdf, receipt
 from cloud.payments.sales import GrantView, SaleView
 
-pytestmark = pytest.mark.skipif(
-    not Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc").exists(),
-    reason="needs fonts-noto-cjk (apt-get install -y fonts-noto-cjk poppler-utils)",
-)
+pytestmark = [
+    pytest.mark.skipif(
+        not Path("/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc").exists(),
+        reason="needs fonts-noto-cjk (apt-get install -y fonts-noto-cjk poppler-utils)",
+    ),
+    # the first test waits for the font to be cut on a new machine: about a minute alone,
+    # several on a busy one
+    pytest.mark.timeout(900),
+]
 NOW = datetime(2026, 12, 3, 7, 5, 32, tzinfo=UTC)
 
 
