@@ -65,6 +65,9 @@ class TenantCounter(SQLModel, table=True):
 
 
 class Site(SQLModel, table=True):
+    __table_args__ = (
+        sa.CheckConstraint("reading_max_age_days BETWEEN 1 AND 3650", name="site_reading_max_age"),
+    )
     id: uuid.UUID = _id()
     tenant_id: uuid.UUID = _tenant()
     name: str
@@ -97,6 +100,9 @@ class Site(SQLModel, table=True):
         sa_type=pg.ARRAY(MONEY),
         sa_column_kwargs={"server_default": "{30,50,100,200}"},
     )
+    # How far back a reading may be measured and still be stored and rated (older ones are
+    # quarantined as ``too_old``; migration 0016).
+    reading_max_age_days: int = Field(default=365, sa_column_kwargs={"server_default": "365"})
 
 
 class Outlet(SQLModel, table=True):

@@ -122,6 +122,9 @@ def group_spec(meters: int = 1, balance: str = "10.00", price: str = "1.0000") -
         gateway_code=f"gw-{tag}",
         unit_price=Decimal(price),
         friendly_hours=False,  # a test cuts at any hour unless it sets friendly hours
+        # The suite's fixed dates (month ends, TOU boundaries) must not age out of a site's
+        # default year: tests of the allowed age set their own (test_ingest_dates.py).
+        reading_max_age_days=3650,
         meters=[MeterSpec(f"m{i}", i, f"Shop {i}", Decimal(balance)) for i in range(1, meters + 1)],
     )
 

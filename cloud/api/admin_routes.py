@@ -13,10 +13,10 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import Password, Reason, has_control
+from cloud.api.fields import GrantTime, Password, Reason, has_control
 from cloud.registry import admin
 from cloud.registry import admin_core as core
 
@@ -55,6 +55,12 @@ class SiteIn(_In):
     alarm_hysteresis: Num = Decimal("1.00")
     catalogue_price: Num | None = None
     price_margin: Num = Decimal("0.15")
+    reading_max_age_days: int = Field(
+        default=365,
+        ge=1,
+        le=core.READING_AGE_MAX,
+        description="readings measured longer ago are kept in quarantine, not rated",
+    )
 
 
 class SitePatch(_In):
@@ -71,6 +77,7 @@ class SitePatch(_In):
     alarm_hysteresis: Num | None = None
     catalogue_price: Num | None = None
     price_margin: Num | None = None
+    reading_max_age_days: int | None = Field(default=None, ge=1, le=core.READING_AGE_MAX)
 
 
 _NULLABLE = {"friendly_night_start", "friendly_night_end", "catalogue_price"}
@@ -89,6 +96,7 @@ class SiteOut(BaseModel):
     alarm_hysteresis: Decimal
     catalogue_price: Decimal | None
     price_margin: Decimal
+    reading_max_age_days: int
 
 
 def _site(row: admin.SiteRow) -> SiteOut:
@@ -402,8 +410,8 @@ async def reset_password(
 
 class GrantIn(_In):
     outlet_id: uuid.UUID
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime = Field(description="at most 31 days after starts_at")
+    starts_at: GrantTime
+    ends_at: GrantTime = Field(description="at most 31 days after starts_at")
     reason: Reason
 
 

@@ -8,11 +8,11 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep, session_token
-from cloud.api.fields import Key, Password, PathKey, Reason
+from cloud.api.fields import Key, Password, PathKey, Reason, Until
 from cloud.control.operator import (
     ControlAction,
     ControlRequest,
@@ -314,8 +314,8 @@ class ControlIn(BaseModel):
     override: bool = Field(
         default=False, description="trip a point that is not in arrears (say why in reason)"
     )
-    until: AwareDatetime | None = Field(
-        default=None, description="when keep-power or the override ends"
+    until: Until | None = Field(
+        default=None, description="when keep-power or the override ends (at most 366 days ahead)"
     )
 
 

@@ -12,7 +12,7 @@ from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import Key, PathKey, Reason
+from cloud.api.fields import Key, PathKey, Reason, ReportDay
 from cloud.documents.receipt import drawn_receipt, receipt_escpos
 from cloud.payments.reversal import reverse_sale
 from cloud.payments.sales import SaleView, get_sale, list_sales
@@ -120,7 +120,7 @@ async def sales_page(
     who: OperatorDep,
     account: Annotated[Key | None, Query(description="account number")] = None,
     operator: Annotated[Key | None, Query(description="operator username")] = None,
-    business_day: Annotated[date | None, Query(description="the site's business day")] = None,
+    business_day: Annotated[ReportDay | None, Query(description="the site's business day")] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> SalePageOut:

@@ -10,10 +10,10 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Response
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import Key, Reason
+from cloud.api.fields import Key, Reason, TariffStart
 from cloud.documents.price_notice import price_notice_pdf
 from cloud.tariffs import admin
 from cloud.tariffs.rules import VersionDraft
@@ -60,8 +60,9 @@ Plan = Annotated[FlatIn | TieredIn | TouIn, Field(discriminator="kind")]
 
 
 class VersionIn(_In):
-    effective_from: AwareDatetime | None = Field(
-        None, description="now or later (60 s of clock skew allowed); null: now"
+    effective_from: TariffStart | None = Field(
+        None,
+        description="now or later (60 s of clock skew allowed), at most 5 years ahead; null: now",
     )
     plan: Plan
     monthly_fee: Annotated[

@@ -30,6 +30,7 @@ from cloud.console.i18n import gettext as _
 from cloud.console.pages import N_, TITLES, explain, refused_csrf, render, signed_in
 from cloud.db import Database
 from cloud.errors import DomainError, Forbidden, Invalid, NotFound
+from cloud.horizons import EARLIEST, GRANT, TARIFF_START, Horizon
 from cloud.registry import admin
 from cloud.registry import admin_core as core
 from cloud.tariffs import admin as tariffs
@@ -155,6 +156,7 @@ SERVICE_MESSAGES = (
     N_("you cannot deactivate yourself"),
     N_("friendly night needs both a start and an end (or neither)"),
     N_("friendly night start and end must differ"),
+    N_("the readings' allowed age must be between 1 and 3650 days"),
     N_("site name must not be empty"),
     N_("building name must not be empty"),
     N_("outlet name must not be empty"),
@@ -169,6 +171,7 @@ SERVICE_MESSAGES = (
     N_("a grant must end after it starts"),
     N_("a grant must end in the future"),
     N_("a grant lasts at most 31 days"),
+    N_("a grant starts and ends at most 366 days ahead"),
     N_("a grant needs a reason (at least 3 characters)"),
 )
 _PLAN: TypeAdapter[Any] = TypeAdapter(Plan)
@@ -291,6 +294,19 @@ def _local(text: str, zone: str, what: str) -> datetime | None:
     return naive.replace(tzinfo=ZoneInfo(zone)) if naive.tzinfo is None else naive
 
 
+def _within(text: str, zone: str, what: str, horizon: Horizon, far: str) -> datetime | None:
+    """A ``datetime-local`` input (:func:`_local`) within reason: not before 2000, and not
+    further ahead than ``horizon`` allows (``far`` says how far, for the clerk)."""
+    value = _local(text, zone, what)
+    if value is None:
+        return None
+    if value < EARLIEST:
+        raise Invalid(N_("Dates before 2000-01-01 are not accepted."))
+    if horizon.problem(value, _now()) is not None:
+        raise Invalid(far)
+    return value
+
+
 def _uuid(text: str, what: str) -> uuid.UUID:
     try:
         return uuid.UUID(text)
@@ -303,6 +319,9 @@ def _site_settings(data: Form) -> core.SiteSettings:
     notice = data.get("notice_minutes", "0") or "0"
     if not notice.isdigit():
         raise Invalid(N_("Notice minutes is a whole number."))
+    age = data.get("reading_max_age_days", "365") or "365"
+    if not (age.isascii() and age.isdigit()) or len(age) > 5:
+        raise Invalid(N_("The readings' allowed age is a whole number of days."))
     price = data.get("catalogue_price", "")
     margin = data.get("price_margin", "") or "0"
     return core.SiteSettings(
@@ -323,6 +342,7 @@ def _site_settings(data: Form) -> core.SiteSettings:
         ),
         catalogue_price=_decimal(price, N_("The catalogue price is a number.")) if price else None,
         price_margin=_decimal(margin, N_("The allowed margin is a percentage.")) / 100,
+        reading_max_age_days=int(age),
     )
 
 
@@ -342,6 +362,7 @@ def _site_form(s: core.SiteSettings) -> Form:
         "alarm_hysteresis": str(s.alarm_hysteresis),
         "catalogue_price": "" if s.catalogue_price is None else str(s.catalogue_price),
         "price_margin": f"{(s.price_margin * 100).normalize():f}",
+        "reading_max_age_days": str(s.reading_max_age_days),
     }
 
 
@@ -733,7 +754,13 @@ def _zone(sites: list[admin.SiteRow], site_id: uuid.UUID | None) -> str:
 def _version(data: Form, zone: str) -> VersionDraft:
     """The version in the form: a flat unit price, or the plan as the API's JSON."""
     fee = data.get("monthly_fee", "") or "0"
-    start = _local(data.get("effective_from", ""), zone, N_("The start is a date and time."))
+    start = _within(
+        data.get("effective_from", ""),
+        zone,
+        N_("The start is a date and time."),
+        TARIFF_START,
+        N_("A price can take effect at most 5 years from now."),
+    )
     reason = None
     if data.get("margin_ack") == "on":
         reason = data.get("margin_reason", "")
@@ -1223,8 +1250,11 @@ async def create_grant(request: Request, svc: ServicesDep) -> Response:
             await admin.list_sites(svc.db, who),
             outlets[outlet_id].site_id if outlet_id in outlets else None,
         )
-        starts = _local(data.get("starts_at", ""), zone, N_("The start is a date and time."))
-        ends = _local(data.get("ends_at", ""), zone, N_("The end is a date and time."))
+        far = N_("A grant can start and end at most a year from now.")
+        starts = _within(
+            data.get("starts_at", ""), zone, N_("The start is a date and time."), GRANT, far
+        )
+        ends = _within(data.get("ends_at", ""), zone, N_("The end is a date and time."), GRANT, far)
         if starts is None or ends is None:
             raise Invalid(N_("A grant needs a start and an end."))
         draft = core.GrantDraft(outlet_id, starts, ends, data.get("reason", ""))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from cloud import audit
+from cloud import audit, horizons
 from cloud.auth import Principal
 from cloud.control import service as control
 from cloud.control.policy import (
@@ -121,8 +121,8 @@ async def operate_site(
 
 
 #: How far ahead keep-power or an override may be set to end (a longer one is open-ended:
-#: leave ``until`` out and end it by hand).
-MAX_UNTIL = timedelta(days=366)
+#: leave ``until`` out and end it by hand): cloud.horizons.KEEP_POWER.
+MAX_UNTIL = horizons.KEEP_POWER.ahead
 
 
 def _check(req: ControlRequest, now: datetime) -> None:

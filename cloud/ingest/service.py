@@ -16,7 +16,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -35,6 +35,8 @@ from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
 log = logging.getLogger(__name__)
 
 MAX_FUTURE = timedelta(minutes=10)
+#: How far back a reading may lie when its site says nothing else (site.reading_max_age_days).
+DEFAULT_MAX_AGE = timedelta(days=365)
 SEEN_RESOLUTION = timedelta(seconds=5)  # gateway.last_seen_at is kept to this resolution
 RETRIES = 3
 # Two workers can meet in the same rows (a stream fed twice); PostgreSQL breaks the rare
@@ -91,6 +93,8 @@ class IngestResult:
 class _Target:
     channel_id: uuid.UUID
     service_point_id: uuid.UUID | None
+    #: when the binding to the point began (装表, 换表, 过户), in UTC; None: unbound
+    installed_at: datetime | None = None
     channel_text: str = field(init=False)  # both as COPY writes them, made once
     point_text: str = field(init=False)
 
@@ -99,13 +103,23 @@ class _Target:
         object.__setattr__(self, "point_text", _text(self.service_point_id))
 
 
+@dataclass(frozen=True)
+class _GatewayMap:
+    """What the ingest knows of one gateway, as of one registry version: its id, its
+    (device, channel) → :class:`_Target` map and how far back its site takes readings."""
+
+    version: int
+    gateway_id: uuid.UUID
+    targets: dict[tuple[str, int], _Target]
+    max_age: timedelta = DEFAULT_MAX_AGE
+
+
 class IngestService:
     def __init__(self, db: Database, timing: CommandTiming) -> None:
         self.db = db
         self.timing = timing
         self._tenants: dict[str, uuid.UUID] = {}
-        # gateway code → (registry version, gateway id, targets); see _targets
-        self._maps: dict[str, tuple[int, uuid.UUID, dict[tuple[str, int], _Target]]] = {}
+        self._maps: dict[str, _GatewayMap] = {}  # by gateway code; see _targets
 
     async def tenant_of(self, gateway_code: str) -> uuid.UUID:
         tenant = self._tenants.get(gateway_code)
@@ -152,7 +166,11 @@ class IngestService:
     ) -> list[IngestResult]:
         results = [IngestResult() for _ in batches]
         async with self.db.tenant(tenant_id) as conn:
-            version, gateway_id, targets = await self._targets(conn, topic_gateway)
+            known = await self._targets(conn, topic_gateway)
+            version, gateway_id, targets = known.version, known.gateway_id, known.targets
+            # The times the site takes (see _quarantine_reason): worked out once here, so
+            # a reading costs comparisons only.
+            latest, oldest = received_at + MAX_FUTURE, received_at - known.max_age
             rows: list[str] = []  # COPY lines
             kept: list[dict[str, object]] = []  # quarantined readings
             points: set[str] = set()  # the service points the rows are bound to
@@ -160,7 +178,7 @@ class IngestService:
             for batch, result in zip(batches, results, strict=True):
                 for r in batch.readings:
                     target = targets.get((r.device, r.channel))
-                    reason = _quarantine_reason(r, target, received_at)
+                    reason = _quarantine_reason(r, target, latest, oldest)
                     if reason:
                         result.quarantine(reason)
                         kept.append(_kept(r, reason, tenant_id, gateway_id, received_at))
@@ -244,32 +262,31 @@ class IngestService:
                 ack.at,
             )
 
-    async def _targets(
-        self, conn: AsyncConnection, gateway_code: str
-    ) -> tuple[int, uuid.UUID, dict[tuple[str, int], _Target]]:
-        """The registry version, and the gateway's (device, channel) → channel / bound
-        service point map, re-read only
-        when the tenant's registry changed since (a trigger counts every change to devices,
-        channels and bindings; reading the counter is one row, the map is thousands)."""
+    async def _targets(self, conn: AsyncConnection, gateway_code: str) -> _GatewayMap:
+        """The gateway's map (:class:`_GatewayMap`), re-read only when the tenant's
+        registry changed since (a trigger counts every change to devices, channels and
+        bindings, and to a site's allowed reading age; reading the counter is one row, the
+        map is thousands)."""
         version = int(
             await conn.scalar(sa.text("SELECT value FROM tenant_counter WHERE name = 'registry'"))
             or 0
         )
         cached = self._maps.get(gateway_code)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached.version == version:
             return cached
-        gateway_id, targets = await self._load_targets(conn, gateway_code)
-        self._maps[gateway_code] = (version, gateway_id, targets)
-        return version, gateway_id, targets
+        known = await self._load_targets(conn, gateway_code, version)
+        self._maps[gateway_code] = known
+        return known
 
     async def _load_targets(
-        self, conn: AsyncConnection, gateway_code: str
-    ) -> tuple[uuid.UUID, dict[tuple[str, int], _Target]]:
+        self, conn: AsyncConnection, gateway_code: str, version: int
+    ) -> _GatewayMap:
         rows = (
             await conn.execute(
                 sa.text(
-                    "SELECT g.id AS gateway_id, d.key, ch.number, ch.id AS channel_id, "
-                    "b.service_point_id FROM gateway g "
+                    "SELECT g.id AS gateway_id, s.reading_max_age_days, d.key, ch.number, "
+                    "ch.id AS channel_id, b.service_point_id, b.installed_at FROM gateway g "
+                    "JOIN site s ON s.id = g.site_id "
                     "LEFT JOIN device d ON d.gateway_id = g.id "
                     "LEFT JOIN channel ch ON ch.device_id = d.id "
                     "LEFT JOIN binding b ON b.channel_id = ch.id AND b.removed_at IS NULL "
@@ -281,11 +298,19 @@ class IngestService:
         if not rows:
             raise UnknownGateway(gateway_code)
         targets = {
-            (r.key, r.number): _Target(r.channel_id, r.service_point_id)
+            # in UTC, the readings' zone, so comparing them is a plain comparison
+            (r.key, r.number): _Target(
+                r.channel_id,
+                r.service_point_id,
+                None if r.installed_at is None else r.installed_at.astimezone(UTC),
+            )
             for r in rows
             if r.channel_id is not None
         }
-        return rows[0].gateway_id, targets
+        first = rows[0]
+        return _GatewayMap(
+            version, first.gateway_id, targets, timedelta(days=first.reading_max_age_days)
+        )
 
 
 _KEEP = """
@@ -343,11 +368,25 @@ async def unregistered(
         return [Unregistered(r.device, r.channel, r.n, r.first_at, r.last_at, r.last) for r in rows]
 
 
-def _quarantine_reason(r: Reading, target: _Target | None, now: datetime) -> str | None:
+def _quarantine_reason(
+    r: Reading, target: _Target | None, latest: datetime, oldest: datetime
+) -> str | None:
+    """Why ``r`` is kept in quarantine instead of stored and rated, or None. ``latest`` and
+    ``oldest``: the times its site takes (received_at, plus :data:`MAX_FUTURE` of clock
+    skew, less the site's allowed age). The contract
+    has refused what no clock says (before 2000, from 2100); these are the times a meter's
+    clock may say but that rating must not take as recent."""
     if target is None:
         return "unknown_channel"
-    if r.measured_at > now + MAX_FUTURE:
+    at = r.measured_at
+    if at > latest:
         return "future_timestamp"
+    if at < oldest:
+        return "too_old"
+    if target.installed_at is not None and at < target.installed_at:
+        # before the meter was bound to the point: not the point's consumption (a late
+        # reading of the previous holder after a 过户, a clock set back before 装表)
+        return "before_installation"
     if r.total is not None and r.total < 0:
         return "negative_register"
     return None

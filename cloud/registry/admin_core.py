@@ -18,9 +18,11 @@ from zoneinfo import available_timezones
 
 from cloud.auth import PERMISSIONS
 from cloud.errors import Forbidden, Invalid
+from cloud.horizons import GRANT
 
 NAME_MAX = 100
 NOTICE_MAX = 7 * 24 * 60  # a week, in minutes
+READING_AGE_MAX = 3650  # days a site may take readings back (ten years; migration 0016)
 HYSTERESIS_MAX = Decimal(1000)
 PRICE_MAX = Decimal("99999999.9999")  # NUMERIC(12, 4)
 AREA_MAX = Decimal(1_000_000)
@@ -41,6 +43,7 @@ SITE_FIELDS = (
     "alarm_hysteresis",
     "catalogue_price",
     "price_margin",
+    "reading_max_age_days",
 )
 
 _SLUG = re.compile(r"[a-z0-9-]{2,40}")
@@ -142,6 +145,8 @@ class SiteSettings:
     alarm_hysteresis: Decimal = Decimal("1.00")
     catalogue_price: Decimal | None = None
     price_margin: Decimal = Decimal("0.15")
+    # readings measured longer ago are quarantined (too_old), not rated
+    reading_max_age_days: int = 365
 
 
 def _clock_time(value: time | None, what: str) -> time | None:
@@ -166,6 +171,9 @@ def site(settings: SiteSettings) -> SiteSettings:
     notice = settings.notice_minutes
     if isinstance(notice, bool) or not 0 <= notice <= NOTICE_MAX:
         raise Invalid(f"notice minutes must be between 0 and {NOTICE_MAX}")
+    age = settings.reading_max_age_days
+    if isinstance(age, bool) or not 1 <= age <= READING_AGE_MAX:
+        raise Invalid(f"the readings' allowed age must be between 1 and {READING_AGE_MAX} days")
     price = settings.catalogue_price
     return replace(
         settings,
@@ -309,8 +317,9 @@ class GrantDraft:
 
 
 def grant(draft: GrantDraft, now: datetime, grantee: Reach, outlet_site: uuid.UUID) -> GrantDraft:
-    """A cross-outlet grant: at most 31 days, not over before it is made, with a reason,
-    for an outlet the grantee's scope does not already cover."""
+    """A cross-outlet grant: at most 31 days, not over before it is made nor starting more
+    than :data:`cloud.horizons.GRANT` ahead, with a reason, for an outlet the grantee's
+    scope does not already cover."""
     if draft.starts_at.tzinfo is None or draft.ends_at.tzinfo is None:
         raise Invalid("grant start and end need a time zone")
     if draft.ends_at <= draft.starts_at:
@@ -319,6 +328,8 @@ def grant(draft: GrantDraft, now: datetime, grantee: Reach, outlet_site: uuid.UU
         raise Invalid(f"a grant lasts at most {GRANT_MAX.days} days")
     if draft.ends_at <= now:
         raise Invalid("a grant must end in the future")
+    if GRANT.problem(draft.starts_at, now) or GRANT.problem(draft.ends_at, now):
+        raise Invalid(f"a grant starts and ends at most {GRANT.days} days ahead")
     reason = draft.reason.strip()
     if len(reason) < 3:
         raise Invalid("a grant needs a reason (at least 3 characters)")

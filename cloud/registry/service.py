@@ -22,6 +22,9 @@ from cloud.ledger.service import post
 from cloud.rating.core import swap_meter as rate_swap
 from cloud.rating.service import RatingReport, apply_to_points
 
+#: A seeded group's tariff and meters date from then (see GroupSpec.installed_at).
+SEEDED_SINCE = datetime(2020, 1, 1, tzinfo=UTC)
+
 
 async def create_tenant(db: Database, slug: str, name: str) -> uuid.UUID:
     """Platform operator only: the tenant row is written with the owner connection."""
@@ -74,6 +77,10 @@ class GroupSpec:
     admin_username: str = "admin"
     admin_password: str = "demo-admin"  # noqa: S105 - demo seed only; printed by `prepay demo`
     meters: list[MeterSpec] = field(default_factory=list)
+    # When the meters were bound to their points, as the group stands when seeded: since
+    # its tariff began (readings measured before it are quarantined, not rated).
+    installed_at: datetime = SEEDED_SINCE
+    reading_max_age_days: int = 365  # the site's: older readings are quarantined
 
 
 @dataclass
@@ -105,7 +112,13 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
             }
         )
         site = await _add(
-            conn, schema.Site, name=spec.site, timezone=spec.timezone, **friendly, **t
+            conn,
+            schema.Site,
+            name=spec.site,
+            timezone=spec.timezone,
+            reading_max_age_days=spec.reading_max_age_days,
+            **friendly,
+            **t,
         )
         outlet = await _add(conn, schema.Outlet, site_id=site, name="Counter 1", **t)
         role = await _add(
@@ -126,7 +139,7 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
             conn,
             schema.TariffVersion,
             tariff_id=tariff,
-            effective_from=datetime(2020, 1, 1, tzinfo=UTC),
+            effective_from=SEEDED_SINCE,
             kind="flat",
             unit_price=spec.unit_price,
             **t,
@@ -198,7 +211,7 @@ async def seed_group(db: Database, spec: GroupSpec) -> Seeded:
                 schema.Binding,
                 service_point_id=point,
                 channel_id=channel,
-                installed_at=now,
+                installed_at=spec.installed_at,
                 **t,
             )
             if m.opening_balance > 0:

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from cloud.horizons import TARIFF_START
 from cloud.tariffs.core import (
     Flat,
     Plan,
@@ -149,7 +150,8 @@ def valid_monthly_fee(fee: Decimal) -> Decimal:
 
 def start_of(requested: datetime | None, now: datetime, existing: Collection[datetime]) -> datetime:
     """When a new version starts: ``requested`` (None: now), never in the past — one up to
-    ``SKEW`` before ``now`` starts now — and not when another version of the tariff does."""
+    ``SKEW`` before ``now`` starts now — nor more than five years ahead
+    (:data:`cloud.horizons.TARIFF_START`), and not when another version of the tariff does."""
     if requested is None:
         start = now
     else:
@@ -159,6 +161,11 @@ def start_of(requested: datetime | None, now: datetime, existing: Collection[dat
             raise RuleError(
                 f"effective_from {requested.isoformat()} is in the past: a version starts "
                 "now or later (what was charged is never re-rated)"
+            )
+        if requested > now + TARIFF_START.ahead:
+            raise RuleError(
+                f"effective_from {requested.isoformat()} is more than {TARIFF_START.days} days "
+                "ahead: a version starts at most five years from now"
             )
         start = max(requested, now)
     if start in existing:

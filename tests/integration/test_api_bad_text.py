@@ -79,7 +79,7 @@ async def test_control_characters_and_long_text_are_422s_that_change_nothing(
     # dates are bounded: keep-power in year 4496 is refused, as is one in the past
     far = {"action": "keep_power_on", "reason": "event", "until": "4496-01-01T00:00:00+00:00"}
     r = await http.post(f"/api/v1/service-points/{point}/control", json=far, headers=auth)
-    assert r.status_code == 422 and "days ahead" in r.json()["detail"]
+    assert "until" in _names(r)  # (each bound: tests/integration/test_dates_bounded.py)
     soon = (datetime.now(UTC) + timedelta(days=30)).isoformat()
     r = await http.post(
         f"/api/v1/service-points/{point}/control",

@@ -376,8 +376,9 @@ async def test_another_groups_ids_are_not_found(
     grant = {
         "operator_id": str(other.operator_id),
         "outlet_id": str(other.outlet_id),
-        "starts_at": "2030-01-01T08:00",
-        "ends_at": "2030-01-02T08:00",
+        # (within a year: a later one is refused before its ids are looked at)
+        "starts_at": (datetime.now() + timedelta(days=30)).strftime("%Y-%m-%dT08:00"),
+        "ends_at": (datetime.now() + timedelta(days=31)).strftime("%Y-%m-%dT08:00"),
         "reason": "forged",
         "form_key": key,
     }
