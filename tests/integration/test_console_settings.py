@@ -265,7 +265,8 @@ async def test_onboard_a_group_in_the_browser(
     assert r.status_code == 303, r.text
     page = await http.get(ops)
     assert "clerk1" in page.text and "一号营业厅" in page.text
-    clerk_id = re.search(rf"clerk1</a></td>.*?/operators/({UUID})/deactivate", page.text, re.S).group(1)  # type: ignore[union-attr]
+    found = re.search(rf"clerk1</a></td>.*?/operators/({UUID})/deactivate", page.text, re.S)
+    clerk_id = found.group(1)  # type: ignore[union-attr]
 
     local = datetime.now(ZoneInfo("Asia/Shanghai"))
     grant = {
