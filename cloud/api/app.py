@@ -16,6 +16,7 @@ from cloud.api.lifecycle_routes import router as lifecycle_router
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
+from cloud.console.dunning import router as dunning_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.imports import router as imports_router
 from cloud.console.office import router as office_router
@@ -38,6 +39,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(tariff_router)
     app.include_router(office_router)
     app.include_router(gateways_router)
+    app.include_router(dunning_router)
     app.include_router(imports_router)
     app.include_router(settings_router)
     app.include_router(settings_edit_router)

@@ -1,0 +1,1 @@
+"""Dunning (催费): arrears lists and notices (DESIGN §15)."""
