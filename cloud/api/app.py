@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -18,6 +20,7 @@ from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
 from cloud.console.dunning import router as dunning_router
 from cloud.console.gateways import router as gateways_router
+from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, explain, render
@@ -63,6 +66,18 @@ def create_app(services: Services) -> FastAPI:
             media_type="application/problem+json",
             headers=headers,
         )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        if request.url.path.startswith("/console/"):  # a person: a page, not JSON
+            names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
+            message = _(
+                "The address holds a value this page cannot use (%(fields)s): go back and "
+                "choose it on the page."
+            ) % {"fields": ", ".join(names)}
+            ctx = {"message": message, "refused": True}
+            return render(request, services, "message.html", ctx, status=422)
+        return await request_validation_exception_handler(request, exc)
 
     @app.get("/", include_in_schema=False)
     async def _root() -> Response:
