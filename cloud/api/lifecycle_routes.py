@@ -135,7 +135,7 @@ class OpenedOut(BaseModel):
 @router.post("/accounts", response_model=OpenedOut, status_code=201)
 async def open_account(body: OpenIn, svc: ServicesDep, who: OperatorDep) -> OpenedOut:
     """开户: a new or existing customer, an account, its points at a premises and an
-    optional first sale (made right after the account is committed)."""
+    optional first sale, all in one transaction (a refused sale opens nothing)."""
     fs = body.first_sale
     req = service.OpenRequest(
         premises_id=body.premises_id,

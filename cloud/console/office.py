@@ -95,6 +95,21 @@ def _amount(form: Any, name: str, *, required: bool = True, places: int = 2) -> 
     return value
 
 
+def _sale_amount(form: Any) -> Decimal:
+    amount = _amount(form, "amount")
+    assert amount is not None  # (required)
+    if amount <= 0 or amount > Decimal("100000"):
+        raise FormError(_("The amount must be more than ¥0 and at most ¥100,000"))
+    return amount
+
+
+def _method(form: Any) -> str:
+    method = _field(form, "method", max_len=10)
+    if method not in dict(METHODS):
+        raise FormError(_("Please choose: %(field)s") % {"field": _(LABELS["method"])})
+    return method
+
+
 def _uuid(form: Any, name: str) -> uuid.UUID:
     try:
         return uuid.UUID(_field(form, name, max_len=40))
@@ -274,11 +289,11 @@ async def open_submit(request: Request, svc: ServicesDep) -> Response:
                 points.append(service.PointOrder(utility, tariff_id))
         if not points:
             raise FormError(_("Choose at least one supply: electricity or water"))
-        amount = _amount(form, "amount", required=False)
         first = None
-        if amount is not None and amount != 0:
+        if _amount(form, "amount", required=False):  # (0: no first sale)
+            # the first sale: made in the opening's transaction
             first = service.FirstSale(
-                amount, _field(form, "method", max_len=10), _uuid(form, "outlet_id"), key
+                _sale_amount(form), _method(form), _uuid(form, "outlet_id"), key
             )
     except FormError as exc:
         return await _open_form(request, svc, who, values, str(exc), 422)
@@ -294,6 +309,8 @@ async def open_submit(request: Request, svc: ServicesDep) -> Response:
     where = f"/console/accounts/{opened.account_number}?done=opened"
     if opened.sale is not None:
         where += f"&receipt={opened.sale.receipt_no}"
+        if not opened.sale.replayed and svc.draw_receipts_ahead:
+            draw_ahead(svc.db, who, opened.sale.receipt_no)
     await forms.finish(svc.db, who, key, where)
     return RedirectResponse(where, status_code=303)
 
@@ -452,7 +469,7 @@ async def _account_action(request: Request, svc: Services, number: str, what: st
                 _field(form, "phone", required=False, max_len=20) or None,
                 _field(form, "id_number", required=False, max_len=40) or None,
             )
-            if settle.how is None:
+            if settle.how is None and not settle.write_off:
                 raise FormError(_("A transfer moves the balance to the new account or refunds it"))
     except FormError as exc:
         return await _account(request, svc, who, number, str(exc), 422, values)
@@ -571,13 +588,8 @@ async def sell(number: str, request: Request, svc: ServicesDep) -> Response:
     form = await request.form()
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     try:
-        amount = _amount(form, "amount")
-        assert amount is not None
-        if amount <= 0 or amount > Decimal("100000"):
-            raise FormError(_("The amount must be more than ¥0 and at most ¥100,000"))
-        method = _field(form, "method", max_len=10)
-        if method not in dict(METHODS):
-            raise FormError(_("Please choose: %(field)s") % {"field": _(LABELS["method"])})
+        amount = _sale_amount(form)
+        method = _method(form)
         outlet = _uuid(form, "outlet_id")
         key = _field(form, "form_key", max_len=64)
     except FormError as exc:

@@ -205,6 +205,82 @@ _WORDED = (
         r"the premises' (?P<u>\w+) is already open on account (?P<a>\S+)",
         N_("this premises' supply is already open on account %(a)s"),
     ),
+    (
+        r"account (?P<a>\S+) is not in debt: nothing to write off",
+        N_("account %(a)s is not in debt: nothing to write off"),
+    ),
+    (
+        r"the first sale (?P<m>\S+) must be more than 0",
+        N_("the first sale ¥%(m)s must be more than ¥0"),
+    ),
+    (
+        r"first sale (?P<m>\S+) is not an amount in yuan and fen",
+        N_("the first sale %(m)s is not an amount in yuan and fen"),
+    ),
+    (
+        r"refund (?P<m>\S+) is not an amount in yuan and fen",
+        N_("the refund %(m)s is not an amount in yuan and fen"),
+    ),
+    (
+        r"payment method (?P<m>.+) is not one of cash, card, transfer",
+        N_("payment method %(m)s is not one of cash, card, transfer"),
+    ),
+    (r"outlet (?P<o>\S+) not found", N_("outlet %(o)s not found")),
+    (
+        r"idempotency key (?P<k>.+) was already used for a different sale",
+        N_("this form was already used for a different sale: open the form again"),
+    ),
+    (
+        r"account (?P<a>\S+) owes (?P<m>\S+): a transfer never moves a debt to the new "
+        r"customer; collect it first, or write it off",
+        N_(
+            "account %(a)s owes ¥%(m)s: a transfer never moves a debt to the new customer; "
+            "collect it first, or write it off"
+        ),
+    ),
+    (
+        r"the meter of service point (?P<p>.+) has not reported the credit it holds: read the "
+        r"meter, then try again",
+        N_(
+            "the meter of service point %(p)s has not reported the credit it holds: read the "
+            "meter, then try again"
+        ),
+    ),
+    (
+        r"the meter of service point (?P<p>.+) has not reported its credit since its last "
+        r"recharge: read the meter, then try again",
+        N_(
+            "the meter of service point %(p)s has not reported its credit since its last "
+            "recharge: read the meter, then try again"
+        ),
+    ),
+    (
+        r"the meter of service point (?P<p>.+) still holds (?P<m>\S+) of credit: deduct it at "
+        r"the meter and read it back, or remove the meter first",
+        N_(
+            "the meter of service point %(p)s still holds ¥%(m)s of credit: deduct it at the "
+            "meter and read it back, or remove the meter first"
+        ),
+    ),
+    (
+        r"service point (?P<p>.+) is under keep-power set by (?P<b>\S+) for the current "
+        r"customer: end it before the transfer, and set it again for the new customer if "
+        r"still needed",
+        N_(
+            "service point %(p)s is under keep-power set by %(b)s for the current customer: "
+            "end it before the transfer, and set it again for the new customer if still needed"
+        ),
+    ),
+    (
+        r"service point (?P<p>.+) is under a manual override set by (?P<b>\S+) for the "
+        r"current customer: end it before the transfer, and set it again for the new "
+        r"customer if still needed",
+        N_(
+            "service point %(p)s is under a manual override set by %(b)s for the current "
+            "customer: end it before the transfer, and set it again for the new customer if "
+            "still needed"
+        ),
+    ),
 )
 _PATTERNS = tuple((re.compile(f"^{p}$"), msg) for p, msg in _WORDED)
 STATIC = (
@@ -223,6 +299,11 @@ STATIC = (
     N_("permission 'account.close' required"),
     N_("permission 'meter.install' required"),
     N_("permission 'import.run' required"),
+    N_(
+        "a meter-controlled point's first sale is made after its meter is installed, "
+        "so that the credit is sent to the meter"
+    ),
+    N_("a transfer goes to another customer"),
 )
 
 

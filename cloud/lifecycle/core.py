@@ -107,6 +107,27 @@ def check_open(wanted: Sequence[PointWish], at_premises: Sequence[LivePoint]) ->
                 )
 
 
+PAYMENT_METHODS = ("cash", "card", "transfer")
+
+
+def check_first_sale(amount: Decimal, method: str, modes: Sequence[str]) -> None:
+    """开户's first sale, made in the opening's transaction: an amount in yuan and fen above
+    zero, a counter payment method, and no meter-controlled point among those opened. A
+    meter-controlled point's credit lives on its meter (DESIGN §6) and a top-up reaches it
+    as a recharge command; before 装表 there is no meter to recharge, and nothing sends the
+    wallet's credit on at installation, so its first sale is made after 装表."""
+    _money(amount, "first sale")
+    if amount <= 0:
+        raise LifecycleInvalid(f"the first sale {amount} must be more than 0")
+    if method not in PAYMENT_METHODS:
+        raise LifecycleInvalid(f"payment method {method!r} is not one of cash, card, transfer")
+    if "meter" in modes:
+        raise LifecycleInvalid(
+            "a meter-controlled point's first sale is made after its meter is installed, "
+            "so that the credit is sent to the meter"
+        )
+
+
 def check_installable(point: PointState) -> None:
     """装表, before the device is looked at: the point is live and has no meter."""
     _live(point)
@@ -237,10 +258,15 @@ def settle(
     write_off: bool,
     may_write_off: bool,
     reason: str | None,
+    transfer: bool = False,
 ) -> Money:
     """The balance of an account that closes: a credit is refunded in cash or moved to
     another (open, different) account, all of it; a debt closes only written off, with the
-    permission and a reason; a zero balance needs nothing."""
+    permission and a reason; a zero balance needs nothing.
+
+    ``transfer`` (过户): a debt is the old customer's and stays on the old account. It is
+    never moved to the new customer's account, whatever ``how`` says: collect it first (a
+    sale to the old account) or write it off, as for 消户."""
     _open_account(account)
     balance = account.balance
     if refund_amount is not None:
@@ -252,6 +278,11 @@ def settle(
             )
     if balance < 0:
         if not write_off:
+            if transfer:
+                raise LifecycleConflict(
+                    f"account {account.number} owes {-balance}: a transfer never moves a debt "
+                    "to the new customer; collect it first, or write it off"
+                )
             raise LifecycleConflict(
                 f"account {account.number} owes {-balance}: collect it first, or write it off"
             )
@@ -303,3 +334,73 @@ def check_transfer(
         raise LifecycleConflict(f"account {account.number} has no service point to transfer")
     for p in live:
         _no_flight(p)
+
+
+@dataclass(frozen=True)
+class MeterCredit:
+    """What a meter-controlled point's meter (bound now) last said about the credit it
+    holds, and when a recharge last may have reached it."""
+
+    point: str
+    balance: Decimal | None  # the meter's last reported balance
+    read_at: datetime | None  # when the meter measured it
+    recharged_at: datetime | None  # the newest recharge acked (or expired) on this meter
+
+
+def check_meter_credit(meters: Sequence[MeterCredit]) -> None:
+    """消户, and a 过户 whose balance does not move with the points: a meter-controlled
+    point's credit is held on its meter (DESIGN §6; the wallet mirrors it), so it may be
+    refunded in cash or moved elsewhere only once it is off the meter. Otherwise the
+    customer is paid twice: the cash at the counter, and the supply the meter still gives
+    on its own credit to whoever is at the premises.
+
+    The meter's credit must have been read back after its last recharge (a meter's credit
+    only ever rises by a recharge, so a read-back since then bounds it), and be nothing:
+    credit still on the meter is deducted at the meter first (with the meter vendor's
+    tool: DESIGN §7's "deduction at the meter, where the meter supports one"; the
+    platform sends no such command yet) and read back, or the meter is removed (拆表,
+    its final reading rated) and leaves the premises with it."""
+    for m in meters:
+        if m.balance is None or m.read_at is None:
+            raise LifecycleConflict(
+                f"the meter of service point {m.point} has not reported the credit it holds: "
+                "read the meter, then try again"
+            )
+        if m.recharged_at is not None and m.read_at < m.recharged_at:
+            raise LifecycleConflict(
+                f"the meter of service point {m.point} has not reported its credit since its "
+                "last recharge: read the meter, then try again"
+            )
+        if m.balance > 0:
+            raise LifecycleConflict(
+                f"the meter of service point {m.point} still holds {m.balance} of credit: "
+                "deduct it at the meter and read it back, or remove the meter first"
+            )
+
+
+@dataclass(frozen=True)
+class ControlOrder:
+    """An operator's standing order on a point's supply: keep-power (保电) or a manual
+    override (a trip or restore by hand), as the point's control state holds it."""
+
+    point: str
+    kind: str  # keep_power | override
+    by: str
+    until: datetime | None  # None: until ended by hand
+
+
+def check_no_orders(orders: Sequence[ControlOrder], now: datetime) -> None:
+    """过户: keep-power and overrides are an operator's orders, each with a reason, for the
+    current customer (DESIGN §6: a hospital, a vulnerable tenant, a dispute). They are
+    neither carried to the new customer (who would never be cut, or stay cut, on someone
+    else's reason) nor silently dropped (a hospital's 保电 ending unseen): an order still in
+    force is ended by the operator first, through control, and set again for the new
+    account if it still applies. An order that has expired is nothing."""
+    for o in orders:
+        if o.until is not None and o.until <= now:
+            continue
+        what = "keep-power" if o.kind == "keep_power" else "a manual override"
+        raise LifecycleConflict(
+            f"service point {o.point} is under {what} set by {o.by} for the current customer: "
+            "end it before the transfer, and set it again for the new customer if still needed"
+        )

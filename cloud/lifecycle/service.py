@@ -25,7 +25,7 @@ from cloud.auth import Principal
 from cloud.control import service as control
 from cloud.control.service import CommandTiming, after_topup
 from cloud.db import Database, next_number, pg_array
-from cloud.errors import Invalid, NotFound
+from cloud.errors import Conflict, Invalid, NotFound
 from cloud.ledger import core as ledger
 from cloud.ledger.service import balance_of, ensure_accounts, post
 from cloud.lifecycle import core
@@ -38,11 +38,12 @@ from cloud.lifecycle.core import (
     Reading,
     Settlement,
 )
-from cloud.payments.counter import SaleReceipt, SaleRequest, sell_credit
+from cloud.payments.counter import SaleReceipt, SaleRequest, sell_in
+from cloud.payments.counter import replay as replay_sale
 from cloud.rating.core import RatingMark, RatingOutcome, RegisterReading, flush, rate
 from cloud.rating.service import apply_to_points
 from cloud.registry import service as registry
-from cloud.registry.scope import outlet_permit, require_site, sites_of
+from cloud.registry.scope import require_site, sites_of
 from contract.mqtt import Reading as WireReading
 
 _FAR = datetime(9999, 1, 1, tzinfo=UTC)  # flush any open usage window of a point that leaves
@@ -352,15 +353,21 @@ class Opened:
 async def open_account(
     db: Database, who: Principal, req: OpenRequest, now: datetime, timing: CommandTiming
 ) -> Opened:
-    """开户: customer (existing or new), account and its points at a premises in one
-    transaction; the first sale, if any, right after it through the counter
-    (:func:`cloud.payments.counter.sell_credit`, its own transaction)."""
+    """开户: customer (existing or new), account, its points at a premises and the first
+    sale, if any, in one transaction: the sale is a counter sale like any other
+    (:func:`cloud.payments.counter.sell_in`: its receipt number, entry and receipt), and a
+    sale the counter refuses opens nothing. The first sale's idempotency key makes the
+    opening idempotent too: a repeated request returns the opening it made."""
     who.require("account.open")
     if (req.customer_id is None) == (req.customer is None):
         raise Invalid("give either customer_id or a new customer")
-    if req.first_sale is not None:
+    fs = req.first_sale
+    if fs is not None:
         who.require("sale.create")
+        core.check_first_sale(fs.amount, fs.method, [o.control_mode for o in req.points])
     async with db.tenant(who.tenant_id) as conn:
+        if fs is not None and (done := await _opened_before(conn, fs)) is not None:
+            return done
         prem = (
             await conn.execute(
                 sa.text(
@@ -373,8 +380,6 @@ async def open_account(
         if prem is None:
             raise NotFound(f"premises {req.premises_id} not found")
         await require_site(conn, who, prem.site_id)
-        if req.first_sale is not None:
-            await outlet_permit(conn, who, req.first_sale.outlet_id, now)
         live = [
             LivePoint(r.utility, AccountState(r.number, r.status, Decimal(0)))
             for r in await conn.execute(
@@ -434,6 +439,20 @@ async def open_account(
                 },
             )
             point_ids.append(point_id)
+        sale = None
+        if fs is not None:
+            sale = await sell_in(
+                conn,
+                who,
+                SaleRequest(acct.number, fs.amount, fs.method, fs.outlet_id),
+                fs.idempotency_key,
+                now,
+                timing,
+            )
+            if sale.replayed:  # the key was taken by a concurrent opening: this one is void
+                raise Conflict(
+                    f"idempotency key {fs.idempotency_key!r} was already used for a different sale"
+                )
         await audit.record(
             conn,
             who.tenant_id,
@@ -441,20 +460,45 @@ async def open_account(
             "account.open",
             f"account:{acct.number}",
             now,
-            {"customer": str(customer_id), "premises": label, "points": str(len(point_ids))},
-        )
-    sale = None
-    if req.first_sale is not None:
-        fs = req.first_sale
-        sale = await sell_credit(
-            db,
-            who,
-            SaleRequest(acct.number, fs.amount, fs.method, fs.outlet_id),
-            fs.idempotency_key,
-            now,
-            timing,
+            {
+                "customer": str(customer_id),
+                "premises": label,
+                "points": str(len(point_ids)),
+                "receipt": sale.receipt_no if sale else "",
+            },
         )
     return Opened(acct.number, acct.id, customer_id, tuple(point_ids), sale)
+
+
+async def _opened_before(conn: AsyncConnection, fs: FirstSale) -> Opened | None:
+    """The opening a first sale's idempotency key already made (its sale replayed; a
+    different request under the same key is a Conflict), or None."""
+    row = (
+        await conn.execute(
+            sa.text(
+                "SELECT a.id, a.number, a.customer_id, a.opened_at = s.created_at AS opening "
+                "FROM counter_sale s JOIN account a ON a.id = s.account_id "
+                "WHERE s.idempotency_key = :k"
+            ),
+            {"k": fs.idempotency_key},
+        )
+    ).first()
+    if row is None:
+        return None
+    if not row.opening:  # a later sale to some account: not an opening
+        raise Conflict(
+            f"idempotency key {fs.idempotency_key!r} was already used for a different sale"
+        )
+    sale = await replay_sale(
+        conn,
+        fs.idempotency_key,
+        SaleRequest(row.number, fs.amount, fs.method, fs.outlet_id),
+    )
+    points = await conn.scalars(
+        sa.text("SELECT id FROM service_point WHERE account_id = :a ORDER BY utility, id"),
+        {"a": row.id},
+    )
+    return Opened(row.number, row.id, row.customer_id, tuple(points), sale)
 
 
 # -- 装表 install -----------------------------------------------------------------------------
@@ -1009,6 +1053,7 @@ async def _settle(
         req.write_off,
         "account.write_off" in who.permissions,
         req.reason,
+        transfer=cause == "transfer",
     )
     receipt = None
     draft = None
@@ -1061,6 +1106,66 @@ async def _target(conn: AsyncConnection, who: Principal, number: str | None) -> 
     return target
 
 
+_METER_CREDIT = sa.text(
+    "SELECT sp.name, cs.meter_balance, cs.meter_balance_at, "
+    "(SELECT max(CASE WHEN c.state = 'acked' THEN coalesce(c.finished_at, c.created_at) "
+    "ELSE c.deadline END) FROM device_command c WHERE c.channel_id = b.channel_id "
+    "AND c.action = 'recharge' AND c.state IN ('acked', 'expired')) AS recharged_at "
+    "FROM service_point sp JOIN binding b ON b.service_point_id = sp.id AND b.removed_at IS NULL "
+    "LEFT JOIN control_state cs ON cs.service_point_id = sp.id "
+    "WHERE sp.id = ANY(CAST(:ids AS uuid[])) AND sp.control_mode = 'meter' ORDER BY sp.id"
+)
+
+
+async def _meter_credit(conn: AsyncConnection, rows: Sequence[Any]) -> list[core.MeterCredit]:
+    """What the meters of the meter-controlled points among ``rows`` (bound now) last said
+    about the credit they hold (an acked recharge counts from its ack, an expired one from
+    its deadline: it may have reached the meter until then)."""
+    ids = [r.id for r in rows if r.control_mode == "meter" and r.channel_id is not None]
+    if not ids:
+        return []
+    return [
+        core.MeterCredit(m.name, m.meter_balance, m.meter_balance_at, m.recharged_at)
+        for m in await conn.execute(_METER_CREDIT, {"ids": pg_array(ids)})
+    ]
+
+
+async def _orders(conn: AsyncConnection, rows: Sequence[Any]) -> list[core.ControlOrder]:
+    """The keep-power and overrides the points' control state holds (expired ones too)."""
+    out: list[core.ControlOrder] = []
+    for r in await conn.execute(
+        sa.text(
+            "SELECT sp.name, cs.keep_power_by, cs.keep_power_until, cs.override_by, "
+            "cs.override_until FROM control_state cs JOIN service_point sp "
+            "ON sp.id = cs.service_point_id WHERE cs.service_point_id = ANY(CAST(:ids AS uuid[])) "
+            "AND (cs.keep_power_by IS NOT NULL OR cs.override IS NOT NULL) ORDER BY sp.id"
+        ),
+        {"ids": pg_array(r.id for r in rows)},
+    ):
+        if r.keep_power_by is not None:
+            out.append(core.ControlOrder(r.name, "keep_power", r.keep_power_by, r.keep_power_until))
+        if r.override_by is not None:
+            out.append(core.ControlOrder(r.name, "override", r.override_by, r.override_until))
+    return out
+
+
+async def _end_control(conn: AsyncConnection, rows: Sequence[Any]) -> None:
+    """Retired points are decided no more: what their control state had pending (a notice
+    before a trip, a deferral, a recheck, emergency credit, keep-power, an override) ends
+    with them, so no sweep re-decides a closed account's point nor notifies its customer.
+    The meter's mirrored balance and purchase count stay (they are the meter's)."""
+    await conn.execute(
+        sa.text(
+            "UPDATE control_state SET notice_at = NULL, deferred_until = NULL, "
+            "recheck_at = NULL, emergency = false, keep_power_by = NULL, "
+            "keep_power_reason = NULL, keep_power_until = NULL, override = NULL, "
+            "override_by = NULL, override_reason = NULL, override_until = NULL, "
+            "override_until_credit = false WHERE service_point_id = ANY(CAST(:ids AS uuid[]))"
+        ),
+        {"ids": pg_array(r.id for r in rows)},
+    )
+
+
 # -- 消户 cancel ------------------------------------------------------------------------------
 
 
@@ -1074,7 +1179,18 @@ async def cancel(
 ) -> Settled:
     """消户: every point's final reading rated and the point removed; then the balance (after
     those charges) refunded in cash, moved to another account, or — in debt — written off;
-    the account closed."""
+    the account closed.
+
+    A meter-controlled point's credit is held on its meter (DESIGN §6), the wallet
+    mirroring it; the meter stays at the premises when the account closes. So the balance
+    is refunded or moved only once that credit is off the meter: the meter must have
+    reported its credit since its last recharge, and it must be nothing — credit still on
+    it is first deducted at the meter (DESIGN §7, "a refund with a deduction at the meter";
+    with the vendor's tool, the platform having no deduction command yet) and read back,
+    or the meter is removed (拆表) first. Otherwise the customer would be paid twice: the
+    cash, and the supply the meter still gives on its own credit
+    (:func:`cloud.lifecycle.core.check_meter_credit`). Whatever the points' control state
+    had pending (a notice, a deferral, keep-power, an override) ends with them."""
     who.require("account.close")
     if req.how is Settlement.MOVE and req.to_account is None:
         raise Invalid("moving the balance needs to_account")
@@ -1085,7 +1201,10 @@ async def cancel(
             raise core.LifecycleConflict(f"account {number} is closed")
         live = [r for r in rows if r.removed_at is None]
         finals = _finals(live, req.finals, now)
+        core.check_meter_credit(await _meter_credit(conn, live))
         target = await _target(conn, who, req.to_account) if req.how is Settlement.MOVE else None
+        ended = [o for o in await _orders(conn, live) if o.until is None or o.until > now]
+        await _end_control(conn, live)
         await _end_bindings(conn, live, finals, now, retire=True)
         await apply_to_points(
             conn, who.tenant_id, [r.id for r in live], _final_step(finals), now, timing, who.actor
@@ -1117,6 +1236,7 @@ async def cancel(
                 "to": req.to_account or "",
                 "receipt": receipt or "",
                 "reason": req.reason or "",
+                "orders_ended": ", ".join(f"{o.kind}:{o.point}" for o in ended),
             },
         )
     return Settled(
@@ -1147,6 +1267,13 @@ _SUCCESSOR = sa.text(
     "control_mode, credit_limit, emergency_credit, alarm1, alarm2, max_rate, floor_area, "
     "common_area, premises_id FROM service_point WHERE id = :old"
 )
+# A successor's control state: fresh (nothing pending, no orders), but with what the meter
+# last reported of its own balance and purchase count (the meter's, not the customer's).
+_SUCCESSOR_CONTROL = sa.text(
+    "INSERT INTO control_state (service_point_id, tenant_id, meter_balance, meter_balance_at, "
+    "purchase_count) SELECT :new, tenant_id, meter_balance, meter_balance_at, purchase_count "
+    "FROM control_state WHERE service_point_id = :old"
+)
 
 
 async def transfer(
@@ -1161,7 +1288,20 @@ async def transfer(
     existing): each point is retired at its final reading and a successor point on the new
     account is bound to the same meter from that register, so the readings, charges and
     entries stay with the old account. The old balance moves to the new account or is
-    refunded in cash; the old account closes."""
+    refunded in cash; the old account closes.
+
+    A debt is the old customer's: it is never moved to the new account; it is collected
+    first (a sale to the old account) or written off, with its permission and reason, as
+    for 消户. Keep-power and overrides in force are the current customer's orders: the
+    transfer is refused until the operator ends them (:func:`core.check_no_orders`).
+    Everything else the old points' control state had pending (a notice before a trip, a
+    deferral, emergency credit, the alarm level) ends with them: each successor starts
+    with a fresh control state, decided at once by the new account's balance, its meter
+    converged (keep-power off, supply by the new decision). What the meter itself reported
+    — a meter-controlled point's mirrored balance and purchase count — moves with the meter
+    to the successor. Refunding the old balance in cash (rather than moving it) needs a
+    meter-controlled meter's credit off the meter first, as for 消户: otherwise the new
+    customer would draw on credit the old one was paid back."""
     who.require("account.close")
     who.require("account.open")
     if (req.customer_id is None) == (req.customer is None):
@@ -1175,6 +1315,9 @@ async def transfer(
         core.check_transfer(acct.state, [_state(r) for r in rows], customer_id == acct.customer_id)
         live = [r for r in rows if r.removed_at is None]
         finals = _finals(live, req.settle.finals, now)
+        core.check_no_orders(await _orders(conn, live), now)
+        if req.settle.how is not Settlement.MOVE:
+            core.check_meter_credit(await _meter_credit(conn, live))
         if customer_id is None:
             assert req.customer is not None
             customer_id = await _add_customer(conn, who, req.customer, now)
@@ -1183,11 +1326,13 @@ async def transfer(
         await apply_to_points(
             conn, who.tenant_id, [r.id for r in live], _final_step(finals), now, timing, who.actor
         )
+        await _end_control(conn, live)
         successors: list[uuid.UUID] = []
         bases: dict[uuid.UUID, Decimal] = {}
         for r in live:
             succ = uuid.uuid4()
             await conn.execute(_SUCCESSOR, {"new": succ, "a": new.id, "old": r.id})
+            await conn.execute(_SUCCESSOR_CONTROL, {"new": succ, "old": r.id})
             successors.append(succ)
             if r.channel_id is not None:
                 reg = registers[r.id]

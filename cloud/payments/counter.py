@@ -77,114 +77,129 @@ async def sell_credit(
     names it. The sale belongs to the business day of ``now`` at the outlet's site (the
     account's site when no outlet is named)."""
     who.require("sale.create")
-    source = core.source_account(req.method, who.operator_id, who.username)
     async with db.tenant(who.tenant_id) as conn:
-        if await conn.scalar(
-            sa.text("SELECT 1 FROM counter_sale WHERE idempotency_key = :k"),
-            {"k": idempotency_key},
-        ):
-            return await _replay(conn, idempotency_key, req)
-        acct = (
-            await conn.execute(
-                sa.text("SELECT id, number, status FROM account WHERE number = :n"),
-                {"n": req.account_number},
-            )
-        ).first()
-        if acct is None:
-            raise NotFound(f"account {req.account_number} not found")
-        if req.outlet_id is None and who.scope == "outlet":
-            raise Invalid("choose the outlet the sale is made at")
-        grant_id = None
-        site: sa.Row[Any] | None
-        if req.outlet_id is not None:
-            permit = await outlet_permit(conn, who, req.outlet_id, now)
-            grant_id = permit.grant_id
-            site = (
-                await conn.execute(
-                    sa.text("SELECT id, timezone, business_day_cutoff FROM site WHERE id = :s"),
-                    {"s": permit.site_id},
-                )
-            ).one()
-        else:
-            site = (await conn.execute(_SITE_OF_ACCOUNT, {"a": acct.id})).first()
-            if site is not None:
-                await require_site(conn, who, site.id)
-        if acct.status == "closed":
-            raise Conflict(f"account {acct.number} is closed")
-        day = (
-            core.business_day(now, site.timezone, site.business_day_cutoff)
-            if site is not None
-            else now.date()
-        )
-        wallet = ledger.wallet(acct.id, acct.number)
-        posted = await post(
-            conn,
-            who.tenant_id,
-            ledger.EntryDraft(
-                idempotency_key=f"sale:{idempotency_key}",
-                kind=ledger.EntryKind.TOPUP,
-                actor=who.actor,
-                effective_at=now,
-                legs=ledger.topup(wallet, source, req.amount),
-                reason=f"counter sale ({req.method})",
-            ),
-        )
-        if not posted.created:  # a concurrent request with the same key got there first
-            return await _replay(conn, idempotency_key, req)
-        receipt_no = f"R{await next_number(conn, who.tenant_id, 'receipt'):08d}"
-        sale_id = uuid.uuid4()
-        balance = await balance_of(conn, wallet.code)
+        return await sell_in(conn, who, req, idempotency_key, now, timing)
+
+
+async def sell_in(
+    conn: AsyncConnection,
+    who: Principal,
+    req: SaleRequest,
+    idempotency_key: str,
+    now: datetime,
+    timing: CommandTiming,
+) -> SaleReceipt:
+    """:func:`sell_credit` in the caller's transaction (开户's first sale: a refused sale
+    opens nothing)."""
+    who.require("sale.create")
+    source = core.source_account(req.method, who.operator_id, who.username)
+    if await conn.scalar(
+        sa.text("SELECT 1 FROM counter_sale WHERE idempotency_key = :k"),
+        {"k": idempotency_key},
+    ):
+        return await replay(conn, idempotency_key, req)
+    acct = (
         await conn.execute(
-            sa.text(
-                "INSERT INTO counter_sale (id, tenant_id, idempotency_key, request_fingerprint, "
-                "receipt_no, account_id, outlet_id, operator_id, method, amount, entry_id, "
-                "created_at, grant_id, business_day, balance_after) VALUES (:id, :t, :k, :fp, "
-                ":r, :a, :o, :op, :m, :amt, :e, :now, :g, :day, :bal)"
-            ),
-            {
-                "id": sale_id,
-                "t": who.tenant_id,
-                "k": idempotency_key,
-                "fp": req.fingerprint(),
-                "r": receipt_no,
-                "a": acct.id,
-                "o": req.outlet_id,
-                "op": who.operator_id,
-                "m": req.method,
-                "amt": req.amount,
-                "e": posted.entry_id,
-                "now": now,
-                "g": grant_id,
-                "day": day,
-                "bal": balance,
-            },
+            sa.text("SELECT id, number, status FROM account WHERE number = :n"),
+            {"n": req.account_number},
         )
-        commands = await after_topup(
-            conn, who.tenant_id, acct.id, req.amount, f"sale:{receipt_no}", now, timing, who.actor
-        )
-        detail = {"amount": str(req.amount), "receipt": receipt_no, "method": req.method}
-        if grant_id is not None:
-            detail["grant"] = str(grant_id)
-        await audit.record(
-            conn, who.tenant_id, who.actor, "sale.create", f"account:{acct.number}", now, detail
-        )
-        return SaleReceipt(
-            sale_id,
-            receipt_no,
-            acct.number,
-            req.amount,
-            req.method,
-            balance,
-            now,
-            False,
-            commands,
-            req.outlet_id,
-            grant_id,
-            day,
-        )
+    ).first()
+    if acct is None:
+        raise NotFound(f"account {req.account_number} not found")
+    if req.outlet_id is None and who.scope == "outlet":
+        raise Invalid("choose the outlet the sale is made at")
+    grant_id = None
+    site: sa.Row[Any] | None
+    if req.outlet_id is not None:
+        permit = await outlet_permit(conn, who, req.outlet_id, now)
+        grant_id = permit.grant_id
+        site = (
+            await conn.execute(
+                sa.text("SELECT id, timezone, business_day_cutoff FROM site WHERE id = :s"),
+                {"s": permit.site_id},
+            )
+        ).one()
+    else:
+        site = (await conn.execute(_SITE_OF_ACCOUNT, {"a": acct.id})).first()
+        if site is not None:
+            await require_site(conn, who, site.id)
+    if acct.status == "closed":
+        raise Conflict(f"account {acct.number} is closed")
+    day = (
+        core.business_day(now, site.timezone, site.business_day_cutoff)
+        if site is not None
+        else now.date()
+    )
+    wallet = ledger.wallet(acct.id, acct.number)
+    posted = await post(
+        conn,
+        who.tenant_id,
+        ledger.EntryDraft(
+            idempotency_key=f"sale:{idempotency_key}",
+            kind=ledger.EntryKind.TOPUP,
+            actor=who.actor,
+            effective_at=now,
+            legs=ledger.topup(wallet, source, req.amount),
+            reason=f"counter sale ({req.method})",
+        ),
+    )
+    if not posted.created:  # a concurrent request with the same key got there first
+        return await replay(conn, idempotency_key, req)
+    receipt_no = f"R{await next_number(conn, who.tenant_id, 'receipt'):08d}"
+    sale_id = uuid.uuid4()
+    balance = await balance_of(conn, wallet.code)
+    await conn.execute(
+        sa.text(
+            "INSERT INTO counter_sale (id, tenant_id, idempotency_key, request_fingerprint, "
+            "receipt_no, account_id, outlet_id, operator_id, method, amount, entry_id, "
+            "created_at, grant_id, business_day, balance_after) VALUES (:id, :t, :k, :fp, "
+            ":r, :a, :o, :op, :m, :amt, :e, :now, :g, :day, :bal)"
+        ),
+        {
+            "id": sale_id,
+            "t": who.tenant_id,
+            "k": idempotency_key,
+            "fp": req.fingerprint(),
+            "r": receipt_no,
+            "a": acct.id,
+            "o": req.outlet_id,
+            "op": who.operator_id,
+            "m": req.method,
+            "amt": req.amount,
+            "e": posted.entry_id,
+            "now": now,
+            "g": grant_id,
+            "day": day,
+            "bal": balance,
+        },
+    )
+    commands = await after_topup(
+        conn, who.tenant_id, acct.id, req.amount, f"sale:{receipt_no}", now, timing, who.actor
+    )
+    detail = {"amount": str(req.amount), "receipt": receipt_no, "method": req.method}
+    if grant_id is not None:
+        detail["grant"] = str(grant_id)
+    await audit.record(
+        conn, who.tenant_id, who.actor, "sale.create", f"account:{acct.number}", now, detail
+    )
+    return SaleReceipt(
+        sale_id,
+        receipt_no,
+        acct.number,
+        req.amount,
+        req.method,
+        balance,
+        now,
+        False,
+        commands,
+        req.outlet_id,
+        grant_id,
+        day,
+    )
 
 
-async def _replay(conn: AsyncConnection, key: str, req: SaleRequest) -> SaleReceipt:
+async def replay(conn: AsyncConnection, key: str, req: SaleRequest) -> SaleReceipt:
+    """The sale made under ``key`` (Conflict if it was made for a different request)."""
     row = (
         await conn.execute(
             sa.text(

@@ -11,6 +11,7 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -20,6 +21,8 @@ from openpyxl import load_workbook
 
 from cloud.db import Database
 from cloud.documents import receipt
+from cloud.ledger import core as ledger
+from cloud.ledger.service import post
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
 from tests.conftest import api_client, console_form, console_login, group_spec, wait_for
@@ -195,3 +198,128 @@ async def test_a_refusal_names_its_values_in_chinese(db: Database, http: httpx.A
     r = await console_form(http, f"/console/counter/{number}/sell", body)
     assert r.status_code == 409 and f"户号 {number} 已销户" in r.text
     assert await _sales(db, g) == 0
+
+
+async def _premises(db: Database, g: Seeded) -> tuple[uuid.UUID, uuid.UUID]:
+    """A free premises at the group's site, and its electricity tariff."""
+    async with db.tenant(g.tenant_id) as conn:
+        building = await conn.scalar(
+            sa.text(
+                "INSERT INTO building (id, tenant_id, site_id, name) "
+                "VALUES (gen_random_uuid(), :t, :s, 'C栋') RETURNING id"
+            ),
+            {"t": g.tenant_id, "s": g.site_id},
+        )
+        premises = await conn.scalar(
+            sa.text(
+                "INSERT INTO premises (id, tenant_id, site_id, building_id, floor, number, kind) "
+                "VALUES (gen_random_uuid(), :t, :s, :b, '1', '108', 'shop') RETURNING id"
+            ),
+            {"t": g.tenant_id, "s": g.site_id, "b": building},
+        )
+        tariff = await conn.scalar(sa.text("SELECT id FROM tariff WHERE utility = 'electricity'"))
+    return premises, tariff
+
+
+async def _opened(db: Database, g: Seeded) -> tuple[int, int]:
+    async with db.tenant(g.tenant_id) as conn:
+        accounts = await conn.scalar(sa.text("SELECT count(*) FROM account"))
+        customers = await conn.scalar(sa.text("SELECT count(*) FROM customer"))
+    return int(accounts or 0), int(customers or 0)
+
+
+async def test_open_an_account_with_its_first_sale(db: Database, http: httpx.AsyncClient) -> None:
+    g, slug = await _group(db)
+    await console_login(http, slug)
+    premises, tariff = await _premises(db, g)
+    page = await http.get("/console/accounts/new")
+    assert page.status_code == 200 and "首次售电" in page.text
+    body = {
+        "name": "周记茶行",
+        "phone": "13900002222",
+        "premises_id": str(premises),
+        "with_electricity": "1",
+        "tariff_electricity": str(tariff),
+        "amount": "30.00",
+        "method": "cash",
+        "outlet_id": str(g.outlet_id),
+        "form_key": "f" * 32,
+    }
+    before = (await _opened(db, g), await _sales(db, g))
+    # The sale refused (an outlet that is none of the group's): nothing is opened.
+    gone = await console_form(
+        http, "/console/accounts/new", {**body, "outlet_id": str(uuid.uuid4())}
+    )
+    assert gone.status_code == 404 and "营业厅" in gone.text and "不存在" in gone.text
+    bad = await console_form(http, "/console/accounts/new", {**body, "amount": "-5"})
+    assert bad.status_code == 422 and "金额须大于 ¥0" in bad.text
+    assert (await _opened(db, g), await _sales(db, g)) == before
+
+    done = await console_form(http, "/console/accounts/new", body, follow_redirects=False)
+    assert done.status_code == 303, done.text
+    where = done.headers["location"]
+    m = re.search(r"/console/accounts/([^/?]+)\?done=opened&receipt=(R\d+)", where)
+    assert m is not None, where
+    number, receipt_no = m.groups()
+    shown = await http.get(where)
+    assert "开户成功" in shown.text and receipt_no in shown.text and "30.00" in shown.text
+    assert await _sales(db, g) == before[1] + 1
+    # A re-sent form opens nothing more and shows the same opening.
+    again = await console_form(http, "/console/accounts/new", body, follow_redirects=False)
+    assert again.status_code == 303 and again.headers["location"] == where
+    assert await _sales(db, g) == before[1] + 1
+    pdf = await http.get(f"/api/v1/sales/{receipt_no}/receipt.pdf")
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")
+    assert number.startswith("A")
+
+
+async def test_a_transfer_in_debt_is_refused_in_chinese_and_written_off(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    spec = group_spec(balance="10.00")
+    g = await seed_group(db, spec)
+    await console_login(http, spec.slug)
+    number = g.accounts["m1"]
+    async with db.tenant(g.tenant_id) as conn:
+        account_id = await conn.scalar(
+            sa.text("SELECT id FROM account WHERE number = :n"), {"n": number}
+        )
+        await post(  # ¥14 used on ¥10 paid
+            conn,
+            g.tenant_id,
+            ledger.EntryDraft(
+                idempotency_key="usage:console-test",
+                kind=ledger.EntryKind.USAGE,
+                actor="test",
+                effective_at=datetime.now(UTC),
+                legs=ledger.usage(
+                    ledger.wallet(account_id, number),
+                    ledger.revenue("electricity"),
+                    Decimal("14.00"),
+                ),
+                reason="usage",
+            ),
+        )
+        await conn.execute(sa.text("UPDATE device_command SET state = 'acked'"))
+    body = {"name": "接手人", "how": "move", "form_key": "t" * 32}
+    r = await console_form(http, f"/console/accounts/{number}/transfer", body)
+    assert r.status_code == 409, r.text
+    assert f"户号 {number} 欠费 ¥4.00：过户不会把欠费转给新客户" in r.text
+    assert await _opened(db, g) == (1, 1)
+    off = {**body, "how": "write_off", "reason": "原租户失联", "form_key": "u" * 32}
+    r = await console_form(
+        http, f"/console/accounts/{number}/transfer", off, follow_redirects=False
+    )
+    assert r.status_code == 303 and "done=transferred" in r.headers["location"], r.text
+    async with db.tenant(g.tenant_id) as conn:
+        balances = dict(
+            (
+                await conn.execute(
+                    sa.text(
+                        "SELECT a.number, la.balance FROM account a "
+                        "JOIN ledger_account la ON la.id = a.wallet_id"
+                    )
+                )
+            ).all()
+        )
+    assert len(balances) == 2 and set(balances.values()) == {0}

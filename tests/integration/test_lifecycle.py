@@ -5,6 +5,7 @@ meter's own quarantined readings, rating from the installation reading only, 过
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -15,10 +16,11 @@ from cloud.auth import PERMISSIONS, Principal
 from cloud.check import check
 from cloud.control.service import CommandTiming
 from cloud.db import Database
-from cloud.errors import Forbidden, Invalid, NotFound
+from cloud.errors import Conflict, Forbidden, Invalid, NotFound
 from cloud.ingest.service import IngestService
 from cloud.lifecycle import accounts, service
 from cloud.lifecycle.core import LifecycleConflict, LifecycleInvalid, Settlement
+from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.registry.service import Seeded, seed_group
 from contract.mqtt import Reading, TelemetryBatch
 from tests.conftest import group_spec
@@ -565,3 +567,437 @@ async def test_a_reading_staged_by_the_map_a_transfer_replaced_charges_the_succe
     else:
         # the retired point rated: the closed account charged, the successor not
         assert (old, new) == (Decimal("-1.50"), Decimal("19.00"))
+
+
+# -- issue 14: 开户's first sale in the opening's transaction ----------------------------------
+
+
+async def _counts(o: Office) -> tuple[object, ...]:
+    return (
+        await o.scalar("SELECT count(*) FROM customer"),
+        await o.scalar("SELECT count(*) FROM account"),
+        await o.scalar("SELECT count(*) FROM service_point"),
+        await o.scalar("SELECT count(*) FROM counter_sale"),
+        await o.scalar("SELECT count(*) FROM journal_entry"),
+    )
+
+
+async def test_open_with_a_first_sale_is_one_transaction_and_idempotent(db: Database) -> None:
+    o = await office(db)
+    premises = await o.premises("401")
+    now = datetime.now(UTC)
+
+    def req(sale: service.FirstSale | None, mode: str = "cloud") -> service.OpenRequest:
+        return service.OpenRequest(
+            premises_id=premises,
+            points=(service.PointOrder("electricity", o.tariff, control_mode=mode),),
+            customer=service.CustomerData("Ma Li", "13700000000"),
+            first_sale=sale,
+        )
+
+    before = await _counts(o)
+    # The counter refuses the sale (an outlet that is not the group's, after the customer,
+    # account and point were written): nothing is opened.
+    bad_outlet = service.FirstSale(Decimal("30.00"), "cash", uuid.uuid4(), "open-1")
+    with pytest.raises(NotFound, match="outlet"):
+        await service.open_account(o.db, o.who, req(bad_outlet), now, TIMING)
+    # The rule refuses it: a bad amount, a meter-controlled point without its meter yet.
+    with pytest.raises(LifecycleInvalid, match="more than 0"):
+        sale = service.FirstSale(Decimal("-1.00"), "cash", o.g.outlet_id, "open-1")
+        await service.open_account(o.db, o.who, req(sale), now, TIMING)
+    with pytest.raises(LifecycleInvalid, match="after its meter is installed"):
+        sale = service.FirstSale(Decimal("30.00"), "cash", o.g.outlet_id, "open-1")
+        await service.open_account(o.db, o.who, req(sale, "meter"), now, TIMING)
+    assert await _counts(o) == before
+
+    sale = service.FirstSale(Decimal("30.00"), "cash", o.g.outlet_id, "open-1")
+    opened = await service.open_account(o.db, o.who, req(sale), now, TIMING)
+    assert opened.sale is not None and not opened.sale.replayed
+    assert opened.sale.receipt_no.startswith("R") and opened.sale.balance_after == Decimal("30")
+    assert await o.balance(opened.account_number) == Decimal("30.00")
+    # One audit event for the opening, naming the sale's receipt, and the sale's own.
+    assert (
+        await o.scalar(
+            "SELECT detail->>'receipt' FROM audit_event WHERE action = 'account.open' "
+            "AND target = :s",
+            s=f"account:{opened.account_number}",
+        )
+        == opened.sale.receipt_no
+    )
+    # The receipt is a counter sale's like any other.
+    row = await o.scalar(
+        "SELECT amount FROM counter_sale WHERE receipt_no = :r", r=opened.sale.receipt_no
+    )
+    assert row == Decimal("30.00")
+
+    # The same request again (a double click, a retry after a lost answer): the same
+    # opening, nothing more written.
+    after = await _counts(o)
+    again = await service.open_account(o.db, o.who, req(sale), now, TIMING)
+    assert again.account_number == opened.account_number and again.points == opened.points
+    assert again.sale is not None and again.sale.replayed
+    assert again.sale.receipt_no == opened.sale.receipt_no
+    assert await _counts(o) == after
+    # The key with another amount, or a key a plain counter sale used: refused.
+    with pytest.raises(Conflict, match="already used for a different sale"):
+        other = service.FirstSale(Decimal("31.00"), "cash", o.g.outlet_id, "open-1")
+        await service.open_account(o.db, o.who, req(other), now, TIMING)
+    await sell_credit(
+        o.db,
+        o.who,
+        SaleRequest(opened.account_number, Decimal("5.00"), "cash", o.g.outlet_id),
+        "plain-sale",
+        now + timedelta(seconds=1),
+        TIMING,
+    )
+    fresh = await o.premises("402")
+    with pytest.raises(Conflict, match="already used for a different sale"):
+        reuse = service.FirstSale(Decimal("5.00"), "cash", o.g.outlet_id, "plain-sale")
+        await service.open_account(o.db, o.who, replace(req(reuse), premises_id=fresh), now, TIMING)
+    assert await o.scalar("SELECT count(*) FROM account") == 1
+    await o.checked()
+
+
+# -- issue 14: 过户 of an account in debt ------------------------------------------------------
+
+
+async def test_a_transfer_never_moves_a_debt_to_the_new_customer(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("403", "Zhao", sale="1.00")
+    now = datetime.now(UTC) - timedelta(hours=2)
+    req = service.InstallRequest(o.device("m1", "1"), Decimal("0"))
+    await service.install(o.db, o.who, a.points[0], req, now, TIMING)
+    await o.send("m1", (now + timedelta(minutes=30), "4.00"))  # ¥4 used, ¥1 paid
+    await o.ack_commands()
+    assert await o.balance(a.account_number) == Decimal("-3.00")
+
+    def transfer(**kw: object) -> service.TransferRequest:
+        return service.TransferRequest(
+            service.SettleRequest(**kw),  # type: ignore[arg-type]
+            customer=service.CustomerData("Newcomer"),
+        )
+
+    at = now + timedelta(minutes=40)
+    for how in (Settlement.MOVE, Settlement.REFUND):
+        with pytest.raises(LifecycleConflict, match=r"owes 3\.00: a transfer never moves a debt"):
+            await service.transfer(o.db, o.who, a.account_number, transfer(how=how), at, TIMING)
+    clerk = Principal(
+        o.g.tenant_id, o.g.operator_id, "clerk", frozenset(PERMISSIONS) - {"account.write_off"}
+    )
+    with pytest.raises(Forbidden, match=r"account\.write_off"):
+        await service.transfer(
+            o.db,
+            clerk,
+            a.account_number,
+            transfer(how=Settlement.MOVE, write_off=True, reason="left owing"),
+            at,
+            TIMING,
+        )
+    # Nothing changed by the refusals: no new customer, the points where they were.
+    assert await o.scalar("SELECT count(*) FROM customer WHERE name = 'Newcomer'") == 0
+    page = await accounts.account_page(o.db, o.who, a.account_number)
+    assert page.status == "active" and page.points[0].meter is not None
+
+    # Written off on the old account (its permission and reason): the new customer starts
+    # at nothing, and the old account closes at nothing.
+    out = await service.transfer(
+        o.db,
+        o.who,
+        a.account_number,
+        transfer(how=Settlement.MOVE, write_off=True, reason="left owing, unreachable"),
+        at,
+        TIMING,
+    )
+    assert out.written_off == Decimal("3.00") and out.moved == 0 and out.new_account
+    assert await o.balance(out.new_account) == Decimal("0.00")
+    assert await o.balance(a.account_number) == Decimal("0.00")
+    assert await o.scalar("SELECT count(*) FROM journal_entry WHERE kind = 'write_off'") == 1
+    await o.checked()
+
+
+async def test_a_debt_collected_first_lets_the_transfer_go(db: Database) -> None:
+    o = await office(db)
+    a = await o.open("404", "Qin", sale="1.00")
+    now = datetime.now(UTC) - timedelta(hours=2)
+    req = service.InstallRequest(o.device("m1", "1"), Decimal("0"))
+    await service.install(o.db, o.who, a.points[0], req, now, TIMING)
+    await o.send("m1", (now + timedelta(minutes=30), "3.00"))
+    await o.ack_commands()
+    await sell_credit(
+        o.db,
+        o.who,
+        SaleRequest(a.account_number, Decimal("10.00"), "cash", o.g.outlet_id),
+        "collect",
+        now + timedelta(minutes=35),
+        TIMING,
+    )
+    await o.ack_commands()
+    out = await service.transfer(
+        o.db,
+        o.who,
+        a.account_number,
+        service.TransferRequest(
+            service.SettleRequest(how=Settlement.MOVE), customer=service.CustomerData("Lu")
+        ),
+        now + timedelta(minutes=40),
+        TIMING,
+    )
+    assert out.moved == Decimal("8.00") and out.written_off == 0
+    assert out.new_account and await o.balance(out.new_account) == Decimal("8.00")
+    await o.checked()
+
+
+# -- issue 14: the credit a meter-controlled meter holds ---------------------------------------
+
+
+async def _meter_account(o: Office, number: str) -> tuple[service.Opened, datetime]:
+    """A meter-controlled point with its meter installed and its purchase count known."""
+    opened = await service.open_account(
+        o.db,
+        o.who,
+        service.OpenRequest(
+            premises_id=await o.premises(number),
+            points=(service.PointOrder("electricity", o.tariff, control_mode="meter"),),
+            customer=service.CustomerData(f"Holder {number}"),
+        ),
+        datetime.now(UTC),
+        TIMING,
+    )
+    t0 = datetime.now(UTC) - timedelta(hours=1)
+    req = service.InstallRequest(o.device(f"m{number}", number[-1]), Decimal("0"))
+    await service.install(o.db, o.who, opened.points[0], req, t0, TIMING)
+    await o.ack_commands()
+    await meter_says(o, f"m{number}", t0 + timedelta(minutes=1), "0.00", "0.00", 2)
+    return opened, t0
+
+
+async def meter_says(
+    o: Office, device: str, at: datetime, total: str, balance: str, count: int
+) -> None:
+    """A reading from the meter with its own balance and purchase count, through ingest."""
+    o.seq += 1
+    reading = Reading(
+        device=device,
+        measured_at=at,
+        total=Decimal(total),
+        meter_balance=Decimal(balance),
+        purchase_count=count,
+    )
+    batch = TelemetryBatch(gateway=o.code, boot_id="b1", seq=o.seq, sent_at=at, readings=(reading,))
+    await o.ingest.store_telemetry(o.code, batch, datetime.now(UTC))
+
+
+async def test_cancel_of_a_meter_controlled_point_waits_for_its_credit_off_the_meter(
+    db: Database,
+) -> None:
+    o = await office(db)
+    opened, _ = await _meter_account(o, "405")
+    number = opened.account_number
+    sale = await sell_credit(
+        o.db,
+        o.who,
+        SaleRequest(number, Decimal("20.00"), "cash", o.g.outlet_id),
+        "meter-sale",
+        datetime.now(UTC),
+        TIMING,
+    )
+    assert sale.commands == 1  # the recharge, purchase count 3
+    await o.ack_commands()
+    refund = service.SettleRequest(how=Settlement.REFUND)
+
+    async def cancel() -> service.Settled:
+        return await service.cancel(o.db, o.who, number, refund, datetime.now(UTC), TIMING)
+
+    # The meter took the recharge and has not said since what it holds.
+    with pytest.raises(LifecycleConflict, match="not reported its credit since its last recharge"):
+        await cancel()
+    # It says: ¥19 left after 1 kWh (the wallet mirrors it: ¥20 − ¥1).
+    await meter_says(o, "m405", datetime.now(UTC), "1.00", "19.00", 3)
+    assert await o.balance(number) == Decimal("19.00")
+    with pytest.raises(LifecycleConflict, match=r"still holds 19\.00 of credit"):
+        await cancel()
+    # 过户 refunding the old balance would hand the meter's credit to the new customer.
+    with pytest.raises(LifecycleConflict, match=r"still holds 19\.00 of credit"):
+        await service.transfer(
+            o.db,
+            o.who,
+            number,
+            service.TransferRequest(refund, customer=service.CustomerData("Next")),
+            datetime.now(UTC),
+            TIMING,
+        )
+    page = await accounts.account_page(o.db, o.who, number)
+    assert page.status == "active" and page.points[0].meter is not None
+    assert await o.scalar("SELECT count(*) FROM customer WHERE name = 'Next'") == 0
+
+    # Deducted at the meter and read back: the balance is refunded in cash, once.
+    await meter_says(o, "m405", datetime.now(UTC), "1.00", "0.00", 3)
+    out = await cancel()
+    assert out.refunded == Decimal("19.00") and out.receipt_no
+    await o.checked()
+
+
+async def test_cancel_after_the_meter_is_removed_refunds_the_wallet(db: Database) -> None:
+    o = await office(db)
+    opened, _ = await _meter_account(o, "406")
+    await sell_credit(
+        o.db,
+        o.who,
+        SaleRequest(opened.account_number, Decimal("8.00"), "cash", o.g.outlet_id),
+        "meter-sale-2",
+        datetime.now(UTC),
+        TIMING,
+    )
+    await o.ack_commands()
+    # 拆表: the meter leaves the premises (its credit with it); the wallet holds the money.
+    await service.remove(o.db, o.who, opened.points[0], None, datetime.now(UTC), TIMING)
+    out = await service.cancel(
+        o.db,
+        o.who,
+        opened.account_number,
+        service.SettleRequest(how=Settlement.REFUND),
+        datetime.now(UTC),
+        TIMING,
+    )
+    assert out.refunded == Decimal("8.00")
+    await o.checked()
+
+
+async def test_a_transfer_moving_the_balance_moves_the_meters_count_with_it(
+    db: Database,
+) -> None:
+    o = await office(db)
+    opened, _ = await _meter_account(o, "407")
+    await meter_says(o, "m407", datetime.now(UTC), "0.00", "6.00", 5)
+    moved = await service.transfer(
+        o.db,
+        o.who,
+        opened.account_number,
+        service.TransferRequest(
+            service.SettleRequest(how=Settlement.MOVE), customer=service.CustomerData("Heir")
+        ),
+        datetime.now(UTC),
+        TIMING,
+    )
+    assert moved.new_account is not None
+    succ = moved.points[0]
+    assert (
+        await o.scalar(
+            "SELECT purchase_count FROM control_state WHERE service_point_id = :p", p=succ
+        )
+        == 5
+    )
+    # The new customer's first sale reaches the meter with the meter's next count, not as
+    # a work order asking the installer for the count.
+    await sell_credit(
+        o.db,
+        o.who,
+        SaleRequest(moved.new_account, Decimal("10.00"), "cash", o.g.outlet_id),
+        "heir-sale",
+        datetime.now(UTC),
+        TIMING,
+    )
+    count = await o.scalar(
+        "SELECT params->>'purchase_count' FROM device_command WHERE service_point_id = :p "
+        "AND action = 'recharge'",
+        p=succ,
+    )
+    assert count == "6"
+    assert await o.scalar("SELECT count(*) FROM work_order WHERE kind LIKE 'recharge%'") == 0
+    await o.checked()
+
+
+# -- issue 14: control orders and pending state on points that move in 过户 --------------------
+
+
+async def test_transfer_refuses_keep_power_in_force_and_starts_the_successor_fresh(
+    db: Database,
+) -> None:
+    from cloud.control.operator import ControlAction, ControlRequest, operate_point
+
+    o = await office(db)
+    a = await o.open("408", "Hospital ward", sale="30.00")
+    p = a.points[0]
+    now = datetime.now(UTC) - timedelta(hours=1)
+    req = service.InstallRequest(o.device("m1", "1"), Decimal("0"))
+    await service.install(o.db, o.who, p, req, now, TIMING)
+    await o.ack_commands()
+    keep = ControlRequest(ControlAction.KEEP_POWER_ON, "ward on oxygen")
+    await operate_point(o.db, o.who, p, keep, now, TIMING)
+    await o.ack_commands()
+    transfer = service.TransferRequest(
+        service.SettleRequest(how=Settlement.MOVE), customer=service.CustomerData("Clinic")
+    )
+    at = now + timedelta(minutes=5)
+    with pytest.raises(LifecycleConflict, match="under keep-power set by operator:admin"):
+        await service.transfer(o.db, o.who, a.account_number, transfer, at, TIMING)
+    assert await o.scalar("SELECT count(*) FROM customer WHERE name = 'Clinic'") == 0
+
+    # Keep-power until a time now past (not yet swept: the control state still holds it,
+    # and the meter still keeps power): the transfer goes; the order is not carried.
+    async with db.tenant(o.g.tenant_id) as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE control_state SET keep_power_until = :u, recheck_at = :u, "
+                "notice_at = :u WHERE service_point_id = :p"
+            ),
+            {"u": at - timedelta(minutes=1), "p": p},
+        )
+        await conn.execute(sa.text("UPDATE supply_twin SET reported_keep = true"))  # its ack
+    assert await o.scalar("SELECT desired_keep FROM supply_twin") is True
+    moved = await service.transfer(o.db, o.who, a.account_number, transfer, at, TIMING)
+    succ = moved.points[0]
+    state = await o.scalar(
+        "SELECT row(keep_power_by, override, notice_at, recheck_at)::text FROM control_state "
+        "WHERE service_point_id = :p",
+        p=succ,
+    )
+    assert state == "(,,,)"
+    # The retired point has nothing pending that a sweep would act on or notify about.
+    old = await o.scalar(
+        "SELECT row(keep_power_by, notice_at, recheck_at)::text FROM control_state "
+        "WHERE service_point_id = :p",
+        p=p,
+    )
+    assert old == "(,,)"
+    # The meter is told: keep-power off, for the successor.
+    assert (
+        await o.scalar(
+            "SELECT count(*) FROM device_command WHERE service_point_id = :p "
+            "AND action = 'keep_power_off' AND state = 'queued'",
+            p=succ,
+        )
+        == 1
+    )
+    await o.checked()
+
+
+async def test_transfer_refuses_a_manual_override_in_force(db: Database) -> None:
+    from cloud.control.operator import ControlAction, ControlRequest, operate_point
+
+    o = await office(db)
+    a = await o.open("409", "Disputed", sale="30.00")
+    p = a.points[0]
+    now = datetime.now(UTC) - timedelta(hours=1)
+    req = service.InstallRequest(o.device("m1", "1"), Decimal("0"))
+    await service.install(o.db, o.who, p, req, now, TIMING)
+    await o.ack_commands()
+    trip = ControlRequest(ControlAction.TRIP, "meter tampering", override=True)
+    await operate_point(o.db, o.who, p, trip, now, TIMING)
+    await o.ack_commands()
+    transfer = service.TransferRequest(
+        service.SettleRequest(how=Settlement.MOVE), customer=service.CustomerData("Buyer")
+    )
+    with pytest.raises(LifecycleConflict, match="under a manual override set by operator:admin"):
+        await service.transfer(
+            o.db, o.who, a.account_number, transfer, now + timedelta(minutes=5), TIMING
+        )
+    # Ended by the operator (restore), the transfer goes.
+    restore = ControlRequest(ControlAction.RESTORE, "inspection done")
+    await operate_point(o.db, o.who, p, restore, now + timedelta(minutes=6), TIMING)
+    await o.ack_commands()
+    moved = await service.transfer(
+        o.db, o.who, a.account_number, transfer, now + timedelta(minutes=7), TIMING
+    )
+    assert moved.moved == Decimal("30.00")
+    await o.checked()

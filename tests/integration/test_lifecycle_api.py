@@ -418,3 +418,30 @@ async def test_a_site_operator_works_at_their_site_and_search_pages(
     assert r.status_code == 422
     r = await http.get("/api/v1/accounts", params={"site_id": str(uuid.uuid4())}, headers=clerk)
     assert r.status_code == 404
+
+
+async def test_open_with_a_first_sale_over_http_is_one_step(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    grp = await _group(db)
+    auth = await admin_auth(http, grp.slug)
+    sale = {"amount": "25.00", "outlet_id": str(grp.g.outlet_id), "idempotency_key": "open-a"}
+    gone = {**sale, "outlet_id": str(uuid.uuid4())}
+    r = await http.post("/api/v1/accounts", json=_open_body(grp, first_sale=gone), headers=auth)
+    assert r.status_code == 404, r.text
+    assert await _count(db, grp, "account") == 0 and await _count(db, grp, "customer") == 0
+    meter = _open_body(grp, first_sale=sale)
+    meter["points"][0]["control_mode"] = "meter"
+    r = await http.post("/api/v1/accounts", json=meter, headers=auth)
+    assert r.status_code == 422 and "after its meter is installed" in r.text
+    assert await _count(db, grp, "account") == 0 and await _count(db, grp, "counter_sale") == 0
+
+    r = await http.post("/api/v1/accounts", json=_open_body(grp, first_sale=sale), headers=auth)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    assert out["sale"]["amount"] == "25.00" and out["sale"]["balance_after"] == "25.00"
+    again = await http.post("/api/v1/accounts", json=_open_body(grp, first_sale=sale), headers=auth)
+    assert again.status_code == 201 and again.json() == out
+    assert await _count(db, grp, "account") == 1 and await _count(db, grp, "counter_sale") == 1
+    pdf = await http.get(f"/api/v1/sales/{out['sale']['receipt_no']}/receipt.pdf", headers=auth)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF")

@@ -325,3 +325,123 @@ def test_installable_checks_the_point_before_the_device() -> None:
         core.check_installable(point())
     with pytest.raises(LifecycleConflict, match="is removed"):
         core.check_installable(point(metered=False, removed=True))
+
+
+# -- 开户's first sale (issue 14) -------------------------------------------------------------
+
+
+def test_first_sale_accepted() -> None:
+    core.check_first_sale(Decimal("50.00"), "cash", ["cloud", "cloud"])
+    core.check_first_sale(Decimal("0.01"), "transfer", ["cloud"])
+
+
+@pytest.mark.parametrize(
+    ("amount", "message"),
+    [
+        (Decimal("0"), "must be more than 0"),
+        (Decimal("-5.00"), "must be more than 0"),
+        (Decimal("1.005"), "yuan and fen"),
+        (Decimal("NaN"), "yuan and fen"),
+    ],
+)
+def test_first_sale_of_a_bad_amount_is_refused(amount: Decimal, message: str) -> None:
+    with pytest.raises(LifecycleInvalid, match=message):
+        core.check_first_sale(amount, "cash", ["cloud"])
+
+
+def test_first_sale_by_an_unknown_method_is_refused() -> None:
+    with pytest.raises(LifecycleInvalid, match="not one of cash, card, transfer"):
+        core.check_first_sale(Decimal("5.00"), "wechat", ["cloud"])
+
+
+def test_first_sale_to_a_meter_controlled_point_before_its_meter_is_refused() -> None:
+    with pytest.raises(LifecycleInvalid, match="after its meter is installed"):
+        core.check_first_sale(Decimal("5.00"), "cash", ["cloud", "meter"])
+
+
+# -- 过户 in debt (issue 14) -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", [Settlement.MOVE, Settlement.REFUND, None])
+def test_a_transfer_never_moves_a_debt(how: Settlement | None) -> None:
+    with pytest.raises(LifecycleConflict, match=r"owes 7\.50: a transfer never moves a debt"):
+        settle(DEBT, how=how, target=OTHER, transfer=True, may_write_off=True)
+
+
+def test_a_transfer_in_debt_writes_it_off_with_permission_and_reason() -> None:
+    with pytest.raises(Forbidden, match=r"account\.write_off"):
+        settle(DEBT, how=Settlement.MOVE, target=OTHER, transfer=True, write_off=True, reason="x")
+    money = settle(
+        DEBT,
+        how=Settlement.MOVE,
+        target=OTHER,
+        transfer=True,
+        write_off=True,
+        may_write_off=True,
+        reason="left owing, unreachable",
+    )
+    assert money == Money(written_off=Decimal("7.50"))  # nothing moved to the new account
+
+
+# -- the credit on a meter-controlled meter (issue 14) ----------------------------------------
+
+
+def credit(**kw: object) -> core.MeterCredit:
+    values: dict[str, object] = {
+        "point": "A-1-101 electricity",
+        "balance": Decimal("0.00"),
+        "read_at": T0,
+        "recharged_at": T0 - timedelta(days=1),
+    }
+    values.update(kw)
+    return core.MeterCredit(**values)  # type: ignore[arg-type]
+
+
+def test_a_meter_read_back_empty_since_its_last_recharge_may_close() -> None:
+    core.check_meter_credit([])
+    core.check_meter_credit([credit(), credit(balance=Decimal("-1.20"), recharged_at=None)])
+
+
+def test_a_meter_still_holding_credit_is_refused() -> None:
+    with pytest.raises(LifecycleConflict, match=r"still holds 12\.30 of credit: deduct it"):
+        core.check_meter_credit([credit(), credit(balance=Decimal("12.30"))])
+
+
+def test_a_meter_not_read_back_since_its_last_recharge_is_refused() -> None:
+    with pytest.raises(LifecycleConflict, match="since its last recharge"):
+        core.check_meter_credit([credit(recharged_at=T0 + timedelta(seconds=1))])
+
+
+@pytest.mark.parametrize("kw", [{"balance": None}, {"read_at": None}])
+def test_a_meter_that_never_reported_its_credit_is_refused(kw: dict[str, object]) -> None:
+    with pytest.raises(LifecycleConflict, match="has not reported the credit it holds"):
+        core.check_meter_credit([credit(**kw)])
+
+
+# -- control orders on points that move in 过户 (issue 14) -------------------------------------
+
+
+def test_no_orders_or_expired_ones_let_a_transfer_go() -> None:
+    core.check_no_orders([], T0)
+    core.check_no_orders(
+        [
+            core.ControlOrder("p", "keep_power", "admin", T0),  # ended at T0
+            core.ControlOrder("p", "override", "admin", T0 - timedelta(hours=1)),
+        ],
+        T0,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "until", "what"),
+    [
+        ("keep_power", None, "keep-power"),
+        ("keep_power", T0 + timedelta(seconds=1), "keep-power"),
+        ("override", None, "a manual override"),
+    ],
+)
+def test_an_order_in_force_refuses_the_transfer(
+    kind: str, until: datetime | None, what: str
+) -> None:
+    with pytest.raises(LifecycleConflict, match=f"A-1-101 电 is under {what} set by admin"):
+        core.check_no_orders([core.ControlOrder("A-1-101 电", kind, "admin", until)], T0)

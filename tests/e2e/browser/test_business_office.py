@@ -335,11 +335,15 @@ async def test_the_business_office_day(
         await page.get_by_label(w["name"], exact=True).fill("李记粮油")
         await page.get_by_label(w["phone"], exact=True).fill("13800001111")
         await page.get_by_label(w["premises"], exact=True).select_option(index=1)
+        # with a first sale of ¥10, in the opening's transaction, with its receipt
+        await page.get_by_label(w["amount"], exact=True).fill("10.00")
         await shot("open-account")
         await page.get_by_role("button", name=w["open"]).click()
-        await page.wait_for_url(re.compile(r".*/console/accounts/[^/?]+\?done=opened"))
+        await page.wait_for_url(re.compile(r".*/console/accounts/[^/?]+\?done=opened&receipt=R"))
         number = re.search(r"/accounts/([^/?]+)", page.url).group(1)  # type: ignore[union-attr]
+        assert await page.get_by_role("link", name=re.compile(r"R\d{8}")).count() >= 1
         await shot("account-opened")
+        assert await _scalar(db, tenant, "SELECT count(*) FROM counter_sale") == 1
 
         # 装表: the meter's readings already reach the cloud, kept in quarantine
         async def quarantined() -> bool:
@@ -374,7 +378,7 @@ async def test_the_business_office_day(
         receipt = page.url.rsplit("/", 1)[1]
         await shot("receipt")
         sales = await _scalar(db, tenant, "SELECT count(*) FROM counter_sale")
-        assert sales == 1
+        assert sales == 2  # the first sale and this one, sold once
         pdf = await page.request.get(f"{live.base}/api/v1/sales/{receipt}/receipt.pdf")
         assert pdf.ok and (await pdf.body()).startswith(b"%PDF")
         (shots / f"{receipt}.pdf").write_bytes(await pdf.body())
@@ -405,7 +409,7 @@ async def test_the_business_office_day(
             return _yuan(await page.locator(".big").first.inner_text())
 
         async def fell() -> bool:
-            return await balance_on_page() < Decimal("49.80")
+            return await balance_on_page() < Decimal("59.80")
 
         await wait_for(fell, 30, "the balance to fall with readings")
         await shot("balance-falls")
