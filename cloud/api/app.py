@@ -23,7 +23,8 @@ from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
 from cloud.console.office import router as office_router
-from cloud.console.pages import LocaleMiddleware, explain, render
+from cloud.console.pages import LocaleMiddleware, render
+from cloud.console.refusals import explain
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router

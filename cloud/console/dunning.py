@@ -18,8 +18,10 @@ from cloud.api.deps import Services, ServicesDep
 from cloud.auth import Principal
 from cloud.console import lists
 from cloud.console.format import when
+from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import N_, explain, render, signed_in
+from cloud.console.pages import render, signed_in
+from cloud.console.refusals import explain
 from cloud.documents import dunning as notices
 from cloud.dunning.arrears import ArrearsQuery, every_arrears, list_arrears
 from cloud.errors import Invalid

@@ -43,6 +43,11 @@ def pick(cookie: str | None, query: str | None = None) -> str:
     return DEFAULT
 
 
+def N_(message: str) -> str:
+    """Marks a msgid for extraction; it is translated where it is shown."""
+    return message
+
+
 def gettext(message: str) -> str:
     return translations(current.get()).gettext(message)
 

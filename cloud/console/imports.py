@@ -16,7 +16,8 @@ from cloud.api.deps import Services, ServicesDep
 from cloud.console import i18n, lists
 from cloud.console.format import when
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import explain, refused_csrf, render, signed_in
+from cloud.console.pages import refused_csrf, render, signed_in
+from cloud.console.refusals import explain
 from cloud.errors import DomainError, NotFound
 from cloud.registry import importer
 from cloud.registry.scope import sites_of

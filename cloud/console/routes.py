@@ -17,8 +17,10 @@ from cloud.api.fields import has_control
 from cloud.auth import Principal
 from cloud.console import lists
 from cloud.console.format import when
+from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import N_, explain, refused_csrf, render, signed_in
+from cloud.console.pages import refused_csrf, render, signed_in
+from cloud.console.refusals import explain
 from cloud.console.security import secure_cookie
 from cloud.control.operator import ControlAction, ControlRequest, control_view, operate_point
 from cloud.errors import DomainError, TooManyAttempts, Unauthorized

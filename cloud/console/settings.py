@@ -8,7 +8,6 @@ is sent to the first one's result); a refusal re-draws the form with the input k
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, time
@@ -24,10 +23,12 @@ from pydantic import TypeAdapter, ValidationError
 from cloud.api.deps import Services, ServicesDep
 from cloud.api.tariff_routes import Plan
 from cloud.auth import PERMISSIONS, Principal
-from cloud.console import forms, i18n, lists
+from cloud.console import forms, lists
 from cloud.console.format import when
+from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import N_, TITLES, explain, refused_csrf, render, signed_in
+from cloud.console.pages import refused_csrf, render, signed_in
+from cloud.console.refusals import MARGIN_HINT, explain
 from cloud.db import Database
 from cloud.errors import DomainError, Forbidden, Invalid, NotFound
 from cloud.horizons import EARLIEST, GRANT, TARIFF_START, Horizon
@@ -96,84 +97,6 @@ DONE = {
     "reactivated": N_("Operator active again: they can sign in."),
     "revoked": N_("Grant revoked."),
 }
-_MARGIN_HINT = N_("Tick the box below and give the reason to keep this price.")
-_MARGIN_TEXT = re.compile(
-    r"unit price (?P<price>\S+) is above the ceiling (?P<ceiling>\S+) at site (?P<site>.+) "
-    r"\(catalogue price (?P<catalogue>\S+) plus (?P<margin>\S+)% margin\)"
-)
-# Refusals that name what was entered, worded again for the catalogue.
-_NAMED = (
-    (
-        re.compile(r"premises (?P<number>.+) already exists in (?P<building>.+)"),
-        N_("Premises %(number)s already exists in %(building)s."),
-    ),
-    (
-        re.compile(r"building '(?P<name>.+)' already exists at this site"),
-        N_("Building %(name)s already exists at this site."),
-    ),
-    (
-        re.compile(r"outlet '(?P<name>.+)' already exists at this site"),
-        N_("Outlet %(name)s already exists at this site."),
-    ),
-    (re.compile(r"role '(?P<name>.+)' already exists"), N_("Role %(name)s already exists.")),
-    (re.compile(r"username '(?P<name>.+)' is taken"), N_("The user name %(name)s is taken.")),
-    (
-        re.compile(r"a (?P<utility>\w+) tariff named (?P<name>.+) already exists"),
-        N_("A tariff named %(name)s already exists for this utility."),
-    ),
-    (
-        re.compile(r"operator (?P<name>\S+) holds permissions you do not: (?P<perms>.+)"),
-        N_("Operator %(name)s holds permissions you do not: %(perms)s."),
-    ),
-    (
-        re.compile(
-            r"tariff (?P<name>.+) is used by (?P<n>\d+) service point\(s\): assign them "
-            r"another tariff first"
-        ),
-        N_("Tariff %(name)s is used by %(n)s service point(s): assign them another tariff first."),
-    ),
-    (
-        re.compile(r"tariff (?P<name>.+) is not active"),
-        N_("Tariff %(name)s is not active: activate it on its page first."),
-    ),
-    (
-        re.compile(r"you cannot grant permissions you do not hold: (?P<perms>.+)"),
-        N_("You cannot grant permissions you do not hold: %(perms)s."),
-    ),
-)
-# The services' refusals a clerk meets on these pages, for the catalogue (explain()
-# translates a message it finds there; the others are shown as the service words them).
-SERVICE_MESSAGES = (
-    N_("permission 'registry.view' required"),
-    N_("permission 'registry.edit' required"),
-    N_("permission 'operator.manage' required"),
-    N_("permission 'tariff.edit' required"),
-    N_("only a tenant-wide operator can add a site"),
-    N_("only a tenant-wide operator can manage roles"),
-    N_("an operator scoped to outlets cannot add outlets"),
-    N_("a tariff of the whole group is changed only by a group operator"),
-    N_("you cannot give an operator a scope wider than your own"),
-    N_("you cannot deactivate yourself"),
-    N_("friendly night needs both a start and an end (or neither)"),
-    N_("friendly night start and end must differ"),
-    N_("the readings' allowed age must be between 1 and 3650 days"),
-    N_("site name must not be empty"),
-    N_("building name must not be empty"),
-    N_("outlet name must not be empty"),
-    N_("role name must not be empty"),
-    N_("display name must not be empty"),
-    N_("floor must not be empty"),
-    N_("premises number must not be empty"),
-    N_("name must not be blank"),
-    N_("password must be at least 8 characters"),
-    N_("a site scope needs at least one site id"),
-    N_("a outlet scope needs at least one outlet id"),
-    N_("a grant must end after it starts"),
-    N_("a grant must end in the future"),
-    N_("a grant lasts at most 31 days"),
-    N_("a grant starts and ends at most 366 days ahead"),
-    N_("a grant needs a reason (at least 3 characters)"),
-)
 _PLAN: TypeAdapter[Any] = TypeAdapter(Plan)
 
 Form = dict[str, str]
@@ -194,23 +117,6 @@ def _page(
 ) -> Response:
     base = {"who": who, "done": _done(request), "error": "", "form": {}, "BASE": BASE}
     return render(request, svc, name, base | ctx, status=status, section="settings")
-
-
-def _explain(exc: DomainError) -> str:
-    """explain(), with the tariff margin's refusal worded for the clerk."""
-    sep = "：" if i18n.current.get() == "zh_CN" else ": "
-    title = _(TITLES.get(exc.status, "Refused"))
-    found = _MARGIN_TEXT.search(str(exc))
-    if found is not None:
-        text = _(
-            "Unit price %(price)s is above the ceiling %(ceiling)s at site %(site)s "
-            "(catalogue price %(catalogue)s plus %(margin)s%% margin)."
-        )
-        return f"{title}{sep}{text % found.groupdict()} {_(_MARGIN_HINT)}"
-    for pattern, msgid in _NAMED:
-        if named := pattern.fullmatch(str(exc)):
-            return f"{title}{sep}{_(msgid) % named.groupdict()}"
-    return explain(exc)
 
 
 def _refused(request: Request, svc: Services, who: Principal, exc: DomainError) -> Response:
@@ -246,7 +152,7 @@ async def _create(
         await forms.release(svc.db, who, key)
         if exc.status == 404:
             raise
-        return await again(_explain(exc), exc.status)
+        return await again(explain(exc), exc.status)
     await forms.finish(svc.db, who, key, where)
     return RedirectResponse(where, status_code=303)
 
@@ -257,7 +163,7 @@ async def _change(work: Callable[[], Awaitable[str]], again: Again) -> Response:
     except DomainError as exc:
         if exc.status == 404:
             raise
-        return await again(_explain(exc), exc.status)
+        return await again(explain(exc), exc.status)
     return RedirectResponse(where, status_code=303)
 
 
@@ -800,7 +706,7 @@ async def _tariffs_page(
         "plan_kinds": PLAN_KINDS,
         "form": form or {"kind": "flat", "monthly_fee": "0"},
         "error": error,
-        "margin": _(_MARGIN_HINT) in error,
+        "margin": _(MARGIN_HINT) in error,
         "key": forms.new_key(),
     }
     return _page(request, svc, who, "settings_tariffs.html", ctx, status)
@@ -919,7 +825,7 @@ async def _tariff_page(
         "plan_kinds": PLAN_KINDS,
         "form": form or {"kind": "flat", "monthly_fee": "0"},
         "error": error,
-        "margin": _(_MARGIN_HINT) in error,
+        "margin": _(MARGIN_HINT) in error,
         "key": forms.new_key(),
     }
     return _page(request, svc, who, "settings_tariff.html", ctx, status)

@@ -17,7 +17,8 @@ from fastapi.responses import Response
 
 from cloud.api.deps import Services, ServicesDep
 from cloud.auth import PERMISSIONS, Principal
-from cloud.console.pages import N_, refused_csrf, signed_in
+from cloud.console.i18n import N_
+from cloud.console.pages import refused_csrf, signed_in
 from cloud.console.settings import (
     BASE,
     KINDS,

@@ -12,7 +12,7 @@ from decimal import Decimal
 import pytest
 
 from cloud.console import i18n
-from cloud.console.pages import explain
+from cloud.console.refusals import explain
 from cloud.errors import DomainError
 from cloud.lifecycle import core
 from cloud.lifecycle.core import AccountState, ControlOrder, MeterCredit, Settlement
