@@ -699,6 +699,34 @@ async def _converge(
     return queued
 
 
+async def cut_for_closure(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    point_ids: Iterable[uuid.UUID],
+    reason: str,
+    now: datetime,
+    timing: CommandTiming,
+    actor: str,
+) -> int:
+    """消户: each cloud-controlled point still bound to its meter has its supply cut (relay
+    open, valve closed), in the closure's transaction: the meter stays at the premises and
+    nobody would be charged for what it supplied. Keep-power is lifted first (the closure
+    has ended the order). A meter-controlled point's meter holds no credit by then (the
+    closure waits for it) and cuts itself. Returns the commands queued."""
+    queued = 0
+    for p in await load(conn, point_ids):
+        if p.mode != "cloud" or p.channel_id is None:
+            continue
+        memory = ControlMemory(SupplyState.OFF, p.memory.alarm_level)
+        decision = Decision(SupplyState.OFF, reason, memory)
+        queued += await _converge(conn, tenant_id, p, decision, now, timing, actor)
+        await conn.execute(
+            sa.text("UPDATE control_state SET supply = 'off' WHERE service_point_id = :p"),
+            {"p": p.id},
+        )
+    return queued
+
+
 async def _open(conn: AsyncConnection, channel_id: uuid.UUID, family: tuple[str, ...]) -> bool:
     return bool(
         await conn.scalar(

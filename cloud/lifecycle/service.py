@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloud import audit
 from cloud.auth import Principal
 from cloud.control import service as control
-from cloud.control.service import CommandTiming, after_topup
+from cloud.control.service import CommandTiming, after_topup, cut_for_closure
 from cloud.db import Database, next_number, pg_array
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.ledger import core as ledger
@@ -1190,7 +1190,9 @@ async def cancel(
     or the meter is removed (拆表) first. Otherwise the customer would be paid twice: the
     cash, and the supply the meter still gives on its own credit
     (:func:`cloud.lifecycle.core.check_meter_credit`). Whatever the points' control state
-    had pending (a notice, a deferral, keep-power, an override) ends with them."""
+    had pending (a notice, a deferral, keep-power, an override) ends with them, and the
+    supply of each cloud-controlled point is cut (:func:`cut_for_closure`): the meter stays,
+    and what it supplied after the closure would be charged to nobody."""
     who.require("account.close")
     if req.how is Settlement.MOVE and req.to_account is None:
         raise Invalid("moving the balance needs to_account")
@@ -1205,6 +1207,9 @@ async def cancel(
         target = await _target(conn, who, req.to_account) if req.how is Settlement.MOVE else None
         ended = [o for o in await _orders(conn, live) if o.until is None or o.until > now]
         await _end_control(conn, live)
+        cuts = await cut_for_closure(
+            conn, who.tenant_id, [r.id for r in live], f"消户 {number}", now, timing, who.actor
+        )
         await _end_bindings(conn, live, finals, now, retire=True)
         await apply_to_points(
             conn, who.tenant_id, [r.id for r in live], _final_step(finals), now, timing, who.actor
@@ -1237,6 +1242,7 @@ async def cancel(
                 "receipt": receipt or "",
                 "reason": req.reason or "",
                 "orders_ended": ", ".join(f"{o.kind}:{o.point}" for o in ended),
+                "supply_cuts": str(cuts),
             },
         )
     return Settled(

@@ -1001,3 +1001,48 @@ async def test_transfer_refuses_a_manual_override_in_force(db: Database) -> None
     )
     assert moved.moved == Decimal("30.00")
     await o.checked()
+
+
+async def test_cancel_cuts_the_supply_the_meter_would_give_to_nobody(db: Database) -> None:
+    """消户 of an account in credit: the refund is paid and the cloud-controlled point's
+    meter, which stays at the premises, is told to open its relay in the same transaction;
+    a refused closure queues nothing."""
+    o = await office(db)
+    a = await o.open("501", "Qian", sale="10.00")
+    now = datetime.now(UTC) - timedelta(hours=1)
+    await service.install(
+        o.db, o.who, a.points[0], service.InstallRequest(o.device("m501", "5"), Decimal("0")),
+        now, TIMING,
+    )  # fmt: skip
+    await o.ack_commands()
+
+    async def trips() -> object:
+        return await o.scalar(
+            "SELECT count(*) FROM device_command WHERE service_point_id = :p AND action = 'trip' "
+            "AND state = 'queued' AND reason = :r",
+            p=a.points[0],
+            r=f"消户 {a.account_number}",
+        )
+
+    with pytest.raises(LifecycleInvalid):  # a refund that does not match: nothing queued
+        await service.cancel(
+            o.db, o.who, a.account_number,
+            service.SettleRequest(how=Settlement.REFUND, refund_amount=Decimal("99.00")),
+            now + timedelta(minutes=5), TIMING,
+        )  # fmt: skip
+    assert await trips() == 0
+    out = await service.cancel(
+        o.db, o.who, a.account_number, service.SettleRequest(how=Settlement.REFUND),
+        now + timedelta(minutes=5), TIMING,
+    )  # fmt: skip
+    assert out.refunded == Decimal("10.00")
+    assert await trips() == 1
+    assert (
+        await o.scalar(
+            "SELECT desired FROM supply_twin t JOIN binding b ON b.channel_id = t.channel_id "
+            "WHERE b.service_point_id = :p",
+            p=a.points[0],
+        )
+        == "off"
+    )
+    await o.checked()
