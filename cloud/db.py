@@ -71,8 +71,11 @@ class Database:
             pool_size=10,
             max_overflow=10,
             pool_pre_ping=True,
+            hide_parameters=True,  # a failed statement is logged without what a client sent
         )
-        owner = create_async_engine(sqlalchemy_url(owner_url), pool_size=2, max_overflow=2)
+        owner = create_async_engine(
+            sqlalchemy_url(owner_url), pool_size=2, max_overflow=2, hide_parameters=True
+        )
         return cls(app=app, owner=owner, app_libpq_url=libpq_url(url))
 
     async def dispose(self) -> None:

@@ -16,13 +16,14 @@ from fastapi import APIRouter, Query
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import GrantTime, Password, Reason, has_control
+from cloud.api.fields import ClockTime, GrantTime, Key, Password, Reason, has_control
+from cloud.api.problems import problems
 from cloud.registry import admin
 from cloud.registry import admin_core as core
 
-router = APIRouter(prefix="/api/v1", tags=["administration"])
+router = APIRouter(prefix="/api/v1", tags=["administration"], responses=problems(401, 403))
 
-Name = Annotated[str, Field(min_length=1, max_length=100)]
+Name = Annotated[Key, Field(max_length=100)]
 Num = Annotated[Decimal, Field(allow_inf_nan=False)]
 
 
@@ -45,13 +46,13 @@ def _now() -> datetime:
 
 class SiteIn(_In):
     name: Name
-    timezone: Annotated[str, Field(max_length=64)] = "Asia/Shanghai"
-    business_day_cutoff: time = time(0)
-    friendly_night_start: time | None = time(22)
-    friendly_night_end: time | None = time(8)
+    timezone: Key = "Asia/Shanghai"
+    business_day_cutoff: ClockTime = time(0)
+    friendly_night_start: ClockTime | None = time(22)
+    friendly_night_end: ClockTime | None = time(8)
     friendly_weekends: bool = True
     friendly_holidays: bool = True
-    notice_minutes: int = Field(default=0, ge=0, le=core.NOTICE_MAX)
+    notice_minutes: int = Field(default=0, ge=0, le=core.NOTICE_MAX, strict=True)
     alarm_hysteresis: Num = Decimal("1.00")
     catalogue_price: Num | None = None
     price_margin: Num = Decimal("0.15")
@@ -67,13 +68,13 @@ class SitePatch(_In):
     """Only the settings sent change (send null to clear the friendly night or the price)."""
 
     name: Name | None = None
-    timezone: Annotated[str, Field(max_length=64)] | None = None
-    business_day_cutoff: time | None = None
-    friendly_night_start: time | None = None
-    friendly_night_end: time | None = None
+    timezone: Key | None = None
+    business_day_cutoff: ClockTime | None = None
+    friendly_night_start: ClockTime | None = None
+    friendly_night_end: ClockTime | None = None
     friendly_weekends: bool | None = None
     friendly_holidays: bool | None = None
-    notice_minutes: int | None = Field(default=None, ge=0, le=core.NOTICE_MAX)
+    notice_minutes: int | None = Field(default=None, ge=0, le=core.NOTICE_MAX, strict=True)
     alarm_hysteresis: Num | None = None
     catalogue_price: Num | None = None
     price_margin: Num | None = None
@@ -87,9 +88,9 @@ class SiteOut(BaseModel):
     id: uuid.UUID
     name: str
     timezone: str
-    business_day_cutoff: time
-    friendly_night_start: time | None
-    friendly_night_end: time | None
+    business_day_cutoff: ClockTime
+    friendly_night_start: ClockTime | None
+    friendly_night_end: ClockTime | None
     friendly_weekends: bool
     friendly_holidays: bool
     notice_minutes: int
@@ -115,12 +116,12 @@ async def list_sites(svc: ServicesDep, who: OperatorDep) -> list[SiteOut]:
     return [_site(s) for s in await admin.list_sites(svc.db, who)]
 
 
-@router.get("/sites/{site_id}", response_model=SiteOut)
+@router.get("/sites/{site_id}", response_model=SiteOut, responses=problems(404))
 async def get_site(site_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> SiteOut:
     return _site(await admin.get_site(svc.db, who, site_id))
 
 
-@router.patch("/sites/{site_id}", response_model=SiteOut)
+@router.patch("/sites/{site_id}", response_model=SiteOut, responses=problems(404))
 async def update_site(
     site_id: uuid.UUID, body: SitePatch, svc: ServicesDep, who: OperatorDep
 ) -> SiteOut:
@@ -145,7 +146,12 @@ class BuildingOut(BaseModel):
     name: str
 
 
-@router.post("/sites/{site_id}/buildings", response_model=BuildingOut, status_code=201)
+@router.post(
+    "/sites/{site_id}/buildings",
+    response_model=BuildingOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def create_building(
     site_id: uuid.UUID, body: BuildingIn, svc: ServicesDep, who: OperatorDep
 ) -> BuildingOut:
@@ -153,7 +159,7 @@ async def create_building(
     return BuildingOut(**asdict(row))
 
 
-@router.get("/sites/{site_id}/buildings", response_model=list[BuildingOut])
+@router.get("/sites/{site_id}/buildings", response_model=list[BuildingOut], responses=problems(404))
 async def list_buildings(
     site_id: uuid.UUID, svc: ServicesDep, who: OperatorDep
 ) -> list[BuildingOut]:
@@ -165,15 +171,15 @@ Area = Annotated[Decimal, Field(allow_inf_nan=False, description="m², > 0, 2 de
 
 
 class PremisesIn(_In):
-    floor: Annotated[str, Field(min_length=1, max_length=20)]
-    number: Annotated[str, Field(min_length=1, max_length=40)]
+    floor: Annotated[Key, Field(max_length=20)]
+    number: Annotated[Key, Field(max_length=40)]
     kind: Kind = "shop"
     floor_area: Area | None = None
 
 
 class PremisesPatch(_In):
-    floor: Annotated[str, Field(min_length=1, max_length=20)] | None = None
-    number: Annotated[str, Field(min_length=1, max_length=40)] | None = None
+    floor: Annotated[Key, Field(max_length=20)] | None = None
+    number: Annotated[Key, Field(max_length=40)] | None = None
     kind: Kind | None = None
     floor_area: Area | None = None
 
@@ -196,7 +202,12 @@ class PremisesPageOut(BaseModel):
     items: list[PremisesOut]
 
 
-@router.post("/buildings/{building_id}/premises", response_model=PremisesOut, status_code=201)
+@router.post(
+    "/buildings/{building_id}/premises",
+    response_model=PremisesOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def create_premises(
     building_id: uuid.UUID, body: PremisesIn, svc: ServicesDep, who: OperatorDep
 ) -> PremisesOut:
@@ -205,7 +216,7 @@ async def create_premises(
     return PremisesOut(**asdict(row))
 
 
-@router.get("/premises", response_model=PremisesPageOut)
+@router.get("/premises", response_model=PremisesPageOut, responses=problems(404))
 async def search_premises(
     svc: ServicesDep,
     who: OperatorDep,
@@ -230,7 +241,7 @@ async def search_premises(
     )
 
 
-@router.patch("/premises/{premises_id}", response_model=PremisesOut)
+@router.patch("/premises/{premises_id}", response_model=PremisesOut, responses=problems(404, 409))
 async def update_premises(
     premises_id: uuid.UUID, body: PremisesPatch, svc: ServicesDep, who: OperatorDep
 ) -> PremisesOut:
@@ -256,14 +267,19 @@ class OutletOut(BaseModel):
     name: str
 
 
-@router.post("/sites/{site_id}/outlets", response_model=OutletOut, status_code=201)
+@router.post(
+    "/sites/{site_id}/outlets",
+    response_model=OutletOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def create_outlet(
     site_id: uuid.UUID, body: OutletIn, svc: ServicesDep, who: OperatorDep
 ) -> OutletOut:
     return OutletOut(**asdict(await admin.create_outlet(svc.db, who, site_id, body.name, _now())))
 
 
-@router.get("/outlets", response_model=list[OutletOut])
+@router.get("/outlets", response_model=list[OutletOut], responses=problems(404))
 async def list_outlets(
     svc: ServicesDep, who: OperatorDep, site_id: uuid.UUID | None = None
 ) -> list[OutletOut]:
@@ -272,7 +288,7 @@ async def list_outlets(
 
 # --- roles ---------------------------------------------------------------------------
 
-Permission = Annotated[str, Field(min_length=1, max_length=64)]
+Permission = Key
 
 
 class RoleIn(_In):
@@ -295,7 +311,7 @@ def _role(r: admin.RoleRow) -> RoleOut:
     return RoleOut(id=r.id, name=r.name, permissions=list(r.permissions))
 
 
-@router.post("/roles", response_model=RoleOut, status_code=201)
+@router.post("/roles", response_model=RoleOut, status_code=201, responses=problems(409))
 async def create_role(body: RoleIn, svc: ServicesDep, who: OperatorDep) -> RoleOut:
     return _role(await admin.create_role(svc.db, who, body.name, body.permissions, _now()))
 
@@ -305,7 +321,7 @@ async def list_roles(svc: ServicesDep, who: OperatorDep) -> list[RoleOut]:
     return [_role(r) for r in await admin.list_roles(svc.db, who)]
 
 
-@router.patch("/roles/{role_id}", response_model=RoleOut)
+@router.patch("/roles/{role_id}", response_model=RoleOut, responses=problems(404, 409))
 async def update_role(
     role_id: uuid.UUID, body: RolePatch, svc: ServicesDep, who: OperatorDep
 ) -> RoleOut:
@@ -320,7 +336,7 @@ ScopeIds = Annotated[list[uuid.UUID], Field(max_length=200)]
 
 
 class OperatorIn(_In):
-    username: Annotated[str, Field(min_length=2, max_length=64)]
+    username: Annotated[Key, Field(min_length=2)]
     display_name: Name
     password: Password
     role_id: uuid.UUID
@@ -361,7 +377,9 @@ def _operator(row: admin.OperatorRow) -> OperatorOut:
     return OperatorOut(**(asdict(row) | {"scope_ids": list(row.scope_ids)}))
 
 
-@router.post("/operators", response_model=OperatorOut, status_code=201)
+@router.post(
+    "/operators", response_model=OperatorOut, status_code=201, responses=problems(404, 409)
+)
 async def create_operator(body: OperatorIn, svc: ServicesDep, who: OperatorDep) -> OperatorOut:
     """A new operator: a password of at least 8 characters, a role whose permissions you
     hold, a scope within yours."""
@@ -381,7 +399,7 @@ async def list_operators(svc: ServicesDep, who: OperatorDep) -> list[OperatorOut
     return [_operator(o) for o in await admin.list_operators(svc.db, who)]
 
 
-@router.patch("/operators/{operator_id}", response_model=OperatorOut)
+@router.patch("/operators/{operator_id}", response_model=OperatorOut, responses=problems(404, 409))
 async def update_operator(
     operator_id: uuid.UUID, body: OperatorPatch, svc: ServicesDep, who: OperatorDep
 ) -> OperatorOut:
@@ -396,7 +414,9 @@ async def update_operator(
     return _operator(await admin.update_operator(svc.db, who, operator_id, change, _now()))
 
 
-@router.post("/operators/{operator_id}/password", response_model=PasswordOut)
+@router.post(
+    "/operators/{operator_id}/password", response_model=PasswordOut, responses=problems(404)
+)
 async def reset_password(
     operator_id: uuid.UUID, body: PasswordIn, svc: ServicesDep, who: OperatorDep
 ) -> PasswordOut:
@@ -431,7 +451,12 @@ class GrantOut(BaseModel):
     revoked_by: str | None
 
 
-@router.post("/operators/{operator_id}/outlet-grants", response_model=GrantOut, status_code=201)
+@router.post(
+    "/operators/{operator_id}/outlet-grants",
+    response_model=GrantOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def grant_outlet(
     operator_id: uuid.UUID, body: GrantIn, svc: ServicesDep, who: OperatorDep
 ) -> GrantOut:
@@ -440,13 +465,15 @@ async def grant_outlet(
     return GrantOut(**asdict(await admin.grant_outlet(svc.db, who, operator_id, draft, _now())))
 
 
-@router.get("/outlet-grants", response_model=list[GrantOut])
+@router.get("/outlet-grants", response_model=list[GrantOut], responses=problems(404))
 async def list_grants(
     svc: ServicesDep, who: OperatorDep, operator_id: uuid.UUID | None = None
 ) -> list[GrantOut]:
     return [GrantOut(**asdict(g)) for g in await admin.list_grants(svc.db, who, operator_id)]
 
 
-@router.post("/outlet-grants/{grant_id}/revoke", response_model=GrantOut)
+@router.post(
+    "/outlet-grants/{grant_id}/revoke", response_model=GrantOut, responses=problems(404, 409)
+)
 async def revoke_grant(grant_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> GrantOut:
     return GrantOut(**asdict(await admin.revoke_grant(svc.db, who, grant_id, _now())))

@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
+from starlette.routing import Match, Mount
 
 from cloud.api.admin_routes import router as admin_router
 from cloud.api.deps import Services
+from cloud.api.fields import in_words
 from cloud.api.import_routes import router as import_router
 from cloud.api.lifecycle_routes import router as lifecycle_router
+from cloud.api.problems import with_problem_422
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
@@ -31,9 +37,29 @@ from cloud.console.settings import router as settings_router
 from cloud.console.settings_edit import router as settings_edit_router
 from cloud.errors import DomainError, TooManyAttempts
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+class _App(FastAPI):
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            self.openapi_schema = with_problem_422(super().openapi())
+        return self.openapi_schema
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this request's path (Starlette's 405 names only
+    the first route's, when GET and POST of one path are two routes)."""
+    routes = [r for r in request.app.router.routes if not isinstance(r, Mount)]
+    return [
+        method
+        for method in _METHODS
+        if any(r.matches({**request.scope, "method": method})[0] is Match.FULL for r in routes)
+    ]
+
 
 def create_app(services: Services) -> FastAPI:
-    app = FastAPI(title="PrepayCloud API", version="0.1.0")
+    app = _App(title="PrepayCloud API", version="0.1.0")
     app.state.services = services
     app.include_router(api_router)
     app.include_router(lifecycle_router)
@@ -69,7 +95,7 @@ def create_app(services: Services) -> FastAPI:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid_request(request: Request, exc: RequestValidationError) -> Response:
+    async def _invalid(request: Request, exc: RequestValidationError) -> Response:
         if request.url.path.startswith("/console/"):  # a person: a page, not JSON
             names = sorted({str(e["loc"][-1]) for e in exc.errors() if e.get("loc")})
             message = _(
@@ -78,7 +104,21 @@ def create_app(services: Services) -> FastAPI:
             ) % {"fields": ", ".join(names)}
             ctx = {"message": message, "refused": True}
             return render(request, services, "message.html", ctx, status=422)
-        return await request_validation_exception_handler(request, exc)
+        errors = [in_words(e) for e in exc.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400:  # a body FastAPI could not read: as invalid JSON is
+            error = {"type": "body_unreadable", "loc": ["body"], "msg": str(exc.detail)}
+            return JSONResponse({"detail": [error]}, status_code=422)
+        if exc.status_code != 405:
+            return await http_exception_handler(request, exc)
+        allow = ", ".join(allowed_methods(request))
+        if request.method == "OPTIONS":  # RFC 9110 §9.3.7: what the resource supports
+            return Response(status_code=204, headers={"Allow": f"{allow}, OPTIONS"})
+        exc.headers = {**(exc.headers or {}), "Allow": allow}
+        return await http_exception_handler(request, exc)
 
     @app.get("/", include_in_schema=False)
     async def _root() -> Response:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from cloud.auth import Principal, Sessions
 from cloud.control.service import CommandTiming
@@ -49,7 +50,16 @@ def session_token(request: Request) -> str | None:
     return auth[7:] if auth.lower().startswith("bearer ") else request.cookies.get(SESSION_COOKIE)
 
 
-async def operator(request: Request, svc: ServicesDep) -> Principal:
+# Named in the OpenAPI document as the routes' security scheme; the console's cookie
+# works too (session_token).
+_bearer = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/token")
+
+
+async def operator(
+    request: Request,
+    svc: ServicesDep,
+    _: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)] = None,
+) -> Principal:
     token = session_token(request)
     if not token:
         raise Unauthorized("log in first")

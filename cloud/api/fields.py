@@ -1,22 +1,48 @@
 """Text and dates the API accepts: one annotated type per kind, so every request model and
 path parameter refuses what PostgreSQL cannot hold (NUL), what no person types (other
 control characters), and dates out of reason (before 2000, or further ahead than the kind
-allows: :mod:`cloud.horizons`), within a bound length, with a 422 that names the field."""
+allows: :mod:`cloud.horizons`), within a bound length, with a 422 that names the field.
+
+The rules are JSON Schema ``pattern`` and length constraints, so the OpenAPI document
+tells clients (and the schemathesis run of tests/integration/test_schemathesis.py) what
+is accepted, and a narrower or wider length composes: ``Annotated[Key, Field(max_length=
+120)]`` is a key of up to 120 characters (a validator function in the type would keep
+its own bound, whatever the wrapper says)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import UTC, date, datetime
-from typing import Annotated
+from datetime import UTC, date, datetime, time
+from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import AfterValidator, AwareDatetime, Field
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, WithJsonSchema
 
 from cloud import horizons
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_BUT_LINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+#: One line: no control character at all (NUL, line breaks, tabs…).
+LINE = r"^[^\u0000-\u001f\u007f]*$"
+#: Several lines: line breaks and tabs allowed, no other control character.
+NOTE = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]*$"
+
+
+_SAID = {
+    LINE: "must not contain control characters (such as NUL or a line break)",
+    NOTE: "must not contain control characters (such as NUL)",
+}
+
+
+def in_words(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error of FastAPI's list, its message in words when it is one of the
+    patterns above (pydantic would quote the regular expression)."""
+    said = _SAID.get((error.get("ctx") or {}).get("pattern", ""))
+    if error.get("type") == "string_pattern_mismatch" and said:
+        return {**error, "msg": f"String {said}"}
+    return error
 
 
 def has_control(value: str, *, lines: bool = False) -> bool:
@@ -25,26 +51,44 @@ def has_control(value: str, *, lines: bool = False) -> bool:
     return (_CONTROL_BUT_LINES if lines else _CONTROL).search(value) is not None
 
 
-def _line(value: str) -> str:
-    if has_control(value):
-        raise ValueError("must not contain control characters (such as NUL or a line break)")
-    return value
-
-
-def _note(value: str) -> str:
-    if has_control(value, lines=True):
-        raise ValueError("must not contain control characters (such as NUL)")
-    return value
-
-
 #: Identifiers in paths and bodies: account numbers, gateway codes, group slugs, usernames.
-Key = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_line)]
+Key = Annotated[str, Field(min_length=1, max_length=64, pattern=LINE)]
 #: A reason or a comment: several lines allowed, no other control characters.
-Reason = Annotated[str, Field(min_length=3, max_length=500), AfterValidator(_note)]
+Reason = Annotated[str, Field(min_length=3, max_length=500, pattern=NOTE)]
 #: A password: any characters but control ones, bounded (argon2 hashes it whole).
-Password = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_line)]
+Password = Annotated[str, Field(min_length=1, max_length=256, pattern=LINE)]
 #: A key in a path (``/accounts/{number}``, ``/gateways/{code}``).
-PathKey = Annotated[str, Path(min_length=1, max_length=64), AfterValidator(_line)]
+PathKey = Annotated[str, Path(min_length=1, max_length=64, pattern=LINE)]
+
+_ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _iso_day(value: Any) -> Any:
+    if isinstance(value, str) and not _ISO_DAY.fullmatch(value):
+        raise ValueError("must be a date as YYYY-MM-DD")
+    return value
+
+
+#: A calendar day as ISO 8601 ``YYYY-MM-DD`` only (pydantic alone also takes ``0`` as
+#: 1970-01-01, a count of seconds).
+Day = Annotated[date, BeforeValidator(_iso_day)]
+
+_CLOCK_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9])?$"
+
+
+def _clock(value: Any) -> Any:
+    if isinstance(value, str) and not re.fullmatch(_CLOCK_PATTERN, value):
+        raise ValueError("must be a local time as HH:MM or HH:MM:SS, without a zone")
+    return value
+
+
+#: A wall-clock time of a site (its own zone): ``22:00``. JSON Schema's ``time`` format
+#: would require a zone offset, which such a time does not have.
+ClockTime = Annotated[
+    time,
+    BeforeValidator(_clock),
+    WithJsonSchema({"type": "string", "pattern": _CLOCK_PATTERN, "examples": ["22:00"]}),
+]
 
 
 def _within(horizon: horizons.Horizon) -> Callable[[datetime], datetime]:
@@ -73,4 +117,6 @@ GrantTime = Annotated[AwareDatetime, AfterValidator(_within(horizons.GRANT))]
 #: When a tariff version takes effect: at most five years ahead.
 TariffStart = Annotated[AwareDatetime, AfterValidator(_within(horizons.TARIFF_START))]
 #: A day a list or report is asked for: from 2000-01-01, at most 366 days ahead.
-ReportDay = Annotated[date, AfterValidator(_day_within(horizons.REPORT_DAY))]
+ReportDay = Annotated[
+    date, BeforeValidator(_iso_day), AfterValidator(_day_within(horizons.REPORT_DAY))
+]

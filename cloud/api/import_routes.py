@@ -10,11 +10,12 @@ from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel
 
 from cloud.api.deps import OperatorDep, ServicesDep
+from cloud.api.problems import PROBLEM, PROBLEM_SCHEMA, problems
 from cloud.errors import Invalid
 from cloud.registry.importer import MAX_BYTES, FileTooLarge, ImportReport, list_runs, run_import
 from cloud.registry.scope import sites_of
 
-router = APIRouter(prefix="/api/v1", tags=["import"])
+router = APIRouter(prefix="/api/v1", tags=["import"], responses=problems(401, 403))
 
 _MULTIPART_SLACK = 64 * 1024  # boundaries and part headers around the file
 
@@ -83,9 +84,22 @@ def _filename(upload: UploadFile) -> str:
     "/imports",
     response_model=ImportOut,
     responses={
-        201: {"description": "imported"},
-        413: {"description": "file over 20 MB"},
-        422: {"description": "refused rows (the report), or an unreadable file"},
+        201: {"description": "imported", "model": ImportOut},
+        **problems(409, 413, why={413: "file over 20 MB"}),
+        422: {
+            "description": "refused rows (the report), an unreadable file, or the fields named",
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "anyOf": [
+                            {"$ref": "#/components/schemas/ImportOut"},
+                            {"$ref": "#/components/schemas/HTTPValidationError"},
+                        ]
+                    }
+                },
+                PROBLEM: {"schema": PROBLEM_SCHEMA},
+            },
+        },
     },
 )
 async def post_import(

@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud.api.deps import OperatorDep, ServicesDep
 from cloud.api.fields import Key, PathKey, Reason
+from cloud.api.problems import problems
 from cloud.lifecycle import accounts, service
 from cloud.lifecycle.core import Settlement
 from cloud.money import FEN
 
-router = APIRouter(prefix="/api/v1", tags=["lifecycle"])
+router = APIRouter(prefix="/api/v1", tags=["lifecycle"], responses=problems(401, 403))
 
 
 def _yuan(amount: Decimal) -> str:
@@ -65,7 +66,7 @@ def _customer(c: service.CustomerView) -> CustomerOut:
     )
 
 
-@router.post("/customers", response_model=CustomerOut, status_code=201)
+@router.post("/customers", response_model=CustomerOut, status_code=201, responses=problems(409))
 async def create_customer(body: CustomerIn, svc: ServicesDep, who: OperatorDep) -> CustomerOut:
     return _customer(await service.create_customer(svc.db, who, body.data(), datetime.now(UTC)))
 
@@ -80,7 +81,7 @@ async def find_customers(
     return [_customer(c) for c in await service.find_customers(svc.db, who, q, limit)]
 
 
-@router.patch("/customers/{customer_id}", response_model=CustomerOut)
+@router.patch("/customers/{customer_id}", response_model=CustomerOut, responses=problems(404, 409))
 async def update_customer(
     customer_id: uuid.UUID, body: CustomerPatch, svc: ServicesDep, who: OperatorDep
 ) -> CustomerOut:
@@ -132,7 +133,7 @@ class OpenedOut(BaseModel):
     sale: SaleOut | None
 
 
-@router.post("/accounts", response_model=OpenedOut, status_code=201)
+@router.post("/accounts", response_model=OpenedOut, status_code=201, responses=problems(404, 409))
 async def open_account(body: OpenIn, svc: ServicesDep, who: OperatorDep) -> OpenedOut:
     """开户: a new or existing customer, an account, its points at a premises and an
     optional first sale, all in one transaction (a refused sale opens nothing)."""
@@ -180,7 +181,7 @@ class SearchOut(BaseModel):
     items: list[AccountHitOut]
 
 
-@router.get("/accounts", response_model=SearchOut)
+@router.get("/accounts", response_model=SearchOut, responses=problems(404))
 async def search_accounts(
     svc: ServicesDep,
     who: OperatorDep,
@@ -219,7 +220,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@router.get("/accounts/{number}")
+@router.get("/accounts/{number}", responses=problems(404))
 async def account_page(number: PathKey, svc: ServicesDep, who: OperatorDep) -> dict[str, Any]:
     """The account page: customer, status, points (meter, last reading, supply state),
     live balance and recent sales."""
@@ -231,7 +232,7 @@ async def account_page(number: PathKey, svc: ServicesDep, who: OperatorDep) -> d
 class DeviceIn(_In):
     gateway_code: Key
     key: Key
-    channel: Annotated[int, Field(ge=1, le=64)] = 1
+    channel: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
     profile: Key | None = None
     bus: Key | None = None
     address: Key | None = None
@@ -242,7 +243,7 @@ class SnippetIn(_In):
     gateway_code: Key
     snippet: Annotated[str, Field(min_length=1, max_length=20_000)]
     key: Key
-    channel: Annotated[int, Field(ge=1, le=64)] = 1
+    channel: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
 
 
 class InstallIn(_In):
@@ -275,7 +276,12 @@ class InstalledOut(BaseModel):
     history: int
 
 
-@router.post("/service-points/{point_id}/install", response_model=InstalledOut, status_code=201)
+@router.post(
+    "/service-points/{point_id}/install",
+    response_model=InstalledOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def install(
     point_id: uuid.UUID, body: InstallIn, svc: ServicesDep, who: OperatorDep
 ) -> InstalledOut:
@@ -306,7 +312,9 @@ class SwappedOut(BaseModel):
     credit_moved: str
 
 
-@router.post("/service-points/{point_id}/swap", response_model=SwappedOut)
+@router.post(
+    "/service-points/{point_id}/swap", response_model=SwappedOut, responses=problems(404, 409)
+)
 async def swap(point_id: uuid.UUID, body: SwapIn, svc: ServicesDep, who: OperatorDep) -> SwappedOut:
     """换表: old meter's final reading rated, the new one's initial reading the base."""
     req = service.SwapRequest(
@@ -331,7 +339,9 @@ class RemovedOut(BaseModel):
     charged: str
 
 
-@router.post("/service-points/{point_id}/remove", response_model=RemovedOut)
+@router.post(
+    "/service-points/{point_id}/remove", response_model=RemovedOut, responses=problems(404, 409)
+)
 async def remove(
     point_id: uuid.UUID, body: RemoveIn, svc: ServicesDep, who: OperatorDep
 ) -> RemovedOut:
@@ -389,7 +399,7 @@ def _settled(s: service.Settled) -> SettledOut:
     )
 
 
-@router.post("/accounts/{number}/cancel", response_model=SettledOut)
+@router.post("/accounts/{number}/cancel", response_model=SettledOut, responses=problems(404, 409))
 async def cancel(number: PathKey, body: SettleIn, svc: ServicesDep, who: OperatorDep) -> SettledOut:
     """消户: final readings rated, points removed, the balance refunded in cash or moved
     to another account (in debt: written off with account.write_off and a reason)."""
@@ -410,7 +420,7 @@ class TransferIn(SettleIn):
         return self
 
 
-@router.post("/accounts/{number}/transfer", response_model=SettledOut)
+@router.post("/accounts/{number}/transfer", response_model=SettledOut, responses=problems(404, 409))
 async def transfer(
     number: PathKey, body: TransferIn, svc: ServicesDep, who: OperatorDep
 ) -> SettledOut:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep, session_token
 from cloud.api.fields import Key, Password, PathKey, Reason, Until
+from cloud.api.problems import problems
 from cloud.control.operator import (
     ControlAction,
     ControlRequest,
@@ -110,10 +111,7 @@ def _point(p: queries.PointRow) -> PointOut:
 @router.post(
     "/auth/token",
     response_model=TokenOut,
-    responses={
-        401: {"description": "unknown property group, user or password"},
-        429: {"description": "too many failed logins: locked, see Retry-After"},
-    },
+    responses=problems(401, 429, why={401: "unknown property group, user or password"}),
 )
 async def login(body: LoginIn, request: Request, svc: ServicesDep) -> TokenOut:
     """A bearer token. 20 failed logins of one user in a minute lock that login for 15
@@ -124,7 +122,7 @@ async def login(body: LoginIn, request: Request, svc: ServicesDep) -> TokenOut:
     return TokenOut(access_token=token)
 
 
-@router.post("/auth/logout", status_code=204, responses={401: {"description": "not logged in"}})
+@router.post("/auth/logout", status_code=204, responses=problems(401))
 async def logout(request: Request, svc: ServicesDep, who: OperatorDep) -> Response:
     """End this session: its token is refused from now on."""
     await svc.sessions.logout(session_token(request) or "")
@@ -139,7 +137,7 @@ class PasswordIn(BaseModel):
 @router.post(
     "/me/password",
     status_code=204,
-    responses={401: {"description": "not logged in"}, 422: {"description": "refused"}},
+    responses=problems(401),
 )
 async def change_password(body: PasswordIn, svc: ServicesDep, who: OperatorDep) -> Response:
     """Change one's own password; every session of the operator ends (log in again)."""
@@ -147,26 +145,32 @@ async def change_password(body: PasswordIn, svc: ServicesDep, who: OperatorDep) 
     return Response(status_code=204)
 
 
-@router.get("/service-points", response_model=list[PointOut])
+@router.get("/service-points", response_model=list[PointOut], responses=problems(401, 403))
 async def list_points(svc: ServicesDep, who: OperatorDep) -> list[PointOut]:
     who.require("registry.view")
     return [_point(p) for p in await queries.service_points(svc.db, who.tenant_id, who)]
 
 
-@router.get("/service-points/{point_id}", response_model=PointOut)
+@router.get(
+    "/service-points/{point_id}", response_model=PointOut, responses=problems(401, 403, 404)
+)
 async def get_point(point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> PointOut:
     who.require("registry.view")
     return _point(await queries.service_point(svc.db, who.tenant_id, point_id, who))
 
 
-@router.get("/accounts/{number}/balance", response_model=BalanceOut)
+@router.get(
+    "/accounts/{number}/balance", response_model=BalanceOut, responses=problems(401, 403, 404)
+)
 async def get_balance(number: PathKey, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
     who.require("registry.view")
     balance = await queries.account_balance(svc.db, who.tenant_id, number, who)
     return BalanceOut(account=number, balance=str(balance))
 
 
-@router.post("/sales", response_model=SaleOut, status_code=201)
+@router.post(
+    "/sales", response_model=SaleOut, status_code=201, responses=problems(401, 403, 404, 409)
+)
 async def create_sale(
     body: SaleIn,
     response: Response,
@@ -210,7 +214,7 @@ async def create_sale(
 
 class ClaimIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ttl_minutes: int = Field(default=24 * 60, ge=1, le=7 * 24 * 60)
+    ttl_minutes: int = Field(default=24 * 60, ge=1, le=7 * 24 * 60, strict=True)
 
 
 class ClaimOut(BaseModel):
@@ -238,7 +242,12 @@ class RevokedOut(BaseModel):
     revoked: int
 
 
-@router.post("/sites/{site_id}/claim-codes", response_model=ClaimOut, status_code=201)
+@router.post(
+    "/sites/{site_id}/claim-codes",
+    response_model=ClaimOut,
+    status_code=201,
+    responses=problems(401, 403, 404),
+)
 async def create_claim_code(
     site_id: uuid.UUID, body: ClaimIn, svc: ServicesDep, who: OperatorDep
 ) -> ClaimOut:
@@ -250,7 +259,12 @@ async def create_claim_code(
     return ClaimOut(code=claim.code, site_id=claim.site_id, expires_at=claim.expires_at)
 
 
-@router.post("/gateways/commission", response_model=CommissionOut, status_code=201)
+@router.post(
+    "/gateways/commission",
+    response_model=CommissionOut,
+    status_code=201,
+    responses=problems(403, why={403: "claim code refused: unknown, already used or expired"}),
+)
 async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> CommissionOut:
     """Exchange a claim code (no login: the code is the authority) for the gateway's id and
     its own MQTT credentials. The password is returned once and kept only as a hash."""
@@ -264,7 +278,11 @@ async def commission_gateway(body: CommissionIn, svc: ServicesDep) -> Commission
     )
 
 
-@router.post("/gateways/{code}/revoke-credential", response_model=RevokedOut)
+@router.post(
+    "/gateways/{code}/revoke-credential",
+    response_model=RevokedOut,
+    responses=problems(401, 403, 404, 409),
+)
 async def revoke_gateway_credential(
     code: PathKey, svc: ServicesDep, who: OperatorDep
 ) -> RevokedOut:
@@ -286,7 +304,14 @@ class ConfigOut(BaseModel):
     id: uuid.UUID
 
 
-@router.post("/gateways/{code}/config", response_model=ConfigOut, status_code=202)
+@router.post(
+    "/gateways/{code}/config",
+    response_model=ConfigOut,
+    status_code=202,
+    responses=problems(
+        400, 401, 403, 404, why={400: "this API has no broker connection configured"}
+    ),
+)
 async def push_gateway_config(
     code: PathKey, body: ConfigIn, svc: ServicesDep, who: OperatorDep
 ) -> ConfigOut:
@@ -341,7 +366,7 @@ def _control_out(r: PointResult) -> ControlOut:
     )
 
 
-@router.get("/service-points/{point_id}/control")
+@router.get("/service-points/{point_id}/control", responses=problems(401, 403, 404))
 async def get_point_control(
     point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep
 ) -> dict[str, Any]:
@@ -352,7 +377,11 @@ async def get_point_control(
     return await control_view(svc.db, who, point_id, datetime.now(UTC))
 
 
-@router.post("/service-points/{point_id}/control", response_model=ControlOut)
+@router.post(
+    "/service-points/{point_id}/control",
+    response_model=ControlOut,
+    responses=problems(401, 403, 404, 409),
+)
 async def control_point(
     point_id: uuid.UUID, body: ControlIn, svc: ServicesDep, who: OperatorDep
 ) -> ControlOut:
@@ -365,7 +394,9 @@ async def control_point(
     return _control_out(result)
 
 
-@router.post("/sites/{site_id}/control", response_model=list[ControlOut])
+@router.post(
+    "/sites/{site_id}/control", response_model=list[ControlOut], responses=problems(401, 403, 404)
+)
 async def control_site(
     site_id: uuid.UUID, body: ControlIn, svc: ServicesDep, who: OperatorDep
 ) -> list[ControlOut]:

@@ -13,11 +13,12 @@ from pydantic import BaseModel, ConfigDict
 
 from cloud.api.deps import OperatorDep, ServicesDep
 from cloud.api.fields import Key, PathKey, Reason, ReportDay
+from cloud.api.problems import problems
 from cloud.documents.receipt import drawn_receipt, receipt_escpos
 from cloud.payments.reversal import reverse_sale
 from cloud.payments.sales import SaleView, get_sale, list_sales
 
-router = APIRouter(prefix="/api/v1", tags=["counter"])
+router = APIRouter(prefix="/api/v1", tags=["counter"], responses=problems(401, 403))
 
 
 class GrantOut(BaseModel):
@@ -131,7 +132,7 @@ async def sales_page(
     )
 
 
-@router.get("/sales/{receipt_no}", response_model=SaleDetailOut)
+@router.get("/sales/{receipt_no}", response_model=SaleDetailOut, responses=problems(404))
 async def sale_detail(receipt_no: PathKey, svc: ServicesDep, who: OperatorDep) -> SaleDetailOut:
     """A sale: where (outlet, site), by whom, under which cross-outlet grant, and its
     reversal if it was reversed."""
@@ -141,7 +142,7 @@ async def sale_detail(receipt_no: PathKey, svc: ServicesDep, who: OperatorDep) -
 @router.get(
     "/sales/{receipt_no}/receipt.pdf",
     response_class=Response,
-    responses={200: {"content": {"application/pdf": {}}}},
+    responses={200: {"content": {"application/pdf": {}}}, **problems(404)},
 )
 async def sale_receipt_pdf(
     receipt_no: PathKey,
@@ -162,7 +163,7 @@ async def sale_receipt_pdf(
 @router.get(
     "/sales/{receipt_no}/receipt.escpos",
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}}}, **problems(404)},
 )
 async def sale_receipt_escpos(receipt_no: PathKey, svc: ServicesDep, who: OperatorDep) -> Response:
     """The receipt as ESC/POS bytes for a thermal printer (Chinese text in GB18030)."""
@@ -174,7 +175,7 @@ async def sale_receipt_escpos(receipt_no: PathKey, svc: ServicesDep, who: Operat
     )
 
 
-@router.post("/sales/{receipt_no}/reverse", response_model=ReverseOut)
+@router.post("/sales/{receipt_no}/reverse", response_model=ReverseOut, responses=problems(404, 409))
 async def sale_reverse(
     receipt_no: PathKey, body: ReverseIn, svc: ServicesDep, who: OperatorDep
 ) -> ReverseOut:

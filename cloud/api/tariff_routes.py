@@ -14,11 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
 from cloud.api.fields import Key, Reason, TariffStart
+from cloud.api.problems import problems
 from cloud.documents.price_notice import price_notice_pdf
 from cloud.tariffs import admin
 from cloud.tariffs.rules import VersionDraft
 
-router = APIRouter(prefix="/api/v1")
+router = APIRouter(prefix="/api/v1", responses=problems(401, 403))
 
 Price = Annotated[Decimal, Field(max_digits=12, allow_inf_nan=False, examples=["1.2000"])]
 Register = Annotated[Decimal, Field(max_digits=16, allow_inf_nan=False, examples=["200"])]
@@ -163,13 +164,15 @@ async def list_tariffs(svc: ServicesDep, who: OperatorDep) -> list[TariffOut]:
     return [TariffOut(**_tariff(t)) for t in found]
 
 
-@router.get("/tariffs/{tariff_id}", response_model=TariffDetailOut)
+@router.get("/tariffs/{tariff_id}", response_model=TariffDetailOut, responses=problems(404))
 async def get_tariff(tariff_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> TariffDetailOut:
     who.require("registry.view")
     return _detail(await admin.get_tariff(svc.db, who, tariff_id, datetime.now(UTC)))
 
 
-@router.post("/tariffs", response_model=TariffDetailOut, status_code=201)
+@router.post(
+    "/tariffs", response_model=TariffDetailOut, status_code=201, responses=problems(404, 409)
+)
 async def create_tariff(body: TariffIn, svc: ServicesDep, who: OperatorDep) -> TariffDetailOut:
     """A tariff and its first version. 422 for a start in the past or a price above the
     site's catalogue price plus margin without ``margin_reason``."""
@@ -180,7 +183,7 @@ async def create_tariff(body: TariffIn, svc: ServicesDep, who: OperatorDep) -> T
     return _detail(await admin.get_tariff(svc.db, who, tariff_id, now))
 
 
-@router.patch("/tariffs/{tariff_id}", response_model=TariffDetailOut)
+@router.patch("/tariffs/{tariff_id}", response_model=TariffDetailOut, responses=problems(404, 409))
 async def update_tariff(
     tariff_id: uuid.UUID, body: TariffPatch, svc: ServicesDep, who: OperatorDep
 ) -> TariffDetailOut:
@@ -192,7 +195,12 @@ async def update_tariff(
     return _detail(await admin.get_tariff(svc.db, who, tariff_id, now))
 
 
-@router.post("/tariffs/{tariff_id}/versions", response_model=TariffDetailOut, status_code=201)
+@router.post(
+    "/tariffs/{tariff_id}/versions",
+    response_model=TariffDetailOut,
+    status_code=201,
+    responses=problems(404, 409),
+)
 async def add_version(
     tariff_id: uuid.UUID, body: VersionIn, svc: ServicesDep, who: OperatorDep
 ) -> TariffDetailOut:
@@ -203,7 +211,7 @@ async def add_version(
     return _detail(await admin.get_tariff(svc.db, who, tariff_id, now))
 
 
-@router.post("/tariffs/{tariff_id}/assign", response_model=AssignOut)
+@router.post("/tariffs/{tariff_id}/assign", response_model=AssignOut, responses=problems(404, 409))
 async def assign_tariff(
     tariff_id: uuid.UUID, body: AssignIn, svc: ServicesDep, who: OperatorDep
 ) -> AssignOut:
@@ -221,7 +229,7 @@ async def assign_tariff(
 @router.get(
     "/sites/{site_id}/price-notice.pdf",
     response_class=Response,
-    responses={200: {"content": {"application/pdf": {}}}},
+    responses={200: {"content": {"application/pdf": {}}}, **problems(404)},
 )
 async def price_notice(site_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> Response:
     """The site's price notice (电价公示): an A4 PDF of every tariff in force and scheduled."""

@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from cloud import audit
 from cloud.auth import Principal
 from cloud.db import Database
-from cloud.errors import Conflict, DomainError, NotFound
+from cloud.errors import Conflict, DomainError, Invalid, NotFound
 
 #: Crockford-style alphabet: no I, L, O, U, so a code read aloud is typed right.
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -78,7 +78,7 @@ async def issue_claim(
 ) -> Claim:
     who.require("gateway.commission")
     if not timedelta(minutes=1) <= ttl <= MAX_TTL:
-        raise DomainError(f"a claim code lives between 1 minute and {MAX_TTL.days} days")
+        raise Invalid(f"a claim code lives between 1 minute and {MAX_TTL.days} days")
     code = new_code()
     async with db.tenant(who.tenant_id) as conn:
         site = await conn.scalar(sa.text("SELECT id FROM site WHERE id = :s"), {"s": site_id})
