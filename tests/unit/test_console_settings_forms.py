@@ -10,6 +10,7 @@ import pytest
 
 from cloud.console import i18n
 from cloud.console import settings as s
+from cloud.console.refusals import MARGIN_HINT, explain
 from cloud.errors import Conflict, Invalid
 from cloud.registry import admin_core as core
 
@@ -92,18 +93,18 @@ def test_refusals_worded_for_the_clerk() -> None:
             "unit price 1.5 is above the ceiling 1.1500 at site 滨江 (catalogue price 1.0000 "
             "plus 15% margin): acknowledge it with a reason (margin_reason) to accept it"
         )
-        text = s._explain(margin)
+        text = explain(margin)
         assert text.startswith("请更正输入：单价 1.5 高于站点“滨江”的上限 1.1500")
-        assert s._(s._MARGIN_HINT) in text
+        assert s._(MARGIN_HINT) in text
         assert (
-            s._explain(Conflict("role '收费员' already exists"))
+            explain(Conflict("role '收费员' already exists"))
             == "与已有记录冲突：角色“收费员”已存在。"
         )
-        assert s._explain(Invalid("a grant lasts at most 31 days")) == "请更正输入：授权最长 31 天"
+        assert explain(Invalid("a grant lasts at most 31 days")) == "请更正输入：授权最长 31 天"
     finally:
         i18n.current.reset(token)
     token = i18n.current.set("en")
     try:
-        assert s._explain(Conflict("username 'a1' is taken")).endswith("The user name a1 is taken.")
+        assert explain(Conflict("username 'a1' is taken")).endswith("The user name a1 is taken.")
     finally:
         i18n.current.reset(token)
