@@ -229,7 +229,7 @@ async def search_premises(
         AfterValidator(_search_text),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=admin.PAGE_MAX)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> PremisesPageOut:
     query = admin.PremisesQuery(site_id, building_id, floor, q, limit, offset)
     page = await admin.search_premises(svc.db, who, query)
