@@ -113,6 +113,14 @@ async def sell_in(
     if req.outlet_id is not None:
         permit = await outlet_permit(conn, who, req.outlet_id, now)
         grant_id = permit.grant_id
+        # the account, too, must be the operator's: at a site of their scope, or at the
+        # site of the outlet a grant lets them sell at (an outlet alone proves nothing)
+        home = (await conn.execute(_SITE_OF_ACCOUNT, {"a": acct.id})).first()
+        if home is not None and home.id != permit.site_id:
+            try:
+                await require_site(conn, who, home.id)
+            except NotFound:
+                raise NotFound(f"account {req.account_number} not found") from None
         site = (
             await conn.execute(
                 sa.text("SELECT id, timezone, business_day_cutoff FROM site WHERE id = :s"),

@@ -562,3 +562,26 @@ async def test_a_closed_account_takes_no_sale(db: Database, http: httpx.AsyncCli
     r = await _sell(http, auth, g.accounts["m1"], "5.00")
     assert r.status_code == 409 and f"account {g.accounts['m1']} is closed" in r.json()["detail"]
     assert await _balance(http, auth, g.accounts["m1"]) == "10.00"
+
+
+async def test_an_outlet_clerk_cannot_credit_an_account_of_a_site_beyond_their_scope(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    """Naming their own outlet proves nothing about the account: a clerk of outlet A
+    selling to an account whose supply is at another site gets 404, and no money moves."""
+    g, slug = await _group(db)
+    outlet_b = await _outlet(db, g, "East Office", own_site=True)
+    _op, auth = await _operator(db, http, g, slug, COUNTER, "outlet", [g.outlet_id])
+    async with db.tenant(g.tenant_id) as conn:
+        east = await conn.scalar(
+            sa.text("SELECT site_id FROM outlet WHERE id = :o"), {"o": outlet_b}
+        )
+        await conn.execute(
+            sa.text("UPDATE service_point SET site_id = :s WHERE id = :p"),
+            {"s": east, "p": g.points["m1"]},
+        )
+    refused = await _sell(http, auth, g.accounts["m1"], "5.00", outlet_id=str(g.outlet_id))
+    assert refused.status_code == 404, refused.text
+    async with db.tenant(g.tenant_id) as conn:
+        sales = await conn.scalar(sa.text("SELECT count(*) FROM counter_sale"))
+    assert sales == 0
