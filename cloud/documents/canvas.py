@@ -8,7 +8,8 @@ is None until the font is in the cache; callers then fall back to WeasyPrint."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 from cloud.documents.pdf import start_fonts, truetype_path
 
@@ -76,3 +77,37 @@ def wrap(text: str, size: float, limit: float) -> list[str]:
             line = line[cut:].lstrip() + ch
         lines.append(line)
     return lines
+
+
+def table(
+    c: Any,
+    rows: Sequence[tuple[str, str]],
+    x0: float,
+    x1: float,
+    y: float,
+    label_share: float,
+    pad: float,
+    size: float = 10.0,
+    lead: float = 13.0,
+) -> float:
+    """A bordered two-column table of label and value under ``y`` (labels on a grey
+    ground, values wrapped); returns the y below it. Receipts and notices draw their fields
+    with it."""
+    mm = 72 / 25.4
+    label_w = label_share * (x1 - x0)
+    c.setLineWidth(0.4)
+    for label, value in rows:
+        lines = wrap(value, size, x1 - x0 - label_w - 2 * pad)
+        rh = 2.2 * mm + size + (len(lines) - 1) * lead
+        c.setFillGray(0.945)
+        c.rect(x0, y - rh, label_w, rh, stroke=0, fill=1)
+        c.setFillGray(0.07)
+        c.rect(x0, y - rh, x1 - x0, rh)
+        c.line(x0 + label_w, y, x0 + label_w, y - rh)
+        c.setFont(FONT, size)
+        base = y - 1.1 * mm - size * 0.88
+        c.drawString(x0 + pad, base, label)
+        for i, text_line in enumerate(lines):
+            c.drawString(x0 + label_w + pad, base - i * lead, text_line)
+        y -= rh
+    return y

@@ -13,7 +13,6 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -115,23 +114,7 @@ def _draw(notices: Sequence[NoticeFields]) -> bytes:
         c.setFont(canvas.FONT, 14)
         c.drawCentredString(w / 2, y, TITLE, charSpace=4)
         y -= 6 * mm
-        label_w = 0.24 * (x1 - x0)
-        pad, size, lead = 2.2 * mm, 10.0, 13.0
-        c.setLineWidth(0.4)
-        for label, value in n.rows:
-            lines = canvas.wrap(value, size, x1 - x0 - label_w - 2 * pad)
-            rh = 2.2 * mm + size + (len(lines) - 1) * lead
-            c.setFillGray(0.945)
-            c.rect(x0, y - rh, label_w, rh, stroke=0, fill=1)
-            c.setFillGray(0.07)
-            c.rect(x0, y - rh, x1 - x0, rh)
-            c.line(x0 + label_w, y, x0 + label_w, y - rh)
-            c.setFont(canvas.FONT, size)
-            base = y - 1.1 * mm - size * 0.88
-            c.drawString(x0 + pad, base, label)
-            for i, text_line in enumerate(lines):
-                c.drawString(x0 + label_w + pad, base - i * lead, text_line)
-            y -= rh
+        y = canvas.table(c, n.rows, x0, x1, y, 0.24, 2.2 * mm)
         y -= 3 * mm + 12
         c.setFont(canvas.FONT, 11)
         c.drawCentredString(w / 2, y, f"人民币 {n.capitals}")
@@ -146,7 +129,3 @@ def _draw(notices: Sequence[NoticeFields]) -> bytes:
         c.showPage()
     c.save()
     return out.getvalue()
-
-
-def total(rows: Sequence[ArrearsRow]) -> Decimal:
-    return sum((r.owed for r in rows), Decimal("0.00"))

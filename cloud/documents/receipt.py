@@ -217,24 +217,8 @@ def _draw_a5(f: ReceiptFields) -> bytes:
     c.setFont(canvas.FONT, 12)
     c.drawCentredString(w / 2, y, f.title, charSpace=3.6)
     y -= 5 * mm
-    label_w = 0.26 * (x1 - x0)
-    pad, size, lead = 2.4 * mm, 10.0, 13.0
-    c.setLineWidth(0.4)
     c.setStrokeGray(0.33)
-    for label, value in f.rows:
-        lines = canvas.wrap(value, size, x1 - x0 - label_w - 2 * pad)
-        rh = 2.2 * mm + size + (len(lines) - 1) * lead
-        c.setFillGray(0.945)
-        c.rect(x0, y - rh, label_w, rh, stroke=0, fill=1)
-        c.setFillGray(0.07)
-        c.rect(x0, y - rh, x1 - x0, rh)
-        c.line(x0 + label_w, y, x0 + label_w, y - rh)
-        c.setFont(canvas.FONT, size)
-        base = y - 1.1 * mm - size * 0.88
-        c.drawString(x0 + pad, base, label)
-        for i, text_line in enumerate(lines):
-            c.drawString(x0 + label_w + pad, base - i * lead, text_line)
-        y -= rh
+    y = canvas.table(c, f.rows, x0, x1, y, 0.26, 2.4 * mm)
     c.setFont(canvas.FONT, 15)
     y -= 3 * mm + 15
     _bold_centred(c, w / 2, y, f.amount, 15)
