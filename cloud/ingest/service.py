@@ -378,12 +378,22 @@ def _quarantine_reason(
     clock may say but that rating must not take as recent."""
     if target is None:
         return "unknown_channel"
+    return unratable(r, latest, oldest, target.installed_at)
+
+
+def unratable(
+    r: Reading, latest: datetime, oldest: datetime, installed_at: datetime | None
+) -> str | None:
+    """Why a reading of a known channel cannot be stored as it is (see
+    :func:`_quarantine_reason`), or None. Also asked of a quarantined reading of a meter
+    that is being installed, before it becomes the meter's history (``installed_at`` None:
+    history lies before the installation by definition)."""
     at = r.measured_at
     if at > latest:
         return "future_timestamp"
     if at < oldest:
         return "too_old"
-    if target.installed_at is not None and at < target.installed_at:
+    if installed_at is not None and at < installed_at:
         # before the meter was bound to the point: not the point's consumption (a late
         # reading of the previous holder after a 过户, a clock set back before 装表)
         return "before_installation"

@@ -8,10 +8,11 @@ journaled) before a point leaves; control runs after credit comes in, as a top-u
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +27,7 @@ from cloud.control import service as control
 from cloud.control.service import CommandTiming, after_topup, cut_for_closure
 from cloud.db import Database, next_number, pg_array
 from cloud.errors import Conflict, Invalid, NotFound
+from cloud.ingest.service import MAX_FUTURE, unratable
 from cloud.ledger import core as ledger
 from cloud.ledger.service import balance_of, ensure_accounts, post
 from cloud.lifecycle import core
@@ -640,25 +642,13 @@ _NEWEST_STORED = sa.text(
     "SELECT measured_at, total FROM reading WHERE channel_id = :c AND total IS NOT NULL "
     "ORDER BY measured_at DESC LIMIT 1"
 )
-_NEWEST_QUARANTINED = sa.text(
-    "SELECT measured_at, (reading->>'total')::numeric AS total FROM reading_quarantine "
-    "WHERE gateway_id = :g AND device = :d AND channel = :n AND reason = 'unknown_channel' "
-    "AND reading->>'total' IS NOT NULL ORDER BY measured_at DESC LIMIT 1"
-)
 
 
-async def _newest(
-    conn: AsyncConnection, gateway_id: uuid.UUID, spec: DeviceSpec, channel_id: uuid.UUID
-) -> Reading | None:
-    found = [
-        Reading(r.measured_at, r.total)
-        for q, p in (
-            (_NEWEST_STORED, {"c": channel_id}),
-            (_NEWEST_QUARANTINED, {"g": gateway_id, "d": spec.key, "n": spec.channel}),
-        )
-        for r in await conn.execute(q, p)
-    ]
-    return max(found, key=lambda x: x.at) if found else None
+async def _newest(conn: AsyncConnection, channel_id: uuid.UUID) -> Reading | None:
+    """The channel's newest stored reading with a register (its quarantined history
+    adopted first: see :func:`adopt_quarantine`)."""
+    r = (await conn.execute(_NEWEST_STORED, {"c": channel_id})).first()
+    return None if r is None else Reading(r.measured_at, r.total)
 
 
 async def adopt_quarantine(
@@ -668,9 +658,14 @@ async def adopt_quarantine(
     device_key: str,
     channel: int,
     channel_id: uuid.UUID,
+    max_age: timedelta,
 ) -> int:
     """Move the quarantined readings of an unregistered (device, channel) into ``reading``
-    as the channel's history, and out of the quarantine. Returns how many moved."""
+    as the channel's history, and out of the quarantine. Returns how many moved.
+
+    A reading the ingest would not have stored had the meter been known (measured more
+    than ``max_age``, the site's, before it arrived; ahead of its arrival; a negative
+    register) stays in the quarantine under that reason instead of ``unknown_channel``."""
     where = (
         "FROM reading_quarantine WHERE gateway_id = :g AND device = :d AND channel = :n "
         "AND reason = 'unknown_channel'"
@@ -680,10 +675,15 @@ async def adopt_quarantine(
         await conn.execute(sa.text(f"SELECT measured_at, reading, received_at {where}"), key)
     ).all()
     values = []
+    refused: dict[str, list[datetime]] = {}
     for r in rows:
         try:
             w = WireReading.model_validate(r.reading)
         except ValidationError:  # (kept where it is: the ingest stored it as it came)
+            continue
+        why = unratable(w, r.received_at + MAX_FUTURE, r.received_at - max_age, None)
+        if why is not None:
+            refused.setdefault(why, []).append(r.measured_at)
             continue
         values.append(
             {
@@ -701,6 +701,32 @@ async def adopt_quarantine(
                 "mb": w.meter_balance,
                 "pc": w.purchase_count,
             }
+        )
+    for why, times in refused.items():  # (the app may not update the quarantine: re-keep)
+        gone = await conn.execute(
+            sa.text(
+                f"DELETE {where} AND measured_at = ANY(CAST(:at AS timestamptz[])) "
+                "RETURNING measured_at, reading, received_at"
+            ),
+            {**key, "at": pg_array(times)},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO reading_quarantine (gateway_id, device, channel, measured_at, "
+                "tenant_id, reason, reading, received_at) "
+                "VALUES (:g, :d, :n, :m, :t, :why, CAST(:r AS jsonb), :rcv)"
+            ),
+            [
+                {
+                    **key,
+                    "m": g.measured_at,
+                    "t": tenant_id,
+                    "why": why,
+                    "r": json.dumps(g.reading),
+                    "rcv": g.received_at,
+                }
+                for g in gone
+            ],
         )
     if not values:
         return 0
@@ -767,12 +793,22 @@ async def install(
             ),
             {"c": channel_id},
         )
-        newest = await _newest(conn, gateway_id, req.device, channel_id)
+        # the history first: the newest reading is then one the ingest would have stored
+        max_age = await conn.scalar(
+            sa.text("SELECT reading_max_age_days FROM site WHERE id = :s"), {"s": row.site_id}
+        )
+        history = await adopt_quarantine(
+            conn,
+            who.tenant_id,
+            gateway_id,
+            req.device.key,
+            req.device.channel,
+            channel_id,
+            timedelta(days=max_age),
+        )
+        newest = await _newest(conn, channel_id)
         wanted = req.register if not req.read else (newest.register if newest else None)
         register = core.check_install(state, bound, wanted, newest)
-        history = await adopt_quarantine(
-            conn, who.tenant_id, gateway_id, req.device.key, req.device.channel, channel_id
-        )
         try:
             await conn.execute(
                 sa.text(

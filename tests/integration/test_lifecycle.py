@@ -214,6 +214,49 @@ async def test_open_install_from_quarantine_rate_transfer_and_cancel(db: Databas
     await o.checked()
 
 
+async def test_install_adopts_only_the_history_the_ingest_would_have_stored(
+    db: Database,
+) -> None:
+    """A meter's readings sent before it was registered become its history at 装表, except
+    those the ingest refuses from a known meter: measured longer ago than the site takes,
+    ahead of their arrival, a negative register. They stay quarantined under that reason,
+    and the installation register is never read from one of them."""
+    o = await office(db)
+    opened = await o.open("203", "Wang Fang")
+    now = datetime.now(UTC)
+    await o.send(
+        "m7",
+        (now - timedelta(days=4000), "5.00"),  # older than the site takes (3650 days)
+        (now - timedelta(hours=2), "-3.00"),  # a negative register
+        (now - timedelta(hours=1), "80.00"),  # history
+        (now + timedelta(hours=2), "999.00"),  # the meter's clock runs ahead
+    )
+    inst = await service.install(
+        o.db,
+        o.who,
+        opened.points[0],
+        service.InstallRequest(o.device("m7"), read=True),
+        now,
+        TIMING,
+    )
+    assert inst.history == 1 and inst.install_register == Decimal("80.00")
+    async with o.db.tenant(o.g.tenant_id) as conn:
+        kept = dict(
+            (r.total, r.reason)
+            for r in await conn.execute(
+                sa.text("SELECT reading->>'total' AS total, reason FROM reading_quarantine")
+            )
+        )
+    assert {Decimal(k): v for k, v in kept.items()} == {
+        Decimal("5.00"): "too_old",
+        Decimal("-3.00"): "negative_register",
+        Decimal("999.00"): "future_timestamp",
+    }
+    stored = await o.scalar("SELECT count(*) FROM reading WHERE channel_id = :c", c=inst.channel_id)
+    assert stored == 1
+    await o.checked()
+
+
 async def test_install_typed_register_and_refusals(db: Database) -> None:
     o = await office(db)
     a = await o.open("202", "Wang")
