@@ -30,6 +30,7 @@ from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, render
+from cloud.console.readings import router as readings_router
 from cloud.console.refusals import explain
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
@@ -70,6 +71,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(office_router)
     app.include_router(gateways_router)
     app.include_router(dunning_router)
+    app.include_router(readings_router)
     app.include_router(imports_router)
     app.include_router(settings_router)
     app.include_router(settings_edit_router)
