@@ -6,15 +6,20 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
+from fastapi import Query
 from fastapi.responses import Response
 from openpyxl import Workbook
 
 PAGE_SIZE = 50
 EXPORT_LIMIT = 50_000
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+#: A list page's query parameters: where the page starts, and ``export=xlsx`` for the file.
+Offset = Annotated[int, Query(ge=0, le=10_000_000)]
+Export = Annotated[str, Query(max_length=8)]
 
 
 @dataclass(frozen=True)

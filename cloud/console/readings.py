@@ -49,8 +49,8 @@ async def readings_page(
     svc: ServicesDep,
     first: Text = "",
     last: Text = "",
-    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-    export: Annotated[str, Query(max_length=8)] = "",
+    offset: lists.Offset = 0,
+    export: lists.Export = "",
 ) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):

@@ -11,6 +11,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import uvicorn
@@ -90,3 +91,13 @@ async def browser() -> AsyncIterator[object]:
             yield b
         finally:
             await b.close()
+
+
+async def sign_in(page: Any, base: str, slug: str) -> None:
+    """Log in to the console as the seeded group's administrator, in Chinese."""
+    await page.goto(f"{base}/console/login")
+    await page.get_by_label("物业集团").fill(slug)
+    await page.get_by_label("用户名").fill("admin")
+    await page.get_by_label("密码").fill("demo-admin")
+    await page.get_by_role("button", name="登录").click()
+    await page.wait_for_url("**/console/")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cloud.registry.service import Seeded
-from tests.e2e.browser.conftest import ARTIFACTS, Live
+from tests.e2e.browser.conftest import ARTIFACTS, Live, sign_in
 from tests.integration.test_dunning import owing  # noqa: F401  (the fixture)
 
 
@@ -29,12 +29,7 @@ async def test_a_clerk_prints_one_dunning_notice(
     page = await context.new_page()
     page.set_default_timeout(15_000)
     try:
-        await page.goto(f"{live.base}/console/login")
-        await page.get_by_label("物业集团").fill(slug)
-        await page.get_by_label("用户名").fill("admin")
-        await page.get_by_label("密码").fill("demo-admin")
-        await page.get_by_role("button", name="登录").click()
-        await page.wait_for_url("**/console/")
+        await sign_in(page, live.base, slug)
         await page.goto(f"{live.base}/console/accounts")
         await page.get_by_role("link", name="欠费与催费").click()
         await page.get_by_label("楼栋").select_option(label="A栋 · " + await _site(page))

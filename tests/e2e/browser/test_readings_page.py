@@ -14,7 +14,7 @@ from cloud.ingest.service import IngestService
 from cloud.registry.service import seed_group
 from contract.mqtt import Reading, TelemetryBatch
 from tests.conftest import group_spec
-from tests.e2e.browser.conftest import ARTIFACTS, Live
+from tests.e2e.browser.conftest import ARTIFACTS, Live, sign_in
 
 
 async def test_a_clerk_opens_a_shops_reading_history(live: Live, browser: Any) -> None:
@@ -37,12 +37,7 @@ async def test_a_clerk_opens_a_shops_reading_history(live: Live, browser: Any) -
     page = await browser.new_page(locale="zh-CN")
     page.set_default_timeout(15_000)
     try:
-        await page.goto(f"{live.base}/console/login")
-        await page.get_by_label("物业集团").fill(spec.slug)
-        await page.get_by_label("用户名").fill("admin")
-        await page.get_by_label("密码").fill("demo-admin")
-        await page.get_by_role("button", name="登录").click()
-        await page.wait_for_url("**/console/")
+        await sign_in(page, live.base, spec.slug)
         await page.goto(f"{live.base}/console/accounts/{g.accounts['m1']}")
         await page.get_by_role("link", name="抄表记录").click()
         await page.get_by_role("heading", name="抄表记录: Shop 1").wait_for()
