@@ -494,6 +494,9 @@ def meter_decision(p: PointControl, now: datetime) -> Decision:
         d = alarms_only(p.meter_balance, p.policy, mem)
     else:
         d = Decision(mem.supply or SupplyState.ON, "the meter controls supply", mem)
+    # decided again when keep-power or the override ends, with no reading needed
+    ends = [t for t in (d.recheck_at, keep and keep.until, override and override.until) if t]
+    d = replace(d, recheck_at=min(ends) if ends else None)
     if override is not None:
         return replace(
             d,
@@ -594,7 +597,9 @@ def _converged(p: PointControl, d: Decision) -> bool:
         return True
     desired, reported, _, desired_keep, reported_keep = p.twin
     want = _supply_wanted(p, d)
-    supply_ok = want is None or (desired == want.value and reported == desired)
+    # nothing wanted (the meter decides): converged once no override's wish is left on the
+    # twin (see _release)
+    supply_ok = desired is None if want is None else desired == want.value == reported
     keep_want = d.memory.keep_power is not None
     keep_ok = (desired_keep is None and not keep_want) or (
         desired_keep == keep_want == reported_keep
@@ -667,6 +672,8 @@ async def _converge(
             queued += 1
             at = at + timedelta(microseconds=1)
     if supply_want is None:
+        if twin.desired is not None:  # an override of a meter-controlled point has ended
+            queued += await _release(conn, tenant_id, p, reported_state, at, timing, actor)
         return queued
     want = supply_want.value
     action = supply_action(p, supply_want)
@@ -697,6 +704,37 @@ async def _converge(
         await enqueue(conn, tenant_id, p, action, {}, d.reason, at, timing, actor, SUPPLY_ACTIONS)
         queued += 1
     return queued
+
+
+async def _release(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    p: PointControl,
+    reported_state: str | None,
+    now: datetime,
+    timing: CommandTiming,
+    actor: str,
+) -> int:
+    """A meter-controlled point's override has ended (expired, or lifted when the meter had
+    credit again): the relay is left as the meter itself would have it — closed unless its
+    own balance is in arrears (a meter trips itself when its credit runs out, but does not
+    close a relay a remote trip opened) — and the twin wants nothing any more."""
+    arrears = p.meter_balance is not None and in_arrears(p.meter_balance, p.policy)
+    verdict = SupplyState.OFF if arrears else SupplyState.ON
+    reason = "the override ended: the meter decides its supply again"
+    await conn.execute(
+        sa.text(
+            "UPDATE supply_twin SET desired = NULL, desired_at = :now, desired_reason = :r "
+            "WHERE channel_id = :c"
+        ),
+        {"now": now, "r": reason, "c": p.channel_id},
+    )
+    assert p.channel_id is not None
+    if reported_state == verdict.value and not await _open(conn, p.channel_id, SUPPLY_ACTIONS):
+        return 0
+    action = supply_action(p, verdict)
+    await enqueue(conn, tenant_id, p, action, {}, reason, now, timing, actor, SUPPLY_ACTIONS)
+    return 1
 
 
 async def cut_for_closure(

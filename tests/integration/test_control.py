@@ -490,6 +490,61 @@ async def test_meter_controlled_top_up_is_a_recharge_with_the_next_purchase_coun
     assert last == "9"
 
 
+async def test_a_meter_controlled_points_trip_ends_with_the_relay_closed_again(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    """An operator's trip of a meter-controlled point until a time: when it expires the
+    meter gets a close (it would never close a remotely opened relay by itself) and the
+    cloud wants nothing of its supply any more; a meter whose own balance is in arrears at
+    the end is left tripped. Once released, nothing more is sent."""
+    s = await shop(db)
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(sa.text("UPDATE service_point SET control_mode = 'meter'"))
+    await s.read("100.00", meter_balance=Decimal("20.00"), purchase_count=3)
+    auth = await admin_auth(http, s.slug)
+    until = datetime.now(UTC) + timedelta(minutes=10)
+    url = f"/api/v1/service-points/{s.point}/control"
+    body = {"action": "trip", "reason": "wiring check", "override": True}
+    r = await http.post(url, json={**body, "until": until.isoformat()}, headers=auth)
+    assert r.status_code == 200, r.text
+    assert await s.commands() == [("trip", "queued")]
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(
+            sa.text("UPDATE device_command SET state = 'acked', finished_at = now()")
+        )
+        await conn.execute(sa.text("UPDATE supply_twin SET reported = 'off'"))
+        assert (
+            await sweep_tenant(conn, s.group.tenant_id, until - timedelta(minutes=1), TIMING)
+        ).commands == 0
+        assert (
+            await sweep_tenant(conn, s.group.tenant_id, until + timedelta(seconds=1), TIMING)
+        ).commands == 1
+    assert await s.commands() == [("trip", "acked"), ("close", "queued")]
+    assert (await s.twin())[0] is None  # the meter decides again
+    async with db.tenant(s.group.tenant_id) as conn:
+        later = until + timedelta(minutes=5)
+        assert (await sweep_tenant(conn, s.group.tenant_id, later, TIMING)).commands == 0
+
+    # tripped again, and by the end the meter's own credit has run out: it stays off
+    r = await http.post(
+        url, json={**body, "until": (later + timedelta(minutes=10)).isoformat()}, headers=auth
+    )
+    assert r.status_code == 200, r.text
+    await s.read("130.00", meter_balance=Decimal("-1.00"), purchase_count=3, supply="off")
+    async with db.tenant(s.group.tenant_id) as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE device_command SET state = 'acked', finished_at = now() "
+                "WHERE state = 'queued'"
+            )
+        )
+        end = later + timedelta(minutes=11)
+        assert (await sweep_tenant(conn, s.group.tenant_id, end, TIMING)).commands == 0
+    # (the first close was made at the simulated expiry, after the second trip's wall clock)
+    assert sorted(c[0] for c in await s.commands()) == ["close", "trip", "trip"]
+    assert (await s.twin())[0] is None
+
+
 async def test_a_close_only_meter_gets_close_allowed_and_the_twin_waits_for_the_tenant(
     db: Database,
 ) -> None:
