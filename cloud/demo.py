@@ -22,7 +22,16 @@ from cloud.db import Database, migrate
 from cloud.embedded import EmbeddedBroker, free_port
 from cloud.ingest.consumer import lanes, run_lanes
 from cloud.ingest.service import IngestService
-from cloud.lifecycle.service import CustomerData, OpenRequest, PointOrder, open_account
+from cloud.lifecycle.service import (
+    CustomerData,
+    DeviceSpec,
+    FirstSale,
+    InstallRequest,
+    OpenRequest,
+    PointOrder,
+    install,
+    open_account,
+)
 from cloud.registry import admin
 from cloud.registry.admin import OperatorDraft
 from cloud.registry.admin_core import PremisesDraft
@@ -35,6 +44,8 @@ from contract.mqtt import Topics
 from gateway_agent.agent import Agent
 from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
 from meter_profiles.loader import load_profiles
+from meter_profiles.simulators.cjt188 import Cjt188Responder
+from meter_profiles.simulators.line import LineServer
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
 
@@ -58,6 +69,12 @@ DEMO = GroupSpec(
         MeterSpec("shop-104", 4, "鲜果铺", Decimal("50.00")),
     ],
 )
+
+#: The flat 陈家 (B栋-3-301) has its water meter installed: a CJ/T 188 valve meter on a bus
+#: of its own behind a (simulated) serial-to-Ethernet converter.
+WATER = "cjt188-valve-water"
+WATER_KEY, WATER_BUS, WATER_ADDRESS = "water-301", "water", "00000000000301"
+WATER_START = 20.0  # m³ on the register at installation
 
 
 def _demo_secret(data: Path) -> str:
@@ -106,6 +123,16 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         ]
     )
     await sim.start()
+    water_meter = SimulatedMeter(
+        profiles[WATER],
+        1,
+        address=WATER_ADDRESS,
+        curve=LoadCurve(base=0.02, peak=0.25, seed=301),
+        speed=SIM_SPEED,
+        start_total=start_kwh.get(WATER_KEY, WATER_START),
+    )
+    water_line = LineServer(Cjt188Responder([water_meter]))
+    water_port = await water_line.start_tcp()
     agent = Agent(
         AgentConfig(
             gateway=DEMO.gateway_code,
@@ -121,7 +148,13 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
                         DeviceConfig(key=m.key, profile=profile.model, unit=m.unit)
                         for m in DEMO.meters
                     ],
-                )
+                ),
+                BusConfig(
+                    name=WATER_BUS,
+                    transport="tcp",
+                    port=water_port,
+                    devices=[DeviceConfig(key=WATER_KEY, profile=WATER, address=WATER_ADDRESS)],
+                ),
             ],
         ),
         profiles,
@@ -156,6 +189,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await sim.stop()
+        await water_line.stop()
         if broker:
             with contextlib.suppress(Exception):
                 await broker.stop()
@@ -170,8 +204,9 @@ INSTALLER = ("installer", "demo-installer")
 async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> None:
     """The business office of the demo group: two buildings (shops on floors 1–2 of A栋,
     flats on floors 3–4 of B栋), the four metered shops placed in A栋, flats with
-    electricity and water waiting for their meters (装表), a water tariff, a second outlet,
-    a counter clerk scoped to that outlet and an installer."""
+    electricity and water — 陈家's water meter installed, with ¥30 of credit, the others
+    waiting for their meters (装表) —, a water tariff, a second outlet, a counter clerk
+    scoped to that outlet and an installer."""
     now = datetime.now(UTC)
     who = Principal(seeded.tenant_id, seeded.operator_id, "admin", frozenset(PERMISSIONS))
     a = await admin.create_building(db, who, seeded.site_id, "A栋", now)
@@ -207,8 +242,19 @@ async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> No
     )
     for flat, name in zip(flats, ("陈家", "刘家", "赵家", "孙家", "周家", "吴家"), strict=True):
         points = (PointOrder("electricity", power), PointOrder("water", water))
-        req = OpenRequest(flat.id, points, customer=CustomerData(name))
-        await open_account(db, who, req, now, timing)
+        first = (
+            FirstSale(Decimal("30.00"), "cash", seeded.outlet_id, "demo-301")
+            if name == "陈家"
+            else None
+        )
+        req = OpenRequest(flat.id, points, customer=CustomerData(name), first_sale=first)
+        opened = await open_account(db, who, req, now, timing)
+        if name == "陈家":  # its water meter is in; the rest wait for the installer
+            spec = DeviceSpec(
+                DEMO.gateway_code, WATER_KEY, 1, WATER, WATER_BUS, WATER_ADDRESS, "SW-301"
+            )
+            register = Decimal(str(WATER_START))
+            await install(db, who, opened.points[1], InstallRequest(spec, register), now, timing)
     second = await admin.create_outlet(db, who, seeded.site_id, "二号营业厅", now)
     clerk_role = await admin.create_role(
         db,
@@ -278,7 +324,8 @@ PrepayCloud demo is running.
   Broker    {mqtt_url}
   Data      {data.resolve()}
 
-Four simulated DDSY1352 meters are polled every 5 s (simulated time runs 60x).
+Four simulated DDSY1352 meters and a CJ/T 188 water meter (陈家, B栋-3-301) are polled every 5 s
+(simulated time runs 60x); the other flats' meters wait for the installer (装表).
 "好运面馆" (A栋-1-101, account A000001) starts with ¥1.50 and is cut off within about a minute; top it up:
 
   TOKEN=$(curl -s -X POST http://{host}:{port}/api/v1/auth/token -H 'content-type: application/json' \\
