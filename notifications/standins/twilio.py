@@ -138,6 +138,9 @@ class TwilioStandIn:
             datetime.now(UTC),
         )
         self.messages.append(msg)
+        log.info(
+            "Twilio stand-in: SMS %s to %s (%d segment(s)): %s", msg.sid, to, msg.segments, text
+        )
         if msg.callback and self.callbacks:
             task = asyncio.create_task(self._statuses(msg))
             self._tasks.add(task)
