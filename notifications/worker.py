@@ -301,7 +301,12 @@ class NotifyWorker:
                     if job.customer_id:
                         recent[job.customer_id].append(now)
                     return None
-            job.channel, job.note = "sms", "no WeChat acceptance left; sent by SMS"
+            job.note = (
+                "no WeChat acceptance left; sent by SMS"
+                if "wechat" in self.providers
+                else "WeChat is not set up here; sent by SMS"
+            )
+            job.channel = "sms"
         if job.channel in ("sms", "log"):
             try:
                 job.address = rules.e164(job.phone)

@@ -189,3 +189,67 @@ async def test_two_workers_at_once_never_send_the_same_message(
     assert await s.q("SELECT count(*) FROM notification WHERE status = 'sent'") == 400
     await a.close()
     await b.close()
+
+
+async def test_the_consoles_queries_a_customers_messages_and_the_daily_overview(
+    db: Database, sms: TwilioStandIn
+) -> None:
+    from cloud.notify.queries import customer_notifications, delivery_overview, template_texts
+
+    s = await shop(db, meters=2)
+    c1 = await s.prefer("m1")
+    await s.prefer("m2", phone="12345")
+    await topups(s, 4, 2)  # two each
+    w = worker(db, Clock(NOW), twilio(sms))
+    await w.deliver(s.tenant)
+    await w.close()
+    async with db.tenant(s.tenant) as conn:
+        total, items = await customer_notifications(conn, c1, limit=1)
+        assert total == 2 and len(items) == 1
+        assert (items[0].kind, items[0].status, items[0].channel) == (
+            "topup_received",
+            "sent",
+            "sms",
+        )
+        assert (
+            items[0].title_msgid == "Top-up received" and items[0].account == s.group.accounts["m1"]
+        )
+        assert items[0].segments == 1 and items[0].address == "+8613800138001"
+        day = NOW.date()
+        (row,) = await delivery_overview(conn, day, day)
+    assert (row.day, row.channel, row.sent, row.failed, row.segments) == (day, "sms", 2, 2, 2)
+    assert template_texts()[0][3].startswith("【{site}】")
+
+
+async def test_prepay_notify_delivers_the_moment_an_event_commits(
+    db: Database, db_url: str, sms: TwilioStandIn
+) -> None:
+    """The command itself, as systemd runs it: woken by NOTIFY, not by its sweep."""
+    import os
+    import subprocess
+    import sys
+
+    s = await shop(db)
+    await s.prefer()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREPAY_")}
+    env.update(
+        DATABASE_URL=db_url,
+        PREPAY_NOTIFY_SMS_PROVIDER="twilio",
+        PREPAY_NOTIFY_TWILIO_AUTH_TOKEN=sms.auth_token,
+        PREPAY_NOTIFY_TWILIO_BASE_URL=sms.url,
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cloud.cli", "notify", env=env, stderr=subprocess.DEVNULL
+    )
+    try:
+        await asyncio.sleep(3)  # connected and listening
+        await s.sell("25.00", "cli-1", datetime.now(UTC))
+
+        async def arrived() -> bool:
+            return len(sms.messages) == 1
+
+        await wait_for(arrived, 15, "the message from prepay notify")
+        assert "¥25.00" in sms.messages[0].body
+    finally:
+        proc.terminate()
+        await proc.wait()
