@@ -265,3 +265,21 @@ async def test_wechat_two_acceptances_then_sms_and_43101_is_the_same_signal(
         assert {r.user_id: r.remaining for r in left} == {users["m1"]: 0, users["m2"]: 0}
     finally:
         await wx.stop()
+
+
+async def test_an_undelivered_recharge_tells_the_customer_once(
+    db: Database, sms: TwilioStandIn
+) -> None:
+    from cloud.control.service import _work_order
+
+    s = await shop(db)
+    await s.prefer()
+    now = at(DAY, 12, 0)
+    detail = {"amount": "20.00", "purchase_count": "3", "cause": "sale:R00000001"}
+    async with db.tenant(s.tenant) as conn:
+        for _ in range(2):  # the failed ack, then the same recharge expiring
+            await _work_order(conn, s.tenant, "recharge_failed", s.point(), None, now, detail)
+    assert await s.q("SELECT count(*) FROM work_order") == 2
+    await worker(db, Clock(now), twilio(sms)).deliver(s.tenant)
+    (m,) = sms.messages
+    assert "¥20.00充值未能写入Shop 1 electricity" in m.body
