@@ -46,8 +46,11 @@ clean:
 	rm -rf .prepay/demo .prepay/test-pg
 
 # The console's messages: extract every string (Python and templates) and merge the new
-# ones into the catalogues; translate the empty msgstr in the zh_CN .po by hand. The .po
+# ones into the catalogues; translate the empty msgstr in the zh_CN .po by hand. The same
+# for the notification templates (domain "notifications", notifications/locale). The .po
 # is compiled in memory when the console starts (cloud/console/i18n.py).
 i18n: setup
 	$(UV) run --frozen pybabel extract -F babel.cfg -k _ -k N_ --no-location --sort-output -o .prepay/messages.pot .
 	$(UV) run --frozen pybabel update -i .prepay/messages.pot -d cloud/console/locale -l zh_CN --no-fuzzy-matching -w 100
+	$(UV) run --frozen pybabel extract -k N_ --no-location --sort-output -o .prepay/notifications.pot notifications/templates.py
+	$(UV) run --frozen pybabel update -D notifications -i .prepay/notifications.pot -d notifications/locale -l zh_CN --no-fuzzy-matching -w 100

@@ -1,4 +1,5 @@
-"""`prepay`: the cloud's command line (demo, api, ingest, worker, migrate, check, tenant)."""
+"""`prepay`: the cloud's command line (demo, api, ingest, worker, notify, migrate, check,
+tenant)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "worker",
         help="dispatch commands to gateways and journal closed usage windows (scale horizontally)",
+    )
+    sub.add_parser(
+        "notify",
+        help="deliver notifications (SMS, WeChat, log); also runs inside `prepay worker`",
     )
     chk = sub.add_parser("check", help="verify ledger invariants; non-zero exit on any breach")
     chk.add_argument("--tenant", help="property group slug (default: all)")
@@ -93,6 +99,9 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 create_app(wiring.services), settings.api_host, args.port or settings.api_port
             )
             return 0
+        if args.cmd == "notify":
+            await _notify_worker(wiring).run()
+            return 0
         if not settings.mqtt_url:
             print("set MQTT_URL for ingest/worker (prepay demo embeds a broker)", file=sys.stderr)
             return 2
@@ -115,10 +124,18 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             await asyncio.gather(
                 Dispatcher(wiring.db, settings.mqtt_url, topics, timing).run(),
                 close_usage_windows_forever(wiring.db, timing, lambda: datetime.now(UTC)),
+                _notify_worker(wiring).run(),
             )
         return 0
     finally:
         await wiring.db.dispose()
+
+
+def _notify_worker(wiring: Wiring) -> Any:
+    from notifications.worker import NotifyWorker, providers_from
+
+    notify = wiring.services.notify_settings
+    return NotifyWorker(wiring.db, providers_from(notify), notify)
 
 
 def _tenant_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -48,6 +48,10 @@ from meter_profiles.simulators.cjt188 import Cjt188Responder
 from meter_profiles.simulators.line import LineServer
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
+from notifications.settings import NotifySettings
+from notifications.standins.twilio import TwilioStandIn
+from notifications.standins.wechat import WeChatStandIn
+from notifications.worker import NotifyWorker, providers_from
 
 log = logging.getLogger(__name__)
 
@@ -163,11 +167,16 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
     ingest = lanes(IngestService(db, wiring.services.timing), mqtt_url, topics, shared)
     dispatcher = Dispatcher(db, mqtt_url, topics, wiring.services.timing)
     http_port = port or (settings.api_port if _port_free(settings.api_port) else free_port())
+    twilio, wechat = TwilioStandIn(), WeChatStandIn()
+    notify = await _notify_through(twilio, wechat, settings.api_host, http_port)
+    wiring.services.notify_settings = notify
+    notifier = NotifyWorker(db, providers_from(notify), notify)
     app = create_app(wiring.services)
 
     tasks = [
         asyncio.create_task(run_lanes(ingest), name="ingest"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
+        asyncio.create_task(notifier.run(), name="notifications"),
         asyncio.create_task(agent.run(), name="gateway-agent"),
         asyncio.create_task(serve_http(app, settings.api_host, http_port), name="api"),
     ]
@@ -176,7 +185,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await asyncio.sleep(0.5)
-    _banner(settings.api_host, http_port, url, mqtt_url, data)
+    _banner(settings.api_host, http_port, url, mqtt_url, data, twilio.url, wechat.url)
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -190,6 +199,8 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
         await sim.stop()
         await water_line.stop()
+        await twilio.stop()
+        await wechat.stop()
         if broker:
             with contextlib.suppress(Exception):
                 await broker.stop()
@@ -230,6 +241,14 @@ async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> No
             )
         await conn.execute(
             sa.text("UPDATE outlet SET name = '一号营业厅' WHERE id = :o"), {"o": seeded.outlet_id}
+        )
+        # the shops' tenants get their alerts by SMS (to the Twilio stand-in)
+        await conn.execute(
+            sa.text(
+                "UPDATE customer SET phone = '+86138000' || lpad((row_number)::text, 5, '0') "
+                "FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) FROM customer) n "
+                "WHERE n.id = customer.id"
+            )
         )
         power = await conn.scalar(sa.text("SELECT id FROM tariff WHERE utility = 'electricity'"))
     water = await create_tariff(
@@ -309,7 +328,34 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _banner(host: str, port: int, db_url: str, mqtt_url: str, data: Path) -> None:
+async def _notify_through(
+    twilio: TwilioStandIn, wechat: WeChatStandIn, host: str, port: int
+) -> NotifySettings:
+    """The demo's notifications go to local stand-ins of Twilio and WeChat (their status
+    callbacks come back to this API, signed), which log what they accept."""
+    await twilio.start(host)
+    await wechat.start(host)
+    return NotifySettings(
+        sms_provider="twilio",
+        twilio_account_sid=twilio.account_sid,
+        twilio_auth_token=SecretStr(twilio.auth_token),
+        twilio_base_url=twilio.url,
+        public_base_url=f"http://{host}:{port}",
+        wechat_appid=wechat.appid,
+        wechat_secret=SecretStr(wechat.secret),
+        wechat_base_url=wechat.url,
+    )
+
+
+def _banner(
+    host: str,
+    port: int,
+    db_url: str,
+    mqtt_url: str,
+    data: Path,
+    twilio_url: str = "",
+    wechat_url: str = "",
+) -> None:
     print(
         f"""
 PrepayCloud demo is running.
@@ -323,6 +369,7 @@ PrepayCloud demo is running.
   Database  {db_url}
   Broker    {mqtt_url}
   Data      {data.resolve()}
+  SMS       Twilio stand-in {twilio_url} (WeChat stand-in {wechat_url}); each message is logged
 
 Four simulated DDSY1352 meters and a CJ/T 188 water meter (陈家, B栋-3-301) are polled every 5 s
 (simulated time runs 60x); the other flats' meters wait for the installer (装表).

@@ -103,6 +103,18 @@ class Site(SQLModel, table=True):
     # How far back a reading may be measured and still be stored and rated (older ones are
     # quarantined as ``too_old``; migration 0016).
     reading_max_age_days: int = Field(default=365, sa_column_kwargs={"server_default": "365"})
+    # Notifications (migration 0017): between quiet_start and quiet_end (local time) only
+    # supply-cut and top-up messages go out; the rest wait for quiet_end. Staff are told of
+    # a gateway offline longer than gateway_offline_minutes; a customer gets at most
+    # notify_hourly_limit messages an hour (cuts and top-ups aside).
+    quiet_start: time | None = Field(
+        default=time(22), nullable=True, sa_column_kwargs={"server_default": "22:00"}
+    )
+    quiet_end: time | None = Field(
+        default=time(8), nullable=True, sa_column_kwargs={"server_default": "08:00"}
+    )
+    gateway_offline_minutes: int = Field(default=30, sa_column_kwargs={"server_default": "30"})
+    notify_hourly_limit: int = Field(default=6, sa_column_kwargs={"server_default": "6"})
 
 
 class Outlet(SQLModel, table=True):
@@ -786,6 +798,87 @@ class NotifyPreference(SQLModel, table=True):
     muted: list[str] = Field(
         default_factory=list, sa_type=pg.ARRAY(sa.Text), sa_column_kwargs={"server_default": "{}"}
     )
+    updated_at: datetime = _ts()
+
+
+class NotifyStaff(SQLModel, table=True):
+    """A person of a site's staff told of staff events (gateway offline, work orders)."""
+
+    __tablename__ = "notify_staff"
+    __table_args__ = (sa.Index("ix_notify_staff_site", "site_id"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    name: str
+    phone: str | None = None  # E.164
+    channel: str = Field(default="sms", sa_column_kwargs={"server_default": "sms"})
+    language: str = Field(default="zh_CN", sa_column_kwargs={"server_default": "zh_CN"})
+    kinds: list[str] = Field(
+        default_factory=lambda: ["gateway_offline", "work_order_assigned"],
+        sa_type=pg.ARRAY(sa.Text),
+        sa_column_kwargs={"server_default": "{gateway_offline,work_order_assigned}"},
+    )
+    active: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
+    created_at: datetime = Field(sa_type=TS, sa_column_kwargs={"server_default": sa.func.now()})
+
+
+class Notification(SQLModel, table=True):
+    """The outbox (DESIGN §8): one message per cause and recipient, written in the event's
+    transaction (``cloud.notify.outbox``) and delivered by ``notifications.worker``.
+    Status: queued → sending → sent → delivered | undelivered | failed, or skipped."""
+
+    __tablename__ = "notification"
+    __table_args__ = (
+        sa.UniqueConstraint(
+            "tenant_id", "cause_kind", "cause_key", "recipient", name="notification_once"
+        ),
+        sa.Index(
+            "notification_due",
+            "tenant_id",
+            "next_attempt_at",
+            postgresql_where=sa.text("status = 'queued'"),
+        ),
+        sa.Index(
+            "notification_in_flight",
+            "tenant_id",
+            "claimed_at",
+            postgresql_where=sa.text("status = 'sending'"),
+        ),
+        sa.Index("notification_customer", "customer_id", "created_at"),
+        sa.Index("notification_sent", "tenant_id", "sent_at"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    cause_kind: str = Field(max_length=40)
+    cause_key: str = Field(max_length=200)
+    recipient: str = Field(max_length=60)  # customer:<id> | staff:<id>
+    customer_id: uuid.UUID | None = Field(default=None, foreign_key="customer.id")
+    staff_id: uuid.UUID | None = Field(default=None, foreign_key="notify_staff.id")
+    account_id: uuid.UUID | None = Field(default=None, foreign_key="account.id")
+    service_point_id: uuid.UUID | None = Field(default=None, foreign_key="service_point.id")
+    site_id: uuid.UUID | None = Field(default=None, foreign_key="site.id")
+    channel: str | None = Field(default=None, max_length=12)  # sms | wechat | log
+    language: str = Field(
+        default="zh_CN", max_length=8, sa_column_kwargs={"server_default": "zh_CN"}
+    )
+    template: str = Field(max_length=40)
+    variables: dict[str, str] = Field(
+        default_factory=dict, sa_type=pg.JSONB, sa_column_kwargs={"server_default": "{}"}
+    )
+    status: str = Field(
+        default="queued", max_length=12, sa_column_kwargs={"server_default": "queued"}
+    )
+    reason: str | None = Field(default=None, sa_type=sa.Text)
+    address: str | None = None
+    provider_id: str | None = None
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_attempt_at: datetime = _ts()
+    segments: int | None = None
+    error: dict[str, Any] | None = Field(default=None, sa_type=pg.JSONB, nullable=True)
+    created_at: datetime = _ts()
+    claimed_at: datetime | None = _ts(nullable=True)
+    sent_at: datetime | None = _ts(nullable=True)
+    status_at: datetime | None = _ts(nullable=True)
     updated_at: datetime = _ts()
 
 

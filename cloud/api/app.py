@@ -37,6 +37,7 @@ from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
 from cloud.console.settings_edit import router as settings_edit_router
 from cloud.errors import DomainError, TooManyAttempts
+from notifications.callbacks import router as notify_callbacks
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 
@@ -76,6 +77,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(settings_router)
     app.include_router(settings_edit_router)
     app.include_router(console_router)
+    app.include_router(notify_callbacks)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
     app.add_middleware(LocaleMiddleware)

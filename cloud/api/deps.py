@@ -13,6 +13,7 @@ from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.errors import Unauthorized
 from miniapp_api.identity import AppSessions
+from notifications.settings import NotifySettings
 
 SESSION_COOKIE = "prepay_session"
 
@@ -29,6 +30,8 @@ class Services:
     # localhost, which browsers treat as secure (tests' in-process clients speak http)
     secure_cookies: bool = False
     draw_receipts_ahead: bool = False  # (cloud.documents.receipt.draw_ahead)
+    # notification providers' settings (the Twilio status callback's auth token)
+    notify_settings: NotifySettings = field(default_factory=NotifySettings)
     # tenant users' sessions (miniapp_api), signed with the same key as operators'
     app_sessions: AppSessions = field(init=False)
 

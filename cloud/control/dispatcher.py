@@ -30,6 +30,7 @@ from cloud.aio import raise_if_cancelled
 from cloud.control.service import NOTIFY_CHANNEL, CommandTiming, expire_overdue, sweep_tenant
 from cloud.db import Database
 from cloud.mqtt import client
+from cloud.notify import outbox
 from contract.mqtt import Command, CommandAction, DownKind, Topics, dump
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class Dispatcher:
                 try:
                     async with self.db.tenant(tenant) as conn:
                         await sweep_tenant(conn, tenant, self.clock(), self.timing)
+                        await outbox.gateways_offline(conn, tenant, self.clock())
                 except Exception:  # one tenant's failure must not stop the others
                     raise_if_cancelled()
                     log.exception("control sweep failed for tenant %s", tenant)

@@ -40,6 +40,7 @@ from cloud.control.policy import (
     in_arrears,
 )
 from cloud.db import pg_array, pg_text_array
+from cloud.notify import outbox
 from contract.mqtt import AckStatus, CommandAction
 
 NOTIFY_CHANNEL = "prepay_command"
@@ -564,13 +565,13 @@ async def record_events(
     now: datetime,
     actor: str,
 ) -> None:
-    """Control events for the notifications worker, in the decision's transaction."""
-    await conn.execute(
+    """Control events, and their customers' notifications, in the decision's transaction."""
+    result = await conn.execute(
         sa.text(
             "INSERT INTO control_event (id, tenant_id, service_point_id, kind, at, balance, "
             "detail, actor) SELECT gen_random_uuid(), :t, v.p, v.k, :now, v.b, v.d, :actor "
             "FROM unnest(CAST(:p AS uuid[]), CAST(:k AS text[]), CAST(:b AS numeric[]), "
-            "CAST(:d AS text[])) AS v(p, k, b, d)"
+            "CAST(:d AS text[])) AS v(p, k, b, d) RETURNING id"
         ),
         {
             "t": tenant_id,
@@ -582,6 +583,7 @@ async def record_events(
             "d": pg_text_array(e.detail for _, e, _ in events),
         },
     )
+    await outbox.control_events(conn, tenant_id, [r[0] for r in result], now)
 
 
 def _supply_wanted(p: PointControl, d: Decision) -> SupplyState | None:
@@ -1106,6 +1108,8 @@ async def _work_order(
             "now": now,
         },
     )
+    if kind == "recharge_failed" and point_id is not None:
+        await outbox.recharge_failed(conn, tenant_id, point_id, detail, now)
 
 
 def _recharge_failure(row: Any, status: AckStatus, result: dict[str, str]) -> dict[str, str]:

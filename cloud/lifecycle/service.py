@@ -40,6 +40,7 @@ from cloud.lifecycle.core import (
     Reading,
     Settlement,
 )
+from cloud.notify import outbox
 from cloud.payments.counter import SaleReceipt, SaleRequest, sell_in
 from cloud.payments.counter import replay as replay_sale
 from cloud.rating.core import RatingMark, RatingOutcome, RegisterReading, flush, rate
@@ -1125,6 +1126,10 @@ async def _settle(
             reason=f"{cause}: arrears written off: {req.reason}",
         )
     entry = (await post(conn, who.tenant_id, draft)).entry_id if draft is not None else None
+    if money.refund:
+        await outbox.refund_paid(
+            conn, who.tenant_id, acct.id, money.refund, f"refund:{cause}:{acct.id}", now
+        )
     return money, receipt, entry
 
 

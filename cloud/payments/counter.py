@@ -21,6 +21,7 @@ from cloud.db import Database, next_number
 from cloud.errors import Conflict, Invalid, NotFound
 from cloud.ledger import core as ledger
 from cloud.ledger.service import balance_of, post
+from cloud.notify import outbox
 from cloud.payments import core
 from cloud.registry.scope import outlet_permit, require_site
 
@@ -184,6 +185,7 @@ async def sell_in(
     commands = await after_topup(
         conn, who.tenant_id, acct.id, req.amount, f"sale:{receipt_no}", now, timing, who.actor
     )
+    await outbox.topup_received(conn, who.tenant_id, acct.id, req.amount, f"sale:{receipt_no}", now)
     detail = {"amount": str(req.amount), "receipt": receipt_no, "method": req.method}
     if grant_id is not None:
         detail["grant"] = str(grant_id)
