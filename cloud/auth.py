@@ -29,6 +29,7 @@ PERMISSIONS = (
     "import.run",  # legacy import
     "sale.create",
     "sale.reverse",
+    "dunning.send",  # 催费: send arrears reminders to customers
     "control.trip",
     "control.restore",
     "control.keep_power",

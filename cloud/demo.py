@@ -279,7 +279,14 @@ async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> No
         db,
         who,
         "收费员",
-        ["registry.view", "account.open", "account.close", "sale.create", "sale.reverse"],
+        [
+            "registry.view",
+            "account.open",
+            "account.close",
+            "sale.create",
+            "sale.reverse",
+            "dunning.send",
+        ],
         now,
     )
     installer_role = await admin.create_role(

@@ -119,6 +119,13 @@ TEMPLATES: dict[str, Template] = {
         N_("{site}: gateway {gateway} ({code}) has been offline for {minutes} minutes."),
         N_("Gateway offline"),
     ),
+    "arrears_reminder": Template(
+        N_(
+            "{site}: account {account} owes ¥{owed} and has been in arrears for {days_owed} "
+            "days. Please top up in the WeChat mini-program or at the business office."
+        ),
+        N_("Arrears reminder"),
+    ),
     "work_order_assigned": Template(
         N_("{site}: a work order ({work_order}) at {point} is assigned to you."),
         N_("Work order assigned"),

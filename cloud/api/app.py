@@ -24,6 +24,7 @@ from cloud.api.problems import with_problem_422
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
+from cloud.console.delivery import router as delivery_router
 from cloud.console.dunning import router as dunning_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
@@ -72,6 +73,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(office_router)
     app.include_router(gateways_router)
     app.include_router(dunning_router)
+    app.include_router(delivery_router)
     app.include_router(readings_router)
     app.include_router(imports_router)
     app.include_router(settings_router)

@@ -11,20 +11,22 @@ from typing import Annotated, Any
 from urllib.parse import urlencode
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import RedirectResponse, Response
 
 from cloud.api.deps import Services, ServicesDep
 from cloud.auth import Principal
-from cloud.console import lists
+from cloud.console import forms, lists
+from cloud.console.delivery import WORDS
 from cloud.console.format import when
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import render, signed_in
+from cloud.console.pages import refused_csrf, render, signed_in
 from cloud.console.refusals import explain
 from cloud.documents import dunning as notices
 from cloud.dunning.arrears import ArrearsQuery, every_arrears, list_arrears
-from cloud.errors import Invalid
+from cloud.dunning.remind import REMIND_MAX, remind, sending
+from cloud.errors import DomainError, Invalid
 from cloud.registry import admin
 
 router = APIRouter(prefix="/console/arrears", include_in_schema=False)
@@ -165,3 +167,86 @@ async def notices_pdf(
         media_type="application/pdf",
         headers={"Content-Disposition": f'inline; filename="dunning-{stamp}.pdf"'},
     )
+
+
+# -- 催费 reminders to a selection, through the notification outbox ---------------------------
+
+
+def _accounts(values: list[str]) -> tuple[uuid.UUID, ...]:
+    try:
+        return tuple(dict.fromkeys(uuid.UUID(a[:64]) for a in values))
+    except ValueError:
+        raise Invalid(N_("Choose the accounts from the arrears list.")) from None
+
+
+@router.get("/remind")
+async def remind_confirm(
+    request: Request,
+    svc: ServicesDep,
+    account: Annotated[list[str] | None, Query(max_length=REMIND_MAX)] = None,
+) -> Response:
+    """The ticked accounts as they stand now, and the button that sends them a reminder."""
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    try:
+        ids = _accounts(account or [])
+        if not ids:
+            raise Invalid(N_("Tick the accounts to remind in the arrears list first."))
+        who.require("dunning.send")
+    except DomainError as exc:
+        ctx = {"who": who, "message": explain(exc), "refused": True}
+        return render(request, svc, "message.html", ctx, status=exc.status, section="accounts")
+    rows = await every_arrears(
+        svc.db, who, ArrearsQuery(account_ids=ids), datetime.now(UTC), REMIND_MAX
+    )
+    ctx = {"who": who, "rows": rows, "form_key": forms.new_key(), "chosen": len(ids)}
+    return render(request, svc, "arrears_remind.html", ctx, section="accounts")
+
+
+@router.post("/remind")
+async def remind_send(request: Request, svc: ServicesDep) -> Response:
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    if (bad := await refused_csrf(request, svc)) is not None:
+        return bad
+    form = await request.form()
+    key = str(form.get("form_key") or "")[:64]
+    now = datetime.now(UTC)
+    try:
+        ids = _accounts([v for v in form.getlist("account") if isinstance(v, str)])
+        if not key:
+            raise Invalid(N_("This form has expired. Reload the page and try again."))
+        claim = await forms.claim(svc.db, who, key, now)
+        if not claim.first:
+            return RedirectResponse(claim.result or f"/console/arrears/sent/{key}", 303)
+        try:
+            await remind(svc.db, who, ids, key, now)
+        except DomainError:
+            await forms.release(svc.db, who, key)
+            raise
+    except DomainError as exc:
+        ctx = {"who": who, "message": explain(exc), "refused": True}
+        return render(request, svc, "message.html", ctx, status=exc.status, section="accounts")
+    where = f"/console/arrears/sent/{key}"
+    await forms.finish(svc.db, who, key, where)
+    return RedirectResponse(where, status_code=303)
+
+
+@router.get("/sent/{batch}")
+async def remind_sent(
+    batch: Annotated[str, Path(max_length=64, pattern="^[0-9a-f]+$")],
+    request: Request,
+    svc: ServicesDep,
+) -> Response:
+    """One sending's reminders, account by account, with what became of each."""
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    rows = await sending(svc.db, who, batch)
+    if not rows:
+        message = _("No reminder of this sending was found.")
+        return render(request, svc, "message.html", {"who": who, "message": message}, status=404)
+    ctx = {"who": who, "rows": rows, **WORDS}
+    return render(request, svc, "arrears_sent.html", ctx, section="accounts")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date
 from typing import Annotated, Any
 from urllib.parse import quote
 
@@ -72,3 +73,15 @@ def xlsx_sheets(filename: str, sheets: Sequence[Sheet]) -> Response:
         media_type=XLSX,
         headers={"Content-Disposition": f"attachment; filename*=UTF-8''{quote(filename)}"},
     )
+
+
+def day_param(text: str) -> date | None:
+    """A day typed or picked as YYYY-MM-DD (empty: the page's default); ValueError for
+    anything else or a year outside 2000–2099."""
+    text = text.strip()
+    if not text:
+        return None
+    day = date.fromisoformat(text)
+    if not 2000 <= day.year < 2100:
+        raise ValueError(text)
+    return day

@@ -5,7 +5,7 @@ readings, a page at a time or as one Excel file."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Annotated
 from urllib.parse import urlencode
 
@@ -24,24 +24,6 @@ router = APIRouter(prefix="/console/points", include_in_schema=False)
 Text = Annotated[str, Query(max_length=10)]
 
 
-class BadDay(ValueError):
-    pass
-
-
-def _day(text: str) -> date | None:
-    """A day typed or picked as YYYY-MM-DD (empty: the default window's)."""
-    text = text.strip()
-    if not text:
-        return None
-    try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        raise BadDay from None
-    if not 2000 <= day.year < 2100:
-        raise BadDay
-    return day
-
-
 @router.get("/{point_id}/readings")
 async def readings_page(
     point_id: uuid.UUID,
@@ -56,8 +38,8 @@ async def readings_page(
     if isinstance(who, Response):
         return who
     try:
-        window = Window(_day(first), _day(last))
-    except BadDay:
+        window = Window(lists.day_param(first), lists.day_param(last))
+    except ValueError:
         message = _("Give the days as year-month-day, e.g. 2026-12-01, between 2000 and 2099.")
         ctx = {"who": who, "message": message, "refused": True}
         return render(request, svc, "message.html", ctx, status=422, section="accounts")

@@ -173,7 +173,6 @@ PLACEHOLDERS = {
         ),
     ),
     "work-orders": (N_("Work orders"), N_("Work orders come with the field work issue.")),
-    "reports": (N_("Reports"), N_("Reports come with the finance and site operations issues.")),
     "finance": (
         N_("Finance"),
         N_("Finance HQ (reconciliation, handovers, settlement) comes with the finance issue."),

@@ -69,6 +69,7 @@ PERMISSION_LABELS = {
     "import.run": N_("Import legacy data"),
     "sale.create": N_("Sell credit"),
     "sale.reverse": N_("Reverse sales"),
+    "dunning.send": N_("Send arrears reminders"),
     "control.trip": N_("Trip supply"),
     "control.restore": N_("Restore supply"),
     "control.keep_power": N_("Keep-power (保电)"),

@@ -40,8 +40,15 @@ CONTROL_KINDS = (
     "override_expired",
 )
 PAYMENT_KINDS = ("topup_received", "refund_paid")
+DUNNING_KINDS = ("arrears_reminder",)  # sent by staff to a selection (催费)
 STAFF_KINDS = ("gateway_offline", "work_order_assigned")
-ALL_KINDS = (*CONTROL_KINDS, *PAYMENT_KINDS, "recharge_failed", *STAFF_KINDS)
+ALL_KINDS = (
+    *CONTROL_KINDS,
+    *PAYMENT_KINDS,
+    *DUNNING_KINDS,
+    "recharge_failed",
+    *STAFF_KINDS,
+)
 
 # The customer's channel, language and mutes: no preference row is SMS in Chinese.
 _PREF_COLUMNS = """
@@ -229,6 +236,24 @@ async def topup_received(
     "received" message to its customer, keyed by the payment's cause."""
     return await _account_event(
         conn, tenant_id, "topup_received", account_id, cause, {"amount": str(amount)}, now
+    )
+
+
+async def arrears_reminder(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    account_id: uuid.UUID,
+    owed: Decimal,
+    days: int,
+    batch: str,
+    now: datetime,
+) -> int:
+    """催费: staff remind an account in arrears (one of a selection sent together as
+    ``batch``): one message to its customer per batch, with what it owes and since when.
+    Returns 1 when written, 0 when this batch already reminded it."""
+    variables = {"owed": f"{owed:.2f}", "days_owed": str(days)}
+    return await _account_event(
+        conn, tenant_id, "arrears_reminder", account_id, f"remind:{batch}", variables, now
     )
 
 

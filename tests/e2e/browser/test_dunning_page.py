@@ -51,6 +51,24 @@ async def test_a_clerk_prints_one_dunning_notice(
             shutil.copy(path, shots / "02-notice.pdf")
         assert "催费通知单" in text and g.accounts["m1"] in text and "¥15.00" in text
         assert g.accounts["m2"] not in text
+        # the same ticked account gets a reminder: confirmed, then sent through the outbox
+        await page.get_by_role("button", name="向勾选的账户发送催费提醒（短信/微信）…").click()
+        await page.get_by_role("heading", name="发送催费提醒").wait_for()
+        await page.screenshot(path=str(shots / "03-remind-confirm.png"), full_page=True)
+        page.once("dialog", lambda d: d.accept())
+        await page.get_by_role("button", name="发送提醒").click()
+        await page.get_by_role("heading", name="已发送的催费提醒").wait_for()
+        assert g.accounts["m1"] in await page.locator("table").inner_text()
+        await page.screenshot(path=str(shots / "04-reminders-sent.png"), full_page=True)
+        await page.get_by_role("link", name=g.accounts["m1"]).click()
+        await page.get_by_text("催费提醒").first.wait_for()
+        await page.screenshot(path=str(shots / "05-customer-notifications.png"), full_page=True)
+        await page.goto(f"{live.base}/console/reports")
+        await page.get_by_role("link", name="通知发送情况").click()
+        await page.get_by_role("heading", name="通知发送情况").wait_for()
+        await page.screenshot(path=str(shots / "06-delivery.png"), full_page=True)
+        await page.get_by_role("link", name="消息模板").click()
+        await page.screenshot(path=str(shots / "07-templates.png"), full_page=True)
     except BaseException:
         await page.screenshot(path=str(shots / "failed.png"), full_page=True)
         raise
