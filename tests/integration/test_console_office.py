@@ -159,9 +159,11 @@ async def test_the_import_page_names_the_refused_row(db: Database, http: httpx.A
     assert page.status_code == 200 and "导入" in page.text
     template = (ROOT / "cloud/registry/import_template.csv").read_bytes()
     token = http.cookies.get("prepay_csrf")
+    key = re.search(r'name="form_key" value="([0-9a-f]+)"', page.text)
+    assert key, "the import form has no one-time key"
     r = await http.post(
         "/console/imports",
-        data={"csrf_token": token or "", "mode": "import"},
+        data={"csrf_token": token or "", "mode": "import", "form_key": key.group(1)},
         files={"file": ("legacy.csv", template, "text/csv")},
     )
     # the template's example names the demo's gateway, unknown to this group
