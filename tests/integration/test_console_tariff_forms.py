@@ -153,3 +153,58 @@ async def test_time_of_use_periods_cover_the_day(db: Database, http: httpx.Async
     assert r.status_code == 404
     assert (await http.get(f"{S}/tariffs/{theirs}")).status_code == 404
     assert (await http.get(f"{S}/tariffs/{uuid.uuid4()}")).status_code == 404
+
+
+async def test_a_water_tariff_and_a_water_account_say_water(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    spec = group_spec()
+    g = await seed_group(db, spec)
+    await console_login(http, spec.slug)
+    r = await _new(
+        http,
+        g,
+        {"name": "自来水", "utility": "water", "kind": "flat", "unit_price": "4.5"},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303, r.text
+    page = await http.get(r.headers["location"])
+    assert '<span class="muted">水价</span> 自来水' in page.text
+    assert "¥4.5000/m³" in page.text and "单价（元/m³，单一价格用）" in page.text
+    assert 'id="kind-tou"' not in page.text and "kWh" not in page.text  # nothing of electricity
+    async with db.tenant(g.tenant_id) as conn:
+        building = await conn.scalar(
+            sa.text(
+                "INSERT INTO building (id, tenant_id, site_id, name) "
+                "VALUES (gen_random_uuid(), :t, :s, 'W栋') RETURNING id"
+            ),
+            {"t": g.tenant_id, "s": g.site_id},
+        )
+        premises = await conn.scalar(
+            sa.text(
+                "INSERT INTO premises (id, tenant_id, site_id, building_id, floor, number, kind) "
+                "VALUES (gen_random_uuid(), :t, :s, :b, '1', '101', 'flat') RETURNING id"
+            ),
+            {"t": g.tenant_id, "s": g.site_id, "b": building},
+        )
+        water = await conn.scalar(sa.text("SELECT id FROM tariff WHERE name = '自来水'"))
+    form = await http.get("/console/accounts/new")
+    assert '<label for="tariff_water">水价</label>' in form.text
+    assert '<label for="tariff_electricity">电价</label>' in form.text
+    opened = await console_form(
+        http,
+        "/console/accounts/new",
+        {
+            "name": "赵水",
+            "premises_id": str(premises),
+            "with_water": "1",
+            "tariff_water": str(water),
+            "form_key": await _key(http, "/console/accounts/new"),
+        },
+        follow_redirects=False,
+    )
+    assert opened.status_code == 303, opened.text
+    number = opened.headers["location"].split("/")[-1].split("?")[0]
+    counter = await http.get(f"/console/counter/{number}")
+    assert counter.status_code == 200 and "收款并售水" in counter.text
+    assert "收款并售电" not in counter.text
