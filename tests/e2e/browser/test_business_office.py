@@ -177,7 +177,7 @@ async def _setup_group(
     await page.get_by_role("button", name=t("Add outlet")).click()
     await page.goto(f"{base}/tariffs")
     await page.get_by_label(t("Tariff name")).fill("商铺电价")
-    await page.get_by_label(t("Utility")).select_option("electricity")
+    await page.get_by_label(t("Utility"), exact=True).select_option("electricity")
     unit = t("Unit price (¥ per %(unit)s), for a flat plan") % {"unit": t("kWh or m³")}
     await page.get_by_label(unit).fill("1.0000")
     await shot("admin-tariff")
@@ -185,7 +185,7 @@ async def _setup_group(
     # a tiered water tariff in rows: the mistake is named, what was typed stays
     await page.goto(f"{base}/tariffs")
     await page.get_by_label(t("Tariff name")).fill("商铺水价")
-    await page.get_by_label(t("Utility")).select_option("water")
+    await page.get_by_label(t("Utility"), exact=True).select_option("water")
     await page.get_by_label(t("Tiered: a price per block of use")).check()
     for n, up, price in ((1, "30", "4.50"), (2, "60", "5.80")):  # the last one bounded
         await page.get_by_label(t("Tier %(n)s: up to") % {"n": n}).fill(up)
