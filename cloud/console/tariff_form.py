@@ -74,10 +74,19 @@ def _clock(text: str, what: str, row: int) -> time:
 
 
 def unit_price(data: Mapping[str, str]) -> dict[str, Any]:
-    text = data.get("unit_price", "").strip()
+    text = data.get("unit_price", "").replace(",", "").replace("¥", "").strip()
     if not text:
         raise _refuse(N_("Fill in the unit price."))
-    return {"unit_price": str(_number(text, 4, N_("the unit price"), 1))}
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise _refuse(N_("The unit price is a number.")) from None
+    if not value.is_finite() or value <= 0 or value >= Decimal(10) ** 9:
+        raise _refuse(N_("The unit price must be above zero (and below a billion)."))
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -4:
+        raise _refuse(N_("The unit price takes at most 4 decimals."))
+    return {"unit_price": str(value)}
 
 
 def tiers(data: Mapping[str, str]) -> dict[str, Any]:

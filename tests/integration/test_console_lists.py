@@ -121,6 +121,10 @@ async def test_settings_lists_are_searched_and_paged(db: Database, http: httpx.A
         code = await conn.scalar(sa.text("SELECT code FROM gateway"))
     listed = await http.get("/console/gateways", params={"q": str(code)[-6:]})
     assert str(code) in listed.text
+    async with db.tenant(other.tenant_id) as conn:
+        theirs = str(await conn.scalar(sa.text("SELECT code FROM gateway")))
+    every = await http.get("/console/gateways", params={"q": "gw-"})
+    assert str(code) in every.text and theirs not in every.text  # (another group's: never)
     sheet = _sheet(await http.get("/console/gateways", params={"q": "nothing", "export": "xlsx"}))
     assert len(sheet) == 1  # the headers only
 
