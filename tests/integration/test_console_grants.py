@@ -85,7 +85,7 @@ async def test_a_granted_clerk_finds_and_sells_to_the_granted_sites_account_unti
         assert none.status_code == 200 and "没有找到户号" in none.text
         assert (await clerk.get(f"/console/counter/{number}")).status_code == 404
 
-        ends = datetime.now(UTC) + timedelta(seconds=6)
+        ends = datetime.now(UTC) + timedelta(seconds=10)
         grant = await http.post(
             f"/api/v1/operators/{clerk_id}/outlet-grants",
             json={
@@ -119,6 +119,16 @@ async def test_a_granted_clerk_finds_and_sells_to_the_granted_sites_account_unti
         receipt = await clerk.get(sold.headers["location"])
         assert "¥12.00" in receipt.text and "西区营业厅停电" in receipt.text  # the grant shown
         assert await _sales(db, g) == 1
+        # and through the API: the counter's search and the balance
+        token = await http.post(
+            "/api/v1/auth/token",
+            json={"tenant": spec.slug, "username": username, "password": "clerk-pass-1"},
+        )
+        bearer = {"authorization": f"Bearer {token.json()['access_token']}"}
+        hits = await http.get("/api/v1/accounts", params={"q": number}, headers=bearer)
+        assert [h["number"] for h in hits.json()["items"]] == [number]
+        balance = await http.get(f"/api/v1/accounts/{number}/balance", headers=bearer)
+        assert balance.status_code == 200
         # The grant lets them sell, nothing more: not 营业's account page, not settings.
         assert (await clerk.get(f"/console/accounts/{number}")).status_code == 404
         site = await clerk.get(f"/console/settings/sites/{g.site_id}")
@@ -128,6 +138,10 @@ async def test_a_granted_clerk_finds_and_sells_to_the_granted_sites_account_unti
         gone = await clerk.get("/console/counter", params={"q": number})
         assert gone.status_code == 200 and "没有找到户号" in gone.text
         assert (await clerk.get(f"/console/counter/{number}")).status_code == 404
+        hits = await http.get("/api/v1/accounts", params={"q": number}, headers=bearer)
+        assert hits.json()["total"] == 0
+        balance = await http.get(f"/api/v1/accounts/{number}/balance", headers=bearer)
+        assert balance.status_code == 404
         body["form_key"] = uuid.uuid4().hex
         late = await console_form(clerk, f"/console/counter/{number}/sell", body)
         assert late.status_code in (403, 404) and await _sales(db, g) == 1
