@@ -190,8 +190,12 @@ async def search_accounts(
     limit: Annotated[int, Query(ge=1, le=200)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> SearchOut:
-    """The counter's search: account number, customer name, phone, premises or meter."""
-    page = await accounts.search_accounts(svc.db, who, q, site_id, limit, offset)
+    """The counter's search: account number, customer name, phone, premises or meter;
+    also the accounts of the site of an outlet a cross-outlet grant in force lets the
+    operator sell at."""
+    page = await accounts.search_accounts(
+        svc.db, who, q, site_id, limit, offset, selling_at=datetime.now(UTC)
+    )
     return SearchOut(
         total=page.total,
         limit=limit,

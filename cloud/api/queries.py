@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloud.auth import Principal
 from cloud.db import Database
 from cloud.errors import NotFound
-from cloud.registry.scope import sites_of
+from cloud.registry.scope import selling_sites, sites_of
 
 
 @dataclass(frozen=True)
@@ -88,11 +88,21 @@ async def service_point(
 
 
 async def account_balance(
-    db: Database, tenant_id: uuid.UUID, number: str, who: Principal | None = None
+    db: Database,
+    tenant_id: uuid.UUID,
+    number: str,
+    who: Principal | None = None,
+    *,
+    selling_at: datetime | None = None,
 ) -> Decimal:
-    """NotFound too for an account none of whose points is in ``who``'s sites."""
+    """NotFound too for an account none of whose points is in ``who``'s sites (with
+    ``selling_at``: nor at the site of an outlet a grant in force then lets them sell at)."""
     async with db.tenant(tenant_id) as conn:
-        params = await _scope(conn, who) | {"n": number}
+        if who is not None and selling_at is not None:
+            sites = await selling_sites(conn, who, selling_at)
+            params: dict[str, object] = {"all": sites is None, "sites": sites or [], "n": number}
+        else:
+            params = await _scope(conn, who) | {"n": number}
         value = await conn.scalar(
             sa.text(
                 "SELECT la.balance FROM account a JOIN ledger_account la ON la.id = a.wallet_id "

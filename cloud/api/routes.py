@@ -164,7 +164,9 @@ async def get_point(point_id: uuid.UUID, svc: ServicesDep, who: OperatorDep) -> 
 )
 async def get_balance(number: PathKey, svc: ServicesDep, who: OperatorDep) -> BalanceOut:
     who.require("registry.view")
-    balance = await queries.account_balance(svc.db, who.tenant_id, number, who)
+    balance = await queries.account_balance(
+        svc.db, who.tenant_id, number, who, selling_at=datetime.now(UTC)
+    )
     return BalanceOut(account=number, balance=str(balance))
 
 

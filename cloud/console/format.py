@@ -1,5 +1,6 @@
 """The one place the console formats money, numbers and times (DESIGN §16): money as ¥
-with two decimals, times in the site's zone with the zone shown."""
+with two decimals, unit prices as ¥ with four, times in the site's zone with the zone
+shown."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ def money(amount: Decimal | str | None) -> str:
     amount = Decimal(amount)
     text = format_decimal(abs(amount), format="#,##0.00", locale=babel_locale())
     return f"-¥{text}" if amount < 0 else f"¥{text}"
+
+
+def price(value: Decimal | str | None) -> str:
+    """A unit price (per kWh or m³): ¥ with four decimals, as tariffs are priced."""
+    if value is None or value == "":
+        return "—"
+    text = format_decimal(Decimal(value), format="#,##0.0000", locale=babel_locale())
+    return f"¥{text}"
 
 
 def number(value: Decimal | str | None, places: int = 2) -> str:

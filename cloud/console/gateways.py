@@ -4,7 +4,7 @@ that nobody has registered yet (their readings wait in quarantine until 装表).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
@@ -54,6 +54,7 @@ async def gateways(
         sites = await sites_of(conn, who)
         rows = (await conn.execute(sa.text(_GATEWAYS), {"sites": sites})).all()
     if export == "xlsx":
+        rows = lists.exported(request, rows, _gateway_texts)
         headers = [
             _("Gateway"), _("Name"), _("Site"), _("Online"), _("Last seen"), _("Meters"),
             _("Unregistered meters"), _("Config version"),
@@ -72,7 +73,13 @@ async def gateways(
             for g in rows
         ]
         return lists.xlsx("gateways.xlsx", headers, table)
-    return render(request, svc, "gateways.html", {"who": who, "gateways": rows}, section="settings")
+    found = lists.listed(request, rows, _gateway_texts)
+    ctx = {"who": who, "gateways": found.items, "page": found.page, "q": found.q}
+    return render(request, svc, "gateways.html", ctx, section="settings")
+
+
+def _gateway_texts(g: sa.Row[Any]) -> str:
+    return f"{g.code} {g.name or ''} {g.site}"
 
 
 @router.get("/{code}")

@@ -112,6 +112,13 @@ def _method(form: Any) -> str:
     return method
 
 
+def _form_key(form: Any) -> str:
+    key = form.get("form_key")
+    if not isinstance(key, str) or not key.strip() or len(key) > 64 or has_control(key):
+        raise FormError(_("This form has no key: reload the page and try again."))
+    return key.strip()
+
+
 def _uuid(form: Any, name: str) -> uuid.UUID:
     try:
         return uuid.UUID(_field(form, name, max_len=40))
@@ -148,6 +155,19 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+async def _home_site(svc: Services, who: Principal, number: str) -> uuid.UUID | None:
+    """The site of the account's first point (the one a sale to it is made for)."""
+    async with svc.db.tenant(who.tenant_id) as conn:
+        site: uuid.UUID | None = await conn.scalar(
+            sa.text(
+                "SELECT sp.site_id FROM account a JOIN service_point sp ON sp.account_id = a.id "
+                "WHERE a.number = :n ORDER BY sp.removed_at NULLS FIRST, sp.id LIMIT 1"
+            ),
+            {"n": number},
+        )
+    return site
+
+
 async def _zone(svc: Services, who: Principal, number: str) -> str:
     """The time zone of the account's site (its first point's)."""
     async with svc.db.tenant(who.tenant_id) as conn:
@@ -182,21 +202,27 @@ async def counter_search(
     svc: ServicesDep,
     q: Annotated[str, Query(max_length=64)] = "",
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+    export: Annotated[str, Query(max_length=8)] = "",
 ) -> Response:
-    return await _search(request, svc, q, offset, "", "counter")
+    return await _search(request, svc, q, offset, export, "counter")
 
 
 async def _search(
     request: Request, svc: Services, q: str, offset: int, export: str, section: str
 ) -> Response:
+    """营业's account search, or the counter's: the counter's also finds the accounts of
+    the sites a cross-outlet grant in force lets the operator sell at."""
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
     query = q.strip() or None
     if query and has_control(query):
         query = None
+    selling_at = _now() if section == "counter" else None
     if export == "xlsx":
-        found = await accounts.search_accounts(svc.db, who, query, None, lists.EXPORT_LIMIT, 0)
+        found = await accounts.search_accounts(
+            svc.db, who, query, None, lists.EXPORT_LIMIT, 0, selling_at=selling_at
+        )
         headers = [
             _("Account"),
             _("Customer"),
@@ -209,12 +235,22 @@ async def _search(
             [h.number, h.customer, h.phone or "", " ".join(h.premises), h.balance, _(h.status)]
             for h in found.items
         )
-        return lists.xlsx("accounts.xlsx", headers, rows)
-    found = await accounts.search_accounts(svc.db, who, query, None, lists.PAGE_SIZE, offset)
+        return lists.xlsx(
+            "accounts.xlsx" if section == "accounts" else "counter.xlsx", headers, rows
+        )
+    found = await accounts.search_accounts(
+        svc.db, who, query, None, lists.PAGE_SIZE, offset, selling_at=selling_at
+    )
     page = lists.Page(offset, lists.PAGE_SIZE, found.total)
     if section == "counter" and query and found.total == 1 and offset == 0:
         return RedirectResponse(f"/console/counter/{found.items[0].number}", status_code=303)
-    ctx = {"who": who, "hits": found.items, "page": page, "q": q}
+    ctx = {
+        "who": who,
+        "hits": found.items,
+        "page": page,
+        "q": q,
+        "in_counter": section == "counter",
+    }
     return render(request, svc, f"{section}_search.html", ctx, section=section)
 
 
@@ -516,13 +552,14 @@ async def cancel_submit(number: str, request: Request, svc: ServicesDep) -> Resp
 # -- 售电/售水 the counter -------------------------------------------------------------------
 
 _OUTLETS = """
-SELECT o.id, o.name, s.name AS site, NULL::uuid AS grant_id, NULL::timestamptz AS ends_at
+SELECT o.id, o.name, s.name AS site, NULL::uuid AS grant_id, NULL::timestamptz AS ends_at,
+  o.site_id
 FROM outlet o JOIN site s ON s.id = o.site_id
 WHERE CAST(:scope AS text) = 'tenant'
    OR (CAST(:scope AS text) = 'site' AND o.site_id = ANY(CAST(:ids AS uuid[])))
    OR (CAST(:scope AS text) = 'outlet' AND o.id = ANY(CAST(:ids AS uuid[])))
 UNION ALL
-SELECT o.id, o.name, s.name, g.id, g.ends_at FROM outlet_grant g
+SELECT o.id, o.name, s.name, g.id, g.ends_at, o.site_id FROM outlet_grant g
 JOIN outlet o ON o.id = g.outlet_id JOIN site s ON s.id = o.site_id
 WHERE g.operator_id = :op AND g.revoked_at IS NULL AND g.starts_at <= :now AND g.ends_at > :now
 ORDER BY 3, 2
@@ -554,15 +591,22 @@ async def _counter(
     values: dict[str, str] | None = None,
 ) -> Response:
     now = _now()
-    page = await accounts.account_page(svc.db, who, number)
+    page = await accounts.account_page(svc.db, who, number, selling_at=now)
+    outlets = await _sale_outlets(svc, who, now)
+    v = dict(values or {})
+    if not v.get("outlet_id"):  # preselect an outlet at the account's own site, if any
+        home = await _home_site(svc, who, number)
+        at_home = [o for o in outlets if o.site_id == home]
+        if at_home:
+            v["outlet_id"] = str(at_home[0].id)
     ctx = {
         "who": who,
         "a": page,
         "zone": await _zone(svc, who, number),
         "error": error,
-        "v": values or {},
+        "v": v,
         "form_key": (values or {}).get("form_key") or forms.new_key(),
-        "outlets": await _sale_outlets(svc, who, now),
+        "outlets": outlets,
         "methods": METHODS,
         "utilities": dict(UTILITIES),
     }
@@ -631,6 +675,7 @@ async def _sale_page(
         "methods": dict(METHODS),
         "done": _(DONE[done]) if done in DONE else None,
         "can_reverse": "sale.reverse" in who.permissions and sale.reversed_at is None,
+        "form_key": forms.new_key(),
     }
     return render(request, svc, "sale.html", ctx, status=status, section="counter")
 
@@ -705,6 +750,8 @@ async def sales_list(
 
 @router.post("/sales/{receipt_no}/reverse")
 async def reverse(receipt_no: str, request: Request, svc: ServicesDep) -> Response:
+    """冲正: the form's one-time key makes a double click or a re-sent form reverse once
+    and show the first reversal's result."""
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
@@ -714,12 +761,21 @@ async def reverse(receipt_no: str, request: Request, svc: ServicesDep) -> Respon
     form = await request.form()
     try:
         reason = _field(form, "reason", max_len=500)
+        key = _form_key(form)
     except FormError as exc:
         return await _sale_page(request, svc, who, receipt_no, str(exc), 422)
+    now = _now()
+    claim = await forms.claim(svc.db, who, f"reverse:{key}", now)
+    if not claim.first:
+        where = claim.result or f"/console/sales/{receipt_no}"
+        return RedirectResponse(where, status_code=303)
     try:
-        await reverse_sale(svc.db, who, receipt_no, reason, _now(), svc.timing)
+        await reverse_sale(svc.db, who, receipt_no, reason, now, svc.timing)
     except DomainError as exc:
+        await forms.release(svc.db, who, f"reverse:{key}")
         if exc.status == 404:
             raise
         return await _sale_page(request, svc, who, receipt_no, explain(exc), exc.status)
-    return RedirectResponse(f"/console/sales/{receipt_no}?done=reversed", status_code=303)
+    where = f"/console/sales/{receipt_no}?done=reversed"
+    await forms.finish(svc.db, who, f"reverse:{key}", where)
+    return RedirectResponse(where, status_code=303)

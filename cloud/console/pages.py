@@ -36,6 +36,7 @@ _env.install_gettext_callables(i18n.gettext, i18n.ngettext, newstyle=True)  # ty
 templates = Jinja2Templates(env=_env)
 templates.env.globals.update(
     money=fmt.money,
+    price=fmt.price,
     when=fmt.when,
     number=fmt.number,
     html_lang=i18n.html_lang,

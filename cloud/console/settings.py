@@ -7,9 +7,8 @@ is sent to the first one's result); a refusal re-draws the form with the input k
 
 from __future__ import annotations
 
-import json
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any
@@ -18,12 +17,10 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
-from pydantic import TypeAdapter, ValidationError
 
 from cloud.api.deps import Services, ServicesDep
-from cloud.api.tariff_routes import Plan
 from cloud.auth import PERMISSIONS, Principal
-from cloud.console import forms, lists
+from cloud.console import forms, lists, tariff_form
 from cloud.console.format import when
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
@@ -98,7 +95,13 @@ DONE = {
     "reactivated": N_("Operator active again: they can sign in."),
     "revoked": N_("Grant revoked."),
 }
-_PLAN: TypeAdapter[Any] = TypeAdapter(Plan)
+# what the price plan's fields are drawn with (cloud.console.tariff_form reads them)
+PLAN_FIELDS = {
+    "cycles": tariff_form.CYCLES,
+    "periods": tariff_form.PERIODS,
+    "tier_rows": tariff_form.TIER_ROWS,
+    "tou_rows": tariff_form.TOU_ROWS,
+}
 
 Form = dict[str, str]
 Again = Callable[[str, int], Awaitable[Response]]
@@ -106,6 +109,27 @@ Again = Callable[[str, int], Awaitable[Response]]
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+# what each list's search box looks in
+def _site_texts(st: admin.SiteRow) -> str:
+    return f"{st.settings.name} {st.settings.timezone}"
+
+
+def _name(row: Any) -> str:
+    return str(row.name)
+
+
+def _operator_texts(o: admin.OperatorRow) -> str:
+    return f"{o.username} {o.display_name} {o.role}"
+
+
+def _role_texts(r: admin.RoleRow) -> str:
+    return " ".join([r.name, *(_(PERMISSION_LABELS.get(p, p)) for p in r.permissions)])
+
+
+def _grant_texts(g: admin.GrantRow) -> str:
+    return f"{g.username} {g.outlet} {g.reason} {g.granted_by}"
 
 
 def _done(request: Request) -> str:
@@ -301,8 +325,11 @@ async def _sites_page(
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
     defaults = _site_form(core.SiteSettings(name=""))
+    found = lists.listed(request, sites, _site_texts)
     ctx = {
-        "sites": sites,
+        "sites": found.items,
+        "page": found.page,
+        "q": found.q,
         "form": form or defaults,
         "error": error,
         "zones": ZONES,
@@ -337,7 +364,7 @@ async def sites_page(
                 else "",
                 st.settings.catalogue_price,
             ]
-            for st in sites
+            for st in lists.exported(request, sites, _site_texts)
         ]
         return lists.xlsx("sites.xlsx", headers, rows)
     return await _sites_page(request, svc, who, {}, "", 200)
@@ -430,7 +457,7 @@ async def _names_xlsx(
         named = await lister(svc.db, who, site_id)
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
-    rows = [[site.settings.name, n.name] for n in named]
+    rows = [[site.settings.name, n.name] for n in lists.exported(request, named, _name)]
     filename = "buildings.xlsx" if lister is admin.list_buildings else "outlets.xlsx"
     return lists.xlsx(filename, [_("Site"), header], rows)
 
@@ -449,9 +476,12 @@ async def _buildings_page(
         buildings = await admin.list_buildings(svc.db, who, site_id)
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
+    found = lists.listed(request, buildings, _name)
     ctx = {
         "site": site,
-        "buildings": buildings,
+        "buildings": found.items,
+        "page": found.page,
+        "q": found.q,
         "form": form,
         "error": error,
         "key": forms.new_key(),
@@ -610,7 +640,16 @@ async def _outlets_page(
         outlets = await admin.list_outlets(svc.db, who, site_id)
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
-    ctx = {"site": site, "outlets": outlets, "form": form, "error": error, "key": forms.new_key()}
+    found = lists.listed(request, outlets, _name)
+    ctx = {
+        "site": site,
+        "outlets": found.items,
+        "page": found.page,
+        "q": found.q,
+        "form": form,
+        "error": error,
+        "key": forms.new_key(),
+    }
     return _page(request, svc, who, "settings_outlets.html", ctx, status)
 
 
@@ -658,8 +697,17 @@ def _zone(sites: list[admin.SiteRow], site_id: uuid.UUID | None) -> str:
     return "Asia/Shanghai"
 
 
-def _version(data: Form, zone: str) -> VersionDraft:
-    """The version in the form: a flat unit price, or the plan as the API's JSON."""
+def _tariff_texts(site_names: Mapping[Any, str]) -> Callable[[tariffs.TariffView], str]:
+    def texts(t: tariffs.TariffView) -> str:
+        site = site_names.get(t.site_id, "") if t.site_id else _("Whole property group")
+        return f"{t.name} {_(dict(UTILITIES)[t.utility])} {site}"
+
+    return texts
+
+
+def _version(data: Form, zone: str, utility: str | None) -> VersionDraft:
+    """The version in the form: its price plan (cloud.console.tariff_form), monthly fee,
+    start and, for a price above the site's margin, the reason."""
     fee = data.get("monthly_fee", "") or "0"
     start = _within(
         data.get("effective_from", ""),
@@ -673,19 +721,9 @@ def _version(data: Form, zone: str) -> VersionDraft:
         reason = data.get("margin_reason", "")
         if len(reason) < 3:
             raise Invalid(N_("Give a reason (3 characters or more) for the price."))
-    if data.get("kind", "flat") == "flat":
-        price = _decimal(data.get("unit_price", ""), N_("The unit price is a number."))
-        kind, spec = "flat", {"unit_price": str(price)}
-    else:
-        try:
-            plan = _PLAN.validate_python(json.loads(data.get("plan", "")))
-        except (ValueError, ValidationError):
-            raise Invalid(
-                N_("The plan is not valid JSON of a tiered or time-of-use tariff.")
-            ) from None
-        kind, spec = plan.kind, plan.model_dump(mode="json", exclude={"kind"})
+    plan = tariff_form.plan_from_form(data, utility)
     monthly = _decimal(fee, N_("The monthly fee is an amount."))
-    return VersionDraft(kind, spec, monthly, start, reason)
+    return VersionDraft(plan.kind, plan.spec, monthly, start, reason)
 
 
 async def _tariffs_page(
@@ -698,13 +736,17 @@ async def _tariffs_page(
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
     names = {s.id: s.settings.name for s in sites}
+    listed = lists.listed(request, found, _tariff_texts(names))
     ctx = {
-        "tariffs": found,
+        "tariffs": listed.items,
+        "page": listed.page,
+        "q": listed.q,
         "sites": sites,
         "site_names": names,
         "zones": {s.id: s.settings.timezone for s in sites},
         "utilities": UTILITIES,
         "plan_kinds": PLAN_KINDS,
+        **PLAN_FIELDS,
         "form": form or {"kind": "flat", "monthly_fee": "0"},
         "error": error,
         "margin": _(MARGIN_HINT) in error,
@@ -734,7 +776,7 @@ async def tariffs_page(
             _("Monthly fee"), _("Since"), _("Next version from"),
         ]  # fmt: skip
         rows: list[list[Any]] = []
-        for t in found:
+        for t in lists.exported(request, found, _tariff_texts(names)):
             now, zone = t.current, zones.get(t.site_id, "Asia/Shanghai")
             price = (now.spec.get("unit_price") if now else None) or ""
             rows.append(
@@ -771,7 +813,8 @@ async def create_tariff(request: Request, svc: ServicesDep) -> Response:
         if utility not in dict(UTILITIES):
             raise Invalid(N_("Choose electricity or water."))
         zone = _zone(await admin.list_sites(svc.db, who), site_id)
-        new = tariffs.NewTariff(data.get("name", ""), utility, site_id, _version(data, zone))
+        version = _version(data, zone, utility)
+        new = tariffs.NewTariff(data.get("name", ""), utility, site_id, version)
         tariff_id = await tariffs.create_tariff(svc.db, who, new, _now())
         return f"{BASE}/tariffs/{tariff_id}?done=tariff"
 
@@ -818,12 +861,16 @@ async def _tariff_page(
         for p in await _points(svc, who, tariff.site_id)
         if p.site_id in visible and p.utility == tariff.utility
     ]
+    found = lists.listed(request, points, lambda p: f"{p.name} {p.site}")
     ctx = {
         "t": tariff,
         "site_name": next((s.settings.name for s in sites if s.id == tariff.site_id), None),
         "zone": _zone(sites, tariff.site_id),
-        "points": points,
+        "points": found.items,
+        "page": found.page,
+        "q": found.q,
         "plan_kinds": PLAN_KINDS,
+        **PLAN_FIELDS,
         "form": form or {"kind": "flat", "monthly_fee": "0"},
         "error": error,
         "margin": _(MARGIN_HINT) in error,
@@ -853,7 +900,8 @@ async def add_version(tariff_id: uuid.UUID, request: Request, svc: ServicesDep) 
         who.require("tariff.edit")
         tariff = await tariffs.get_tariff(svc.db, who, tariff_id, _now())
         zone = _zone(await admin.list_sites(svc.db, who), tariff.site_id)
-        await tariffs.add_version(svc.db, who, tariff_id, _version(data, zone), _now())
+        version = _version(data, zone, tariff.utility)
+        await tariffs.add_version(svc.db, who, tariff_id, version, _now())
         return f"{BASE}/tariffs/{tariff_id}?done=version"
 
     async def again(error: str, status: int) -> Response:
@@ -906,9 +954,15 @@ async def _operators_page(
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
     names = {s.id: s.settings.name for s in sites} | {o.id: o.name for o in outlets}
+    people = lists.listed(request, operators, _operator_texts)
+    kinds = lists.listed(request, roles, _role_texts, param="roles_offset")
     ctx = {
-        "operators": operators,
-        "roles": roles,
+        "operators": people.items,
+        "page": people.page,
+        "q": people.q,
+        "roles": roles,  # (every role: the new operator's choice)
+        "role_rows": kinds.items,
+        "roles_page": kinds.page,
         "sites": sites,
         "outlets": outlets,
         "site_names": {s.id: s.settings.name for s in sites},
@@ -961,7 +1015,7 @@ async def _operators_xlsx(request: Request, svc: Services, who: Principal) -> Re
             "、".join(names.get(i, str(i)) for i in o.scope_ids),
             _("active") if o.active else _("inactive"),
         ]
-        for o in operators
+        for o in lists.exported(request, operators, _operator_texts)
     ]
     return lists.xlsx_sheets(
         "operators.xlsx",
@@ -971,7 +1025,11 @@ async def _operators_xlsx(request: Request, svc: Services, who: Principal) -> Re
                 [_("User"), _("Name"), _("Role"), _("Scope"), _("Sites or outlets"), _("State")],
                 people,
             ),
-            (_("Roles"), [_("Role"), _("Permissions")], [[r.name, perms(r)] for r in roles]),
+            (
+                _("Roles"),
+                [_("Role"), _("Permissions")],
+                [[r.name, perms(r)] for r in lists.exported(request, roles, _role_texts)],
+            ),
         ],
     )
 
@@ -1082,8 +1140,12 @@ async def _grants_page(
     except Forbidden as exc:
         return _refused(request, svc, who, exc)
     zones = {s.id: s.settings.timezone for s in sites}
+    names = {s.id: s.settings.name for s in sites}
+    found = lists.listed(request, grants, lambda g: f"{_grant_texts(g)} {names.get(g.site_id, '')}")
     ctx = {
-        "grants": grants,
+        "grants": found.items,
+        "page": found.page,
+        "q": found.q,
         # a tenant-wide operator already sells everywhere: only the scoped ones need grants
         "operators": [o for o in operators if o.active and o.scope != "tenant"],
         "outlets": outlets,
@@ -1134,7 +1196,9 @@ async def grants_page(
                 g.granted_by,
                 state(g),
             ]
-            for g in grants
+            for g in lists.exported(
+                request, grants, lambda g: f"{_grant_texts(g)} {names.get(g.site_id, '')}"
+            )
         ]
         return lists.xlsx("grants.xlsx", headers, rows)
     return await _grants_page(request, svc, who, {}, "", 200)

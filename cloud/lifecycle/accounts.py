@@ -8,11 +8,12 @@ from datetime import datetime
 from decimal import Decimal
 
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.auth import Principal
 from cloud.db import Database, pg_array
 from cloud.errors import NotFound
-from cloud.registry.scope import require_site, sites_of
+from cloud.registry.scope import selling_sites, sites_of
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,19 @@ async def search_accounts(
     site_id: uuid.UUID | None = None,
     limit: int = 20,
     offset: int = 0,
+    *,
+    selling_at: datetime | None = None,
 ) -> SearchPage:
     """Accounts by number, customer name (substring), phone, ID number, premises
-    ("A栋-2-201": building, floor, number; substring) or meter (serial, address or key)."""
+    ("A栋-2-201": building, floor, number; substring) or meter (serial, address or key).
+    ``selling_at``: the counter's search, which also finds the accounts of the sites that
+    cross-outlet grants in force then let the operator sell at."""
     who.require("registry.view")
     q = (q or "").strip() or None
     async with db.tenant(who.tenant_id) as conn:
-        if site_id is not None:
-            await require_site(conn, who, site_id)
-        sites = await sites_of(conn, who)
+        sites = await _sites(conn, who, selling_at)
+        if site_id is not None and sites is not None and site_id not in sites:
+            raise NotFound(f"site {site_id} not found")
         rows = (
             await conn.execute(
                 sa.text(SEARCH if q else LIST),
@@ -182,9 +187,21 @@ WHERE sp.account_id = :a ORDER BY sp.removed_at NULLS FIRST, sp.utility, sp.name
 """
 
 
-async def account_page(db: Database, who: Principal, number: str) -> AccountPage:
+async def _sites(
+    conn: AsyncConnection, who: Principal, selling_at: datetime | None
+) -> list[uuid.UUID] | None:
+    if selling_at is None:
+        return await sites_of(conn, who)
+    return await selling_sites(conn, who, selling_at)
+
+
+async def account_page(
+    db: Database, who: Principal, number: str, *, selling_at: datetime | None = None
+) -> AccountPage:
     """What the account page shows: customer, status, points with their meters, last
-    readings and supply state, the live balance and the recent sales."""
+    readings and supply state, the live balance and the recent sales. ``selling_at``: the
+    counter's page, which also opens an account of a site a grant in force lets the
+    operator sell at."""
     who.require("registry.view")
     async with db.tenant(who.tenant_id) as conn:
         a = (
@@ -201,7 +218,7 @@ async def account_page(db: Database, who: Principal, number: str) -> AccountPage
         if a is None:
             raise NotFound(f"account {number} not found")
         rows = (await conn.execute(sa.text(_PAGE_POINTS), {"a": a.id})).all()
-        sites = await sites_of(conn, who)
+        sites = await _sites(conn, who, selling_at)
         if sites is not None and not any(r.site_id in sites for r in rows):
             raise NotFound(f"account {number} not found")
         sales = (

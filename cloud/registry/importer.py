@@ -555,14 +555,61 @@ class RunSummary:
     report: list[dict[str, Any]]
 
 
-async def list_runs(db: Database, tenant_id: uuid.UUID, limit: int = 50) -> list[RunSummary]:
-    """The tenant's import runs, newest first."""
+async def get_run(db: Database, tenant_id: uuid.UUID, run_id: uuid.UUID) -> RunSummary | None:
+    """One import run of the tenant (None: no such run, another group's included)."""
     async with db.tenant(tenant_id) as conn:
-        rows = await conn.execute(
-            sa.text(
-                "SELECT id, created_at, actor, filename, rows, dry_run, refused, report "
-                "FROM import_run ORDER BY created_at DESC, id LIMIT :n"
-            ),
-            {"n": limit},
-        )
-        return [RunSummary(*r) for r in rows]
+        row = (
+            await conn.execute(
+                sa.text(
+                    "SELECT id, created_at, actor, filename, rows, dry_run, refused, report "
+                    "FROM import_run WHERE id = :id"
+                ),
+                {"id": run_id},
+            )
+        ).first()
+    return None if row is None else RunSummary(*row)
+
+
+async def list_runs(
+    db: Database, tenant_id: uuid.UUID, limit: int = 50, offset: int = 0, q: str | None = None
+) -> list[RunSummary]:
+    """The tenant's import runs, newest first (``q``: part of the file's name or of who ran
+    it)."""
+    return (await find_runs(db, tenant_id, q, limit, offset))[1]
+
+
+_RUNS_LIKE = "WHERE CAST(:like AS text) IS NULL OR filename ILIKE :like OR actor ILIKE :like"
+
+
+async def find_runs(
+    db: Database, tenant_id: uuid.UUID, q: str | None, limit: int, offset: int
+) -> tuple[int, list[RunSummary]]:
+    """How many runs match ``q`` (part of the file name or of who ran it; None: all), and
+    one page of them, newest first."""
+    like = (
+        None
+        if not q
+        else "%" + q.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+    )
+    async with db.tenant(tenant_id) as conn:
+        rows = (
+            await conn.execute(
+                sa.text(
+                    "SELECT id, created_at, actor, filename, rows, dry_run, refused, report, "
+                    f"count(*) OVER () AS total FROM import_run {_RUNS_LIKE} "
+                    "ORDER BY created_at DESC, id LIMIT :n OFFSET :off"
+                ),
+                {"like": like, "n": limit, "off": offset},
+            )
+        ).all()
+    total = int(rows[0].total) if rows else 0
+    if not rows and offset:  # past the end: only the count
+        async with db.tenant(tenant_id) as conn:
+            total = int(
+                await conn.scalar(
+                    sa.text(f"SELECT count(*) FROM import_run {_RUNS_LIKE}"),
+                    {"like": like},
+                )
+                or 0
+            )
+    return total, [RunSummary(*r[:8]) for r in rows]

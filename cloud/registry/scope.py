@@ -1,7 +1,11 @@
 """What an operator's scope covers (DESIGN §3): the whole tenant, some sites, or some
 outlets (and the sites those outlets are at). Every route that lists or touches a site's
 things narrows by ``sites_of``; every sale asks ``outlet_permit`` where it may be made —
-an outlet in the operator's scope, or another one under a live cross-outlet grant."""
+an outlet in the operator's scope, or another one under a live cross-outlet grant.
+
+A grant (异地售电) widens the scope for selling only: while it is in force, the site of
+the granted outlet joins ``selling_sites`` — the accounts the counter finds and opens to
+sell to — and nothing else (not settings, not 开户 or 消户, not the site's other lists)."""
 
 from __future__ import annotations
 
@@ -27,6 +31,25 @@ async def sites_of(conn: AsyncConnection, who: Principal) -> list[uuid.UUID] | N
         sa.text("SELECT DISTINCT site_id FROM outlet WHERE id = ANY(:ids)"), {"ids": ids}
     )
     return list(rows)
+
+
+_GRANTED_SITES = """
+SELECT DISTINCT o.site_id FROM outlet_grant g JOIN outlet o ON o.id = g.outlet_id
+WHERE g.operator_id = :op AND g.revoked_at IS NULL AND g.starts_at <= :now AND g.ends_at > :now
+"""
+
+
+async def selling_sites(
+    conn: AsyncConnection, who: Principal, now: datetime
+) -> list[uuid.UUID] | None:
+    """The sites whose accounts the operator may look up to sell to at ``now``: those of
+    their scope and those of the outlets a grant in force lets them sell at (None: every
+    site of the tenant)."""
+    sites = await sites_of(conn, who)
+    if sites is None:
+        return None
+    granted = await conn.scalars(sa.text(_GRANTED_SITES), {"op": who.operator_id, "now": now})
+    return sites + [s for s in granted if s not in sites]
 
 
 async def require_site(conn: AsyncConnection, who: Principal, site_id: uuid.UUID) -> None:

@@ -71,15 +71,33 @@ async def test_a_sale_sells_once_and_can_be_reversed(db: Database, http: httpx.A
     assert "¥50.00" in receipt.text and "冲正本笔售电" in receipt.text
     assert "(Asia/Shanghai)" in receipt.text
     no = first.headers["location"].rsplit("/", 1)[1]
-    empty = await console_form(http, f"/console/sales/{no}/reverse", {"reason": ""})
-    assert empty.status_code == 422 and "请填写" in empty.text
-    done = await console_form(
-        http, f"/console/sales/{no}/reverse", {"reason": "收错户号"}, follow_redirects=False
+    rkey = re.search(r'name="form_key" value="([0-9a-f]+)"', receipt.text).group(1)  # type: ignore[union-attr]
+    empty = await console_form(
+        http, f"/console/sales/{no}/reverse", {"reason": "", "form_key": rkey}
     )
-    assert done.status_code == 303
+    assert empty.status_code == 422 and "请填写" in empty.text
+    keyless = await console_form(http, f"/console/sales/{no}/reverse", {"reason": "收错户号"})
+    assert keyless.status_code == 422 and "刷新页面" in keyless.text
+    reversal = {"reason": "收错户号", "form_key": rkey}
+    done = await console_form(
+        http, f"/console/sales/{no}/reverse", reversal, follow_redirects=False
+    )
+    # A double click (the same form sent again) reverses once and shows the first result.
+    resent = await console_form(
+        http, f"/console/sales/{no}/reverse", reversal, follow_redirects=False
+    )
+    assert done.status_code == resent.status_code == 303
+    assert resent.headers["location"] == done.headers["location"]
     shown = await http.get(done.headers["location"])
     assert "已冲正" in shown.text and "收错户号" in shown.text
-    twice = await console_form(http, f"/console/sales/{no}/reverse", {"reason": "again"})
+    async with db.tenant(g.tenant_id) as conn:
+        entries = await conn.scalar(
+            sa.text("SELECT count(*) FROM journal_entry WHERE kind = 'reversal'")
+        )
+    assert entries == 1
+    twice = await console_form(
+        http, f"/console/sales/{no}/reverse", {"reason": "again", "form_key": "e" * 32}
+    )
     assert twice.status_code == 409
     xlsx = await http.get("/console/sales?export=xlsx")
     rows = list(load_workbook(io.BytesIO(xlsx.content)).active.iter_rows(values_only=True))
@@ -141,9 +159,11 @@ async def test_the_import_page_names_the_refused_row(db: Database, http: httpx.A
     assert page.status_code == 200 and "导入" in page.text
     template = (ROOT / "cloud/registry/import_template.csv").read_bytes()
     token = http.cookies.get("prepay_csrf")
+    key = re.search(r'name="form_key" value="([0-9a-f]+)"', page.text)
+    assert key, "the import form has no one-time key"
     r = await http.post(
         "/console/imports",
-        data={"csrf_token": token or "", "mode": "import"},
+        data={"csrf_token": token or "", "mode": "import", "form_key": key.group(1)},
         files={"file": ("legacy.csv", template, "text/csv")},
     )
     # the template's example names the demo's gateway, unknown to this group

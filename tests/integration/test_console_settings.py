@@ -209,10 +209,6 @@ async def test_onboard_a_group_in_the_browser(
     assert r.status_code == 303, r.text
     shown = await http.get(turl)
     assert "¥1.10" in shown.text and f"{start.replace('T', ' ')} (Asia/Shanghai)" in shown.text
-    tiered = (
-        '{"kind": "tiered", "blocks": [{"up_to": "100", "price": "0.9"}, '
-        '{"up_to": null, "price": "1.0"}]}'
-    )
     key = await fresh_key(http, f"{S}/tariffs")
     r = await console_form(
         http,
@@ -221,8 +217,10 @@ async def test_onboard_a_group_in_the_browser(
             "name": "阶梯",
             "utility": "electricity",
             "site_id": str(group.site_id),
-            "kind": "json",
-            "plan": tiered,
+            "kind": "tiered",
+            "tier_up_1": "100",
+            "tier_price_1": "0.9",
+            "tier_price_2": "1.0",
             "monthly_fee": "5",
             "form_key": key,
         },

@@ -289,7 +289,7 @@ async def test_a_tariff_renamed_and_deactivated_and_the_lists_exported(
     assert r.status_code == 303 and r.headers["location"] == f"{turl}?done=tariff"
     refused = await console_form(http, turl, {"name": "商铺电价"})
     assert refused.status_code == 422
-    assert "电价“商铺电价”正被 1 个计量点使用：请先给它们换用其他电价。" in refused.text
+    assert "价格方案“商铺电价”正被 1 个计量点使用：请先给它们换用其他价格方案。" in refused.text
     row = await one(db, group.tenant_id, "SELECT name, active FROM tariff WHERE id = :t", t=used_id)
     assert (row.name, row.active) == ("商铺电价", True)
 
@@ -307,7 +307,7 @@ async def test_a_tariff_renamed_and_deactivated_and_the_lists_exported(
     assert '<span class="muted">(已停用)</span></h2>' in (await http.get(spare)).text
     point = str(group.points["m1"])
     r = await console_form(http, f"{spare}/assign", {"point_ids": point})
-    assert r.status_code == 422 and "已停用：请先在该电价页面启用" in r.text
+    assert r.status_code == 422 and "已停用：请先在其页面启用" in r.text
     assert (
         await console_form(http, spare, {"name": "备用电价", "active": "on"})
     ).status_code == 303
@@ -315,7 +315,7 @@ async def test_a_tariff_renamed_and_deactivated_and_the_lists_exported(
 
     # the lists as Excel, each in the clerk's language
     book = sheet((await http.get(f"{S}/tariffs?export=xlsx")).content)
-    assert book[0][:3] == ("电价", "类别", "站点")
+    assert book[0][:3] == ("价格方案", "类别", "站点")
     names = {r[0]: r for r in book[1:]}
     assert names["商铺电价"][3] == "正常" and names["备用电价"][5] == 0.9
     grants = sheet((await http.get(f"{S}/grants?export=xlsx")).content)

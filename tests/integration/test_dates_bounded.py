@@ -155,7 +155,7 @@ async def test_console_forms_say_which_date_is_out_of_reason(
         return await console_form(http, f"{turl}/versions", form)
 
     r = await add_version("4496-01-01T00:00")
-    assert r.status_code == 422 and "电价的生效时间不能晚于 5 年之后" in r.text
+    assert r.status_code == 422 and "价格的生效时间不能晚于 5 年之后" in r.text
     r = await add_version("0001-01-01T00:00")
     assert r.status_code == 422 and "不接受 2000-01-01 之前的日期" in r.text
 

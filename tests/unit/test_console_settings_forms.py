@@ -1,5 +1,5 @@
 """Reading the Settings pages' forms: times in the site's zone, the margin percentage,
-a flat price or the plan's JSON, and refusals worded for the clerk."""
+a flat price or a plan in rows, and refusals worded for the clerk."""
 
 from __future__ import annotations
 
@@ -56,33 +56,43 @@ def test_local_time_is_read_in_the_sites_zone() -> None:
 
 
 def test_a_flat_version() -> None:
-    v = s._version({"kind": "flat", "unit_price": "1.2", "monthly_fee": "3"}, "Asia/Shanghai")
+    v = s._version(
+        {"kind": "flat", "unit_price": "1.2", "monthly_fee": "3"}, "Asia/Shanghai", "electricity"
+    )
     assert v.kind == "flat" and v.spec == {"unit_price": "1.2"} and v.monthly_fee == 3
     assert v.effective_from is None and v.margin_reason is None
 
 
-def test_a_tiered_version_as_json() -> None:
-    plan = (
-        '{"kind": "tiered", "blocks": [{"up_to": "100", "price": "0.6"}, '
-        '{"up_to": null, "price": "0.9"}]}'
-    )
-    v = s._version({"kind": "json", "plan": plan}, "Asia/Shanghai")
+def test_a_tiered_version_in_rows() -> None:
+    form = {"kind": "tiered", "tier_up_1": "100", "tier_price_1": "0.6", "tier_price_2": "0.9"}
+    v = s._version(form, "Asia/Shanghai", "water")
     assert v.kind == "tiered" and v.spec["cycle"] == "month" and len(v.spec["blocks"]) == 2
 
 
-@pytest.mark.parametrize("plan", ["", "{", '{"kind": "flat"}', '{"kind": "tou", "prices": {}}'])
-def test_a_bad_plan_is_refused(plan: str) -> None:
-    with pytest.raises(Invalid, match="not valid JSON"):
-        s._version({"kind": "json", "plan": plan}, "Asia/Shanghai")
+@pytest.mark.parametrize(
+    ("form", "said"),
+    [
+        ({"kind": "json", "plan": "{}"}, "请选择价格方案"),
+        ({"kind": "flat", "unit_price": "abc"}, "单价须为数字"),
+        ({"kind": "flat", "unit_price": "1.23456"}, "单价最多 4 位小数"),
+        ({"kind": "tiered"}, "请至少填写一档阶梯"),
+        ({"kind": "tou"}, "请填写一天的各时段"),
+    ],
+)
+def test_a_bad_plan_is_refused(form: dict[str, str], said: str) -> None:
+    with pytest.raises(Invalid, match=said):
+        s._version(form, "Asia/Shanghai", "electricity")
 
 
 def test_the_margin_needs_a_reason_once_acknowledged() -> None:
     form = {"kind": "flat", "unit_price": "2", "margin_ack": "on", "margin_reason": "x"}
     with pytest.raises(Invalid):
-        s._version(form, "Asia/Shanghai")
-    v = s._version({**form, "margin_reason": "老合同价"}, "Asia/Shanghai")
+        s._version(form, "Asia/Shanghai", "electricity")
+    v = s._version({**form, "margin_reason": "老合同价"}, "Asia/Shanghai", "electricity")
     assert v.margin_reason == "老合同价"
-    ignored = s._version({**form, "margin_ack": "", "margin_reason": "x"}, "Asia/Shanghai")
+    ignored = s._version(
+        {**form, "margin_ack": "", "margin_reason": "x"}, "Asia/Shanghai", "electricity"
+    )
     assert ignored.margin_reason is None
 
 

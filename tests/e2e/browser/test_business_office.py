@@ -177,10 +177,28 @@ async def _setup_group(
     await page.get_by_role("button", name=t("Add outlet")).click()
     await page.goto(f"{base}/tariffs")
     await page.get_by_label(t("Tariff name")).fill("商铺电价")
-    await page.get_by_label(t("Utility")).select_option("electricity")
-    await page.get_by_label(t("Unit price (¥ per kWh or m³)")).fill("1.0000")
+    await page.get_by_label(t("Utility"), exact=True).select_option("electricity")
+    unit = t("Unit price (¥ per %(unit)s), for a flat plan") % {"unit": t("kWh or m³")}
+    await page.get_by_label(unit).fill("1.0000")
     await shot("admin-tariff")
     await page.get_by_role("button", name=t("Add tariff")).click()
+    # a tiered water tariff in rows: the mistake is named, what was typed stays
+    await page.goto(f"{base}/tariffs")
+    await page.get_by_label(t("Tariff name")).fill("商铺水价")
+    await page.get_by_label(t("Utility"), exact=True).select_option("water")
+    await page.get_by_label(t("Tiered: a price per block of use")).check()
+    for n, up, price in ((1, "30", "4.50"), (2, "60", "5.80")):  # the last one bounded
+        await page.get_by_label(t("Tier %(n)s: up to") % {"n": n}).fill(up)
+        await page.get_by_label(t("Tier %(n)s: price") % {"n": n}).fill(price)
+    await page.get_by_role("button", name=t("Add tariff")).click()
+    await page.get_by_role("alert").wait_for()
+    assert await page.get_by_label(t("Tier %(n)s: price") % {"n": 2}).input_value() == "5.80"
+    await shot("admin-tariff-tiers-refused")
+    await page.get_by_label(t("Tier %(n)s: up to") % {"n": 2}).fill("")
+    await page.get_by_role("button", name=t("Add tariff")).click()
+    await page.get_by_role("status").wait_for()
+    assert t("Water tariff") in await page.get_by_role("heading", level=2).inner_text()
+    await shot("admin-water-tariff")
     await page.goto(f"{base}/operators")
     await page.get_by_label(t("Role name")).fill("收费员")
     for perm in (
@@ -202,6 +220,10 @@ async def _setup_group(
     await shot("admin-operator")
     await page.get_by_role("button", name=t("Add operator")).click()
     await page.get_by_role("status").wait_for()
+    await page.get_by_label(t("Search operators and roles")).fill("clerk")
+    await page.get_by_role("button", name=t("Search"), exact=True).click()
+    await page.wait_for_url("**/operators?q=clerk")
+    await shot("admin-operators-search")
     await page.get_by_role("link", name="clerk", exact=True).click()
     await shot("admin-operator-edit")
     await page.get_by_role("button", name=t("Log out")).click()
@@ -422,9 +444,11 @@ async def test_the_business_office_day(
         await page.locator("summary", has_text=w["reverse_form"]).click()
         rform = page.get_by_role("form", name=w["reverse_form"])
         await rform.get_by_label(w["reason"], exact=True).fill("客户多报金额")
-        await rform.get_by_role("button", name=w["reverse"], exact=True).click()
+        await rform.get_by_role("button", name=w["reverse"], exact=True).dblclick()
         await page.wait_for_url(re.compile(r".*done=reversed"))
         assert w["reversed"] in await page.content()
+        reversals = "SELECT count(*) FROM journal_entry WHERE kind = 'reversal'"
+        assert await _scalar(db, tenant, reversals) == 1  # reversed once
         await shot("reversed")
 
         # 换表: the old meter's final register, the new one's first
