@@ -1,5 +1,7 @@
 """The whole loop once, for real: simulated DDSY1352 → gateway agent → MQTT → ingest →
-rating → ledger → trip at zero → simulator stops → counter top-up → close → supply back."""
+rating → ledger → trip at zero → simulator stops → counter top-up → close → supply back;
+and the tenant is told (a notification worker woken by the outbox, the Twilio stand-in):
+one SMS in Chinese per alarm crossed, the cut, the top-up received and the restore."""
 
 from __future__ import annotations
 
@@ -30,7 +32,10 @@ from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
 from meter_profiles.loader import load_profiles
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
+from notifications.standins.twilio import TwilioStandIn
+from notifications.worker import NotifyWorker
 from tests.conftest import group_spec, wait_for
+from tests.integration.notify_helpers import twilio
 
 pytestmark = pytest.mark.e2e
 
@@ -45,7 +50,14 @@ async def test_exhaustion_trips_and_topup_restores(
 ) -> None:
     spec = group_spec(meters=1, balance="0.30", price="1.0000")
     spec.max_rate = Decimal(1000)  # the simulator runs 100x faster than wall-clock time
+    spec.alarms = (Decimal("0.20"), Decimal("0.10"))
     seeded = await seed_group(db, spec)
+    async with db.tenant(seeded.tenant_id) as conn:  # no quiet hours: any time of day
+        await conn.execute(sa.text("UPDATE site SET quiet_start = NULL, quiet_end = NULL"))
+        await conn.execute(sa.text("UPDATE customer SET phone = '13800138001'"))
+    sms_in = TwilioStandIn(callbacks=False)
+    await sms_in.start()
+    notify = NotifyWorker(db, {"sms": twilio(sms_in)}, sweep_s=3600)  # woken by the outbox
     profile = load_profiles()["acrel-ddsy1352-modbus"]
     # 3.6 kW at 100x: 0.1 kWh (¥0.10) per wall-clock second, so ¥0.30 lasts about 3 s.
     meter = SimulatedMeter(
@@ -80,9 +92,10 @@ async def test_exhaustion_trips_and_topup_restores(
     dispatcher = Dispatcher(db, mqtt_url, topics, timing)
     wiring = Wiring.build(CloudSettings(database_url=db_url), db_url)
     wiring.services.timing = timing
-    tasks = [asyncio.create_task(c.run()) for c in (ingest, dispatcher)]
+    tasks = [asyncio.create_task(c.run()) for c in (ingest, dispatcher, notify)]
     await asyncio.wait_for(ingest.ready.wait(), 10)
     await asyncio.wait_for(dispatcher.ready.wait(), 10)
+    await asyncio.wait_for(notify.ready.wait(), 10)
     tasks.append(asyncio.create_task(agent.run()))
     channel = seeded.channels["m1"]
     account = seeded.accounts["m1"]
@@ -161,12 +174,34 @@ async def test_exhaustion_trips_and_topup_restores(
         before = meter.channels[1].total
         await asyncio.sleep(1.0)
         assert meter.channels[1].total > before  # consumption resumed
+
+        kinds = ["low_balance_1", "low_balance_2", "supply_cut", "topup_received"]
+        kinds.append("supply_restored")
+
+        async def told() -> bool:
+            return len(sms_in.messages) >= len(kinds)
+
+        await wait_for(told, 15, "the tenant's messages")
+        await asyncio.sleep(0.5)  # (a duplicate would arrive by now)
+        async with db.tenant(seeded.tenant_id) as conn:
+            notes = (
+                await conn.execute(
+                    sa.text("SELECT cause_kind, status, provider_id FROM notification")
+                )
+            ).all()
+        assert sorted(n.cause_kind for n in notes) == sorted(kinds)
+        assert {n.status for n in notes} == {"sent"}
+        assert sorted(m.sid for m in sms_in.messages) == sorted(n.provider_id for n in notes)
+        assert {m.to for m in sms_in.messages} == {"+8613800138001"}
+        bodies = " ".join(m.body for m in sms_in.messages)
+        assert "余额不足" in bodies and "已停止供应" in bodies and "已到账¥5.00" in bodies
     finally:
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await sim.stop()
+        await sms_in.stop()
         await wiring.db.dispose()
 
     report = await check(db, [seeded.tenant_id])
