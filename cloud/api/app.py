@@ -29,6 +29,7 @@ from cloud.console.dunning import router as dunning_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
+from cloud.console.notify_settings import router as notify_settings_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, render
 from cloud.console.readings import router as readings_router
@@ -74,6 +75,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(gateways_router)
     app.include_router(dunning_router)
     app.include_router(delivery_router)
+    app.include_router(notify_settings_router)
     app.include_router(readings_router)
     app.include_router(imports_router)
     app.include_router(settings_router)

@@ -21,6 +21,7 @@ from cloud.console.i18n import gettext as _
 from cloud.console.pages import render, signed_in
 from cloud.lifecycle import accounts
 from cloud.notify import queries
+from cloud.notify import settings as ns
 from notifications import templates
 
 router = APIRouter(prefix="/console", include_in_schema=False)
@@ -95,6 +96,12 @@ def title_words(msgid: str) -> str:
     return templates.translations(i18n.current.get()).gettext(msgid)
 
 
+def kind_title(kind: str) -> str:
+    """A message kind's title (its template's) in the operator's language."""
+    t = templates.TEMPLATES.get(kind)
+    return title_words(t.title) if t else kind
+
+
 WORDS = {
     "status_words": status_words,
     "channel_words": channel_words,
@@ -125,9 +132,14 @@ async def account_notifications(
             ),
             {"n": page.number},
         )
+    done = request.query_params.get("done", "")
     ctx = {
         "who": who,
         "a": page,
+        "pref": await ns.preference(svc.db, who, page.customer_id),
+        "mutable": ns.MUTABLE,
+        "kind_title": kind_title,
+        "done": _("The customer's choice is saved.") if done == "preference" else None,
         "items": items,
         "zone": zone or "Asia/Shanghai",
         "page": lists.page_of(offset, total),

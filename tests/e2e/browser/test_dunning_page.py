@@ -69,6 +69,12 @@ async def test_a_clerk_prints_one_dunning_notice(
         await page.screenshot(path=str(shots / "06-delivery.png"), full_page=True)
         await page.get_by_role("link", name="消息模板").click()
         await page.screenshot(path=str(shots / "07-templates.png"), full_page=True)
+        await page.goto(f"{live.base}/console/settings/sites/{g.site_id}/notifications")
+        await page.get_by_label("姓名").fill("值班电工")
+        await page.get_by_label("手机号").fill("13900139000")
+        await page.get_by_role("button", name="添加").click()
+        await page.get_by_text("工作人员已添加。").wait_for()
+        await page.screenshot(path=str(shots / "08-site-notify.png"), full_page=True)
     except BaseException:
         await page.screenshot(path=str(shots / "failed.png"), full_page=True)
         raise
