@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import aiohttp
+import psycopg
 import pytest
 from pydantic import SecretStr
 
@@ -242,7 +243,18 @@ async def test_prepay_notify_delivers_the_moment_an_event_commits(
         sys.executable, "-m", "cloud.cli", "notify", env=env, stderr=subprocess.DEVNULL
     )
     try:
-        await asyncio.sleep(3)  # connected and listening
+
+        async def listening() -> bool:  # (its imports take seconds on a loaded machine)
+            async with await psycopg.AsyncConnection.connect(db_url) as conn:
+                row = await (
+                    await conn.execute(
+                        "SELECT 1 FROM pg_stat_activity WHERE datname = current_database() "
+                        "AND query = 'LISTEN prepay_notify'"
+                    )
+                ).fetchone()
+            return row is not None
+
+        await wait_for(listening, 30, "prepay notify listening")
         await s.sell("25.00", "cli-1", datetime.now(UTC))
 
         async def arrived() -> bool:

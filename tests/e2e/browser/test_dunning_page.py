@@ -61,7 +61,7 @@ async def test_a_clerk_prints_one_dunning_notice(
         assert g.accounts["m1"] in await page.locator("table").inner_text()
         await page.screenshot(path=str(shots / "04-reminders-sent.png"), full_page=True)
         await page.get_by_role("link", name=g.accounts["m1"]).click()
-        await page.get_by_text("催费提醒").first.wait_for()
+        await page.locator("table").get_by_text("催费提醒").wait_for()
         await page.screenshot(path=str(shots / "05-customer-notifications.png"), full_page=True)
         await page.goto(f"{live.base}/console/reports")
         await page.get_by_role("link", name="通知发送情况").click()
