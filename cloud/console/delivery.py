@@ -16,6 +16,7 @@ from fastapi.responses import Response
 
 from cloud.api.deps import ServicesDep
 from cloud.console import i18n, lists
+from cloud.console.format import when
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import render, signed_in
@@ -114,16 +115,24 @@ Text = Annotated[str, Query(max_length=10)]
 
 @router.get("/accounts/{number}/notifications")
 async def account_notifications(
-    number: str, request: Request, svc: ServicesDep, offset: lists.Offset = 0
+    number: str,
+    request: Request,
+    svc: ServicesDep,
+    offset: lists.Offset = 0,
+    kind: Annotated[str, Query(max_length=40)] = "",
+    export: lists.Export = "",
 ) -> Response:
-    """The account's customer's messages, newest first, with their delivery status."""
+    """The account's customer's messages (of one kind, or all), newest first, with their
+    delivery status; the same as an Excel file."""
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
     page = await accounts.account_page(svc.db, who, number[:20])  # (scope, 404)
+    only = kind if kind in templates.TEMPLATES else None
+    limit, start = (lists.EXPORT_LIMIT, 0) if export == "xlsx" else (lists.PAGE_SIZE, offset)
     async with svc.db.tenant(who.tenant_id) as conn:
         total, items = await queries.customer_notifications(
-            conn, page.customer_id, lists.PAGE_SIZE, offset
+            conn, page.customer_id, limit, start, only
         )
         zone = await conn.scalar(
             sa.text(
@@ -132,16 +141,32 @@ async def account_notifications(
             ),
             {"n": page.number},
         )
+    zone = zone or "Asia/Shanghai"
+    if export == "xlsx":
+        headers = [
+            _("Time"), _("Message kind"), _("Service point"), _("Message channel"),
+            _("Recipient"), _("Status"), _("Status at"), _("Why"), _("SMS segments"),
+        ]  # fmt: skip
+        rows = [
+            [when(n.created_at, zone), title_words(n.title_msgid), n.point or "",
+             channel_words(n.channel), n.address or "", status_words(n.status),
+             when(n.status_at, zone) if n.status_at else "", reason_words(n.reason),
+             n.segments]
+            for n in items
+        ]  # fmt: skip
+        return lists.xlsx(f"notifications-{page.number}.xlsx", headers, rows)
     done = request.query_params.get("done", "")
     ctx = {
         "who": who,
         "a": page,
+        "kind": only or "",
+        "kinds": list(templates.TEMPLATES),
         "pref": await ns.preference(svc.db, who, page.customer_id),
         "mutable": ns.MUTABLE,
         "kind_title": kind_title,
         "done": _("The customer's choice is saved.") if done == "preference" else None,
         "items": items,
-        "zone": zone or "Asia/Shanghai",
+        "zone": zone,
         "page": lists.page_of(offset, total),
         **WORDS,
     }

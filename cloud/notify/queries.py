@@ -35,11 +35,17 @@ class CustomerNotification:
 
 
 async def customer_notifications(
-    conn: AsyncConnection, customer_id: uuid.UUID, limit: int = 50, offset: int = 0
+    conn: AsyncConnection,
+    customer_id: uuid.UUID,
+    limit: int = 50,
+    offset: int = 0,
+    kind: str | None = None,
 ) -> tuple[int, list[CustomerNotification]]:
-    """A customer's notifications, newest first, and how many there are."""
+    """A customer's notifications (of one kind, or all), newest first, and how many."""
+    only = "AND (CAST(:k AS text) IS NULL OR n.cause_kind = :k)"
     total = await conn.scalar(
-        sa.text("SELECT count(*) FROM notification WHERE customer_id = :c"), {"c": customer_id}
+        sa.text(f"SELECT count(*) FROM notification n WHERE n.customer_id = :c {only}"),
+        {"c": customer_id, "k": kind},
     )
     rows = await conn.execute(
         sa.text(
@@ -47,9 +53,10 @@ async def customer_notifications(
             "n.segments, n.attempts, n.variables->>'point' AS point, a.number AS account, "
             "n.created_at, n.sent_at, n.status_at, n.error FROM notification n "
             "LEFT JOIN account a ON a.id = n.account_id WHERE n.customer_id = :c "
+            f"{only} "
             "ORDER BY n.created_at DESC, n.id LIMIT :l OFFSET :o"
         ),
-        {"c": customer_id, "l": limit, "o": offset},
+        {"c": customer_id, "l": limit, "o": offset, "k": kind},
     )
     items = [
         CustomerNotification(

@@ -82,6 +82,14 @@ async def test_a_reminder_to_the_ticked_accounts_is_sent_once_and_followed(
     assert sent.status_code == 200 and "已发出" in sent.text and "+8613800138001" in sent.text
     mine = await http.get(f"/console/accounts/{g.accounts['m1']}/notifications")
     assert "催费提醒" in mine.text and "已发出" in mine.text and "短信" in mine.text
+    book = await http.get(f"/console/accounts/{g.accounts['m1']}/notifications?export=xlsx")
+    lines = list(load_workbook(io.BytesIO(book.content)).active.iter_rows(values_only=True))
+    assert lines[0][:3] == ("时间", "消息类型", "计量点")
+    assert [(r[1], r[5]) for r in lines[1:]] == [("催费提醒", "已发出")]
+    other_kind = await http.get(
+        f"/console/accounts/{g.accounts['m1']}/notifications?kind=supply_cut"
+    )
+    assert "尚未向该客户发送任何消息" in other_kind.text
     none_yet = await http.get(f"/console/accounts/{g.accounts['m4']}/notifications")
     assert "尚未向该客户发送任何消息" in none_yet.text
 

@@ -7,6 +7,7 @@ account is a 404, and each change is audited."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, time
 from decimal import Decimal
@@ -110,6 +111,29 @@ async def test_a_sites_quiet_hours_limit_and_duty_staff(
         assert await outbox.gateways_offline(conn, g.tenant_id, datetime.now(UTC)) == 1
     told = await s.rows("SELECT cause_kind, address, staff_id FROM notification")
     assert [(t.cause_kind, t.staff_id) for t in told] == [("gateway_offline", people[0].id)]
+    # a work order assigned at the site tells those who take work orders: nobody yet
+    order = uuid.uuid4()
+    async with db.tenant(g.tenant_id) as conn:
+        args = (conn, g.tenant_id, g.site_id, order, "reading_anomaly", "Shop 1")
+        assert await outbox.work_order_assigned(*args, datetime.now(UTC)) == 0
+    both = await console_form(
+        http,
+        staff,
+        {"name": "维修班", "phone": "+8613700137000", "language": "en",
+         "kinds": "work_order_assigned"},
+        follow_redirects=True,
+    )  # fmt: skip
+    assert "维修班" in both.text
+    async with db.tenant(g.tenant_id) as conn:
+        args = (conn, g.tenant_id, g.site_id, order, "reading_anomaly", "Shop 1")
+        assert await outbox.work_order_assigned(*args, datetime.now(UTC)) == 1
+        assert await outbox.work_order_assigned(*args, datetime.now(UTC)) == 0  # once
+    sent = await s.rows(
+        "SELECT language, variables->>'work_order' AS what FROM notification "
+        "WHERE cause_kind = 'work_order_assigned'"
+    )
+    assert [(n.language, n.what) for n in sent] == [("en", "reading_anomaly")]
+    await s.run("UPDATE notify_staff SET active = false WHERE name = '维修班'")
 
     gone = await console_form(http, f"{staff}/{people[0].id}/remove", {}, follow_redirects=True)
     assert (
