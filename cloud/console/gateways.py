@@ -13,10 +13,11 @@ from fastapi.responses import Response
 from cloud.api.deps import ServicesDep
 from cloud.console import lists
 from cloud.console.format import when
+from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import render, signed_in
 from cloud.errors import NotFound
-from cloud.ingest.service import unregistered
+from cloud.ingest.service import set_aside, unregistered
 from cloud.registry.scope import sites_of
 
 router = APIRouter(prefix="/console/gateways", include_in_schema=False)
@@ -82,6 +83,17 @@ def _gateway_texts(g: sa.Row[Any]) -> str:
     return f"{g.code} {g.name or ''} {g.site}"
 
 
+#: Why a registered meter's reading is kept unrated, in the installer's words.
+SET_ASIDE = {
+    "too_old": N_("measured longer ago than the site takes: the meter's clock may be wrong"),
+    "future_timestamp": N_("measured ahead of its arrival: the meter's clock runs fast"),
+    "before_installation": N_(
+        "measured before the meter was installed on its point (装表 or 过户)"
+    ),
+    "negative_register": N_("a negative register"),
+}
+
+
 @router.get("/{code}")
 async def gateway(code: str, request: Request, svc: ServicesDep) -> Response:
     who = await signed_in(request, svc)
@@ -96,5 +108,13 @@ async def gateway(code: str, request: Request, svc: ServicesDep) -> Response:
             raise NotFound(f"gateway {code[:64]} not found")
         devices = (await conn.execute(sa.text(_DEVICES), {"g": g.id})).all()
     waiting = await unregistered(svc.db, who.tenant_id, g.id)
-    ctx = {"who": who, "g": g, "devices": devices, "waiting": waiting}
+    aside = await set_aside(svc.db, who.tenant_id, g.id)
+    ctx = {
+        "who": who,
+        "g": g,
+        "devices": devices,
+        "waiting": waiting,
+        "aside": aside,
+        "reasons": {k: _(v) for k, v in SET_ASIDE.items()},
+    }
     return render(request, svc, "gateway.html", ctx, section="settings")

@@ -368,6 +368,38 @@ async def unregistered(
         return [Unregistered(r.device, r.channel, r.n, r.first_at, r.last_at, r.last) for r in rows]
 
 
+@dataclass(frozen=True)
+class SetAside:
+    """Readings of a registered meter the cloud keeps but does not rate, by reason."""
+
+    device: str
+    channel: int
+    reason: str  # too_old | future_timestamp | before_installation | negative_register
+    readings: int
+    first_at: datetime  # measured
+    last_at: datetime
+    last_received_at: datetime
+
+
+async def set_aside(db: Database, tenant_id: uuid.UUID, gateway_id: uuid.UUID) -> list[SetAside]:
+    """What ``gateway_id``'s registered meters sent that is kept in quarantine unrated (a
+    clock far off, a reading from before 装表 or 过户, a negative register): for the
+    installer's page, so a meter whose clock is wrong is noticed."""
+    async with db.tenant(tenant_id) as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT device, channel, reason, count(*) AS n, min(measured_at) AS first_at, "
+                "max(measured_at) AS last_at, max(received_at) AS rcv "
+                "FROM reading_quarantine WHERE gateway_id = :g AND reason <> 'unknown_channel' "
+                "GROUP BY device, channel, reason ORDER BY max(received_at) DESC LIMIT 200"
+            ),
+            {"g": gateway_id},
+        )
+        return [
+            SetAside(r.device, r.channel, r.reason, r.n, r.first_at, r.last_at, r.rcv) for r in rows
+        ]
+
+
 def _quarantine_reason(
     r: Reading, target: _Target | None, latest: datetime, oldest: datetime
 ) -> str | None:

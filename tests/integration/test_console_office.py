@@ -10,7 +10,7 @@ import io
 import re
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,12 +19,15 @@ import pytest
 import sqlalchemy as sa
 from openpyxl import load_workbook
 
+from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.documents import receipt
+from cloud.ingest.service import IngestService
 from cloud.ledger import core as ledger
 from cloud.ledger.service import post
 from cloud.registry.service import Seeded, seed_group
 from cloud.settings import CloudSettings
+from contract.mqtt import Reading, TelemetryBatch
 from tests.conftest import api_client, console_form, console_login, group_spec, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,6 +152,14 @@ async def test_the_gateway_page_lists_meters_waiting_for_installation(
     assert listing.status_code == 200 and code in listing.text
     page = await http.get(f"/console/gateways/{code}")
     assert "new-201" in page.text and "321.50" in page.text and "m1" in page.text
+    assert "已留存但不计费的读数" not in page.text
+    # a registered meter whose clock runs two hours fast: its reading is kept aside, shown
+    now = datetime.now(UTC)
+    ahead = Reading(device="m1", measured_at=now + timedelta(hours=2), total=Decimal("12"))
+    batch = TelemetryBatch(gateway=code, boot_id="b", seq=1, sent_at=now, readings=(ahead,))
+    await IngestService(db, CommandTiming()).store_telemetry(code, batch, now)
+    page = await http.get(f"/console/gateways/{code}")
+    assert "已留存但不计费的读数" in page.text and "表计时钟偏快" in page.text
     assert (await http.get(f"/console/gateways/gw-{uuid.uuid4().hex}")).status_code == 404
 
 
