@@ -92,13 +92,13 @@ def password(value: str) -> str:
 def timezone(value: str) -> str:
     """An IANA zone key the tz database lists ("Asia/Shanghai"); not "UTC+8", "CST" or a
     machine's own "localtime"."""
-    if value not in zone_keys():
+    if value not in _zone_keys():
         raise Invalid(f"unknown time zone {value!r} (use a key such as Asia/Shanghai)")
     return value
 
 
 @functools.cache
-def zone_keys() -> frozenset[str]:
+def _zone_keys() -> frozenset[str]:
     """Read from the tz database once, on first use."""
     # some systems list their own aliases, which name no zone of the site
     return frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
