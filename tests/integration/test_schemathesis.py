@@ -130,7 +130,11 @@ _RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ("PATCH", "/api/v1/premises/{premises_id}"): _UNCHANGED,
     ("PATCH", "/api/v1/customers/{customer_id}"): _UNCHANGED,
     ("PATCH", "/api/v1/roles/{role_id}"): _UNCHANGED,
-    ("PATCH", "/api/v1/tariffs/{tariff_id}"): _UNCHANGED,
+    ("PATCH", "/api/v1/tariffs/{tariff_id}"): (
+        *_UNCHANGED,
+        # deactivating a tariff points still use (a state: arguably a 409, answered 422)
+        r"^tariff .* is used by \d+ service point\(s\): assign them another tariff first$",
+    ),
     ("POST", "/api/v1/operators"): _SCOPE,
     ("PATCH", "/api/v1/operators/{operator_id}"): (
         *_UNCHANGED,
