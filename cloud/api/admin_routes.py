@@ -13,28 +13,44 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import ClockTime, GrantTime, Key, Password, Reason, has_control
+from cloud.api.fields import (
+    LINE,
+    ClockTime,
+    Flag,
+    GrantTime,
+    Key,
+    NewPassword,
+    Reason,
+    Username,
+    Whole,
+    Words,
+    Written,
+)
 from cloud.api.problems import problems
+from cloud.auth import PERMISSIONS
 from cloud.registry import admin
 from cloud.registry import admin_core as core
 
 router = APIRouter(prefix="/api/v1", tags=["administration"], responses=problems(401, 403))
 
-Name = Annotated[Key, Field(max_length=100)]
-Num = Annotated[Decimal, Field(allow_inf_nan=False)]
+Name = Annotated[Words, Field(max_length=100)]
+#: (the bounds of cloud.registry.admin_core's settings)
+Hysteresis = Annotated[Decimal, Written(places=2, at_most=1000, example="1.00")]
+CataloguePrice = Annotated[Decimal, Written(digits=8, places=4, above_zero=True, example="1.2000")]
+Margin = Annotated[Decimal, Written(places=4, at_most=1, example="0.15")]
 
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _search_text(value: str | None) -> str | None:
-    if value is not None and has_control(value):
-        raise ValueError("must not contain control characters (such as NUL)")
-    return value
+class _Patch(BaseModel):
+    """Changes: only the fields sent change, and at least one is sent."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
 
 
 def _now() -> datetime:
@@ -50,21 +66,19 @@ class SiteIn(_In):
     business_day_cutoff: ClockTime = time(0)
     friendly_night_start: ClockTime | None = time(22)
     friendly_night_end: ClockTime | None = time(8)
-    friendly_weekends: bool = True
-    friendly_holidays: bool = True
-    notice_minutes: int = Field(default=0, ge=0, le=core.NOTICE_MAX, strict=True)
-    alarm_hysteresis: Num = Decimal("1.00")
-    catalogue_price: Num | None = None
-    price_margin: Num = Decimal("0.15")
-    reading_max_age_days: int = Field(
+    friendly_weekends: Flag = True
+    friendly_holidays: Flag = True
+    notice_minutes: Annotated[int, Whole(ge=0, le=core.NOTICE_MAX)] = 0
+    alarm_hysteresis: Hysteresis = Decimal("1.00")
+    catalogue_price: CataloguePrice | None = None
+    price_margin: Margin = Decimal("0.15")
+    reading_max_age_days: Annotated[int, Whole(ge=1, le=core.READING_AGE_MAX)] = Field(
         default=365,
-        ge=1,
-        le=core.READING_AGE_MAX,
         description="readings measured longer ago are kept in quarantine, not rated",
     )
 
 
-class SitePatch(_In):
+class SitePatch(_Patch):
     """Only the settings sent change (send null to clear the friendly night or the price)."""
 
     name: Name | None = None
@@ -72,13 +86,13 @@ class SitePatch(_In):
     business_day_cutoff: ClockTime | None = None
     friendly_night_start: ClockTime | None = None
     friendly_night_end: ClockTime | None = None
-    friendly_weekends: bool | None = None
-    friendly_holidays: bool | None = None
-    notice_minutes: int | None = Field(default=None, ge=0, le=core.NOTICE_MAX, strict=True)
-    alarm_hysteresis: Num | None = None
-    catalogue_price: Num | None = None
-    price_margin: Num | None = None
-    reading_max_age_days: int | None = Field(default=None, ge=1, le=core.READING_AGE_MAX)
+    friendly_weekends: Flag | None = None
+    friendly_holidays: Flag | None = None
+    notice_minutes: Annotated[int, Whole(ge=0, le=core.NOTICE_MAX)] | None = None
+    alarm_hysteresis: Hysteresis | None = None
+    catalogue_price: CataloguePrice | None = None
+    price_margin: Margin | None = None
+    reading_max_age_days: Annotated[int, Whole(ge=1, le=core.READING_AGE_MAX)] | None = None
 
 
 _NULLABLE = {"friendly_night_start", "friendly_night_end", "catalogue_price"}
@@ -167,7 +181,8 @@ async def list_buildings(
 
 
 Kind = Literal["shop", "flat", "office", "unit"]
-Area = Annotated[Decimal, Field(allow_inf_nan=False, description="m², > 0, 2 decimals")]
+#: m², > 0, 2 decimals (cloud.registry.admin_core.AREA_MAX)
+Area = Annotated[Decimal, Written(places=2, above_zero=True, at_most=1_000_000, example="36.50")]
 
 
 class PremisesIn(_In):
@@ -177,7 +192,7 @@ class PremisesIn(_In):
     floor_area: Area | None = None
 
 
-class PremisesPatch(_In):
+class PremisesPatch(_Patch):
     floor: Annotated[Key, Field(max_length=20)] | None = None
     number: Annotated[Key, Field(max_length=40)] | None = None
     kind: Kind | None = None
@@ -222,11 +237,12 @@ async def search_premises(
     who: OperatorDep,
     site_id: uuid.UUID | None = None,
     building_id: uuid.UUID | None = None,
-    floor: Annotated[str | None, Query(max_length=20), AfterValidator(_search_text)] = None,
+    floor: Annotated[str | None, Query(max_length=20, pattern=LINE)] = None,
     q: Annotated[
         str | None,
-        Query(max_length=100, description="part of the number or the building's name"),
-        AfterValidator(_search_text),
+        Query(
+            max_length=100, pattern=LINE, description="part of the number or the building's name"
+        ),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=admin.PAGE_MAX)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
@@ -288,7 +304,7 @@ async def list_outlets(
 
 # --- roles ---------------------------------------------------------------------------
 
-Permission = Key
+Permission = Literal[PERMISSIONS]  # type: ignore[valid-type]
 
 
 class RoleIn(_In):
@@ -296,7 +312,7 @@ class RoleIn(_In):
     permissions: Annotated[list[Permission], Field(max_length=100)]
 
 
-class RolePatch(_In):
+class RolePatch(_Patch):
     name: Name | None = None
     permissions: Annotated[list[Permission], Field(max_length=100)] | None = None
 
@@ -336,20 +352,20 @@ ScopeIds = Annotated[list[uuid.UUID], Field(max_length=200)]
 
 
 class OperatorIn(_In):
-    username: Annotated[Key, Field(min_length=2)]
+    username: Username
     display_name: Name
-    password: Password
+    password: NewPassword
     role_id: uuid.UUID
     scope: Scope = "tenant"
     scope_ids: ScopeIds = Field(default_factory=list)
 
 
-class OperatorPatch(_In):
+class OperatorPatch(_Patch):
     display_name: Name | None = None
     role_id: uuid.UUID | None = None
     scope: Scope | None = None
     scope_ids: ScopeIds | None = None
-    active: bool | None = None
+    active: Flag | None = None
 
 
 class OperatorOut(BaseModel):
@@ -365,7 +381,7 @@ class OperatorOut(BaseModel):
 
 
 class PasswordIn(_In):
-    password: Password
+    password: NewPassword
 
 
 class PasswordOut(BaseModel):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -62,15 +62,45 @@ def allowed_methods(request: Request) -> list[str]:
     ]
 
 
+def _query_names(dependant: Any) -> set[str]:
+    """The query parameters a route declares, its dependencies' included."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def each_once(request: Request) -> None:
+    """A query parameter of the route given more than once is a 422 naming it (Starlette
+    would take the last and ignore the others, which the client may not mean)."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    errors = [
+        {
+            "type": "repeated",
+            "loc": ["query", name],
+            "msg": "must be given at most once",
+            "input": given,
+        }
+        for name in sorted(_query_names(dependant))
+        if len(given := request.query_params.getlist(name)) > 1
+    ]
+    if errors:
+        raise RequestValidationError(errors)
+
+
 def create_app(services: Services) -> FastAPI:
     app = _App(title="PrepayCloud API", version="0.1.0")
     app.state.services = services
-    app.include_router(api_router)
-    app.include_router(lifecycle_router)
-    app.include_router(sales_router)
-    app.include_router(admin_router)
-    app.include_router(import_router)
-    app.include_router(tariff_router)
+    once = [Depends(each_once)]  # (none of the API's query parameters is a list)
+    app.include_router(api_router, dependencies=once)
+    app.include_router(lifecycle_router, dependencies=once)
+    app.include_router(sales_router, dependencies=once)
+    app.include_router(admin_router, dependencies=once)
+    app.include_router(import_router, dependencies=once)
+    app.include_router(tariff_router, dependencies=once)
     app.include_router(office_router)
     app.include_router(gateways_router)
     app.include_router(dunning_router)

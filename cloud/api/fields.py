@@ -12,12 +12,14 @@ its own bound, whatever the wrapper says)."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time
 from typing import Annotated, Any
 
+from annotated_types import GroupedMetadata
 from fastapi import Path
-from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, WithJsonSchema
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator, Field, Strict, WithJsonSchema
 
 from cloud import horizons
 
@@ -30,8 +32,13 @@ LINE = r"^[^\u0000-\u001f\u007f]*$"
 NOTE = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]*$"
 
 
+#: One line with something in it but spaces (a name: it is kept trimmed).
+WORDS = r"^[^\u0000-\u001f\u007f]*[^\s\u0000-\u001f\u007f][^\u0000-\u001f\u007f]*$"
+
+
 _SAID = {
     LINE: "must not contain control characters (such as NUL or a line break)",
+    WORDS: "must not be blank nor contain control characters (such as NUL or a line break)",
     NOTE: "must not contain control characters (such as NUL)",
 }
 
@@ -53,6 +60,10 @@ def has_control(value: str, *, lines: bool = False) -> bool:
 
 #: Identifiers in paths and bodies: account numbers, gateway codes, group slugs, usernames.
 Key = Annotated[str, Field(min_length=1, max_length=64, pattern=LINE)]
+#: A name people read (a site's, a customer's): not blank, one line.
+Words = Annotated[str, Field(min_length=1, max_length=64, pattern=WORDS)]
+#: A new operator's username (cloud.registry.admin_core.username).
+Username = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{1,63}$")]
 #: A reason or a comment: several lines allowed, no other control characters.
 Reason = Annotated[str, Field(min_length=3, max_length=500, pattern=NOTE)]
 #: A password: any characters but control ones, bounded (argon2 hashes it whole).
@@ -120,3 +131,113 @@ TariffStart = Annotated[AwareDatetime, AfterValidator(_within(horizons.TARIFF_ST
 ReportDay = Annotated[
     date, BeforeValidator(_iso_day), AfterValidator(_day_within(horizons.REPORT_DAY))
 ]
+
+
+#: A password being set: at least 8 characters (cloud.registry.admin_core.PASSWORD_MIN).
+NewPassword = Annotated[str, Field(min_length=8, max_length=256, pattern=LINE)]
+
+
+def _whole(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+@dataclass(frozen=True)
+class Whole(GroupedMetadata):
+    """A whole number in a body, from ``ge`` to ``le``: a JSON integer (``24.0`` is one, as
+    JSON Schema has it), not a string of digits nor a fraction:
+    ``Annotated[int, Whole(ge=1, le=64)]``."""
+
+    ge: int
+    le: int
+
+    def __iter__(self) -> Iterator[Any]:
+        yield Strict()
+        yield Field(ge=self.ge, le=self.le)  # (before the validator: in the JSON Schema)
+        yield BeforeValidator(_whole)
+
+
+#: A flag in a body: ``true`` or ``false`` only (pydantic alone reads ``0`` and ``"yes"``).
+Flag = Annotated[bool, Strict()]
+
+
+def _decimal_pattern(digits: int, places: int, above_zero: bool, power: int | None) -> str:
+    """The written forms of a decimal of at most ``digits`` digits before the point (no
+    leading zero) and ``places`` after, above zero or at least zero; ``power``: at most
+    10**power (then ``digits`` is ``power``)."""
+    fraction = rf"(\.[0-9]{{1,{places}}})?" if places else ""
+    forms = [rf"[1-9][0-9]{{0,{digits - 1}}}{fraction}"] if digits else []
+    if above_zero:
+        if places:
+            tails = [f"0{{{k}}}[1-9][0-9]{{0,{places - 1 - k}}}" for k in range(places)]
+            forms.append(rf"0\.({'|'.join(tails)})")
+    else:
+        forms.append(f"0{fraction}")
+    if power is not None:
+        forms.append(f"10{{{power}}}" + (rf"(\.0{{1,{places}}})?" if places else ""))
+    return "^(" + "|".join(forms) + ")$"
+
+
+@dataclass(frozen=True)
+class Written(GroupedMetadata):
+    """A decimal the API accepts as a string written plainly (``"50.00"``: no sign, no
+    exponent, no leading zero, at most ``digits`` digits before the point and ``places``
+    after) or as a JSON integer in range; not as a JSON fraction (``0.1`` is a binary
+    float, not a tenth). ``above_zero``: more than 0 (else at least 0); ``at_most``: a
+    power of ten, the largest value (``digits`` then follows from it). The JSON Schema
+    says exactly that, so a client (and schemathesis) knows what is refused:
+    ``Annotated[Decimal, Written(digits=10, places=2, above_zero=True)]``."""
+
+    digits: int = 0
+    places: int = 2
+    above_zero: bool = False
+    at_most: int | None = None
+    example: str = "12.50"
+
+    def __iter__(self) -> Iterator[Any]:
+        digits, power = self.digits, None
+        if self.at_most is not None:
+            power = len(str(self.at_most)) - 1
+            assert self.at_most == 10**power, "at_most is a power of ten"
+            digits = power
+        places = self.places
+        pattern = _decimal_pattern(digits, places, self.above_zero, power)
+        largest = self.at_most if self.at_most is not None else 10**digits - 1  # integers
+        smallest = 1 if self.above_zero else 0
+        bound = f"at most {self.at_most}" if power is not None else f"{digits} digits at most"
+        said = (
+            f'must be a decimal number written as a string such as "{self.example}"'
+            f" ({'more than' if self.above_zero else 'at least'} 0, {bound}"
+            f"{f', with at most {places} decimal places' if places else ', a whole number'})"
+        )
+        check = re.compile(pattern)
+
+        def written(value: Any) -> Any:
+            if isinstance(value, bool):
+                raise ValueError(said)
+            if isinstance(value, float):
+                if not value.is_integer():
+                    raise ValueError(said)
+                value = int(value)
+            if isinstance(value, int) and not smallest <= value <= largest:
+                raise ValueError(said)
+            if isinstance(value, str) and not check.fullmatch(value):
+                raise ValueError(said)
+            return value
+
+        yield BeforeValidator(written)
+        yield Field(
+            gt=0 if self.above_zero else None,
+            ge=None if self.above_zero else 0,
+            le=self.at_most,
+            decimal_places=places,
+            allow_inf_nan=False,
+        )
+        yield WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "string", "pattern": pattern},
+                    {"type": "integer", "minimum": smallest, "maximum": largest},
+                ],
+                "examples": [self.example],
+            }
+        )

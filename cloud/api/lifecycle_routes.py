@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import Key, PathKey, Reason
+from cloud.api.fields import Flag, Key, PathKey, Reason, Whole, Words, Written
 from cloud.api.problems import problems
 from cloud.lifecycle import accounts, service
 from cloud.lifecycle.core import Settlement
@@ -26,11 +26,9 @@ def _yuan(amount: Decimal) -> str:
     return str(amount.quantize(FEN))
 
 
-Amount = Annotated[Decimal, Field(gt=0, max_digits=12, decimal_places=2, allow_inf_nan=False)]
-Register = Annotated[
-    Decimal, Field(ge=0, max_digits=16, decimal_places=3, allow_inf_nan=False, examples=["1234.5"])
-]
-Name = Annotated[Key, Field(max_length=120)]
+Amount = Annotated[Decimal, Written(digits=10, places=2, above_zero=True, example="50.00")]
+Register = Annotated[Decimal, Written(digits=13, places=3, example="1234.5")]
+Name = Annotated[Words, Field(max_length=120)]
 
 
 class _In(BaseModel):
@@ -47,7 +45,11 @@ class CustomerIn(_In):
 
 
 class CustomerPatch(_In):
-    name: Name | None = None
+    """Only the fields sent change; a name cannot be cleared, a phone or ID number can."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
+    name: Name = Field(None, description="not null: a customer keeps a name")  # type: ignore[assignment]
     phone: Annotated[Key, Field(max_length=32)] | None = None
     id_number: Annotated[Key, Field(max_length=32)] | None = None
 
@@ -236,7 +238,7 @@ async def account_page(number: PathKey, svc: ServicesDep, who: OperatorDep) -> d
 class DeviceIn(_In):
     gateway_code: Key
     key: Key
-    channel: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    channel: Annotated[int, Whole(ge=1, le=64)] = 1
     profile: Key | None = None
     bus: Key | None = None
     address: Key | None = None
@@ -247,14 +249,14 @@ class SnippetIn(_In):
     gateway_code: Key
     snippet: Annotated[str, Field(min_length=1, max_length=20_000)]
     key: Key
-    channel: Annotated[int, Field(ge=1, le=64, strict=True)] = 1
+    channel: Annotated[int, Whole(ge=1, le=64)] = 1
 
 
 class InstallIn(_In):
     device: DeviceIn | None = None
     scan: SnippetIn | None = None
     install_register: Register | None = None
-    read: bool = False
+    read: Flag = False
 
     @model_validator(mode="after")
     def _one_source(self) -> InstallIn:
@@ -364,7 +366,7 @@ class SettleIn(_In):
     settlement: Literal["refund", "move"] | None = None
     to_account: Annotated[Key, Field(max_length=20)] | None = None
     refund_amount: Amount | None = None
-    write_off: bool = False
+    write_off: Flag = False
     reason: Reason | None = None
     final_registers: dict[uuid.UUID, Register] = Field(default_factory=dict, max_length=16)
 

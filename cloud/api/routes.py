@@ -8,11 +8,21 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from cloud.api import queries
 from cloud.api.deps import OperatorDep, ServicesDep, session_token
-from cloud.api.fields import Key, Password, PathKey, Reason, Until
+from cloud.api.fields import (
+    Flag,
+    Key,
+    NewPassword,
+    Password,
+    PathKey,
+    Reason,
+    Until,
+    Whole,
+    Written,
+)
 from cloud.api.problems import problems
 from cloud.control.operator import (
     ControlAction,
@@ -27,13 +37,11 @@ from cloud.errors import DomainError
 from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.registry.commissioning import exchange_claim, issue_claim, revoke_credential
 from cloud.registry.gateway_config import push_config
-from contract.mqtt import Topics
+from contract.mqtt import CONFIG_PUSHABLE, Topics
 
 router = APIRouter(prefix="/api/v1")
 
-Amount = Annotated[
-    Decimal, Field(gt=0, max_digits=12, decimal_places=2, allow_inf_nan=False, examples=["50.00"])
-]
+Amount = Annotated[Decimal, Written(digits=10, places=2, above_zero=True, example="50.00")]
 
 
 class LoginIn(BaseModel):
@@ -131,7 +139,7 @@ async def logout(request: Request, svc: ServicesDep, who: OperatorDep) -> Respon
 
 class PasswordIn(BaseModel):
     current_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 @router.post(
@@ -216,7 +224,7 @@ async def create_sale(
 
 class ClaimIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    ttl_minutes: int = Field(default=24 * 60, ge=1, le=7 * 24 * 60, strict=True)
+    ttl_minutes: Annotated[int, Whole(ge=1, le=7 * 24 * 60)] = 24 * 60
 
 
 class ClaimOut(BaseModel):
@@ -296,7 +304,12 @@ async def revoke_gateway_credential(
 class ConfigIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     config: dict[str, Any] = Field(
-        description="poll_interval_s, publish_batch, heartbeat_s, buses, profiles"
+        description="poll_interval_s, publish_batch, heartbeat_s, buses, profiles",
+        # an empty config changes nothing; a gateway takes only these from the cloud
+        json_schema_extra={
+            "minProperties": 1,
+            "propertyNames": {"enum": list[JsonValue](sorted(CONFIG_PUSHABLE))},
+        },
     )
 
 
@@ -338,7 +351,7 @@ class ControlIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     action: ControlAction
     reason: Reason
-    override: bool = Field(
+    override: Flag = Field(
         default=False, description="trip a point that is not in arrears (say why in reason)"
     )
     until: Until | None = Field(

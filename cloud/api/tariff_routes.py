@@ -13,7 +13,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from cloud.api.deps import OperatorDep, ServicesDep
-from cloud.api.fields import Key, Reason, TariffStart
+from cloud.api.fields import Flag, Reason, TariffStart, Words, Written
 from cloud.api.problems import problems
 from cloud.documents.price_notice import price_notice_pdf
 from cloud.tariffs import admin
@@ -21,9 +21,10 @@ from cloud.tariffs.rules import VersionDraft
 
 router = APIRouter(prefix="/api/v1", responses=problems(401, 403))
 
-Price = Annotated[Decimal, Field(max_digits=12, allow_inf_nan=False, examples=["1.2000"])]
-Register = Annotated[Decimal, Field(max_digits=16, allow_inf_nan=False, examples=["200"])]
-Name = Annotated[Key, Field(max_length=100)]
+#: Above zero (cloud.tariffs.rules), NUMERIC(12, 4).
+Price = Annotated[Decimal, Written(digits=8, places=4, above_zero=True, example="1.2000")]
+Register = Annotated[Decimal, Written(digits=13, places=3, above_zero=True, example="200")]
+Name = Annotated[Words, Field(max_length=100)]
 
 
 class _In(BaseModel):
@@ -47,7 +48,7 @@ class TieredIn(_In):
 
 
 class WindowIn(_In):
-    start: Annotated[str, Field(pattern=r"^\d{2}:\d{2}$", examples=["08:00"])]
+    start: Annotated[str, Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", examples=["08:00"])]
     period: Literal["sharp", "peak", "flat", "valley"]
 
 
@@ -66,9 +67,7 @@ class VersionIn(_In):
         description="now or later (60 s of clock skew allowed), at most 5 years ahead; null: now",
     )
     plan: Plan
-    monthly_fee: Annotated[
-        Decimal, Field(ge=0, max_digits=12, allow_inf_nan=False, examples=["0.00"])
-    ] = Decimal(0)
+    monthly_fee: Annotated[Decimal, Written(digits=10, places=2, example="0.00")] = Decimal(0)
     margin_reason: Reason | None = Field(
         None, description="why a price above the site's catalogue price plus margin is right"
     )
@@ -88,8 +87,10 @@ class TariffIn(_In):
 
 
 class TariffPatch(_In):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+
     name: Name | None = None
-    active: bool | None = Field(None, description="false: no longer assignable nor on notices")
+    active: Flag | None = Field(None, description="false: no longer assignable nor on notices")
 
 
 class AssignIn(_In):
