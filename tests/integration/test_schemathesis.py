@@ -110,7 +110,13 @@ _RULES: dict[tuple[str, str], tuple[str, ...]] = {
     ),
     ("POST", "/api/v1/tariffs"): (*_STARTS, *_PLAN, *_CEILING),
     ("POST", "/api/v1/tariffs/{tariff_id}/versions"): (*_STARTS, *_PLAN, *_CEILING),
-    ("POST", "/api/v1/accounts"): (r"^give either customer_id or customer$",),
+    ("POST", "/api/v1/accounts"): (
+        r"^give either customer_id or customer$",
+        # the points asked for, taken together: one point per utility, and a
+        # meter-controlled point's credit goes to its meter, so no first sale before 装表
+        r"^two \w+ points in one opening$",
+        r"^a meter-controlled point's first sale is made after its meter is installed",
+    ),
     ("POST", "/api/v1/service-points/{point_id}/install"): (
         r"^give either device or scan$",
         r"^give install_register, or read: true, not both$",
