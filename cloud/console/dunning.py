@@ -21,7 +21,7 @@ from cloud.console.delivery import WORDS
 from cloud.console.format import when
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import refused_csrf, render, signed_in
+from cloud.console.pages import render, signed_form, signed_in
 from cloud.console.refusals import explain
 from cloud.documents import dunning as notices
 from cloud.dunning.arrears import ArrearsQuery, every_arrears, list_arrears
@@ -141,7 +141,7 @@ async def notices_pdf(
     try:
         query = _query(site, building, floor, q, days)
         if account:
-            query = ArrearsQuery(account_ids=tuple(uuid.UUID(a[:64]) for a in account))
+            query = ArrearsQuery(account_ids=_accounts(account))
     except (Invalid, ValueError):
         message = _("Choose the accounts from the arrears list.")
         return render(request, svc, "message.html", {"who": who, "message": message}, status=422)
@@ -206,12 +206,10 @@ async def remind_confirm(
 
 @router.post("/remind")
 async def remind_send(request: Request, svc: ServicesDep) -> Response:
-    who = await signed_in(request, svc)
-    if isinstance(who, Response):
-        return who
-    if (bad := await refused_csrf(request, svc)) is not None:
-        return bad
-    form = await request.form()
+    got = await signed_form(request, svc)
+    if isinstance(got, Response):
+        return got
+    who, form = got
     key = str(form.get("form_key") or "")[:64]
     now = datetime.now(UTC)
     try:

@@ -16,7 +16,7 @@ from cloud.auth import Principal
 from cloud.console.delivery import WORDS, kind_title
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import refused_csrf, render, signed_in
+from cloud.console.pages import render, signed_form, signed_in
 from cloud.console.refusals import explain
 from cloud.errors import DomainError, Invalid
 from cloud.lifecycle import accounts
@@ -90,18 +90,9 @@ async def site_notify_page(site_id: uuid.UUID, request: Request, svc: ServicesDe
     return await _site_page(request, svc, who, site_id)
 
 
-async def _form(request: Request, svc: Services) -> tuple[Principal, Any] | Response:
-    who = await signed_in(request, svc)
-    if isinstance(who, Response):
-        return who
-    if (bad := await refused_csrf(request, svc)) is not None:
-        return bad
-    return who, await request.form()
-
-
 @router.post("/settings/sites/{site_id}/notifications")
 async def site_notify_save(site_id: uuid.UUID, request: Request, svc: ServicesDep) -> Response:
-    got = await _form(request, svc)
+    got = await signed_form(request, svc)
     if isinstance(got, Response):
         return got
     who, form = got
@@ -125,7 +116,7 @@ async def site_notify_save(site_id: uuid.UUID, request: Request, svc: ServicesDe
 
 @router.post("/settings/sites/{site_id}/notifications/staff")
 async def staff_add(site_id: uuid.UUID, request: Request, svc: ServicesDep) -> Response:
-    got = await _form(request, svc)
+    got = await signed_form(request, svc)
     if isinstance(got, Response):
         return got
     who, form = got
@@ -154,7 +145,7 @@ async def staff_add(site_id: uuid.UUID, request: Request, svc: ServicesDep) -> R
 async def staff_remove(
     site_id: uuid.UUID, staff_id: uuid.UUID, request: Request, svc: ServicesDep
 ) -> Response:
-    got = await _form(request, svc)
+    got = await signed_form(request, svc)
     if isinstance(got, Response):
         return got
     who, _form_data = got
@@ -165,7 +156,7 @@ async def staff_remove(
 
 @router.post("/accounts/{number}/notifications/preference")
 async def preference_save(number: str, request: Request, svc: ServicesDep) -> Response:
-    got = await _form(request, svc)
+    got = await signed_form(request, svc)
     if isinstance(got, Response):
         return got
     who, form = got

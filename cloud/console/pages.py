@@ -114,6 +114,17 @@ async def signed_in(request: Request, svc: Services) -> Principal | Response:
     return who
 
 
+async def signed_form(request: Request, svc: Services) -> tuple[Principal, Any] | Response:
+    """A form's POST: the operator and the form, or the login redirect or the refusal of a
+    form without a good CSRF token."""
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    if (bad := await refused_csrf(request, svc)) is not None:
+        return bad
+    return who, await request.form()
+
+
 async def refused_csrf(request: Request, svc: Services) -> Response | None:
     """None when the form's CSRF token is good; else the page saying what to do."""
     if await csrf_ok(request):

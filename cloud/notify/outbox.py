@@ -201,6 +201,33 @@ async def control_events(
     return await _wake(conn, tenant_id, result.rowcount)
 
 
+async def _write(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    sql: str,
+    kind: str,
+    key: str,
+    variables: dict[str, str],
+    now: datetime,
+    **recipient: uuid.UUID,
+) -> int:
+    """One of the outbox's INSERT … SELECTs for ``kind`` keyed ``key``, its recipient named
+    by ``recipient`` (``a`` an account, ``p`` a point, ``s`` a site's staff); wakes the
+    workers when it wrote a row."""
+    result = await conn.execute(
+        sa.text(sql),
+        {
+            "t": tenant_id,
+            "kind": kind,
+            "key": key[:200],
+            "vars": json.dumps(variables, ensure_ascii=False),
+            "now": now,
+            **recipient,
+        },
+    )
+    return await _wake(conn, tenant_id, result.rowcount)
+
+
 async def _account_event(
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
@@ -210,18 +237,7 @@ async def _account_event(
     variables: dict[str, str],
     now: datetime,
 ) -> int:
-    result = await conn.execute(
-        sa.text(_ACCOUNT),
-        {
-            "t": tenant_id,
-            "kind": kind,
-            "key": key,
-            "a": account_id,
-            "vars": json.dumps(variables, ensure_ascii=False),
-            "now": now,
-        },
-    )
-    return await _wake(conn, tenant_id, result.rowcount)
+    return await _write(conn, tenant_id, _ACCOUNT, kind, key, variables, now, a=account_id)
 
 
 async def topup_received(
@@ -282,18 +298,7 @@ async def recharge_failed(
     the customer learns the money is safe in the wallet. Keyed by the purchase count."""
     key = f"{point_id}:{detail.get('purchase_count', '')}:{detail.get('cause', '')}"
     variables = {"amount": detail.get("amount", "")} if detail.get("amount") else {}
-    result = await conn.execute(
-        sa.text(_POINT),
-        {
-            "t": tenant_id,
-            "kind": "recharge_failed",
-            "key": key[:200],
-            "p": point_id,
-            "vars": json.dumps(variables, ensure_ascii=False),
-            "now": now,
-        },
-    )
-    return await _wake(conn, tenant_id, result.rowcount)
+    return await _write(conn, tenant_id, _POINT, "recharge_failed", key, variables, now, p=point_id)
 
 
 async def staff_event(
@@ -307,18 +312,7 @@ async def staff_event(
 ) -> int:
     """A staff event: one message to each active staff member of the site who takes
     this kind (``notify_staff.kinds``)."""
-    result = await conn.execute(
-        sa.text(_STAFF),
-        {
-            "t": tenant_id,
-            "kind": kind,
-            "key": key[:200],
-            "s": site_id,
-            "vars": json.dumps(variables, ensure_ascii=False),
-            "now": now,
-        },
-    )
-    return await _wake(conn, tenant_id, result.rowcount)
+    return await _write(conn, tenant_id, _STAFF, kind, key, variables, now, s=site_id)
 
 
 async def work_order_assigned(

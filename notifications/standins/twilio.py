@@ -32,6 +32,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from notifications.segments import segments
+from notifications.standins import serve
 
 log = logging.getLogger(__name__)
 _E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")
@@ -74,12 +75,7 @@ class TwilioStandIn:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{host}:{bound}"
+        self._runner, self.url = await serve(self.app(), host, port)
         return self.url
 
     async def stop(self) -> None:

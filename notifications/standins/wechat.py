@@ -15,6 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
+from notifications.standins import serve
+
 
 @dataclass
 class WeChatStandIn:
@@ -34,12 +36,7 @@ class WeChatStandIn:
         return app
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
-        self._runner = web.AppRunner(self.app(), access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        self.url = f"http://{host}:{bound}"
+        self._runner, self.url = await serve(self.app(), host, port)
         return self.url
 
     async def stop(self) -> None:
