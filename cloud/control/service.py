@@ -41,6 +41,7 @@ from cloud.control.policy import (
 )
 from cloud.db import pg_array, pg_text_array
 from cloud.notify import outbox
+from cloud.workorders.open import open_work_order
 from contract.mqtt import AckStatus, CommandAction
 
 NOTIFY_CHANNEL = "prepay_command"
@@ -973,7 +974,7 @@ async def apply_ack(
                 {"n": int(row.params.get("purchase_count", 0)), "p": row.service_point_id},
             )
         else:
-            await _work_order(
+            await open_work_order(
                 conn,
                 row.tenant_id,
                 "recharge_failed",
@@ -1001,7 +1002,7 @@ async def expire_overdue(conn: AsyncConnection, now: datetime) -> int:
     for r in rows:
         if r.action == "recharge" and r.service_point_id is not None:
             detail = _recharge_failure(r, AckStatus.EXPIRED, {"command": str(r.id)})
-            await _work_order(
+            await open_work_order(
                 conn, r.tenant_id, "recharge_failed", r.service_point_id, r.channel_id, now, detail
             )
     return len(rows)
@@ -1034,7 +1035,7 @@ async def after_topup(
     outcome = await evaluate_loaded(conn, tenant_id, points, now, timing, actor=actor)
     meter_points = [p for p in points if p.mode == "meter" and p.channel_id is not None]
     if len(meter_points) > 1:
-        await _work_order(
+        await open_work_order(
             conn,
             tenant_id,
             "recharge_ambiguous",
@@ -1046,7 +1047,7 @@ async def after_topup(
         return outcome.commands
     for p in meter_points:
         if p.purchase_count is None:
-            await _work_order(
+            await open_work_order(
                 conn,
                 tenant_id,
                 "recharge_unknown_count",
@@ -1082,34 +1083,6 @@ async def after_topup(
         )
         outcome.commands += 1
     return outcome.commands
-
-
-async def _work_order(
-    conn: AsyncConnection,
-    tenant_id: uuid.UUID,
-    kind: str,
-    point_id: uuid.UUID | None,
-    channel_id: uuid.UUID | None,
-    now: datetime,
-    detail: dict[str, str],
-) -> None:
-    await conn.execute(
-        sa.text(
-            "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, "
-            "status, created_at) VALUES (gen_random_uuid(), :t, :k, :p, :c, "
-            "CAST(:d AS jsonb), 'open', :now)"
-        ),
-        {
-            "t": tenant_id,
-            "k": kind,
-            "p": point_id,
-            "c": channel_id,
-            "d": json.dumps(detail, ensure_ascii=False),
-            "now": now,
-        },
-    )
-    if kind == "recharge_failed" and point_id is not None:
-        await outbox.recharge_failed(conn, tenant_id, point_id, detail, now)
 
 
 def _recharge_failure(row: Any, status: AckStatus, result: dict[str, str]) -> dict[str, str]:

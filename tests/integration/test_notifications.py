@@ -270,7 +270,7 @@ async def test_wechat_two_acceptances_then_sms_and_43101_is_the_same_signal(
 async def test_an_undelivered_recharge_tells_the_customer_once(
     db: Database, sms: TwilioStandIn
 ) -> None:
-    from cloud.control.service import _work_order
+    from cloud.workorders.open import open_work_order
 
     s = await shop(db)
     await s.prefer()
@@ -278,7 +278,7 @@ async def test_an_undelivered_recharge_tells_the_customer_once(
     detail = {"amount": "20.00", "purchase_count": "3", "cause": "sale:R00000001"}
     async with db.tenant(s.tenant) as conn:
         for _ in range(2):  # the failed ack, then the same recharge expiring
-            await _work_order(conn, s.tenant, "recharge_failed", s.point(), None, now, detail)
+            await open_work_order(conn, s.tenant, "recharge_failed", s.point(), None, now, detail)
     assert await s.q("SELECT count(*) FROM work_order") == 2
     await worker(db, Clock(now), twilio(sms)).deliver(s.tenant)
     (m,) = sms.messages
