@@ -53,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     bs.add_argument("--pid-file", type=Path, help="broker pid file: SIGHUP it on change")
     bs.add_argument("--every", type=float, help="keep syncing every N seconds")
     _tenant_parser(sub)
+    from cloud.payments.wechat.cli import merchant_parser
+
+    merchant_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     settings = CloudSettings()
@@ -87,6 +90,10 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             return await _check(wiring, args.tenant)
         if args.cmd == "tenant":
             return await _tenant(wiring, args)
+        if args.cmd == "merchant":
+            from cloud.payments.wechat.cli import run_merchant
+
+            return await run_merchant(wiring, args)
         if args.cmd == "broker-sync":
             return await _broker_sync(wiring, args)
         if args.cmd == "import":
@@ -118,6 +125,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             from datetime import UTC, datetime
 
             from cloud.control.dispatcher import Dispatcher
+            from cloud.payments.wechat.jobs import payments_forever
             from cloud.rating.service import close_usage_windows_forever
 
             timing = wiring.services.timing
@@ -125,6 +133,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 Dispatcher(wiring.db, settings.mqtt_url, topics, timing).run(),
                 close_usage_windows_forever(wiring.db, timing, lambda: datetime.now(UTC)),
                 _notify_worker(wiring).run(),
+                payments_forever(wiring.services.wechat_pay),
             )
         return 0
     finally:

@@ -35,3 +35,15 @@ class TooManyAttempts(DomainError):
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+class Malformed(DomainError):
+    """A request whose body cannot be read at all (a notification that is not JSON)."""
+
+    status = 400
+
+
+class Unavailable(DomainError):
+    """A provider outside this system (WeChat Pay) did not answer; try again."""
+
+    status = 503

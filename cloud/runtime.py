@@ -62,6 +62,8 @@ class Wiring:
             settings.mqtt_url,
             secure_cookies=settings.environment == "production",
             draw_receipts_ahead=settings.draw_receipts_ahead,
+            data_dir=settings.data_dir,
+            environment=settings.environment,
         )
         return cls(settings, db, services)
 

@@ -885,3 +885,133 @@ class Notification(SQLModel, table=True):
 TENANT_TABLES = [
     t.name for t in SQLModel.metadata.sorted_tables if "tenant_id" in t.c and t.name != "tenant"
 ]
+
+
+class Merchant(SQLModel, table=True):
+    """A property group's WeChat Pay merchant (DESIGN §7; migration 0018): service-provider
+    mode (``mchid``/``appid`` the platform's sp_mchid/sp_appid, ``sub_mchid`` the group's)
+    or direct mode. ``private_key``, ``apiv3_key`` and ``app_secret`` are sealed (Fernet)."""
+
+    __tablename__ = "merchant"
+    tenant_id: uuid.UUID = Field(foreign_key="tenant.id", primary_key=True)
+    mode: str = Field(max_length=8)  # partner | direct
+    mchid: str = Field(max_length=32)
+    sub_mchid: str | None = Field(default=None, max_length=32)
+    appid: str = Field(max_length=32)
+    sub_appid: str | None = Field(default=None, max_length=32)
+    cert_serial_no: str = Field(max_length=64)
+    private_key: str = Field(sa_type=sa.Text)
+    apiv3_key: str = Field(sa_type=sa.Text)
+    app_secret: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    public_key: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    public_key_id: str | None = Field(default=None, max_length=64)
+    updated_at: datetime = _ts()
+    updated_by: str
+
+
+class PaymentOrder(SQLModel, table=True):
+    """A tenant's WeChat Pay top-up: ``out_trade_no`` from the database, the amount in fen,
+    15 minutes to pay; credited once (``entry_id``) by its notification or by query."""
+
+    __tablename__ = "payment_order"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "out_trade_no", name="payment_order_no"),
+        sa.Index(
+            "payment_order_unsettled",
+            "tenant_id",
+            "created_at",
+            postgresql_where=sa.text("status = 'created'"),
+        ),
+        sa.Index("payment_order_account", "account_id", "created_at"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    out_trade_no: str = Field(max_length=32)
+    account_id: uuid.UUID = Field(foreign_key="account.id")
+    user_id: uuid.UUID = Field(foreign_key="app_user.id")
+    site_id: uuid.UUID | None = Field(default=None, foreign_key="site.id")
+    amount: Decimal = Field(sa_type=MONEY)
+    amount_fen: int
+    mode: str = Field(max_length=8)
+    mchid: str = Field(max_length=32)
+    sub_mchid: str | None = Field(default=None, max_length=32)
+    appid: str = Field(max_length=32)
+    sub_appid: str | None = Field(default=None, max_length=32)
+    openid: str | None = None
+    prepay_id: str | None = Field(default=None, max_length=64)
+    status: str = Field(
+        default="created", max_length=8, sa_column_kwargs={"server_default": "created"}
+    )
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    queried_at: datetime | None = _ts(nullable=True)
+    closed_at: datetime | None = _ts(nullable=True)
+    paid_at: datetime | None = _ts(nullable=True)
+    transaction_id: str | None = Field(default=None, max_length=32)
+    credited_via: str | None = Field(default=None, max_length=8)  # notify | query
+    entry_id: uuid.UUID | None = None
+    refunded: Decimal = Field(
+        default=Decimal(0), sa_type=MONEY, sa_column_kwargs={"server_default": "0"}
+    )
+
+
+class PaymentRefund(SQLModel, table=True):
+    """A refund to a WeChat payment, by its stable ``out_refund_no``: the wallet's money in
+    refunds payable (``entry_id``) until WeChat pays it out (``paid_entry_id``)."""
+
+    __tablename__ = "payment_refund"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "out_refund_no", name="payment_refund_no"),
+        sa.Index("payment_refund_order", "order_id"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    order_id: uuid.UUID = Field(foreign_key="payment_order.id")
+    out_refund_no: str = Field(max_length=64)
+    amount: Decimal = Field(sa_type=MONEY)
+    reason: str = Field(sa_type=sa.Text)
+    status: str = Field(
+        default="requested", max_length=10, sa_column_kwargs={"server_default": "requested"}
+    )
+    refund_id: str | None = Field(default=None, max_length=32)
+    requested_at: datetime = _ts()
+    requested_by: str
+    settled_at: datetime | None = _ts(nullable=True)
+    entry_id: uuid.UUID | None = None
+    paid_entry_id: uuid.UUID | None = None
+    answer: dict[str, Any] | None = Field(default=None, sa_type=pg.JSONB, nullable=True)
+
+
+class PaymentException(SQLModel, table=True):
+    """What finance must look at: a notification that does not match its order, money for
+    an unknown order or a closed account, an abnormal refund. Once per kind and order."""
+
+    __tablename__ = "payment_exception"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "kind", "out_trade_no", name="payment_exception_once"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    kind: str = Field(max_length=30)
+    out_trade_no: str = Field(max_length=64)
+    detail: dict[str, Any] = Field(sa_type=pg.JSONB)
+    created_at: datetime = _ts()
+    resolved_at: datetime | None = _ts(nullable=True)
+    resolved_by: str | None = None
+    resolution: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+
+
+class LoginCode(SQLModel, table=True):
+    """A six-digit code sent by SMS (the H5 page's phone login, binding by code): hashed,
+    five minutes, five tries."""
+
+    __tablename__ = "login_code"
+    __table_args__ = (sa.Index("login_code_phone", "tenant_id", "phone", "created_at"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    phone: str = Field(max_length=20)
+    code_hash: str = Field(max_length=64)
+    created_at: datetime = _ts()
+    expires_at: datetime = _ts()
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    used_at: datetime | None = _ts(nullable=True)

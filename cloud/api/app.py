@@ -39,6 +39,9 @@ from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
 from cloud.console.settings_edit import router as settings_edit_router
 from cloud.errors import DomainError, TooManyAttempts
+from miniapp_api import problems as miniapp_problems
+from miniapp_api.h5 import router as h5_router
+from miniapp_api.routes import router as miniapp_router
 from notifications.callbacks import router as notify_callbacks
 
 _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
@@ -112,6 +115,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(settings_edit_router)
     app.include_router(console_router)
     app.include_router(notify_callbacks)
+    app.include_router(miniapp_router, dependencies=once)
+    app.include_router(h5_router)
     static = Path(__file__).parent.parent / "console" / "static"
     app.mount("/console/static", StaticFiles(directory=static), name="console-static")
     app.add_middleware(LocaleMiddleware)
@@ -125,8 +130,11 @@ def create_app(services: Services) -> FastAPI:
         headers = (
             {"Retry-After": str(exc.retry_after_s)} if isinstance(exc, TooManyAttempts) else None
         )
+        problem = {"title": type(exc).__name__, "status": exc.status, "detail": str(exc)}
+        if request.url.path.startswith(miniapp_problems.PREFIX):  # a tenant's phone
+            problem["message"] = miniapp_problems.domain_message(exc)
         return JSONResponse(
-            {"title": type(exc).__name__, "status": exc.status, "detail": str(exc)},
+            problem,
             status_code=exc.status,
             media_type="application/problem+json",
             headers=headers,
@@ -143,7 +151,10 @@ def create_app(services: Services) -> FastAPI:
             ctx = {"message": message, "refused": True}
             return render(request, services, "message.html", ctx, status=422)
         errors = [in_words(e) for e in exc.errors()]
-        return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+        body: dict[str, Any] = {"detail": jsonable_encoder(errors)}
+        if request.url.path.startswith(miniapp_problems.PREFIX):
+            body["message"] = miniapp_problems.invalid_message(errors)
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> Response:

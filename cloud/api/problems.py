@@ -34,6 +34,7 @@ _WHY = {
     409: "refused by the current state of things (the detail says which)",
     413: "the request is too large",
     429: "too many failed logins: locked for a while (see Retry-After)",
+    503: "a service outside this system (WeChat Pay) did not answer: try again",
 }
 
 
