@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from notifications.standins import serve
+from standins import serve
 
 
 @dataclass
