@@ -19,10 +19,8 @@ kept in ``deliveries``.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import contextlib
 import datetime as dt
 import gzip
 import hashlib
@@ -1220,32 +1218,6 @@ def write_keys(
     )
     meta.chmod(0o600)
     return meta
-
-
-def main() -> None:  # python -m standins.wechatpay
-    parser = argparse.ArgumentParser(description="a local stand-in of WeChat Pay API v3")
-    parser.add_argument("--port", type=int, default=8703)
-    parser.add_argument("--keys", type=Path, default=Path(".prepay/wechatpay-keys"))
-    args = parser.parse_args()
-
-    async def run() -> None:
-        pay = WeChatPayStandIn()
-        keys = MerchantKeys.generate("1900000001")
-        pay.add_merchant("1900000001", keys, ["wx-standin-app"])
-        await pay.start(port=args.port)
-        write_keys(args.keys, pay, "1900000001", keys, ["wx-standin-app"], [])
-        print(f"WeChat Pay stand-in on {pay.url}; keys in {args.keys}", flush=True)  # noqa: T201
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await pay.stop()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run())
-
-
-if __name__ == "__main__":
-    main()
 
 
 __all__ = [

@@ -9,6 +9,7 @@ import gzip
 import hashlib
 import json
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -19,6 +20,7 @@ from wechatpy.exceptions import WeChatClientException
 
 from notifications.providers.wechat import RoutedWeChatClient
 from standins import serve
+from standins.launch import WeChatTestMerchants, start_wechat
 from standins.wechat import WeChatStandIn
 from standins.wechatpay import BAD_KINDS, MerchantKeys, WeChatPayStandIn
 
@@ -404,3 +406,40 @@ async def test_refund_notification_and_the_http_control(pay: WeChatPayStandIn) -
                 assert note["resource"]["amount"]["refund"] == 1250
         finally:
             await receiver.stop()
+
+
+async def test_the_written_keys_are_enough_for_wechatpayv3(tmp_path: Path) -> None:
+    merchants = WeChatTestMerchants()
+    wx, pay, written = await start_wechat("127.0.0.1", 0, 0, tmp_path, merchants)
+    try:
+        meta = json.loads((tmp_path / f"{merchants.sp_mchid}.json").read_text())
+        assert tmp_path / f"{merchants.sp_mchid}.json" in written
+        for public_key in (True, False):
+            verify: dict = (
+                {
+                    "public_key": (tmp_path / meta["public_key_file"]).read_text(),
+                    "public_key_id": meta["public_key_id"],
+                }
+                if public_key
+                else {}
+            )
+            client = AsyncWeChatPay(
+                wechatpay_type=WeChatPayType.MINIPROG,
+                mchid=meta["mchid"],
+                private_key=(tmp_path / meta["private_key_file"]).read_text(),
+                cert_serial_no=meta["cert_serial_no"],
+                appid=meta["appids"][0],
+                apiv3_key=meta["apiv3_key"],
+                notify_url="https://example.invalid/n",
+                partner_mode=True,
+                **verify,
+            )
+            client._core._gate_way = meta["base_url"]
+            async with client:
+                code, message = await client.query(
+                    out_trade_no="NOSUCHORDER", sub_mchid=meta["sub_mchids"][0]
+                )
+            assert (code, json.loads(message)["code"]) == (404, "ORDER_NOT_EXIST")
+    finally:
+        await pay.stop()
+        await wx.stop()
