@@ -29,7 +29,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -137,7 +137,7 @@ class MerchantKeys:
             _public_pem(key.public_key()),
         )
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[str]:
         """``private_key_pem, cert_serial_no, apiv3_key, public_key_pem = keys``."""
         return iter(
             (self.private_key_pem, self.cert_serial_no, self.apiv3_key, self.public_key_pem)
@@ -321,6 +321,8 @@ class WeChatPayStandIn:
         r.add_post("/v3/pay/partner/transactions/jsapi", self._jsapi)
         r.add_get("/v3/pay/transactions/out-trade-no/{no}", self._query)
         r.add_get("/v3/pay/partner/transactions/out-trade-no/{no}", self._query)
+        r.add_get("/v3/pay/transactions/id/{no}", self._query)
+        r.add_get("/v3/pay/partner/transactions/id/{no}", self._query)
         r.add_post("/v3/pay/transactions/out-trade-no/{no}/close", self._close)
         r.add_post("/v3/pay/partner/transactions/out-trade-no/{no}/close", self._close)
         r.add_post("/v3/refund/domestic/refunds", self._refund)
@@ -562,7 +564,17 @@ class WeChatPayStandIn:
             if mchid != merchant.mchid:
                 raise PayError(400, "PARAM_ERROR", "mchid与请求签名的商户号不一致")
             receiver = merchant
-        order = self.orders.get((receiver.mchid, no))
+        if "/id/" in request.path:  # by WeChat's transaction_id (a paid order)
+            order = next(
+                (
+                    o
+                    for o in self.orders.values()
+                    if o.receiver == receiver.mchid and o.transaction_id == no
+                ),
+                None,
+            )
+        else:
+            order = self.orders.get((receiver.mchid, no))
         if order is None:
             raise PayError(404, "ORDER_NOT_EXIST", "订单不存在")
         return order

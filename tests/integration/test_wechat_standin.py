@@ -218,6 +218,8 @@ async def test_order_query_close_refund_and_bill_through_wechatpayv3(
         assert paid["transaction_id"].startswith("42000") and len(paid["transaction_id"]) == 28
         assert paid["success_time"].endswith("+08:00")
         assert paid["sub_mchid" if partner else "mchid"] == (SUB if partner else DIRECT)
+        code, message = await wxpay.query(transaction_id=paid["transaction_id"], **sub)
+        assert (code, json.loads(message)["out_trade_no"]) == (200, "P20261203000001")
         code, message = await wxpay.close("P20261203000001", **sub)
         assert (code, json.loads(message)["code"]) == (400, "ORDERPAID")
         code, message = await wxpay.query(out_trade_no="NOSUCHORDER1", **sub)
@@ -443,3 +445,33 @@ async def test_the_written_keys_are_enough_for_wechatpayv3(tmp_path: Path) -> No
     finally:
         await pay.stop()
         await wx.stop()
+
+
+async def test_late_sequential_notifications_are_recorded_with_what_our_side_answered(
+    pay: WeChatPayStandIn,
+) -> None:
+    mchid, keys = _setup(pay, partner=False, public_key=True)
+    answers = iter([500, 204, 204])
+    statuses: list[int] = []
+
+    async def flaky(request: web.Request) -> web.Response:
+        statuses.append(next(answers))
+        return web.Response(status=statuses[-1])
+
+    app = web.Application()
+    app.router.add_post("/n", flaky)
+    runner, base = await serve(app, "127.0.0.1", 0)
+    try:
+        async with _client(
+            pay, mchid, keys, partner=False, public_key=True, notify_url=f"{base}/n"
+        ) as w:
+            await w.pay(**_order_args(False, "P20261203000051"))
+        assert await pay.pay("P20261203000051", duplicates=1, delay_s=0.05) == []
+        assert pay.deliveries == []  # not yet
+        await pay.drain()
+        assert [d.status for d in pay.deliveries] == [500, 204]
+        assert (await pay.resend("P20261203000051")).status == 204
+        with pytest.raises(ValueError):
+            await pay.pay("P20261203000051")  # paid once
+    finally:
+        await runner.cleanup()
