@@ -861,6 +861,8 @@ class WeChatPayStandIn:
         if q.get("bill_type", "ALL") not in ("ALL", "SUCCESS", "REFUND"):
             raise PayError(400, "PARAM_ERROR", "bill_type取值有误")
         tar_type = q.get("tar_type")
+        if tar_type not in (None, "GZIP"):  # absent: a plain file
+            raise PayError(400, "PARAM_ERROR", "tar_type取值有误，只支持GZIP")
         text = self.trade_bill(merchant, bill_date, q.get("sub_mchid"), q.get("bill_type", "ALL"))
         raw = text.encode()
         digest = hashlib.sha1(raw, usedforsecurity=False).hexdigest()

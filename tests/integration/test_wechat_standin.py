@@ -312,7 +312,11 @@ async def test_bill_differences_and_a_wrong_hash(pay: WeChatPayStandIn) -> None:
             wrong_hash=True,
         )
         today = pay.clock().astimezone(dt.timezone(dt.timedelta(hours=8))).date().isoformat()
+        # wechatpayv3's trade_bill(tar_type=None) sends "tar_type=None"; a plain bill is one
+        # without tar_type
         code, message = await wxpay.trade_bill(today, tar_type=None)
+        assert (code, json.loads(message)["code"]) == (400, "PARAM_ERROR")
+        code, message = await wxpay._core.request(f"/v3/bill/tradebill?bill_date={today}")
         assert code == 200, message
         bill = json.loads(message)
         code, raw = await wxpay.download_bill(bill["download_url"])
