@@ -307,6 +307,9 @@ class WeChatPayStandIn:
 
     def add_sub_merchant(self, sp_mchid: str, sub_mchid: str, sub_appid: str | None = None) -> None:
         sp = self.merchants[sp_mchid]
+        known = self.merchants.get(sub_mchid)
+        if known is not None and known.sp_mchid != sp_mchid:
+            raise ValueError(f"{sub_mchid} is not a sub-merchant of {sp_mchid}")
         self.merchants[sub_mchid] = Merchant(
             sub_mchid, sp.keys, set(), sp.platform_serial, sp_mchid, sub_appid
         )

@@ -296,6 +296,8 @@ async def test_a_sub_merchant_of_another_provider_and_a_bad_signature_are_refuse
         code, message = await wxpay.pay(**_order_args(True, "P20261203000010"))
         assert (code, json.loads(message)["code"]) == (401, "SIGN_ERROR")
     assert not pay.orders
+    with pytest.raises(ValueError):  # a sub-merchant has one service provider
+        pay.add_sub_merchant(OTHER_SP, SUB)
 
 
 async def test_bill_differences_and_a_wrong_hash(pay: WeChatPayStandIn) -> None:
