@@ -1,5 +1,5 @@
 """`prepay`: the cloud's command line (demo, api, ingest, worker, notify, migrate, check,
-tenant)."""
+tenant, wechat-standin)."""
 
 from __future__ import annotations
 
@@ -56,8 +56,32 @@ def main(argv: list[str] | None = None) -> int:
     from cloud.payments.wechat.cli import merchant_parser
 
     merchant_parser(sub)
+    wx = sub.add_parser(
+        "wechat-standin",
+        help="local stand-ins of WeChat's API (code2session, subscribe messages) and WeChat Pay "
+        "v3, with test merchants whose keys are written to --keys",
+    )
+    wx.add_argument("--host", default="127.0.0.1")
+    wx.add_argument("--port", type=int, default=8704, help="WeChat API stand-in (default 8704)")
+    wx.add_argument("--pay-port", type=int, help="WeChat Pay stand-in (default --port + 1)")
+    wx.add_argument(
+        "--keys",
+        type=Path,
+        default=Path(".prepay/wechat-keys"),
+        help="directory for the merchants' PEM files and <mchid>.json (mchid, serial, APIv3 key, "
+        "public key id)",
+    )
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.cmd == "wechat-standin":  # no database, no settings: stand-ins only
+        from standins.launch import run_wechat
+
+        pay_port = args.pay_port if args.pay_port is not None else args.port and args.port + 1
+        try:
+            asyncio.run(run_wechat(args.host, args.port, pay_port, args.keys, print))
+        except KeyboardInterrupt:
+            return 130
+        return 0
     settings = CloudSettings()
     try:
         return asyncio.run(_run(args, settings))

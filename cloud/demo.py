@@ -49,9 +49,9 @@ from meter_profiles.simulators.line import LineServer
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
 from notifications.settings import NotifySettings
-from notifications.standins.twilio import TwilioStandIn
-from notifications.standins.wechat import WeChatStandIn
 from notifications.worker import NotifyWorker, providers_from
+from standins.twilio import TwilioStandIn
+from standins.wechat import WeChatStandIn
 
 log = logging.getLogger(__name__)
 

@@ -178,7 +178,7 @@ async def main(events: int, paced: int, rate: float, workers: int) -> None:
                 [
                     sys.executable,
                     "-m",
-                    "notifications.standins.twilio",
+                    "standins.twilio",
                     "--port",
                     str(port),
                     "--token",

@@ -32,8 +32,8 @@ from gateway_agent.config import AgentConfig, BusConfig, DeviceConfig
 from meter_profiles.loader import load_profiles
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
-from notifications.standins.twilio import TwilioStandIn
 from notifications.worker import NotifyWorker
+from standins.twilio import TwilioStandIn
 from tests.conftest import group_spec, wait_for
 from tests.integration.notify_helpers import twilio
 

@@ -21,8 +21,8 @@ from notifications.providers import Provider
 from notifications.providers.log import LogProvider
 from notifications.providers.twilio_sms import TwilioSms
 from notifications.settings import NotifySettings
-from notifications.standins.twilio import TwilioStandIn
 from notifications.worker import NotifyWorker
+from standins.twilio import TwilioStandIn
 from tests.conftest import group_spec
 
 TIMING = CommandTiming(deadline=timedelta(minutes=2), retry=timedelta(seconds=5))

@@ -15,8 +15,8 @@ from cloud.control.service import record_events
 from cloud.db import Database
 from cloud.notify import outbox
 from notifications.providers.wechat import WeChatSubscribe
-from notifications.standins.twilio import TwilioStandIn
-from notifications.standins.wechat import WeChatStandIn
+from standins.twilio import TwilioStandIn
+from standins.wechat import WeChatStandIn
 from tests.integration.notify_helpers import Clock, at, shop, twilio, worker
 
 DAY = datetime(2026, 11, 20, 12, tzinfo=UTC)  # a Friday

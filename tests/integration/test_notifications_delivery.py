@@ -23,7 +23,7 @@ from cloud.notify import outbox
 from cloud.runtime import Wiring, serve_http
 from cloud.settings import CloudSettings
 from notifications.settings import NotifySettings
-from notifications.standins.twilio import TwilioStandIn
+from standins.twilio import TwilioStandIn
 from tests.conftest import wait_for
 from tests.integration.notify_helpers import Clock, Shop, shop, twilio, worker
 

@@ -10,7 +10,7 @@ On request (attributes, or ``POST /_standin/mode`` with JSON): ``outage`` (every
 ``out_of_order`` (``delivered`` before ``sent``), ``final_status`` (``undelivered``,
 ``failed``), ``callbacks`` off. ``GET /_standin/messages`` lists what it accepted.
 
-Run alone: ``python -m notifications.standins.twilio --port 8701 --token T``.
+Run alone: ``python -m standins.twilio --port 8701 --token T``.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from aiohttp import web
 from twilio.request_validator import RequestValidator
 
 from notifications.segments import segments
-from notifications.standins import serve
+from standins import serve
 
 log = logging.getLogger(__name__)
 _E164 = re.compile(r"^\+[1-9][0-9]{7,14}$")

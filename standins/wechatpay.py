@@ -1,0 +1,1251 @@
+"""A local stand-in of WeChat Pay API v3 (``api.mch.weixin.qq.com``), direct and
+service-provider (partner) mode, checked against ``wechatpayv3``'s async client.
+
+Keys: a platform key pair named by a WeChat Pay public key id (``PUB_KEY_ID_…``) and a
+second one in a self-signed platform certificate (serial in hex), served encrypted with
+the merchant's APIv3 key at ``GET /v3/certificates``; each merchant is set to be answered
+under one or the other (``platform_serial``). Merchants' test keys: ``MerchantKeys``.
+
+Every request's ``Authorization: WECHATPAY2-SHA256-RSA2048 mchid=..,serial_no=..`` is
+verified over ``METHOD\\nPATH?QUERY\\nTIMESTAMP\\nNONCE\\nBODY\\n`` (401 ``SIGN_ERROR``), every
+answer is signed (``Wechatpay-Timestamp/Nonce/Serial/Signature/Signature-Type``,
+``Request-ID``). Endpoints: JSAPI orders (direct and partner), query, close, refunds and
+their query, the trade bill and its download. Test control (Python, and HTTP under
+``/standin/`` with CORS): ``pay`` (notifications as WeChat sends them, duplicates,
+silence), ``resend``, ``send_bad`` (forged, tampered, other key, stale, probe, amount),
+``settle_refund``, ``tamper_bill``. Every notification sent and what our side answered is
+kept in ``deliveries``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as dt
+import gzip
+import hashlib
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiohttp import web
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.x509.oid import NameOID
+
+from standins import serve
+
+SIGN_TYPE = "WECHATPAY2-SHA256-RSA2048"
+PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
+
+CST = dt.timezone(dt.timedelta(hours=8))
+OUT_NO = re.compile(r"^[0-9A-Za-z_\-|*]{6,32}$")
+BAD_KINDS = (
+    "forged_signature",
+    "tampered_body",
+    "other_key",
+    "stale_timestamp",
+    "probe",
+    "amount_differs",
+)
+
+
+def _new_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+def _private_pem(key: rsa.RSAPrivateKey) -> str:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+
+
+def _public_pem(key: rsa.RSAPublicKey) -> str:
+    return key.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _sign(key: rsa.RSAPrivateKey, message: str) -> str:
+    raw = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return base64.b64encode(raw).decode()
+
+
+def _verify(key: rsa.RSAPublicKey, message: str, signature: str) -> bool:
+    try:
+        key.verify(
+            base64.b64decode(signature), message.encode(), padding.PKCS1v15(), hashes.SHA256()
+        )
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def aes_gcm_encrypt(apiv3_key: str, plaintext: str, associated_data: str) -> dict[str, str]:
+    """WeChat's AEAD_AES_256_GCM resource: a 12-character nonce, base64 ciphertext+tag."""
+    nonce = secrets.token_hex(6)
+    data = AESGCM(apiv3_key.encode()).encrypt(
+        nonce.encode(), plaintext.encode(), associated_data.encode()
+    )
+    return {
+        "algorithm": "AEAD_AES_256_GCM",
+        "nonce": nonce,
+        "associated_data": associated_data,
+        "ciphertext": base64.b64encode(data).decode(),
+    }
+
+
+def _yuan(fen: int) -> str:
+    return str((Decimal(fen) / 100).quantize(Decimal("0.01")))
+
+
+def _cst(moment: dt.datetime) -> str:
+    return moment.astimezone(CST).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class MerchantKeys:
+    """A merchant's API certificate key and serial, its APIv3 key, and its public key."""
+
+    private_key_pem: str
+    cert_serial_no: str
+    apiv3_key: str
+    public_key_pem: str
+
+    @classmethod
+    def generate(cls, mchid: str) -> MerchantKeys:
+        del mchid  # the serial is random, as a merchant's API certificate serial is to us
+        key = _new_key()
+        return cls(
+            _private_pem(key),
+            secrets.token_hex(20).upper(),
+            secrets.token_urlsafe(24)[:32],
+            _public_pem(key.public_key()),
+        )
+
+    def __iter__(self) -> Iterator[str]:
+        """``private_key_pem, cert_serial_no, apiv3_key, public_key_pem = keys``."""
+        return iter(
+            (self.private_key_pem, self.cert_serial_no, self.apiv3_key, self.public_key_pem)
+        )
+
+    def public_key(self) -> rsa.RSAPublicKey:
+        key = serialization.load_pem_public_key(self.public_key_pem.encode())
+        assert isinstance(key, rsa.RSAPublicKey)
+        return key
+
+
+@dataclass
+class Merchant:
+    mchid: str
+    keys: MerchantKeys
+    appids: set[str]
+    platform_serial: str  # "public_key" or "certificate": how its answers are signed
+    sp_mchid: str | None = None  # a sub-merchant's service provider
+    sub_appid: str | None = None
+
+
+MERCHANT = web.RequestKey("merchant", Merchant)
+BODY = web.RequestKey("body", str)
+
+
+@dataclass
+class Delivery:
+    """One notification POSTed to our side and what it answered."""
+
+    event_type: str
+    url: str
+    headers: dict[str, str]
+    body: str
+    kind: str = "genuine"
+    out_trade_no: str | None = None
+    out_refund_no: str | None = None
+    status: int | None = None
+    answer: str = ""
+    error: str | None = None
+
+
+@dataclass
+class Order:
+    receiver: str  # mchid (direct) or sub_mchid (partner)
+    request: dict[str, Any]
+    partner: bool
+    prepay_id: str
+    created: dt.datetime
+    state: str = "NOTPAY"
+    transaction_id: str | None = None
+    success_time: dt.datetime | None = None
+    payer_total: int | None = None
+    refunded: int = 0
+    notification: str | None = None
+
+    @property
+    def out_trade_no(self) -> str:
+        return str(self.request["out_trade_no"])
+
+    @property
+    def total(self) -> int:
+        return int(self.request["amount"]["total"])
+
+
+@dataclass
+class Refund:
+    order: Order
+    out_refund_no: str
+    refund_id: str
+    amount: int
+    created: dt.datetime
+    notify_url: str | None
+    reason: str | None
+    status: str = "PROCESSING"
+    success_time: dt.datetime | None = None
+
+
+@dataclass
+class BillFaults:
+    """Differences to put in a trade bill, for reconciliation tests."""
+
+    extra_rows: int = 0  # rows of payments WeChat knows and we do not
+    missing: set[str] = field(default_factory=set)  # out_trade_no left out
+    amounts: dict[str, int] = field(default_factory=dict)  # out_trade_no → fen shown
+    states: dict[str, str] = field(default_factory=dict)  # out_trade_no → state shown
+    wrong_hash: bool = False
+
+
+class PayError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status, self.code, self.message = status, code, message
+
+
+BILL_HEADER = (
+    "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,"
+    "交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,"
+    "充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,"
+    "费率备注"
+)
+BILL_SUMMARY_HEADER = (
+    "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额"
+)
+
+
+@dataclass
+class WeChatPayStandIn:
+    """The stand-in. ``add_merchant`` / ``add_sub_merchant`` before use; ``start()``."""
+
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    fee_rate: Decimal = Decimal("0.006")
+    deliveries: list[Delivery] = field(default_factory=list)
+    bill_faults: BillFaults = field(default_factory=BillFaults)
+    url: str = ""
+    public_key_id: str = field(
+        default_factory=lambda: "PUB_KEY_ID_" + secrets.token_hex(16).upper()
+    )
+
+    def __post_init__(self) -> None:
+        self.platform_key = _new_key()  # named by public_key_id
+        self.cert_key = _new_key()  # in the platform certificate
+        now = dt.datetime.now(dt.UTC)
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA stand-in")])
+        self.certificate = (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(name)
+            .public_key(self.cert_key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=1))
+            .not_valid_after(now + dt.timedelta(days=5 * 365))
+            .sign(self.cert_key, hashes.SHA256())
+        )
+        self.certificate_serial = format(self.certificate.serial_number, "X")
+        self.merchants: dict[str, Merchant] = {}
+        self.orders: dict[tuple[str, str], Order] = {}
+        self.refunds: dict[tuple[str, str], Refund] = {}
+        self._bills: dict[str, bytes] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._runner: web.AppRunner | None = None
+        self._http: aiohttp.ClientSession | None = None
+
+    # ---- keys and merchants -------------------------------------------------------------
+
+    @property
+    def public_key_pem(self) -> str:
+        return _public_pem(self.platform_key.public_key())
+
+    @property
+    def certificate_pem(self) -> str:
+        return self.certificate.public_bytes(serialization.Encoding.PEM).decode()
+
+    def add_merchant(
+        self,
+        mchid: str,
+        keys: MerchantKeys,
+        appids: list[str] | None = None,
+        *,
+        platform_serial: str = "public_key",
+    ) -> Merchant:
+        """A direct merchant or a service provider (its appids are the sp_appids)."""
+        if platform_serial not in ("public_key", "certificate"):
+            raise ValueError("platform_serial is 'public_key' or 'certificate'")
+        merchant = Merchant(mchid, keys, set(appids or ()), platform_serial)
+        self.merchants[mchid] = merchant
+        return merchant
+
+    def add_sub_merchant(self, sp_mchid: str, sub_mchid: str, sub_appid: str | None = None) -> None:
+        sp = self.merchants[sp_mchid]
+        known = self.merchants.get(sub_mchid)
+        if known is not None and known.sp_mchid != sp_mchid:
+            raise ValueError(f"{sub_mchid} is not a sub-merchant of {sp_mchid}")
+        self.merchants[sub_mchid] = Merchant(
+            sub_mchid, sp.keys, set(), sp.platform_serial, sp_mchid, sub_appid
+        )
+
+    # ---- lifecycle ----------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._cors])
+        r = app.router
+        r.add_get("/v3/certificates", self._certificates)
+        r.add_post("/v3/pay/transactions/jsapi", self._jsapi)
+        r.add_post("/v3/pay/partner/transactions/jsapi", self._jsapi)
+        r.add_get("/v3/pay/transactions/out-trade-no/{no}", self._query)
+        r.add_get("/v3/pay/partner/transactions/out-trade-no/{no}", self._query)
+        r.add_get("/v3/pay/transactions/id/{no}", self._query)
+        r.add_get("/v3/pay/partner/transactions/id/{no}", self._query)
+        r.add_post("/v3/pay/transactions/out-trade-no/{no}/close", self._close)
+        r.add_post("/v3/pay/partner/transactions/out-trade-no/{no}/close", self._close)
+        r.add_post("/v3/refund/domestic/refunds", self._refund)
+        r.add_get("/v3/refund/domestic/refunds/{no}", self._refund_query)
+        r.add_get("/v3/bill/tradebill", self._tradebill)
+        r.add_get("/v3/billdownload/file", self._billdownload)
+        r.add_post("/standin/pay", self._http_pay)
+        r.add_post("/standin/resend", self._http_resend)
+        r.add_post("/standin/bad", self._http_bad)
+        r.add_post("/standin/settle-refund", self._http_settle)
+        r.add_get("/standin/orders", self._http_orders)
+        r.add_get("/standin/deliveries", self._http_deliveries)
+        return app
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
+        self._runner, self.url = await serve(self.app(), host, port)
+        return self.url
+
+    async def drain(self) -> None:
+        """Wait for delayed notifications under way."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+    # ---- signing ------------------------------------------------------------------------
+
+    def _signing(self, merchant: Merchant | None) -> tuple[rsa.RSAPrivateKey, str]:
+        if merchant is not None and merchant.platform_serial == "certificate":
+            return self.cert_key, self.certificate_serial
+        return self.platform_key, self.public_key_id
+
+    def signed_headers(
+        self,
+        body: str,
+        merchant: Merchant | None,
+        *,
+        timestamp: int | None = None,
+        key: rsa.RSAPrivateKey | None = None,
+    ) -> dict[str, str]:
+        """WeChat's signature headers over ``timestamp\\nnonce\\nbody\\n``."""
+        own_key, serial = self._signing(merchant)
+        ts = str(timestamp if timestamp is not None else int(time.time()))
+        nonce = secrets.token_hex(16).upper()
+        return {
+            "Wechatpay-Timestamp": ts,
+            "Wechatpay-Nonce": nonce,
+            "Wechatpay-Serial": serial,
+            "Wechatpay-Signature": _sign(key or own_key, f"{ts}\n{nonce}\n{body}\n"),
+            "Wechatpay-Signature-Type": SIGN_TYPE,
+            "Request-ID": str(uuid.uuid4()),
+        }
+
+    def _answer(
+        self, merchant: Merchant | None, status: int = 200, data: Any = None
+    ) -> web.Response:
+        body = "" if data is None else json.dumps(data, ensure_ascii=False)
+        response = web.Response(
+            status=status,
+            text=body if body else None,
+            content_type="application/json" if body else None,
+            headers=self.signed_headers(body, merchant),
+        )
+        return response
+
+    def _error(self, merchant: Merchant | None, error: PayError) -> web.Response:
+        return self._answer(merchant, error.status, {"code": error.code, "message": error.message})
+
+    async def _authenticate(self, request: web.Request) -> tuple[Merchant, str]:
+        body = await request.text()
+        auth = request.headers.get("Authorization", "")
+        if not auth.startswith(SIGN_TYPE + " "):
+            raise PayError(401, "SIGN_ERROR", "错误的签名类型")
+        fields = dict(re.findall(r'(\w+)="([^"]*)"', auth[len(SIGN_TYPE) + 1 :]))
+        merchant = self.merchants.get(fields.get("mchid", ""))
+        if merchant is None or merchant.sp_mchid is not None:
+            raise PayError(401, "SIGN_ERROR", "商户号不存在或未开通")
+        if fields.get("serial_no", "").upper() != merchant.keys.cert_serial_no:
+            raise PayError(401, "SIGN_ERROR", "商户证书序列号有误")
+        ts, nonce = fields.get("timestamp", ""), fields.get("nonce_str", "")
+        if not ts.isdigit() or abs(time.time() - int(ts)) > 300:
+            raise PayError(401, "SIGN_ERROR", "请求时间戳与当前时间相差过大")
+        message = f"{request.method}\n{request.raw_path}\n{ts}\n{nonce}\n{body}\n"
+        if not _verify(merchant.keys.public_key(), message, fields.get("signature", "")):
+            raise PayError(401, "SIGN_ERROR", "签名错误")
+        return merchant, body
+
+    # ---- middleware and the v3 handlers -------------------------------------------------
+
+    @web.middleware
+    async def _cors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/standin/"):
+            return await self._v3(request, handler)
+        if request.method == "OPTIONS":
+            response: web.StreamResponse = web.Response(status=204)
+        else:
+            try:
+                response = await handler(request)
+            except (KeyError, ValueError, PayError) as exc:
+                response = web.json_response({"error": str(exc)}, status=400)
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        return response
+
+    async def _v3(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            merchant, body = await self._authenticate(request)
+        except PayError as exc:
+            return self._error(None, exc)
+        request[MERCHANT], request[BODY] = merchant, body
+        try:
+            result: web.StreamResponse = await handler(request)
+        except PayError as exc:
+            return self._error(merchant, exc)
+        return result
+
+    def _json(self, request: web.Request) -> dict[str, Any]:
+        try:
+            data = json.loads(request[BODY] or "{}")
+        except ValueError:
+            raise PayError(400, "PARAM_ERROR", "请求体不是有效的JSON") from None
+        if not isinstance(data, dict):
+            raise PayError(400, "PARAM_ERROR", "请求体不是有效的JSON")
+        return data
+
+    async def _certificates(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        encrypted = aes_gcm_encrypt(merchant.keys.apiv3_key, self.certificate_pem, "certificate")
+        cert = self.certificate
+        data = {
+            "data": [
+                {
+                    "serial_no": self.certificate_serial,
+                    "effective_time": _cst(cert.not_valid_before_utc),
+                    "expire_time": _cst(cert.not_valid_after_utc),
+                    "encrypt_certificate": encrypted,
+                }
+            ]
+        }
+        # WeChat signs this answer with the certificate it carries
+        body = json.dumps(data)
+        headers = self.signed_headers(body, None, key=self.cert_key)
+        headers["Wechatpay-Serial"] = self.certificate_serial
+        return web.Response(text=body, content_type="application/json", headers=headers)
+
+    def _receiver(self, merchant: Merchant, partner: bool, sub_mchid: Any) -> Merchant:
+        """The merchant the money goes to: the caller, or its sub-merchant."""
+        if not partner:
+            return merchant
+        if not isinstance(sub_mchid, str) or not sub_mchid:
+            raise PayError(
+                400, "PARAM_ERROR", "输入源“/body/sub_mchid”映射到字段“子商户号”必填性规则校验失败"
+            )
+        sub = self.merchants.get(sub_mchid)
+        if sub is None or sub.sp_mchid != merchant.mchid:
+            raise PayError(400, "INVALID_REQUEST", "特约商户与服务商的受理关系不存在")
+        return sub
+
+    async def _jsapi(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        partner = "/partner/" in request.path
+        data = self._json(request)
+        self._check_order(merchant, partner, data)
+        receiver = self._receiver(merchant, partner, data.get("sub_mchid"))
+        if partner and data.get("sub_appid") and receiver.sub_appid != data["sub_appid"]:
+            raise PayError(400, "APPID_MCHID_NOT_MATCH", "sub_appid与sub_mchid不匹配")
+        key = (receiver.mchid, str(data["out_trade_no"]))
+        order = self.orders.get(key)
+        if order is not None:
+            if order.state == "SUCCESS" or order.state == "REFUND":
+                raise PayError(400, "ORDERPAID", "该订单已支付")
+            if order.state == "CLOSED":
+                raise PayError(400, "ORDER_CLOSED", "该订单已关闭")
+            if order.request != data:
+                raise PayError(400, "OUT_TRADE_NO_USED", "商户订单号重复")
+            return self._answer(merchant, 200, {"prepay_id": order.prepay_id})
+        now = self.clock()
+        prepay_id = "wx" + now.astimezone(CST).strftime("%d%H%M%S") + secrets.token_hex(13)
+        self.orders[key] = Order(receiver.mchid, data, partner, prepay_id, now)
+        return self._answer(merchant, 200, {"prepay_id": prepay_id})
+
+    def _check_order(self, merchant: Merchant, partner: bool, data: dict[str, Any]) -> None:
+        def missing(name: str) -> PayError:
+            return PayError(400, "PARAM_ERROR", f"输入源“/body/{name}”映射到字段必填性规则校验失败")
+
+        mchid_field, appid_field = ("sp_mchid", "sp_appid") if partner else ("mchid", "appid")
+        for name in (appid_field, mchid_field, "description", "out_trade_no", "notify_url"):
+            if not isinstance(data.get(name), str) or not data[name]:
+                raise missing(name)
+        if data[mchid_field] != merchant.mchid:
+            raise PayError(400, "MCH_NOT_EXISTS", f"{mchid_field}与请求签名的商户号不一致")
+        if data[appid_field] not in merchant.appids:
+            raise PayError(400, "APPID_MCHID_NOT_MATCH", "appid和mch_id不匹配")
+        if not OUT_NO.match(data["out_trade_no"]):
+            raise PayError(400, "PARAM_ERROR", "out_trade_no字段规则校验失败")
+        if len(data["description"]) > 127:
+            raise PayError(400, "PARAM_ERROR", "description字段长度超过限制")
+        if not re.match(r"^https?://[^?]+$", data["notify_url"]):
+            raise PayError(400, "PARAM_ERROR", "notify_url格式不正确")
+        amount = data.get("amount")
+        if not isinstance(amount, dict):
+            raise missing("amount")
+        total = amount.get("total")
+        if not isinstance(total, int) or isinstance(total, bool) or total <= 0:
+            raise PayError(400, "PARAM_ERROR", "amount.total字段规则校验失败")
+        if amount.get("currency", "CNY") != "CNY":
+            raise PayError(400, "PARAM_ERROR", "amount.currency字段取值有误")
+        payer = data.get("payer")
+        if not isinstance(payer, dict):
+            raise missing("payer")
+        ids = ("sp_openid", "sub_openid") if partner else ("openid",)
+        if not any(isinstance(payer.get(i), str) and payer[i] for i in ids):
+            raise missing("payer/" + ids[0])
+        if partner and payer.get("sub_openid") and not data.get("sub_appid"):
+            raise PayError(400, "PARAM_ERROR", "传入sub_openid时sub_appid必填")
+
+    def _find(self, merchant: Merchant, request: web.Request, no: str) -> Order:
+        partner = "/partner/" in request.path
+        if partner:
+            query = dict(request.query)
+            if request.method == "POST":
+                query.update({k: str(v) for k, v in self._json(request).items()})
+            if query.get("sp_mchid") != merchant.mchid:
+                raise PayError(400, "PARAM_ERROR", "sp_mchid与请求签名的商户号不一致")
+            receiver = self._receiver(merchant, True, query.get("sub_mchid"))
+        else:
+            mchid = request.query.get("mchid")
+            if request.method == "POST":
+                mchid = self._json(request).get("mchid")
+            if mchid != merchant.mchid:
+                raise PayError(400, "PARAM_ERROR", "mchid与请求签名的商户号不一致")
+            receiver = merchant
+        if "/id/" in request.path:  # by WeChat's transaction_id (a paid order)
+            order = next(
+                (
+                    o
+                    for o in self.orders.values()
+                    if o.receiver == receiver.mchid and o.transaction_id == no
+                ),
+                None,
+            )
+        else:
+            order = self.orders.get((receiver.mchid, no))
+        if order is None:
+            raise PayError(404, "ORDER_NOT_EXIST", "订单不存在")
+        return order
+
+    def transaction(self, order: Order) -> dict[str, Any]:
+        """The order as WeChat answers a query (and encrypts in a payment notification)."""
+        req = order.request
+        out: dict[str, Any] = {}
+        if order.partner:
+            sub = self.merchants[order.receiver]
+            out.update(sp_appid=req["sp_appid"], sp_mchid=req["sp_mchid"], sub_mchid=sub.mchid)
+            if req.get("sub_appid"):
+                out["sub_appid"] = req["sub_appid"]
+        else:
+            out.update(appid=req["appid"], mchid=req["mchid"])
+        out.update(
+            out_trade_no=order.out_trade_no,
+            trade_type="JSAPI",
+            trade_state=order.state,
+            trade_state_desc={
+                "NOTPAY": "未支付",
+                "SUCCESS": "支付成功",
+                "CLOSED": "订单已关闭",
+                "REFUND": "转入退款",
+            }[order.state],
+            attach=req.get("attach", ""),
+        )
+        amount: dict[str, Any] = {"total": order.total, "currency": "CNY"}
+        if order.transaction_id is not None:
+            assert order.success_time is not None
+            out.update(
+                transaction_id=order.transaction_id,
+                bank_type="OTHERS",
+                success_time=_cst(order.success_time),
+                payer=dict(req["payer"]),
+            )
+            amount.update(
+                payer_total=order.payer_total if order.payer_total is not None else order.total,
+                payer_currency="CNY",
+            )
+        else:
+            out["payer"] = {}
+        out["amount"] = amount
+        out["promotion_detail"] = []
+        return out
+
+    async def _query(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        order = self._find(merchant, request, request.match_info["no"])
+        return self._answer(merchant, 200, self.transaction(order))
+
+    async def _close(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        order = self._find(merchant, request, request.match_info["no"])
+        if order.state in ("SUCCESS", "REFUND"):
+            raise PayError(400, "ORDERPAID", "订单已支付，不能关闭")
+        order.state = "CLOSED"
+        return self._answer(merchant, 204)
+
+    def _refund_receiver(self, merchant: Merchant, data: dict[str, Any]) -> Merchant:
+        sub = data.get("sub_mchid")
+        if sub is None:
+            return merchant
+        return self._receiver(merchant, True, sub)
+
+    def refund_view(self, refund: Refund) -> dict[str, Any]:
+        order = refund.order
+        out: dict[str, Any] = {
+            "refund_id": refund.refund_id,
+            "out_refund_no": refund.out_refund_no,
+            "transaction_id": order.transaction_id,
+            "out_trade_no": order.out_trade_no,
+            "channel": "ORIGINAL",
+            "user_received_account": "支付用户零钱",
+            "create_time": _cst(refund.created),
+            "status": refund.status,
+            "funds_account": "AVAILABLE",
+            "amount": {
+                "total": order.total,
+                "refund": refund.amount,
+                "payer_total": order.payer_total if order.payer_total is not None else order.total,
+                "payer_refund": refund.amount,
+                "settlement_refund": refund.amount,
+                "settlement_total": order.total,
+                "discount_refund": 0,
+                "currency": "CNY",
+                "refund_fee": 0,
+            },
+            "promotion_detail": [],
+        }
+        if refund.success_time is not None:
+            out["success_time"] = _cst(refund.success_time)
+        return out
+
+    async def _refund(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        data = self._json(request)
+        receiver = self._refund_receiver(merchant, data)
+        no = data.get("out_refund_no")
+        if not isinstance(no, str) or not OUT_NO.match(no):
+            raise PayError(400, "PARAM_ERROR", "out_refund_no字段规则校验失败")
+        existing = self.refunds.get((receiver.mchid, no))
+        if existing is not None:
+            return self._answer(merchant, 200, self.refund_view(existing))
+        order: Order | None = None
+        if data.get("transaction_id"):
+            order = next(
+                (
+                    o
+                    for o in self.orders.values()
+                    if o.receiver == receiver.mchid and o.transaction_id == data["transaction_id"]
+                ),
+                None,
+            )
+        elif data.get("out_trade_no"):
+            order = self.orders.get((receiver.mchid, str(data["out_trade_no"])))
+        else:
+            raise PayError(400, "PARAM_ERROR", "transaction_id和out_trade_no必须填一个")
+        if order is None:
+            raise PayError(404, "RESOURCE_NOT_EXISTS", "订单不存在")
+        if order.state not in ("SUCCESS", "REFUND"):
+            raise PayError(400, "INVALID_REQUEST", "订单未支付，不能退款")
+        amount = data.get("amount")
+        if not isinstance(amount, dict):
+            raise PayError(400, "PARAM_ERROR", "amount必填")
+        fen, total = amount.get("refund"), amount.get("total")
+        if not isinstance(fen, int) or isinstance(fen, bool) or fen <= 0:
+            raise PayError(400, "PARAM_ERROR", "amount.refund字段规则校验失败")
+        if total != order.total:
+            raise PayError(400, "PARAM_ERROR", "订单金额与原订单金额不一致")
+        if order.refunded >= order.total:
+            raise PayError(400, "INVALID_REQUEST", "订单已全额退款")
+        if fen > order.total - order.refunded:
+            raise PayError(403, "NOT_ENOUGH", "申请退款金额超过订单可退金额")
+        now = self.clock()
+        refund = Refund(
+            order,
+            no,
+            "50" + now.astimezone(CST).strftime("%Y%m%d") + f"{secrets.randbelow(10**20):020d}",
+            fen,
+            now,
+            data.get("notify_url"),
+            data.get("reason"),
+        )
+        order.refunded += fen
+        order.state = "REFUND"
+        self.refunds[(receiver.mchid, no)] = refund
+        return self._answer(merchant, 200, self.refund_view(refund))
+
+    async def _refund_query(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        receiver = self._refund_receiver(merchant, dict(request.query))
+        refund = self.refunds.get((receiver.mchid, request.match_info["no"]))
+        if refund is None:
+            raise PayError(404, "RESOURCE_NOT_EXISTS", "退款单不存在")
+        return self._answer(merchant, 200, self.refund_view(refund))
+
+    # ---- the trade bill -----------------------------------------------------------------
+
+    def trade_bill(
+        self,
+        merchant: Merchant,
+        bill_date: dt.date,
+        sub_mchid: str | None = None,
+        bill_type: str = "ALL",
+    ) -> str:
+        """The day's trade bill (``ALL``) as WeChat writes it, with ``bill_faults`` applied."""
+        faults = self.bill_faults
+        receivers = {merchant.mchid}
+        if sub_mchid:
+            receivers = {self._receiver(merchant, True, sub_mchid).mchid}
+        else:
+            receivers |= {m.mchid for m in self.merchants.values() if m.sp_mchid == merchant.mchid}
+        rows: list[list[str]] = []
+        totals = {"count": 0, "settle": 0, "refund": 0, "order": 0, "ask": 0}
+        fees = [Decimal(0)]
+
+        def fee_of(fen: int) -> Decimal:
+            return (Decimal(fen) * self.fee_rate / 100).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+        def row(order: Order, at: dt.datetime, refund: Refund | None) -> None:
+            if bill_type != "ALL" and (bill_type == "REFUND") != (refund is not None):
+                return
+            req = order.request
+            shown = faults.amounts.get(order.out_trade_no, order.total)
+            state = faults.states.get(order.out_trade_no, "REFUND" if refund else "SUCCESS")
+            fee = -fee_of(refund.amount) if refund else fee_of(shown)
+            payer = req["payer"]
+            cells = [
+                at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S"),
+                req.get("sp_appid") or req.get("appid", ""),
+                req.get("sp_mchid") or req.get("mchid", ""),
+                order.receiver if order.partner else "0",
+                "",
+                order.transaction_id or "",
+                order.out_trade_no,
+                payer.get("openid") or payer.get("sp_openid") or payer.get("sub_openid", ""),
+                "JSAPI",
+                state,
+                "OTHERS",
+                "CNY",
+                _yuan(shown),
+                "0.00",
+                refund.refund_id if refund else "0",
+                refund.out_refund_no if refund else "0",
+                _yuan(refund.amount) if refund else "0.00",
+                "0.00",
+                "ORIGINAL" if refund else "",
+                "SUCCESS" if refund else "",
+                req.get("description", ""),
+                req.get("attach", ""),
+                f"{fee:.5f}",
+                f"{self.fee_rate * 100:.2f}%",
+                _yuan(shown),
+                _yuan(refund.amount) if refund else "0.00",
+                "",
+            ]
+            rows.append(cells)
+            totals["count"] += 1
+            if refund:
+                totals["refund"] += refund.amount
+                totals["ask"] += refund.amount
+            else:
+                totals["settle"] += shown
+                totals["order"] += shown
+            fees.append(fee)
+
+        for order in self.orders.values():
+            if order.receiver not in receivers or order.success_time is None:
+                continue
+            if order.out_trade_no in faults.missing:
+                continue
+            if order.success_time.astimezone(CST).date() == bill_date:
+                row(order, order.success_time, None)
+        for refund in self.refunds.values():
+            at = refund.success_time
+            if refund.order.receiver in receivers and at and at.astimezone(CST).date() == bill_date:
+                if refund.order.out_trade_no not in faults.missing:
+                    row(refund.order, at, refund)
+        for i in range(faults.extra_rows):
+            ghost = Order(
+                merchant.mchid,
+                {
+                    "appid": next(iter(merchant.appids), ""),
+                    "mchid": merchant.mchid,
+                    "out_trade_no": f"GHOST{i:06d}",
+                    "description": "stand-in extra row",
+                    "amount": {"total": 100 + i},
+                    "payer": {"openid": "o-ghost"},
+                },
+                False,
+                "",
+                self.clock(),
+                "SUCCESS",
+                f"4200009{i:021d}",
+            )
+            noon = dt.datetime.combine(bill_date, dt.time(12, 0), CST)
+            row(ghost, noon, None)
+        if not rows:
+            raise PayError(400, "NO_STATEMENT_EXIST", "账单文件不存在")
+        rows.sort(key=lambda cells: cells[0])
+        lines = [BILL_HEADER]
+        lines += [",".join("`" + c for c in cells) for cells in rows]
+        lines.append(BILL_SUMMARY_HEADER)
+        summary = [
+            str(totals["count"]),
+            _yuan(totals["settle"]),
+            _yuan(totals["refund"]),
+            "0.00",
+            f"{sum(fees):.5f}",
+            _yuan(totals["order"]),
+            _yuan(totals["ask"]),
+        ]
+        lines.append(",".join("`" + c for c in summary))
+        return "\r\n".join(lines) + "\r\n"
+
+    async def _tradebill(self, request: web.Request) -> web.Response:
+        merchant: Merchant = request[MERCHANT]
+        q = request.query
+        try:
+            bill_date = dt.date.fromisoformat(q.get("bill_date", ""))
+        except ValueError:
+            raise PayError(400, "PARAM_ERROR", "bill_date格式不正确") from None
+        if q.get("bill_type", "ALL") not in ("ALL", "SUCCESS", "REFUND"):
+            raise PayError(400, "PARAM_ERROR", "bill_type取值有误")
+        tar_type = q.get("tar_type")
+        if tar_type not in (None, "GZIP"):  # absent: a plain file
+            raise PayError(400, "PARAM_ERROR", "tar_type取值有误，只支持GZIP")
+        text = self.trade_bill(merchant, bill_date, q.get("sub_mchid"), q.get("bill_type", "ALL"))
+        raw = text.encode()
+        digest = hashlib.sha1(raw, usedforsecurity=False).hexdigest()
+        if self.bill_faults.wrong_hash:
+            digest = hashlib.sha1(raw + b"x", usedforsecurity=False).hexdigest()
+        token = secrets.token_urlsafe(16)
+        self._bills[token] = gzip.compress(raw) if tar_type == "GZIP" else raw
+        query = urlencode({"token": token, "tartype": "gzip" if tar_type == "GZIP" else "plain"})
+        return self._answer(
+            merchant,
+            200,
+            {
+                "hash_type": "SHA1",
+                "hash_value": digest,
+                "download_url": f"{self.url}/v3/billdownload/file?{query}",
+            },
+        )
+
+    async def _billdownload(self, request: web.Request) -> web.Response:
+        data = self._bills.get(request.query.get("token", ""))
+        if data is None:
+            raise PayError(400, "INVALID_REQUEST", "token无效或已过期")
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    def tamper_bill(
+        self,
+        *,
+        extra_rows: int = 0,
+        missing: tuple[str, ...] = (),
+        amounts: dict[str, int] | None = None,
+        states: dict[str, str] | None = None,
+        wrong_hash: bool = False,
+    ) -> None:
+        """Differences for the next bills (``BillFaults()`` clears them)."""
+        self.bill_faults = BillFaults(
+            extra_rows, set(missing), dict(amounts or {}), dict(states or {}), wrong_hash
+        )
+
+    # ---- test control: payments and notifications ---------------------------------------
+
+    def order(
+        self,
+        out_trade_no: str | None = None,
+        *,
+        prepay_id: str | None = None,
+        mchid: str | None = None,
+    ) -> Order:
+        found = [
+            o
+            for o in self.orders.values()
+            if (out_trade_no is None or o.out_trade_no == out_trade_no)
+            and (prepay_id is None or o.prepay_id == prepay_id)
+            and (mchid is None or o.receiver == mchid)
+        ]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} orders match {out_trade_no or prepay_id}")
+        return found[0]
+
+    def _notification(
+        self, event_type: str, original_type: str, plain: dict[str, Any], key: str, summary: str
+    ) -> str:
+        resource = aes_gcm_encrypt(key, json.dumps(plain, ensure_ascii=False), original_type)
+        envelope = {
+            "id": str(uuid.uuid4()),
+            "create_time": _cst(self.clock()),
+            "resource_type": "encrypt-resource",
+            "event_type": event_type,
+            "summary": summary,
+            "resource": {"original_type": original_type, **resource},
+        }
+        return json.dumps(envelope, ensure_ascii=False)
+
+    def _owner(self, order: Order) -> Merchant:
+        receiver = self.merchants[order.receiver]
+        return self.merchants[receiver.sp_mchid] if receiver.sp_mchid else receiver
+
+    async def _post(self, delivery: Delivery) -> Delivery:
+        assert self._http is not None, "start() first"
+        try:
+            async with self._http.post(
+                delivery.url,
+                data=delivery.body.encode(),
+                headers={**delivery.headers, "Content-Type": "application/json"},
+            ) as response:
+                delivery.status = response.status
+                delivery.answer = await response.text()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            delivery.error = f"{type(exc).__name__}: {exc}"
+        self.deliveries.append(delivery)
+        return delivery
+
+    async def _send_copies(
+        self, make: Callable[[], Delivery], copies: int, concurrent: bool
+    ) -> list[Delivery]:
+        if concurrent:
+            return list(await asyncio.gather(*(self._post(make()) for _ in range(copies))))
+        return [await self._post(make()) for _ in range(copies)]
+
+    def _later(self, delay_s: float, work: Any) -> None:
+        async def run() -> None:
+            await asyncio.sleep(delay_s)
+            await work
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def pay(
+        self,
+        out_trade_no: str,
+        *,
+        notify: bool = True,
+        duplicates: int = 0,
+        concurrent: bool = False,
+        delay_s: float = 0,
+        payer_total: int | None = None,
+        mchid: str | None = None,
+    ) -> list[Delivery]:
+        """The payer pays: SUCCESS, then the notification (1 + ``duplicates`` copies) to the
+        order's ``notify_url``; ``delay_s`` > 0 sends it later (``drain()`` waits)."""
+        order = self.order(out_trade_no, mchid=mchid)
+        if order.state != "NOTPAY":
+            raise ValueError(f"order {out_trade_no} is {order.state}")
+        now = self.clock()
+        order.state = "SUCCESS"
+        order.success_time = now
+        order.payer_total = payer_total
+        order.transaction_id = (
+            "42000" + now.astimezone(CST).strftime("%Y%m%d") + f"{secrets.randbelow(10**15):015d}"
+        )
+        owner = self._owner(order)
+        order.notification = self._notification(
+            "TRANSACTION.SUCCESS",
+            "transaction",
+            self.transaction(order),
+            owner.keys.apiv3_key,
+            "支付成功",
+        )
+        if not notify:
+            return []
+        copies = self._send_copies(
+            lambda: self._delivery(order, order.notification or ""), 1 + duplicates, concurrent
+        )
+        if delay_s > 0:
+            self._later(delay_s, copies)
+            return []
+        return await copies
+
+    def _delivery(self, order: Order, body: str, kind: str = "genuine", **sign: Any) -> Delivery:
+        owner = self._owner(order)
+        return Delivery(
+            "TRANSACTION.SUCCESS",
+            str(order.request["notify_url"]),
+            self.signed_headers(body, owner, **sign),
+            body,
+            kind,
+            out_trade_no=order.out_trade_no,
+        )
+
+    async def resend(self, out_trade_no: str, *, mchid: str | None = None) -> Delivery:
+        """WeChat's re-send of the same notification (same id and body, signed anew)."""
+        order = self.order(out_trade_no, mchid=mchid)
+        if order.notification is None:
+            raise ValueError(f"order {out_trade_no} is not paid")
+        return await self._post(self._delivery(order, order.notification))
+
+    def bad_notification(
+        self, out_trade_no: str, kind: str, *, mchid: str | None = None
+    ) -> Delivery:
+        """A notification that must be refused: one of ``BAD_KINDS``."""
+        order = self.order(out_trade_no, mchid=mchid)
+        if order.notification is None:
+            raise ValueError(f"order {out_trade_no} is not paid")
+        body = order.notification
+        if kind == "forged_signature":
+            d = self._delivery(order, body, kind)
+            d.headers["Wechatpay-Signature"] = base64.b64encode(secrets.token_bytes(256)).decode()
+        elif kind == "tampered_body":
+            d = self._delivery(order, body, kind)
+            envelope = json.loads(body)
+            envelope["summary"] = "支付成功 "
+            d.body = json.dumps(envelope, ensure_ascii=False)
+        elif kind == "other_key":
+            d = self._delivery(order, body, kind, key=_new_key())
+        elif kind == "stale_timestamp":
+            d = self._delivery(order, body, kind, timestamp=int(time.time()) - 600)
+        elif kind == "probe":
+            d = self._delivery(order, body, kind)
+            d.headers["Wechatpay-Signature"] = PROBE_PREFIX + secrets.token_urlsafe(32)
+        elif kind == "amount_differs":
+            plain = self.transaction(order)
+            plain["amount"]["total"] += 1
+            plain["amount"]["payer_total"] += 1
+            owner = self._owner(order)
+            forged = self._notification(
+                "TRANSACTION.SUCCESS", "transaction", plain, owner.keys.apiv3_key, "支付成功"
+            )
+            d = self._delivery(order, forged, kind)
+        else:
+            raise ValueError(f"kind is one of {', '.join(BAD_KINDS)}")
+        return d
+
+    async def send_bad(self, out_trade_no: str, kind: str, *, mchid: str | None = None) -> Delivery:
+        return await self._post(self.bad_notification(out_trade_no, kind, mchid=mchid))
+
+    def refund(self, out_refund_no: str, mchid: str | None = None) -> Refund:
+        found = [
+            r
+            for (receiver, no), r in self.refunds.items()
+            if no == out_refund_no and (mchid is None or receiver == mchid)
+        ]
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} refunds match {out_refund_no}")
+        return found[0]
+
+    async def settle_refund(
+        self, out_refund_no: str, *, notify: bool = True, mchid: str | None = None
+    ) -> Delivery | None:
+        """The refund reaches the payer: SUCCESS, and REFUND.SUCCESS to its notify_url."""
+        refund = self.refund(out_refund_no, mchid)
+        refund.status = "SUCCESS"
+        refund.success_time = self.clock()
+        order = refund.order
+        if not notify or not refund.notify_url:
+            return None
+        owner = self._owner(order)
+        plain: dict[str, Any] = {}
+        if order.partner:
+            plain.update(sp_mchid=owner.mchid, sub_mchid=order.receiver)
+        else:
+            plain["mchid"] = order.receiver
+        view = self.refund_view(refund)
+        plain.update(
+            out_trade_no=order.out_trade_no,
+            transaction_id=order.transaction_id,
+            out_refund_no=refund.out_refund_no,
+            refund_id=refund.refund_id,
+            refund_status="SUCCESS",
+            success_time=view["success_time"],
+            user_received_account="支付用户零钱",
+            amount={
+                k: view["amount"][k] for k in ("total", "refund", "payer_total", "payer_refund")
+            },
+        )
+        body = self._notification(
+            "REFUND.SUCCESS", "refund", plain, owner.keys.apiv3_key, "退款成功"
+        )
+        return await self._post(
+            Delivery(
+                "REFUND.SUCCESS",
+                refund.notify_url,
+                self.signed_headers(body, owner),
+                body,
+                out_trade_no=order.out_trade_no,
+                out_refund_no=refund.out_refund_no,
+            )
+        )
+
+    # ---- test control over HTTP ---------------------------------------------------------
+
+    def _state(self, order: Order) -> dict[str, Any]:
+        return {
+            "out_trade_no": order.out_trade_no,
+            "prepay_id": order.prepay_id,
+            "mchid": order.receiver,
+            "trade_state": order.state,
+            "transaction_id": order.transaction_id,
+            "total": order.total,
+            "refunded": order.refunded,
+        }
+
+    @staticmethod
+    def _view(d: Delivery) -> dict[str, Any]:
+        return {
+            "event_type": d.event_type,
+            "kind": d.kind,
+            "out_trade_no": d.out_trade_no,
+            "out_refund_no": d.out_refund_no,
+            "url": d.url,
+            "status": d.status,
+            "answer": d.answer,
+            "error": d.error,
+        }
+
+    async def _control_body(self, request: web.Request) -> dict[str, Any]:
+        body: dict[str, Any] = await request.json() if request.can_read_body else {}
+        return body
+
+    async def _http_pay(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        order = self.order(
+            body.get("out_trade_no"), prepay_id=body.get("prepay_id"), mchid=body.get("mchid")
+        )
+        sent = await self.pay(
+            order.out_trade_no,
+            mchid=order.receiver,
+            notify=bool(body.get("notify", True)),
+            duplicates=int(body.get("duplicates", 0)),
+            concurrent=bool(body.get("concurrent", False)),
+            delay_s=float(body.get("delay_s", 0)),
+            payer_total=body.get("payer_total"),
+        )
+        return web.json_response(
+            {**self._state(order), "deliveries": [self._view(d) for d in sent]}
+        )
+
+    async def _http_resend(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        d = await self.resend(body["out_trade_no"], mchid=body.get("mchid"))
+        return web.json_response(self._view(d))
+
+    async def _http_bad(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        d = await self.send_bad(body["out_trade_no"], body["kind"], mchid=body.get("mchid"))
+        return web.json_response(self._view(d))
+
+    async def _http_settle(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        d = await self.settle_refund(body["out_refund_no"], mchid=body.get("mchid"))
+        refund = self.refund(body["out_refund_no"], body.get("mchid"))
+        return web.json_response(
+            {**self.refund_view(refund), "delivery": self._view(d) if d else None}
+        )
+
+    async def _http_orders(self, request: web.Request) -> web.Response:
+        return web.json_response([self._state(o) for o in self.orders.values()])
+
+    async def _http_deliveries(self, request: web.Request) -> web.Response:
+        return web.json_response([self._view(d) for d in self.deliveries])
+
+
+def write_keys(
+    directory: Path,
+    stand_in: WeChatPayStandIn,
+    mchid: str,
+    keys: MerchantKeys,
+    appids: list[str],
+    sub_mchids: list[str],
+) -> Path:
+    """The merchant's test keys and the platform's public material, for ``prepay merchant set``:
+    ``<mchid>_key.pem``, ``wechatpay_public_key.pem``, ``wechatpay_platform_cert.pem`` and
+    ``<mchid>.json`` (mchid, serial, APIv3 key, public key id, appids, sub_mchids)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    key_file = directory / f"{mchid}_key.pem"
+    key_file.write_text(keys.private_key_pem)
+    key_file.chmod(0o600)
+    (directory / "wechatpay_public_key.pem").write_text(stand_in.public_key_pem)
+    (directory / "wechatpay_platform_cert.pem").write_text(stand_in.certificate_pem)
+    meta = directory / f"{mchid}.json"
+    meta.write_text(
+        json.dumps(
+            {
+                "mchid": mchid,
+                "cert_serial_no": keys.cert_serial_no,
+                "apiv3_key": keys.apiv3_key,
+                "private_key_file": key_file.name,
+                "public_key_id": stand_in.public_key_id,
+                "public_key_file": "wechatpay_public_key.pem",
+                "platform_certificate_serial": stand_in.certificate_serial,
+                "platform_certificate_file": "wechatpay_platform_cert.pem",
+                "appids": appids,
+                "sub_mchids": sub_mchids,
+                "base_url": stand_in.url,
+            },
+            indent=2,
+        )
+    )
+    meta.chmod(0o600)
+    return meta
+
+
+__all__ = [
+    "BAD_KINDS",
+    "BillFaults",
+    "Delivery",
+    "MerchantKeys",
+    "Order",
+    "PayError",
+    "Refund",
+    "WeChatPayStandIn",
+    "aes_gcm_encrypt",
+    "write_keys",
+]
