@@ -29,218 +29,45 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal
-from pathlib import Path
+from decimal import Decimal
 from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import web
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from standins import serve
-
-SIGN_TYPE = "WECHATPAY2-SHA256-RSA2048"
-PROBE_PREFIX = "WECHATPAY/SIGNTEST/"
-
-CST = dt.timezone(dt.timedelta(hours=8))
-OUT_NO = re.compile(r"^[0-9A-Za-z_\-|*]{6,32}$")
-BAD_KINDS = (
-    "forged_signature",
-    "tampered_body",
-    "other_key",
-    "stale_timestamp",
-    "probe",
-    "amount_differs",
+from standins.wechatpay.bill import BillFaults, render_trade_bill
+from standins.wechatpay.keys import (
+    MerchantKeys,
+    aes_gcm_encrypt,
+    new_key,
+    public_pem,
+    sign,
+    verify,
 )
-
-
-def _new_key() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-def _private_pem(key: rsa.RSAPrivateKey) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode()
-
-
-def _public_pem(key: rsa.RSAPublicKey) -> str:
-    return key.public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
-
-
-def _sign(key: rsa.RSAPrivateKey, message: str) -> str:
-    raw = key.sign(message.encode(), padding.PKCS1v15(), hashes.SHA256())
-    return base64.b64encode(raw).decode()
-
-
-def _verify(key: rsa.RSAPublicKey, message: str, signature: str) -> bool:
-    try:
-        key.verify(
-            base64.b64decode(signature), message.encode(), padding.PKCS1v15(), hashes.SHA256()
-        )
-    except (InvalidSignature, ValueError):
-        return False
-    return True
-
-
-def aes_gcm_encrypt(apiv3_key: str, plaintext: str, associated_data: str) -> dict[str, str]:
-    """WeChat's AEAD_AES_256_GCM resource: a 12-character nonce, base64 ciphertext+tag."""
-    nonce = secrets.token_hex(6)
-    data = AESGCM(apiv3_key.encode()).encrypt(
-        nonce.encode(), plaintext.encode(), associated_data.encode()
-    )
-    return {
-        "algorithm": "AEAD_AES_256_GCM",
-        "nonce": nonce,
-        "associated_data": associated_data,
-        "ciphertext": base64.b64encode(data).decode(),
-    }
-
-
-def _yuan(fen: int) -> str:
-    return str((Decimal(fen) / 100).quantize(Decimal("0.01")))
-
-
-def _cst(moment: dt.datetime) -> str:
-    return moment.astimezone(CST).isoformat(timespec="seconds")
-
-
-@dataclass(frozen=True)
-class MerchantKeys:
-    """A merchant's API certificate key and serial, its APIv3 key, and its public key."""
-
-    private_key_pem: str
-    cert_serial_no: str
-    apiv3_key: str
-    public_key_pem: str
-
-    @classmethod
-    def generate(cls, mchid: str) -> MerchantKeys:
-        del mchid  # the serial is random, as a merchant's API certificate serial is to us
-        key = _new_key()
-        return cls(
-            _private_pem(key),
-            secrets.token_hex(20).upper(),
-            secrets.token_urlsafe(24)[:32],
-            _public_pem(key.public_key()),
-        )
-
-    def __iter__(self) -> Iterator[str]:
-        """``private_key_pem, cert_serial_no, apiv3_key, public_key_pem = keys``."""
-        return iter(
-            (self.private_key_pem, self.cert_serial_no, self.apiv3_key, self.public_key_pem)
-        )
-
-    def public_key(self) -> rsa.RSAPublicKey:
-        key = serialization.load_pem_public_key(self.public_key_pem.encode())
-        assert isinstance(key, rsa.RSAPublicKey)
-        return key
-
-
-@dataclass
-class Merchant:
-    mchid: str
-    keys: MerchantKeys
-    appids: set[str]
-    platform_serial: str  # "public_key" or "certificate": how its answers are signed
-    sp_mchid: str | None = None  # a sub-merchant's service provider
-    sub_appid: str | None = None
-
+from standins.wechatpay.model import (
+    BAD_KINDS,
+    CST,
+    OUT_NO,
+    PROBE_PREFIX,
+    SIGN_TYPE,
+    Delivery,
+    Merchant,
+    Order,
+    PayError,
+    Refund,
+    cst,
+)
 
 MERCHANT = web.RequestKey("merchant", Merchant)
 BODY = web.RequestKey("body", str)
-
-
-@dataclass
-class Delivery:
-    """One notification POSTed to our side and what it answered."""
-
-    event_type: str
-    url: str
-    headers: dict[str, str]
-    body: str
-    kind: str = "genuine"
-    out_trade_no: str | None = None
-    out_refund_no: str | None = None
-    status: int | None = None
-    answer: str = ""
-    error: str | None = None
-
-
-@dataclass
-class Order:
-    receiver: str  # mchid (direct) or sub_mchid (partner)
-    request: dict[str, Any]
-    partner: bool
-    prepay_id: str
-    created: dt.datetime
-    state: str = "NOTPAY"
-    transaction_id: str | None = None
-    success_time: dt.datetime | None = None
-    payer_total: int | None = None
-    refunded: int = 0
-    notification: str | None = None
-
-    @property
-    def out_trade_no(self) -> str:
-        return str(self.request["out_trade_no"])
-
-    @property
-    def total(self) -> int:
-        return int(self.request["amount"]["total"])
-
-
-@dataclass
-class Refund:
-    order: Order
-    out_refund_no: str
-    refund_id: str
-    amount: int
-    created: dt.datetime
-    notify_url: str | None
-    reason: str | None
-    status: str = "PROCESSING"
-    success_time: dt.datetime | None = None
-
-
-@dataclass
-class BillFaults:
-    """Differences to put in a trade bill, for reconciliation tests."""
-
-    extra_rows: int = 0  # rows of payments WeChat knows and we do not
-    missing: set[str] = field(default_factory=set)  # out_trade_no left out
-    amounts: dict[str, int] = field(default_factory=dict)  # out_trade_no → fen shown
-    states: dict[str, str] = field(default_factory=dict)  # out_trade_no → state shown
-    wrong_hash: bool = False
-
-
-class PayError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(f"{status} {code}: {message}")
-        self.status, self.code, self.message = status, code, message
-
-
-BILL_HEADER = (
-    "交易时间,公众账号ID,商户号,特约商户号,设备号,微信订单号,商户订单号,用户标识,交易类型,"
-    "交易状态,付款银行,货币种类,应结订单金额,代金券金额,微信退款单号,商户退款单号,退款金额,"
-    "充值券退款金额,退款类型,退款状态,商品名称,商户数据包,手续费,费率,订单金额,申请退款金额,"
-    "费率备注"
-)
-BILL_SUMMARY_HEADER = (
-    "总交易单数,应结订单总金额,退款总金额,充值券退款总金额,手续费总金额,订单总金额,申请退款总金额"
-)
 
 
 @dataclass
@@ -257,8 +84,8 @@ class WeChatPayStandIn:
     )
 
     def __post_init__(self) -> None:
-        self.platform_key = _new_key()  # named by public_key_id
-        self.cert_key = _new_key()  # in the platform certificate
+        self.platform_key = new_key()  # named by public_key_id
+        self.cert_key = new_key()  # in the platform certificate
         now = dt.datetime.now(dt.UTC)
         name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Tenpay.com Root CA stand-in")])
         self.certificate = (
@@ -284,7 +111,7 @@ class WeChatPayStandIn:
 
     @property
     def public_key_pem(self) -> str:
-        return _public_pem(self.platform_key.public_key())
+        return public_pem(self.platform_key.public_key())
 
     @property
     def certificate_pem(self) -> str:
@@ -382,7 +209,7 @@ class WeChatPayStandIn:
             "Wechatpay-Timestamp": ts,
             "Wechatpay-Nonce": nonce,
             "Wechatpay-Serial": serial,
-            "Wechatpay-Signature": _sign(key or own_key, f"{ts}\n{nonce}\n{body}\n"),
+            "Wechatpay-Signature": sign(key or own_key, f"{ts}\n{nonce}\n{body}\n"),
             "Wechatpay-Signature-Type": SIGN_TYPE,
             "Request-ID": str(uuid.uuid4()),
         }
@@ -417,7 +244,7 @@ class WeChatPayStandIn:
         if not ts.isdigit() or abs(time.time() - int(ts)) > 300:
             raise PayError(401, "SIGN_ERROR", "请求时间戳与当前时间相差过大")
         message = f"{request.method}\n{request.raw_path}\n{ts}\n{nonce}\n{body}\n"
-        if not _verify(merchant.keys.public_key(), message, fields.get("signature", "")):
+        if not verify(merchant.keys.public_key(), message, fields.get("signature", "")):
             raise PayError(401, "SIGN_ERROR", "签名错误")
         return merchant, body
 
@@ -468,8 +295,8 @@ class WeChatPayStandIn:
             "data": [
                 {
                     "serial_no": self.certificate_serial,
-                    "effective_time": _cst(cert.not_valid_before_utc),
-                    "expire_time": _cst(cert.not_valid_after_utc),
+                    "effective_time": cst(cert.not_valid_before_utc),
+                    "expire_time": cst(cert.not_valid_after_utc),
                     "encrypt_certificate": encrypted,
                 }
             ]
@@ -611,7 +438,7 @@ class WeChatPayStandIn:
             out.update(
                 transaction_id=order.transaction_id,
                 bank_type="OTHERS",
-                success_time=_cst(order.success_time),
+                success_time=cst(order.success_time),
                 payer=dict(req["payer"]),
             )
             amount.update(
@@ -652,7 +479,7 @@ class WeChatPayStandIn:
             "out_trade_no": order.out_trade_no,
             "channel": "ORIGINAL",
             "user_received_account": "支付用户零钱",
-            "create_time": _cst(refund.created),
+            "create_time": cst(refund.created),
             "status": refund.status,
             "funds_account": "AVAILABLE",
             "amount": {
@@ -669,7 +496,7 @@ class WeChatPayStandIn:
             "promotion_detail": [],
         }
         if refund.success_time is not None:
-            out["success_time"] = _cst(refund.success_time)
+            out["success_time"] = cst(refund.success_time)
         return out
 
     async def _refund(self, request: web.Request) -> web.Response:
@@ -745,114 +572,22 @@ class WeChatPayStandIn:
         bill_type: str = "ALL",
     ) -> str:
         """The day's trade bill (``ALL``) as WeChat writes it, with ``bill_faults`` applied."""
-        faults = self.bill_faults
         receivers = {merchant.mchid}
         if sub_mchid:
             receivers = {self._receiver(merchant, True, sub_mchid).mchid}
         else:
             receivers |= {m.mchid for m in self.merchants.values() if m.sp_mchid == merchant.mchid}
-        rows: list[list[str]] = []
-        totals = {"count": 0, "settle": 0, "refund": 0, "order": 0, "ask": 0}
-        fees = [Decimal(0)]
-
-        def fee_of(fen: int) -> Decimal:
-            return (Decimal(fen) * self.fee_rate / 100).quantize(Decimal("0.01"), ROUND_HALF_UP)
-
-        def row(order: Order, at: dt.datetime, refund: Refund | None) -> None:
-            if bill_type != "ALL" and (bill_type == "REFUND") != (refund is not None):
-                return
-            req = order.request
-            shown = faults.amounts.get(order.out_trade_no, order.total)
-            state = faults.states.get(order.out_trade_no, "REFUND" if refund else "SUCCESS")
-            fee = -fee_of(refund.amount) if refund else fee_of(shown)
-            payer = req["payer"]
-            cells = [
-                at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S"),
-                req.get("sp_appid") or req.get("appid", ""),
-                req.get("sp_mchid") or req.get("mchid", ""),
-                order.receiver if order.partner else "0",
-                "",
-                order.transaction_id or "",
-                order.out_trade_no,
-                payer.get("openid") or payer.get("sp_openid") or payer.get("sub_openid", ""),
-                "JSAPI",
-                state,
-                "OTHERS",
-                "CNY",
-                _yuan(shown),
-                "0.00",
-                refund.refund_id if refund else "0",
-                refund.out_refund_no if refund else "0",
-                _yuan(refund.amount) if refund else "0.00",
-                "0.00",
-                "ORIGINAL" if refund else "",
-                "SUCCESS" if refund else "",
-                req.get("description", ""),
-                req.get("attach", ""),
-                f"{fee:.5f}",
-                f"{self.fee_rate * 100:.2f}%",
-                _yuan(shown),
-                _yuan(refund.amount) if refund else "0.00",
-                "",
-            ]
-            rows.append(cells)
-            totals["count"] += 1
-            if refund:
-                totals["refund"] += refund.amount
-                totals["ask"] += refund.amount
-            else:
-                totals["settle"] += shown
-                totals["order"] += shown
-            fees.append(fee)
-
-        for order in self.orders.values():
-            if order.receiver not in receivers or order.success_time is None:
-                continue
-            if order.out_trade_no in faults.missing:
-                continue
-            if order.success_time.astimezone(CST).date() == bill_date:
-                row(order, order.success_time, None)
-        for refund in self.refunds.values():
-            at = refund.success_time
-            if refund.order.receiver in receivers and at and at.astimezone(CST).date() == bill_date:
-                if refund.order.out_trade_no not in faults.missing:
-                    row(refund.order, at, refund)
-        for i in range(faults.extra_rows):
-            ghost = Order(
-                merchant.mchid,
-                {
-                    "appid": next(iter(merchant.appids), ""),
-                    "mchid": merchant.mchid,
-                    "out_trade_no": f"GHOST{i:06d}",
-                    "description": "stand-in extra row",
-                    "amount": {"total": 100 + i},
-                    "payer": {"openid": "o-ghost"},
-                },
-                False,
-                "",
-                self.clock(),
-                "SUCCESS",
-                f"4200009{i:021d}",
-            )
-            noon = dt.datetime.combine(bill_date, dt.time(12, 0), CST)
-            row(ghost, noon, None)
-        if not rows:
-            raise PayError(400, "NO_STATEMENT_EXIST", "账单文件不存在")
-        rows.sort(key=lambda cells: cells[0])
-        lines = [BILL_HEADER]
-        lines += [",".join("`" + c for c in cells) for cells in rows]
-        lines.append(BILL_SUMMARY_HEADER)
-        summary = [
-            str(totals["count"]),
-            _yuan(totals["settle"]),
-            _yuan(totals["refund"]),
-            "0.00",
-            f"{sum(fees):.5f}",
-            _yuan(totals["order"]),
-            _yuan(totals["ask"]),
-        ]
-        lines.append(",".join("`" + c for c in summary))
-        return "\r\n".join(lines) + "\r\n"
+        return render_trade_bill(
+            self.orders.values(),
+            self.refunds.values(),
+            receivers,
+            merchant,
+            bill_date,
+            bill_type,
+            self.bill_faults,
+            self.fee_rate,
+            self.clock(),
+        )
 
     async def _tradebill(self, request: web.Request) -> web.Response:
         merchant: Merchant = request[MERCHANT]
@@ -930,7 +665,7 @@ class WeChatPayStandIn:
         resource = aes_gcm_encrypt(key, json.dumps(plain, ensure_ascii=False), original_type)
         envelope = {
             "id": str(uuid.uuid4()),
-            "create_time": _cst(self.clock()),
+            "create_time": cst(self.clock()),
             "resource_type": "encrypt-resource",
             "event_type": event_type,
             "summary": summary,
@@ -1049,7 +784,7 @@ class WeChatPayStandIn:
             envelope["summary"] = "支付成功 "
             d.body = json.dumps(envelope, ensure_ascii=False)
         elif kind == "other_key":
-            d = self._delivery(order, body, kind, key=_new_key())
+            d = self._delivery(order, body, kind, key=new_key())
         elif kind == "stale_timestamp":
             d = self._delivery(order, body, kind, timestamp=int(time.time()) - 600)
         elif kind == "probe":
@@ -1195,57 +930,3 @@ class WeChatPayStandIn:
 
     async def _http_deliveries(self, request: web.Request) -> web.Response:
         return web.json_response([self._view(d) for d in self.deliveries])
-
-
-def write_keys(
-    directory: Path,
-    stand_in: WeChatPayStandIn,
-    mchid: str,
-    keys: MerchantKeys,
-    appids: list[str],
-    sub_mchids: list[str],
-) -> Path:
-    """The merchant's test keys and the platform's public material, for ``prepay merchant set``:
-    ``<mchid>_key.pem``, ``wechatpay_public_key.pem``, ``wechatpay_platform_cert.pem`` and
-    ``<mchid>.json`` (mchid, serial, APIv3 key, public key id, appids, sub_mchids)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    key_file = directory / f"{mchid}_key.pem"
-    key_file.write_text(keys.private_key_pem)
-    key_file.chmod(0o600)
-    (directory / "wechatpay_public_key.pem").write_text(stand_in.public_key_pem)
-    (directory / "wechatpay_platform_cert.pem").write_text(stand_in.certificate_pem)
-    meta = directory / f"{mchid}.json"
-    meta.write_text(
-        json.dumps(
-            {
-                "mchid": mchid,
-                "cert_serial_no": keys.cert_serial_no,
-                "apiv3_key": keys.apiv3_key,
-                "private_key_file": key_file.name,
-                "public_key_id": stand_in.public_key_id,
-                "public_key_file": "wechatpay_public_key.pem",
-                "platform_certificate_serial": stand_in.certificate_serial,
-                "platform_certificate_file": "wechatpay_platform_cert.pem",
-                "appids": appids,
-                "sub_mchids": sub_mchids,
-                "base_url": stand_in.url,
-            },
-            indent=2,
-        )
-    )
-    meta.chmod(0o600)
-    return meta
-
-
-__all__ = [
-    "BAD_KINDS",
-    "BillFaults",
-    "Delivery",
-    "MerchantKeys",
-    "Order",
-    "PayError",
-    "Refund",
-    "WeChatPayStandIn",
-    "aes_gcm_encrypt",
-    "write_keys",
-]
