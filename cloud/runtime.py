@@ -17,6 +17,7 @@ from cloud.auth import Sessions
 from cloud.control.service import CommandTiming
 from cloud.db import Database
 from cloud.embedded import start_embedded_postgres
+from cloud.payments.wechat.settings import PaySettings
 from cloud.settings import CloudSettings
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,14 @@ class Wiring:
     services: Services
 
     @classmethod
-    def build(cls, settings: CloudSettings, url: str, *, serves_sessions: bool = False) -> Wiring:
+    def build(
+        cls,
+        settings: CloudSettings,
+        url: str,
+        *,
+        serves_sessions: bool = False,
+        pay: PaySettings | None = None,
+    ) -> Wiring:
         """Raises :class:`~cloud.settings.WeakSecret` before connecting anything when the
         session key is weak, or unset where ``serves_sessions``."""
         secret = settings.session_secret(required=serves_sessions)
@@ -64,6 +72,7 @@ class Wiring:
             draw_receipts_ahead=settings.draw_receipts_ahead,
             data_dir=settings.data_dir,
             environment=settings.environment,
+            pay_settings=pay or PaySettings(),
         )
         return cls(settings, db, services)
 

@@ -116,13 +116,12 @@ class TenantLogin:
 
     def _code2session(self, appid: str, secret: str, code: str) -> dict[str, Any]:
         from wechatpy import WeChatClientException
-        from wechatpy.client.api import WeChatWxa
 
         from notifications.providers.wechat import RoutedWeChatClient
 
         client = RoutedWeChatClient(appid, secret, self.wechat_base_url, 10.0)
         try:
-            result: dict[str, Any] = WeChatWxa(client).code_to_session(code)
+            result: dict[str, Any] = client.wxa.code_to_session(code)
         except WeChatClientException as exc:
             if exc.errcode in (40029, 40163, 40226):
                 raise Unauthorized("WeChat did not accept this login code; log in again") from None

@@ -24,6 +24,7 @@ import base64
 import datetime as dt
 import gzip
 import hashlib
+import html
 import json
 import re
 import secrets
@@ -149,6 +150,10 @@ class WeChatPayStandIn:
         r.add_get("/v3/certificates", self._certificates)
         r.add_post("/v3/pay/transactions/jsapi", self._jsapi)
         r.add_post("/v3/pay/partner/transactions/jsapi", self._jsapi)
+        r.add_post("/v3/pay/transactions/h5", self._jsapi)
+        r.add_post("/v3/pay/partner/transactions/h5", self._jsapi)
+        r.add_get("/standin/cashier", self._cashier)
+        r.add_post("/standin/cashier", self._cashier_pay)
         r.add_get("/v3/pay/transactions/out-trade-no/{no}", self._query)
         r.add_get("/v3/pay/partner/transactions/out-trade-no/{no}", self._query)
         r.add_get("/v3/pay/transactions/id/{no}", self._query)
@@ -324,7 +329,7 @@ class WeChatPayStandIn:
         merchant: Merchant = request[MERCHANT]
         partner = "/partner/" in request.path
         data = self._json(request)
-        self._check_order(merchant, partner, data)
+        self._check_order(merchant, partner, data, request.path.endswith("/h5"))
         receiver = self._receiver(merchant, partner, data.get("sub_mchid"))
         if partner and data.get("sub_appid") and receiver.sub_appid != data["sub_appid"]:
             raise PayError(400, "APPID_MCHID_NOT_MATCH", "sub_appid与sub_mchid不匹配")
@@ -337,13 +342,59 @@ class WeChatPayStandIn:
                 raise PayError(400, "ORDER_CLOSED", "该订单已关闭")
             if order.request != data:
                 raise PayError(400, "OUT_TRADE_NO_USED", "商户订单号重复")
-            return self._answer(merchant, 200, {"prepay_id": order.prepay_id})
+            return self._answer(merchant, 200, self._prepaid(request, order.prepay_id))
         now = self.clock()
         prepay_id = "wx" + now.astimezone(CST).strftime("%d%H%M%S") + secrets.token_hex(13)
         self.orders[key] = Order(receiver.mchid, data, partner, prepay_id, now)
-        return self._answer(merchant, 200, {"prepay_id": prepay_id})
+        return self._answer(merchant, 200, self._prepaid(request, prepay_id))
 
-    def _check_order(self, merchant: Merchant, partner: bool, data: dict[str, Any]) -> None:
+    def _prepaid(self, request: web.Request, prepay_id: str) -> dict[str, str]:
+        """JSAPI answers the prepay_id; H5 the cashier page's address (h5_url), to which
+        the payer's browser goes (with ``redirect_url`` to come back)."""
+        if request.path.endswith("/h5"):
+            return {"h5_url": f"{self.url}/standin/cashier?prepay_id={prepay_id}"}
+        return {"prepay_id": prepay_id}
+
+    async def _cashier(self, request: web.Request) -> web.Response:
+        """WeChat's H5 cashier as a payer sees it: the amount, the payee, 确认支付."""
+        try:
+            order = self.order(prepay_id=request.query.get("prepay_id", ""))
+        except KeyError:
+            return web.Response(status=404, text="订单不存在")
+        amount = f"{order.total / 100:.2f}"
+        back = html.escape(request.query.get("redirect_url", ""), quote=True)
+        page = (
+            "<!doctype html><html lang='zh-CN'><head><meta charset='utf-8'>"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+            "<title>微信支付</title><style>body{font-family:sans-serif;text-align:center;"
+            "padding:40px 16px;background:#f2f2f2}strong{font-size:40px;display:block;"
+            "margin:16px}button{background:#07c160;color:#fff;border:0;border-radius:8px;"
+            "font-size:18px;padding:14px;width:100%;max-width:360px}</style></head><body>"
+            f"<p>{html.escape(str(order.request.get('description', '')))}</p>"
+            f"<strong>¥{amount}</strong><p>微信支付（测试替身）</p>"
+            "<form method='post' action='/standin/cashier'>"
+            f"<input type='hidden' name='prepay_id' value='{html.escape(order.prepay_id)}'>"
+            f"<input type='hidden' name='redirect_url' value='{back}'>"
+            "<button type='submit'>确认支付</button></form></body></html>"
+        )
+        return web.Response(text=page, content_type="text/html")
+
+    async def _cashier_pay(self, request: web.Request) -> web.StreamResponse:
+        form = await request.post()
+        try:
+            order = self.order(prepay_id=str(form.get("prepay_id", "")))
+        except KeyError:
+            return web.Response(status=404, text="订单不存在")
+        if order.state == "NOTPAY":
+            await self.pay(order.out_trade_no, mchid=order.receiver)
+        back = str(form.get("redirect_url", ""))
+        if back.startswith(("http://", "https://")):
+            raise web.HTTPSeeOther(back)
+        return web.Response(text="支付成功", content_type="text/plain")
+
+    def _check_order(
+        self, merchant: Merchant, partner: bool, data: dict[str, Any], h5: bool = False
+    ) -> None:
         def missing(name: str) -> PayError:
             return PayError(400, "PARAM_ERROR", f"输入源“/body/{name}”映射到字段必填性规则校验失败")
 
@@ -369,6 +420,13 @@ class WeChatPayStandIn:
             raise PayError(400, "PARAM_ERROR", "amount.total字段规则校验失败")
         if amount.get("currency", "CNY") != "CNY":
             raise PayError(400, "PARAM_ERROR", "amount.currency字段取值有误")
+        if h5:
+            scene = data.get("scene_info")
+            if not isinstance(scene, dict) or not scene.get("payer_client_ip"):
+                raise missing("scene_info/payer_client_ip")
+            if not isinstance(scene.get("h5_info"), dict) or not scene["h5_info"].get("type"):
+                raise missing("scene_info/h5_info/type")
+            return
         payer = data.get("payer")
         if not isinstance(payer, dict):
             raise missing("payer")
@@ -422,7 +480,7 @@ class WeChatPayStandIn:
             out.update(appid=req["appid"], mchid=req["mchid"])
         out.update(
             out_trade_no=order.out_trade_no,
-            trade_type="JSAPI",
+            trade_type="MWEB" if "scene_info" in req and "payer" not in req else "JSAPI",
             trade_state=order.state,
             trade_state_desc={
                 "NOTPAY": "未支付",
@@ -439,7 +497,7 @@ class WeChatPayStandIn:
                 transaction_id=order.transaction_id,
                 bank_type="OTHERS",
                 success_time=cst(order.success_time),
-                payer=dict(req["payer"]),
+                payer=dict(req.get("payer") or {"openid": "o-h5-" + order.prepay_id[-12:]}),
             )
             amount.update(
                 payer_total=order.payer_total if order.payer_total is not None else order.total,

@@ -59,6 +59,10 @@ def upgrade() -> None:
             "(public_key IS NULL) = (public_key_id IS NULL)", name="merchant_public_key"
         ),
     )
+    # out_trade_no's serial: one sequence for every group, so an order number names one
+    # order on the whole platform (finance HQ, reconciliation, support)
+    op.execute("CREATE SEQUENCE payment_order_serial")
+    op.execute(f"GRANT USAGE ON SEQUENCE payment_order_serial TO {app}")
     op.create_table(
         "payment_order",
         sa.Column("id", sa.Uuid(), primary_key=True),
@@ -159,3 +163,4 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in reversed(NEW_TABLES):
         op.drop_table(table)
+    op.execute("DROP SEQUENCE payment_order_serial")

@@ -25,7 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud import audit
 from cloud.control.service import CommandTiming, after_topup
-from cloud.db import Database, next_number
+from cloud.db import Database
 from cloud.errors import Conflict, Malformed, NotFound
 from cloud.ledger import core as ledger
 from cloud.ledger.service import balance_of, post
@@ -165,8 +165,8 @@ class WeChatPayments:
                 sa.text("SELECT openid FROM app_user WHERE id = :u AND appid = :app"),
                 {"u": user.user_id, "app": merchant.login_appid},
             )
-            serial = await next_number(conn, user.tenant_id, "payment_order")
-            out_trade_no = f"PC{now.strftime('%Y%m%d')}{serial:010d}"
+            serial = await conn.scalar(sa.text("SELECT nextval('payment_order_serial')"))
+            out_trade_no = f"PC{now.strftime('%Y%m%d')}{serial:012d}"
             s = merchant.settings
             order_id = uuid.uuid4()
             await conn.execute(

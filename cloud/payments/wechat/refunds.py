@@ -8,6 +8,7 @@ wallet. Control runs again after the wallet moves (a refund may cut, as the poli
 from __future__ import annotations
 
 import json
+import re
 import logging
 import uuid
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from cloud.payments.wechat.orders import ACTOR, NotificationRefused, WeChatPayme
 
 log = logging.getLogger(__name__)
 FINAL = ("success", "closed", "abnormal", "failed")
+OUT_REFUND_NO = re.compile(r"^[0-9A-Za-z_\-|*]{6,32}$")  # WeChat's rule
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ async def request_refund(
     returns the refund already asked for (and asks WeChat again if it never answered)."""
     if not reason.strip():
         raise Invalid("a refund needs a reason")
+    if not OUT_REFUND_NO.match(out_refund_no):
+        raise Invalid("out_refund_no is 6 to 32 letters, digits or _-|*")
     now = pay.clock()
     rules.fen(amount)
     if amount <= 0:
