@@ -227,13 +227,19 @@ class TaskView:
     last_at: datetime | None
     balance: Decimal | None
     done: bool
+    #: the price of a unit for the estimated bill (预算电费) shown as a reading is typed
+    #: in: the flat price of the point's tariff in force (None: tiered or time-of-use,
+    #: where the estimate needs the rating and is left to the upload's answer)
+    unit_price: Decimal | None
+    zone: str  # the site's time zone
 
 
 _DOWNLOAD = """
 SELECT t.id AS task_id, bk.code, t.position, sp.id AS point_id, sp.name, a.number,
-  t.reason, t.done_at, w.balance, last.total, last.measured_at
+  t.reason, t.done_at, w.balance, last.total, last.measured_at,
+  CASE WHEN tv.kind = 'flat' THEN tv.unit_price END AS unit_price, s.timezone
 FROM meter_book_worker mw
-JOIN meter_book bk ON bk.id = mw.book_id
+JOIN meter_book bk ON bk.id = mw.book_id JOIN site s ON s.id = bk.site_id
 JOIN reading_cycle c ON c.book_id = bk.id
 JOIN reading_task t ON t.cycle_id = c.id
 JOIN service_point sp ON sp.id = t.service_point_id
@@ -244,6 +250,10 @@ LEFT JOIN LATERAL (
   SELECT r.total, r.measured_at FROM reading r
   WHERE r.channel_id = b.channel_id AND r.total IS NOT NULL
   ORDER BY r.measured_at DESC LIMIT 1) last ON true
+LEFT JOIN LATERAL (
+  SELECT v.kind, v.unit_price FROM tariff_version v
+  WHERE v.tariff_id = sp.tariff_id AND v.effective_from <= :now
+  ORDER BY v.effective_from DESC LIMIT 1) tv ON true
 WHERE mw.operator_id = :o AND c.starts_on <= :today AND c.starts_on > :since
 ORDER BY bk.code, c.starts_on, t.position
 """
@@ -251,14 +261,19 @@ ORDER BY bk.code, c.starts_on, t.position
 CYCLE_DAYS = 31  # a cycle's tasks are downloaded for a month after it starts
 
 
-async def download(db: Database, who: Principal, today: date) -> list[TaskView]:
+async def download(db: Database, who: Principal, today: date, now: datetime) -> list[TaskView]:
     """The tasks of the worker's books in the cycles running ``today``, in route order,
     with each point's last reading and balance: what the phone keeps for the day."""
     who.require("field.work")
     async with db.tenant(who.tenant_id) as conn:
         rows = await conn.execute(
             sa.text(_DOWNLOAD),
-            {"o": who.operator_id, "today": today, "since": today - timedelta(days=CYCLE_DAYS)},
+            {
+                "o": who.operator_id,
+                "today": today,
+                "since": today - timedelta(days=CYCLE_DAYS),
+                "now": now,
+            },
         )
         return [
             TaskView(
@@ -273,6 +288,8 @@ async def download(db: Database, who: Principal, today: date) -> list[TaskView]:
                 r.measured_at,
                 r.balance,
                 r.done_at is not None,
+                r.unit_price,
+                r.timezone,
             )
             for r in rows
         ]

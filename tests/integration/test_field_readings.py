@@ -110,9 +110,10 @@ async def test_a_cycle_tasks_the_points_whose_gateway_is_silent(db: Database, g3
     cycle, n = await books.open_cycle(db, admin(g3), book, date(2026, 11, 20), NOW)
     assert n == 2  # the seeded gateway has never been heard from
     assert await books.open_cycle(db, admin(g3), book, date(2026, 11, 20), NOW) == (cycle, 2)
-    tasks = await books.download(db, who, date(2026, 11, 21))
+    tasks = await books.download(db, who, date(2026, 11, 21), NOW)
     assert [t.point_id for t in tasks] == [g3.points["m2"], g3.points["m1"]]  # route order
     assert tasks[0].balance == Decimal("10.00") and tasks[0].reason == "gateway_silent"
+    assert tasks[0].unit_price == Decimal("1.0000")
     # the gateway heard a minute ago: the next cycle has nothing to read by hand
     async with db.tenant(g3.tenant_id) as conn:
         await conn.execute(
