@@ -64,7 +64,6 @@
     const err = form.querySelector(".error");
     const est = form.querySelector(".estimate");
     const total = form.elements.total;
-    total.setAttribute("aria-label", `${task.name}`);
     total.addEventListener("input", () => {
       err.hidden = true;
       const v = total.value.trim();
