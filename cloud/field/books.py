@@ -22,7 +22,7 @@ from cloud import audit
 from cloud.auth import Principal
 from cloud.db import Database
 from cloud.errors import Conflict, Invalid, NotFound
-from cloud.registry.scope import require_site
+from cloud.registry.scope import require_site, sites_of
 
 
 async def book_points(conn: AsyncConnection, who: Principal) -> set[uuid.UUID]:
@@ -293,3 +293,99 @@ async def download(db: Database, who: Principal, today: date, now: datetime) -> 
             )
             for r in rows
         ]
+
+
+@dataclass(frozen=True)
+class BookRow:
+    id: uuid.UUID
+    site_id: uuid.UUID
+    site: str
+    code: str
+    name: str
+    points: int
+    workers: tuple[str, ...]
+    last_cycle: date | None
+    open_tasks: int
+
+
+_BOOKS = """
+SELECT bk.id, bk.site_id, s.name AS site, bk.code, bk.name,
+  (SELECT count(*) FROM meter_book_point p WHERE p.book_id = bk.id) AS points,
+  ARRAY(SELECT o.username FROM meter_book_worker w JOIN operator o ON o.id = w.operator_id
+        WHERE w.book_id = bk.id ORDER BY o.username) AS workers,
+  (SELECT max(c.starts_on) FROM reading_cycle c WHERE c.book_id = bk.id) AS last_cycle,
+  (SELECT count(*) FROM reading_task t JOIN reading_cycle c ON c.id = t.cycle_id
+   WHERE c.book_id = bk.id AND t.done_at IS NULL) AS open_tasks
+FROM meter_book bk JOIN site s ON s.id = bk.site_id
+WHERE (CAST(:sites AS uuid[]) IS NULL OR bk.site_id = ANY(CAST(:sites AS uuid[])))
+  AND (CAST(:book AS uuid) IS NULL OR bk.id = CAST(:book AS uuid))
+ORDER BY s.name, bk.code
+"""
+
+
+async def list_books(
+    db: Database, who: Principal, book_id: uuid.UUID | None = None
+) -> list[BookRow]:
+    """The books of the sites in the operator's scope (or the one ``book_id``)."""
+    who.require("field.books")
+    async with db.tenant(who.tenant_id) as conn:
+        sites = await sites_of(conn, who)
+        rows = await conn.execute(sa.text(_BOOKS), {"sites": sites, "book": book_id})
+        return [
+            BookRow(
+                r.id,
+                r.site_id,
+                r.site,
+                r.code,
+                r.name,
+                r.points,
+                tuple(r.workers),
+                r.last_cycle,
+                r.open_tasks,
+            )
+            for r in rows
+        ]
+
+
+@dataclass(frozen=True)
+class RoutePoint:
+    id: uuid.UUID
+    name: str
+    account: str | None
+    position: int | None  # its place on this book's route, None: not on it
+    other_book: str | None  # the code of another book it is on
+
+
+@dataclass(frozen=True)
+class BookDetail:
+    book: BookRow
+    points: list[RoutePoint]  # the site's points: the route's first, in order
+    workers: list[tuple[uuid.UUID, str]]  # every field worker (id, username)
+
+
+async def book_detail(db: Database, who: Principal, book_id: uuid.UUID) -> BookDetail:
+    found = await list_books(db, who, book_id)
+    if not found:
+        raise NotFound(f"meter book {book_id} not found")
+    book = found[0]
+    async with db.tenant(who.tenant_id) as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT sp.id, sp.name, a.number, p.position, ob.code AS other "
+                "FROM service_point sp LEFT JOIN account a ON a.id = sp.account_id "
+                "LEFT JOIN meter_book_point p ON p.service_point_id = sp.id AND p.book_id = :b "
+                "LEFT JOIN meter_book_point op ON op.service_point_id = sp.id "
+                "AND op.book_id <> :b LEFT JOIN meter_book ob ON ob.id = op.book_id "
+                "WHERE sp.site_id = :s AND sp.removed_at IS NULL "
+                "ORDER BY p.position NULLS LAST, sp.name"
+            ),
+            {"b": book_id, "s": book.site_id},
+        )
+        points = [RoutePoint(r.id, r.name, r.number, r.position, r.other) for r in rows]
+        workers = await conn.execute(
+            sa.text(
+                "SELECT o.id, o.username FROM operator o JOIN role r ON r.id = o.role_id "
+                "WHERE o.active AND 'field.work' = ANY(r.permissions) ORDER BY o.username"
+            )
+        )
+        return BookDetail(book, points, [(w.id, w.username) for w in workers])
