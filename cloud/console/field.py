@@ -6,6 +6,7 @@ bearer token (not a cookie, so no other site can make them)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import uuid
@@ -25,9 +26,12 @@ from cloud.console import i18n
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import render
-from cloud.errors import Invalid, Unauthorized
+from cloud.documents.receipt import receipt_escpos, receipt_pdf
+from cloud.errors import Invalid, NotFound, Unauthorized
 from cloud.field import books
+from cloud.field.collection import collect
 from cloud.field.readings import ANOMALIES, MAX_ITEMS, MAX_PHOTO, FieldItem, upload
+from cloud.payments.sales import get_sale
 
 router = APIRouter(include_in_schema=False)
 _STATIC = Path(__file__).parent / "static"
@@ -173,3 +177,45 @@ async def upload_readings(
             ],
         }
     )
+
+
+class SaleIn(BaseModel):
+    account: Annotated[str, StringConstraints(max_length=40)]
+    amount: Decimal = Field(gt=0, max_digits=12, decimal_places=2)
+    key: Annotated[str, StringConstraints(min_length=8, max_length=100)]  # the phone's
+
+
+@router.post("/field/api/sales")
+async def field_sale(
+    request: Request, body: SaleIn, svc: ServicesDep, who: OperatorDep
+) -> JSONResponse:
+    """A cash sale into the worker's own drawer; sent again with its key, answered again."""
+    _require_bearer(request)
+    sold = await collect(
+        svc.db, who, body.account, body.amount, body.key, datetime.now(UTC), svc.timing
+    )
+    return JSONResponse(
+        {
+            "receipt_no": sold.receipt_no,
+            "account": sold.account_number,
+            "amount": str(sold.amount),
+            "balance_after": str(sold.balance_after),
+            "replayed": sold.replayed,
+        }
+    )
+
+
+@router.get("/field/api/sales/{receipt_no}/receipt.{kind}")
+async def field_receipt(
+    receipt_no: str, kind: str, request: Request, svc: ServicesDep, who: OperatorDep
+) -> Response:
+    """The receipt of a field sale: ``pdf`` (80 mm roll) or ``escpos`` (thermal printer)."""
+    _require_bearer(request)
+    if kind not in ("pdf", "escpos"):
+        raise NotFound(f"receipt format {kind} not found")
+    sale = await get_sale(svc.db, who, receipt_no[:40])
+    if kind == "pdf":
+        pdf = await asyncio.to_thread(receipt_pdf, sale, "80mm")
+        return Response(pdf, media_type="application/pdf")
+    data = await asyncio.to_thread(receipt_escpos, sale)
+    return Response(data, media_type="application/octet-stream")

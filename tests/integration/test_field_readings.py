@@ -38,16 +38,18 @@ def admin(g: Seeded) -> Principal:
     return Principal(g.tenant_id, g.operator_id, "admin", frozenset(PERMISSIONS))
 
 
-async def worker(db: Database, g: Seeded, name: str = "reader") -> Principal:
-    """A field worker (role with field.work only) of the group."""
+async def worker(
+    db: Database, g: Seeded, name: str = "reader", also: tuple[str, ...] = ()
+) -> Principal:
+    """A field worker (role with field.work, and ``also``) of the group."""
+    perms = ["field.work", *also]
     role, op = uuid.uuid4(), uuid.uuid4()
     async with db.tenant(g.tenant_id) as conn:
         await conn.execute(
             sa.text(
-                "INSERT INTO role (id, tenant_id, name, permissions) "
-                "VALUES (:id, :t, :n, ARRAY['field.work'])"
+                "INSERT INTO role (id, tenant_id, name, permissions) VALUES (:id, :t, :n, :perms)"
             ),
-            {"id": role, "t": g.tenant_id, "n": f"field {name}"},
+            {"id": role, "t": g.tenant_id, "n": f"field {name}", "perms": perms},
         )
         await conn.execute(
             sa.text(
@@ -56,7 +58,7 @@ async def worker(db: Database, g: Seeded, name: str = "reader") -> Principal:
             ),
             {"id": op, "t": g.tenant_id, "u": name, "h": hash_password("field-pass"), "r": role},
         )
-    return Principal(g.tenant_id, op, name, frozenset({"field.work"}))
+    return Principal(g.tenant_id, op, name, frozenset(perms))
 
 
 async def book_for(db: Database, g: Seeded, who: Principal, keys: list[str]) -> uuid.UUID:
