@@ -5,7 +5,7 @@
 (function () {
   const TEXT = JSON.parse(document.getElementById("field-text").textContent);
   const MAX_PHOTO = Number(document.getElementById("field-config").dataset.maxPhoto);
-  const KEY = { token: "field.token", book: "field.book", queue: "field.queue" };
+  const KEY = { token: "field.token", book: "field.book", queue: "field.queue", sales: "field.sales" };
   const load = (k, d) => JSON.parse(localStorage.getItem(k) || "null") ?? d;
   const save = (k, v) => localStorage.setItem(k, JSON.stringify(v));
   const $ = (id) => document.getElementById(id);
@@ -95,7 +95,39 @@
         throw e;
       }
     });
+    const sale = li.querySelector("form.collect");
+    const saleNote = li.querySelector(".sale");
+    const mine = load(KEY.sales, []).filter((x) => x.account === task.account);
+    if (mine.length) saleNote.textContent = mine.map((x) => x.receipt_no ? `${TEXT.sale_done} ${x.receipt_no} ¥${x.amount}` : `${TEXT.sale_queued} ¥${x.amount}`).join("; ");
+    sale.hidden = !task.account;
+    sale.addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      const button = sale.elements.collect;
+      if (button.disabled) return; // a double tap collects once
+      const amount = sale.elements.amount.value.trim();
+      if (!amount) return; // (the second tap of a double tap, on the fresh form)
+      if (!/^[0-9]+(\.[0-9]{1,2})?$/.test(amount) || Number(amount) === 0) { saleNote.textContent = TEXT.bad_amount; return; }
+      button.disabled = true;
+      const sales = load(KEY.sales, []);
+      sales.push({ key: crypto.randomUUID(), account: task.account, amount, receipt_no: null });
+      save(KEY.sales, sales);
+      show();
+      if (navigator.onLine) upload();
+    });
     return li;
+  }
+
+  // queued sales go up one by one, each under its own key (sent twice, sold once)
+  async function sell() {
+    const sales = load(KEY.sales, []);
+    for (const s of sales) {
+      if (s.receipt_no) continue;
+      const r = await api("/field/api/sales", {
+        method: "POST", body: JSON.stringify({ key: s.key, account: s.account, amount: s.amount }),
+      });
+      s.receipt_no = r.receipt_no;
+      save(KEY.sales, sales);
+    }
   }
 
   async function read(task, form) {
@@ -149,14 +181,15 @@
 
   async function upload() {
     const queue = load(KEY.queue, []).filter((q) => !q.refused);
-    if (uploading || !queue.length) return;
+    const selling = load(KEY.sales, []).some((s) => !s.receipt_no);
+    if (uploading || (!queue.length && !selling)) return;
     uploading = true;
     $("upload").disabled = true;
     try {
-      const answer = await api("/field/api/readings", {
+      const answer = queue.length ? await api("/field/api/readings", {
         method: "POST",
         body: JSON.stringify({ items: queue.map(({ refused, ...q }) => q) }),
-      });
+      }) : { results: [] };
       const byId = new Map(answer.results.map((r) => [r.id, r]));
       const left = [];
       for (const q of load(KEY.queue, [])) {
@@ -173,6 +206,7 @@
         save(KEY.book, book);
       }
       $("status").textContent = `${TEXT.uploaded}: ${answer.results.filter((r) => r.status !== "refused").length}`;
+      await sell();
     } catch (e) {
       $("status").textContent = TEXT.upload_failed;
     } finally {

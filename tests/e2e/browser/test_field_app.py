@@ -58,7 +58,7 @@ async def test_a_field_worker_reads_twenty_meters_offline_and_uploads_once(
     await IngestService(live.wiring.db, CommandTiming()).store_telemetry(
         spec.gateway_code, batch, before
     )
-    who = await worker(live.wiring.db, g)
+    who = await worker(live.wiring.db, g, also=("sale.create",))
     book = await book_for(live.wiring.db, g, who, [f"m{i}" for i in range(1, 21)])
     _, tasks = await books.open_cycle(live.wiring.db, admin(g), book, now.date(), now)
     assert tasks == 20
@@ -99,6 +99,10 @@ async def test_a_field_worker_reads_twenty_meters_offline_and_uploads_once(
             else:
                 await task.get_by_role("button", name="保存读数").click()
             await task.get_by_text("已保存在手机上").wait_for()
+        shop1 = page.get_by_role("listitem", name="Shop 1 electricity", exact=True)
+        await shop1.get_by_label("收取现金（元）").fill("20.00")
+        await shop1.get_by_role("button", name="收款").dblclick()  # collected once
+        await shop1.get_by_text("现金已记录在手机上").wait_for()
         await page.get_by_role("button", name="上传读数 (20)").wait_for()
         await page.screenshot(path=str(shots / "04-queued-offline.png"), full_page=True)
         queue = await page.evaluate("localStorage.getItem('field.queue')")
@@ -106,12 +110,14 @@ async def test_a_field_worker_reads_twenty_meters_offline_and_uploads_once(
 
         await context.set_offline(False)  # the signal returns: the queue goes up by itself
         await page.get_by_role("button", name="上传读数 (0)").wait_for()
+        await shop1.get_by_text("已售电，收据 R").wait_for()
         await page.screenshot(path=str(shots / "05-uploaded.png"), full_page=True)
         after = await _state(live, g.tenant_id)
         assert after[0] == 20 and after[1] == 20 + 19
         assert after[2] == ["field_no_access", "field_seal_broken"]
-        # m1..m18 used i + 0.5 kWh (180 kWh) and m20 20.5 at ¥1: ¥1,000.00 less 200.50
-        assert after[3] == Decimal("799.50")
+        # m1..m18 used i + 0.5 kWh (180 kWh) and m20 20.5 at ¥1: ¥1,000.00 less 200.50,
+        # and ¥20.00 collected from Shop 1
+        assert after[3] == Decimal("819.50")
 
         again = await page.evaluate(
             """async (queue) => {
@@ -126,6 +132,13 @@ async def test_a_field_worker_reads_twenty_meters_offline_and_uploads_once(
         assert again == ["duplicate"] * 20
         assert await _state(live, g.tenant_id) == after
         assert len(json.loads(queue)) == 20
+        async with live.wiring.db.tenant(g.tenant_id) as conn:
+            drawer = await conn.scalar(
+                sa.text("SELECT balance FROM ledger_account WHERE code = :c"),
+                {"c": f"cash:{who.operator_id}"},
+            )
+            sales = await conn.scalar(sa.text("SELECT count(*) FROM counter_sale"))
+        assert Decimal(drawer) == Decimal("20.00") and sales == 1
     except BaseException:
         await page.screenshot(path=str(shots / "failed.png"), full_page=True)
         raise
