@@ -37,6 +37,8 @@ PERMISSIONS = (
     "finance.reconcile",
     "gateway.commission",
     "gateway.configure",
+    "field.books",  # make meter books (表册), open reading cycles, assign field workers
+    "field.work",  # read, collect and dun in the field, within the books assigned
 )
 
 _hasher = PasswordHash.recommended()

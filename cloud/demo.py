@@ -20,6 +20,7 @@ from cloud.control.dispatcher import Dispatcher
 from cloud.control.service import CommandTiming
 from cloud.db import Database, migrate
 from cloud.embedded import EmbeddedBroker, free_port
+from cloud.field import books
 from cloud.ingest.consumer import lanes, run_lanes
 from cloud.ingest.service import IngestService
 from cloud.lifecycle.service import (
@@ -210,6 +211,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
 
 CLERK = ("clerk", "demo-clerk")
 INSTALLER = ("installer", "demo-installer")
+FIELD = ("reader", "demo-reader")
 
 
 async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> None:
@@ -301,6 +303,20 @@ async def seed_office(db: Database, seeded: Seeded, timing: CommandTiming) -> No
     await admin.create_operator(
         db, who, OperatorDraft(INSTALLER[0], "李师傅", INSTALLER[1], installer_role.id), now
     )
+    await seed_field(db, who, seeded, now)
+
+
+async def seed_field(db: Database, who: Principal, seeded: Seeded, now: datetime) -> None:
+    """A field worker (抄表员) with meter book A1 of the four shops, its reading cycle open
+    from today: the gateway has not been heard yet, so every shop is a task."""
+    role = await admin.create_role(db, who, "抄表员", ["field.work"], now)
+    reader = await admin.create_operator(
+        db, who, OperatorDraft(FIELD[0], "赵抄表", FIELD[1], role.id), now
+    )
+    book = await books.create_book(db, who, seeded.site_id, "A1", "A栋一层商铺", now)
+    await books.set_route(db, who, book, list(seeded.points.values()), now)
+    await books.assign(db, who, book, reader.id, now)
+    await books.open_cycle(db, who, book, now.date(), now)
 
 
 async def _tenant_exists(wiring: Wiring, slug: str) -> bool:
@@ -368,10 +384,12 @@ def _banner(
 PrepayCloud demo is running.
 
   Console   http://{host}:{port}/console/
+  Field app http://{host}:{port}/field/  (a phone's page: download the book, read offline)
   Logins    property group: {DEMO.slug}
     administrator (every permission)         user: {DEMO.admin_username:<10} password: {DEMO.admin_password}
     counter clerk (二号营业厅 only)            user: {CLERK[0]:<10} password: {CLERK[1]}
     installer (装表)                          user: {INSTALLER[0]:<10} password: {INSTALLER[1]}
+    field worker (表册 A1, phone app /field/)  user: {FIELD[0]:<10} password: {FIELD[1]}
   API docs  http://{host}:{port}/docs
   Database  {db_url}
   Broker    {mqtt_url}

@@ -1015,3 +1015,87 @@ class LoginCode(SQLModel, table=True):
     expires_at: datetime = _ts()
     attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     used_at: datetime | None = _ts(nullable=True)
+
+
+class MeterBook(SQLModel, table=True):
+    """A meter book (表册, DESIGN §15): a route of a site's service points, read in order."""
+
+    __tablename__ = "meter_book"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "code", name="meter_book_code"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    site_id: uuid.UUID = Field(foreign_key="site.id")
+    code: str = Field(max_length=40)
+    name: str
+    created_at: datetime = _ts()
+
+
+class MeterBookPoint(SQLModel, table=True):
+    """A service point on a book's route, at its place; a point is on one book at most."""
+
+    __tablename__ = "meter_book_point"
+    __table_args__ = (sa.UniqueConstraint("service_point_id", name="meter_book_point_once"),)
+    book_id: uuid.UUID = Field(foreign_key="meter_book.id", primary_key=True)
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id", primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
+    position: int
+
+
+class MeterBookWorker(SQLModel, table=True):
+    """A field worker (an operator) assigned to read, collect and dun a book."""
+
+    __tablename__ = "meter_book_worker"
+    book_id: uuid.UUID = Field(foreign_key="meter_book.id", primary_key=True)
+    operator_id: uuid.UUID = Field(foreign_key="operator.id", primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
+
+
+class ReadingCycle(SQLModel, table=True):
+    """One reading round of a book (by the day it starts, in the site's zone)."""
+
+    __tablename__ = "reading_cycle"
+    __table_args__ = (sa.UniqueConstraint("book_id", "starts_on", name="reading_cycle_once"),)
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    book_id: uuid.UUID = Field(foreign_key="meter_book.id")
+    starts_on: date
+    opened_at: datetime = _ts()
+
+
+class ReadingTask(SQLModel, table=True):
+    """A point to read by hand in a cycle (it has no gateway, or its gateway is silent);
+    done when a field reading of the point is uploaded in the cycle."""
+
+    __tablename__ = "reading_task"
+    __table_args__ = (
+        sa.UniqueConstraint("cycle_id", "service_point_id", name="reading_task_once"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    cycle_id: uuid.UUID = Field(foreign_key="reading_cycle.id")
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id")
+    position: int
+    reason: str = Field(max_length=16)  # no_gateway | gateway_silent
+    done_at: datetime | None = _ts(nullable=True)
+
+
+class FieldReading(SQLModel, table=True):
+    """A reading (or an anomaly) a field worker took by hand, under the id the phone gave
+    it: uploaded twice, stored once. Its register goes into ``reading`` and is rated as a
+    gateway's is; ``outcome`` says what became of it."""
+
+    __tablename__ = "field_reading"
+    __table_args__ = (sa.Index("ix_field_reading_point", "service_point_id", "measured_at"),)
+    id: uuid.UUID = Field(primary_key=True)  # made by the phone
+    tenant_id: uuid.UUID = _tenant()
+    operator_id: uuid.UUID = Field(foreign_key="operator.id")
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id")
+    channel_id: uuid.UUID | None = Field(default=None, foreign_key="channel.id")
+    measured_at: datetime = _ts()
+    total: Decimal | None = Field(default=None, sa_type=REGISTER)
+    anomaly: str | None = Field(default=None, max_length=20)
+    note: str | None = Field(default=None, sa_type=sa.Text)
+    photo: bytes | None = Field(default=None, sa_type=sa.LargeBinary)
+    outcome: str = Field(max_length=16)  # stored | duplicate_time | anomaly
+    work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_order.id")
+    received_at: datetime = _ts()

@@ -26,6 +26,8 @@ from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
 from cloud.console.delivery import router as delivery_router
 from cloud.console.dunning import router as dunning_router
+from cloud.console.field import router as field_router
+from cloud.console.field_books import router as field_books_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
@@ -110,6 +112,8 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(delivery_router)
     app.include_router(notify_settings_router)
     app.include_router(readings_router)
+    app.include_router(field_router)
+    app.include_router(field_books_router)
     app.include_router(imports_router)
     app.include_router(settings_router)
     app.include_router(settings_edit_router)

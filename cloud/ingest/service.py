@@ -29,7 +29,7 @@ from cloud.control.policy import SupplyState
 from cloud.control.service import CommandTiming, apply_ack, sweep_tenant
 from cloud.db import Database
 from cloud.rating.fast import STAGED, STAGED_COLUMNS, STAGING
-from cloud.rating.service import rate_staged
+from cloud.rating.service import RatingReport, rate_staged
 from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
 
 log = logging.getLogger(__name__)
@@ -505,6 +505,29 @@ async def _insert(
             return set()
         await cur.execute(_NOT_STORED)
         return {r[0] for r in await cur.fetchall()}
+
+
+async def store_and_rate(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    lines: list[str],
+    points: int,
+    received_at: datetime,
+    timing: CommandTiming,
+) -> tuple[set[int], RatingReport]:
+    """Store readings another source than a gateway brings (a field worker's, DESIGN §15)
+    and rate them exactly as a gateway's are, in the caller's transaction: ``lines`` made
+    by :func:`staged_line`, bound to ``points`` (how many) service points. A reading of a
+    channel at a time already stored is not stored again; the places of those not stored
+    are returned with the rating's report."""
+    skipped = await _insert(conn, tenant_id, received_at, lines, careful=True)
+    report = await rate_staged(conn, tenant_id, points, skipped, received_at, timing)
+    return skipped, report
+
+
+def staged_line(r: Reading, channel_id: uuid.UUID, point_id: uuid.UUID, n: int) -> str:
+    """The staged row of ``r`` of a channel bound to a point, for :func:`store_and_rate`."""
+    return _line(r, _Target(channel_id, point_id), n)
 
 
 def _count_stored(results: list[IngestResult], ends: list[int], skipped: set[int]) -> None:
