@@ -8,8 +8,8 @@ wallet. Control runs again after the wallet moves (a refund may cut, as the poli
 from __future__ import annotations
 
 import json
-import re
 import logging
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
