@@ -29,6 +29,7 @@ from cloud.console.dunning import router as dunning_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
+from cloud.console.monitor import router as monitor_router
 from cloud.console.notify_settings import router as notify_settings_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, render
@@ -107,6 +108,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(delivery_router)
     app.include_router(notify_settings_router)
     app.include_router(readings_router)
+    app.include_router(monitor_router)
     app.include_router(imports_router)
     app.include_router(settings_router)
     app.include_router(settings_edit_router)
