@@ -67,7 +67,8 @@ async def read(
         for m, pair in totals.items()
         for ago, t in zip((40, 10), pair, strict=True)
     )
-    batch = TelemetryBatch(gateway=gateway, boot_id="b1", seq=1, sent_at=now, readings=readings)
+    seq = int(now.timestamp())  # a later batch is not a re-sent one
+    batch = TelemetryBatch(gateway=gateway, boot_id="b1", seq=seq, sent_at=now, readings=readings)
     await ingest.store_telemetry(gateway, batch, now)
 
 
