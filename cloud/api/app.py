@@ -31,6 +31,7 @@ from cloud.console.field_books import router as field_books_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
+from cloud.console.monitor import router as monitor_router
 from cloud.console.notify_settings import router as notify_settings_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, render
@@ -114,6 +115,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(readings_router)
     app.include_router(field_router)
     app.include_router(field_books_router)
+    app.include_router(monitor_router)
     app.include_router(imports_router)
     app.include_router(settings_router)
     app.include_router(settings_edit_router)

@@ -8,7 +8,7 @@ from typing import Any
 
 import jinja2
 from fastapi import Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -48,7 +48,7 @@ templates.env.globals.update(
 NAV = (
     ("accounts", N_("Accounts"), "/console/accounts"),
     ("counter", N_("Counter"), "/console/counter"),
-    ("monitor", N_("Monitor"), "/console/"),
+    ("monitor", N_("Monitor"), "/console/monitor"),
     ("control", N_("Control"), "/console/control"),
     ("work", N_("Work orders"), "/console/work-orders"),
     ("reports", N_("Reports"), "/console/reports"),
@@ -103,6 +103,19 @@ def render(
             i18n.LANG_COOKIE, chosen, max_age=365 * 86400, samesite="lax", secure=secure
         )
     return resp
+
+
+def render_fragment(request: Request, name: str, block: str, ctx: dict[str, Any]) -> Response:
+    """One block of a page for htmx (the same route answering ``HX-Request``), as
+    jinja2-fragments does; the page and the fragment vary by that header."""
+    template = templates.env.get_template(name)
+    context = template.new_context({"request": request, "lang": i18n.current.get(), **ctx})
+    html = "".join(template.blocks[block](context))
+    return HTMLResponse(html, headers={"Vary": "HX-Request"})
+
+
+def is_fragment(request: Request) -> bool:
+    return request.headers.get("HX-Request") == "true"
 
 
 async def signed_in(request: Request, svc: Services) -> Principal | Response:
