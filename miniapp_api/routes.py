@@ -219,7 +219,7 @@ async def bind(body: BindIn, user: UserDep, svc: ServicesDep) -> AccountOut:
     return _account(await svc.tenant_accounts.summary(user, body.account))
 
 
-@router.post("/bindings/code", responses=problems(404, 429, 503))
+@router.post("/binding-codes", responses=problems(404, 429, 503))
 async def bind_code(body: BindCodeIn, user: UserDep, svc: ServicesDep) -> CodeSent:
     """Send a code to the phone on file of the account (answered with it masked)."""
     sent_to = await svc.tenant_accounts.send_bind_code(user, body.account)

@@ -21,7 +21,7 @@ from cloud.api.app import create_app
 from cloud.db import Database
 from cloud.payments.wechat.merchant import MerchantSettings, set_merchant
 from cloud.payments.wechat.settings import PaySettings
-from cloud.registry.service import Seeded, seed_group
+from cloud.registry.service import GroupSpec, Seeded, seed_group
 from cloud.runtime import Wiring, serve_http
 from cloud.settings import CloudSettings
 from standins.wechat import WeChatStandIn
@@ -68,8 +68,14 @@ class PayEnv:
         return self.wiring.services.wechat_pay
 
 
-async def add_group(env: PayEnv, db: Database, balance: str = "10.00", meters: int = 1) -> Group:
-    spec = group_spec(meters=meters, balance=balance)
+async def add_group(
+    env: PayEnv,
+    db: Database,
+    balance: str = "10.00",
+    meters: int = 1,
+    spec: GroupSpec | None = None,
+) -> Group:
+    spec = spec or group_spec(meters=meters, balance=balance)
     seeded = await seed_group(db, spec)
     n = len(env.groups) + 1
     sub = f"19000001{n:02d}"

@@ -71,7 +71,7 @@ async def test_binding_needs_the_phone_on_file_and_shows_the_account(
     assert r.status_code == 404
     assert "不匹配" in r.json()["message"]
     # or the code sent to the phone on file
-    r = await env.http.post("/miniapp/v1/bindings/code", json={"account": g.account}, headers=auth)
+    r = await env.http.post("/miniapp/v1/binding-codes", json={"account": g.account}, headers=auth)
     assert r.status_code == 200 and r.json()["sent_to"].endswith(g.phone[-4:])
     async with db.tenant(g.seeded.tenant_id) as conn:
         assert await conn.scalar(sa.text("SELECT count(*) FROM login_code")) == 1
