@@ -333,3 +333,34 @@ async def test_an_h5_top_up_goes_through_wechats_cashier_page(env: PayEnv, db: D
         assert done.status_code == 303
     await asyncio.sleep(0)
     assert await wallet(db, g) == before + Decimal("30.00")
+
+
+async def test_closing_an_account_refunds_its_wechat_payments_newest_first(
+    env: PayEnv, db: Database
+) -> None:
+    from cloud.errors import Invalid
+    from cloud.payments.wechat.refunds import refund_account
+
+    g = await add_group(env, db, balance="0.00")
+    auth = await wechat_login(env, g)
+    await bind(env, g, auth)
+    first = await order(env, g, auth, "20.00")
+    await env.pay.pay(first["out_trade_no"], mchid=g.sub_mchid)
+    second = await order(env, g, auth, "30.00")
+    await env.pay.pay(second["out_trade_no"], mchid=g.sub_mchid)
+    tenant = g.seeded.tenant_id
+    with pytest.raises(Invalid, match="less than the refund"):
+        await refund_account(env.service, tenant, g.account, Decimal("50.01"), "close", "t", "CL01")
+    parts = await refund_account(
+        env.service, tenant, g.account, Decimal("45.00"), "消户", "t", "CL01"
+    )
+    assert [(p.out_trade_no, p.amount) for p in parts] == [
+        (second["out_trade_no"], Decimal("30.00")),
+        (first["out_trade_no"], Decimal("15.00")),
+    ]
+    again = await refund_account(
+        env.service, tenant, g.account, Decimal("45.00"), "消户", "t", "CL01"
+    )
+    assert [p.out_refund_no for p in again] == ["CL01-1", "CL01-2"]
+    assert len(env.pay.refunds) == 2  # asked once each
+    assert await wallet(db, g) == Decimal("5.00")

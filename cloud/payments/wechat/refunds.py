@@ -414,3 +414,63 @@ async def sweep_refunds(pay: WeChatPayments, limit: int = 100) -> int:
                 continue
             moved += status != r.status
     return moved
+
+
+async def refund_account(
+    pay: WeChatPayments,
+    tenant_id: uuid.UUID,
+    account_number: str,
+    amount: Decimal,
+    reason: str,
+    actor: str,
+    key: str,
+) -> list[RefundView]:
+    """Refund ``amount`` of an account's wallet to the WeChat payments it came from, newest
+    first, each at most what that payment has left to refund (消户 before the account
+    closes; the rest, if any, is refunded in cash by the counter). ``key`` names the
+    whole refund: each part's ``out_refund_no`` is ``<key>-<n>``, so asking again with
+    the same key asks for the same refunds."""
+    if not re.fullmatch(r"[0-9A-Za-z_]{4,28}", key):
+        raise Invalid("the refund key is 4 to 28 letters, digits or _")
+    async with pay.db.tenant(tenant_id) as conn:
+        done = (
+            await conn.execute(
+                sa.text(
+                    "SELECT r.out_refund_no, r.amount, o.out_trade_no FROM payment_refund r "
+                    "JOIN payment_order o ON o.id = r.order_id WHERE r.out_refund_no LIKE :k "
+                    "ORDER BY r.out_refund_no"
+                ),
+                {"k": f"{key}-%"},
+            )
+        ).all()
+        orders = (
+            await conn.execute(
+                sa.text(
+                    "SELECT o.out_trade_no, o.amount - o.refunded AS left FROM payment_order o "
+                    "JOIN account a ON a.id = o.account_id WHERE a.number = :n AND "
+                    "o.status = 'paid' AND o.refunded < o.amount "
+                    "ORDER BY o.paid_at DESC, o.out_trade_no DESC"
+                ),
+                {"n": account_number},
+            )
+        ).all()
+    if done:  # asked before under this key: the same parts again (settling the unanswered)
+        return [
+            await request_refund(
+                pay, tenant_id, r.out_trade_no, r.amount, reason, actor, r.out_refund_no
+            )
+            for r in done
+        ]
+    if amount > sum((o.left for o in orders), Decimal(0)):
+        raise Invalid("the WeChat payments of this account hold less than the refund")
+    out: list[RefundView] = []
+    remaining = amount
+    for n, o in enumerate(orders, start=1):
+        if remaining <= 0:
+            break
+        part = min(remaining, o.left)
+        out.append(
+            await request_refund(pay, tenant_id, o.out_trade_no, part, reason, actor, f"{key}-{n}")
+        )
+        remaining -= part
+    return out
