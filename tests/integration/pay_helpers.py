@@ -156,9 +156,11 @@ async def phone_login(env: PayEnv, group: Group, phone: str | None = None) -> di
     return {"authorization": f"Bearer {r.json()['token']}"}
 
 
-async def wechat_login(env: PayEnv, group: Group, openid: str | None = None) -> dict[str, str]:
+async def wechat_login(
+    env: PayEnv, group: Group, openid: str | None = None, appid: str | None = None
+) -> dict[str, str]:
     """Log in from the mini-program: wx.login's code through code2session."""
-    code = env.wx.issue_code(openid or f"o-{uuid.uuid4().hex[:16]}")
+    code = env.wx.issue_code(openid or f"o-{uuid.uuid4().hex[:16]}", appid=appid)
     r = await env.http.post("/miniapp/v1/login/wechat", json={"tenant": group.slug, "code": code})
     assert r.status_code == 200, r.text
     return {"authorization": f"Bearer {r.json()['token']}"}

@@ -167,11 +167,14 @@ async def test_a_silent_payment_is_found_by_the_query_job_and_credited_once(
     before = await wallet(db, g)
     o = await order(env, g, auth)
     await env.pay.pay(o["out_trade_no"], mchid=g.sub_mchid, notify=False)
-    counts = await sweep_once(env.service)  # too early: not queried yet
-    assert counts["queried"] == 0
+    # (counts are the database's: other tests' groups may have orders in it too)
+    await sweep_once(env.service)  # too early: not queried yet
+    async with db.tenant(g.seeded.tenant_id) as conn:
+        assert await conn.scalar(sa.text("SELECT queried_at FROM payment_order")) is None
+    assert await credits(db, g, o["out_trade_no"]) == 0
     _shift(env, timedelta(minutes=3))
     counts = await sweep_once(env.service)
-    assert counts["credited"] == 1
+    assert counts["credited"] >= 1
     assert await credits(db, g, o["out_trade_no"]) == 1
     # the notification arriving afterwards changes nothing
     late = await env.pay.resend(o["out_trade_no"], mchid=g.sub_mchid)
@@ -195,7 +198,7 @@ async def test_an_expired_order_is_closed_and_a_late_success_still_credited(
     _shift(env, timedelta(minutes=16))
     counts = await sweep_once(env.service)
     env.service.clock = real
-    assert counts["closed"] == 1
+    assert counts["closed"] >= 1
     placed = env.pay.order(o["out_trade_no"], mchid=g.sub_mchid)
     assert placed.state == "CLOSED"
     r = await env.http.get(f"/miniapp/v1/orders/{o['out_trade_no']}", headers=auth)
