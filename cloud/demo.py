@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import signal
@@ -33,6 +34,9 @@ from cloud.lifecycle.service import (
     install,
     open_account,
 )
+from cloud.payments.wechat.jobs import payments_forever
+from cloud.payments.wechat.merchant import MerchantSettings, set_merchant
+from cloud.payments.wechat.settings import PaySettings
 from cloud.registry import admin
 from cloud.registry.admin import OperatorDraft
 from cloud.registry.admin_core import PremisesDraft
@@ -51,6 +55,7 @@ from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
 from notifications.settings import NotifySettings
 from notifications.worker import NotifyWorker, providers_from
+from standins.launch import WeChatTestMerchants, start_wechat
 from standins.twilio import TwilioStandIn
 from standins.wechat import WeChatStandIn
 
@@ -99,10 +104,20 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         settings = settings.model_copy(update={"secret_key": SecretStr(_demo_secret(data))})
     url = await asyncio.to_thread(owner_url, settings, "prepay_demo")
     await asyncio.to_thread(migrate, url, settings.app_role)
-    wiring = Wiring.build(settings, url)
+    http_port = port or (settings.api_port if _port_free(settings.api_port) else free_port())
+    api_base = f"http://{settings.api_host}:{http_port}"
+    merchants = WeChatTestMerchants()
+    wechat, pay, written = await start_wechat(
+        settings.api_host, 0, 0, data / "wechat-keys", merchants
+    )
+    pay_settings = PaySettings(
+        base_url=pay.url, public_base_url=api_base, wechat_api_base_url=wechat.url
+    )
+    wiring = Wiring.build(settings, url, pay=pay_settings)
     db = wiring.db
     if not await _tenant_exists(wiring, DEMO.slug):
         await seed_office(db, await seed_group(db, DEMO), wiring.services.timing)
+    tenant_phone = await _tenant_app(wiring, merchants, wechat.secret, written[1])
     start_kwh = await _last_registers(wiring)
 
     broker: EmbeddedBroker | None = None
@@ -167,8 +182,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
     topics = Topics(settings.mqtt_prefix)
     ingest = lanes(IngestService(db, wiring.services.timing), mqtt_url, topics, shared)
     dispatcher = Dispatcher(db, mqtt_url, topics, wiring.services.timing)
-    http_port = port or (settings.api_port if _port_free(settings.api_port) else free_port())
-    twilio, wechat = TwilioStandIn(), WeChatStandIn()
+    twilio = TwilioStandIn()
     notify = await _notify_through(twilio, wechat, settings.api_host, http_port)
     wiring.services.notify_settings = notify
     notifier = NotifyWorker(db, providers_from(notify), notify)
@@ -178,6 +192,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         asyncio.create_task(run_lanes(ingest), name="ingest"),
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(notifier.run(), name="notifications"),
+        asyncio.create_task(payments_forever(wiring.services.wechat_pay), name="payments"),
         asyncio.create_task(agent.run(), name="gateway-agent"),
         asyncio.create_task(serve_http(app, settings.api_host, http_port), name="api"),
     ]
@@ -187,6 +202,7 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     await asyncio.sleep(0.5)
     _banner(settings.api_host, http_port, url, mqtt_url, data, twilio.url, wechat.url)
+    _tenant_banner(api_base, tenant_phone, pay.url)
     try:
         waiter = asyncio.create_task(stop.wait())
         done, _ = await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -202,6 +218,9 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         await water_line.stop()
         await twilio.stop()
         await wechat.stop()
+        await pay.stop()
+        with contextlib.suppress(Exception):
+            await wiring.services.wechat_pay.close()
         if broker:
             with contextlib.suppress(Exception):
                 await broker.stop()
@@ -357,7 +376,6 @@ async def _notify_through(
     """The demo's notifications go to local stand-ins of Twilio and WeChat (their status
     callbacks come back to this API, signed), which log what they accept."""
     await twilio.start(host)
-    await wechat.start(host)
     return NotifySettings(
         sms_provider="twilio",
         twilio_account_sid=twilio.account_sid,
@@ -367,6 +385,66 @@ async def _notify_through(
         wechat_appid=wechat.appid,
         wechat_secret=SecretStr(wechat.secret),
         wechat_base_url=wechat.url,
+    )
+
+
+async def _tenant_app(
+    wiring: Wiring, merchants: WeChatTestMerchants, app_secret: str, keys: Path
+) -> str:
+    """The demo group's WeChat Pay merchant, a sub-merchant under the stand-in's service
+    provider (its keys are new each start, so it is set each start), and a mobile number
+    on file for every customer without one so a tenant can bind. Returns 好运面馆's phone."""
+    meta = json.loads(await asyncio.to_thread(keys.read_text))
+    private_key = await asyncio.to_thread((keys.parent / meta["private_key_file"]).read_text)
+    public_key = await asyncio.to_thread((keys.parent / meta["public_key_file"]).read_text)
+    async with wiring.db.platform() as conn:
+        tenant = await conn.scalar(
+            sa.text("SELECT id FROM tenant WHERE slug = :s"), {"s": DEMO.slug}
+        )
+    await set_merchant(
+        wiring.db,
+        wiring.services.wechat_pay.box,
+        tenant,
+        MerchantSettings(
+            mode="partner",
+            mchid=merchants.sp_mchid,
+            appid=merchants.appid,
+            cert_serial_no=meta["cert_serial_no"],
+            private_key=private_key,
+            apiv3_key=meta["apiv3_key"],
+            sub_mchid=merchants.sub_mchid,
+            app_secret=app_secret,
+            public_key=public_key,
+            public_key_id=meta["public_key_id"],
+        ),
+        "demo",
+        datetime.now(UTC),
+    )
+    async with wiring.db.tenant(tenant) as conn:
+        await conn.execute(
+            sa.text(
+                "UPDATE customer SET phone = '138000' || lpad((n.row_number)::text, 5, '0') "
+                "FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) FROM customer) n "
+                "WHERE n.id = customer.id AND (customer.phone IS NULL OR customer.phone = '')"
+            )
+        )
+        phone = await conn.scalar(
+            sa.text(
+                "SELECT c.phone FROM account a JOIN customer c ON c.id = a.customer_id "
+                "WHERE a.number = 'A000001'"
+            )
+        )
+    return str(phone or "").removeprefix("+86")
+
+
+def _tenant_banner(api_base: str, phone: str, pay_url: str) -> None:
+    print(
+        f"""Tenant app (H5, a phone's page)  {api_base}/h5/{DEMO.slug}/
+  Log in with the phone {phone} (好运面馆's tenant); in development the SMS code is shown on the page.
+  Bind account A000001 with the phone {phone}, then top up: paying goes through the WeChat Pay
+  stand-in's cashier page ({pay_url}/standin/cashier), which pays the order and brings you back.
+""",
+        flush=True,
     )
 
 
