@@ -8,7 +8,7 @@ import json
 import logging
 import secrets
 import signal
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from cloud.lifecycle.service import (
 from cloud.payments.wechat.jobs import payments_forever
 from cloud.payments.wechat.merchant import MerchantSettings, set_merchant
 from cloud.payments.wechat.settings import PaySettings
+from cloud.rating.service import close_usage_windows_forever
 from cloud.registry import admin
 from cloud.registry.admin import OperatorDraft
 from cloud.registry.admin_core import PremisesDraft
@@ -193,6 +194,12 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(notifier.run(), name="notifications"),
         asyncio.create_task(payments_forever(wiring.services.wechat_pay), name="payments"),
+        asyncio.create_task(
+            close_usage_windows_forever(
+                wiring.db, wiring.services.timing, lambda: datetime.now(UTC), timedelta(minutes=1)
+            ),
+            name="usage-windows",
+        ),
         asyncio.create_task(agent.run(), name="gateway-agent"),
         asyncio.create_task(serve_http(app, settings.api_host, http_port), name="api"),
     ]
