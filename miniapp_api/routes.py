@@ -17,10 +17,11 @@ from cloud.api.deps import ServicesDep
 from cloud.api.fields import Key, PathKey, Written
 from cloud.api.problems import problems
 from cloud.errors import DomainError
-from cloud.payments.wechat.orders import NotificationRefused
+from cloud.payments.wechat.orders import NotificationRefused, OrderView
 from cloud.payments.wechat.refunds import refund_notified
-from cloud.tenant_app.accounts import AccountSummary
-from miniapp_api.deps import UserDep
+from cloud.tenant_app.accounts import AccountSummary, masked
+from cloud.tenant_app.login import phone_of
+from miniapp_api.deps import UserDep, bearer
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/miniapp/v1", tags=["tenant app"], responses=problems(401))
@@ -189,9 +190,6 @@ async def login_wechat(body: WeChatLogin, svc: ServicesDep) -> LoginOut:
 async def login_code(body: CodeRequest, svc: ServicesDep) -> CodeSent:
     """Send a login code by SMS to the phone (outside WeChat)."""
     code = await svc.tenant_login.send_code(body.tenant, body.phone)
-    from cloud.tenant_app.accounts import masked
-    from cloud.tenant_app.login import phone_of
-
     return CodeSent(sent_to=masked(phone_of(body.phone)), dev_code=code)
 
 
@@ -203,8 +201,6 @@ async def login_phone(body: PhoneLogin, svc: ServicesDep) -> LoginOut:
 
 @router.post("/logout", status_code=204)
 async def logout(request: Request, user: UserDep, svc: ServicesDep) -> Response:
-    from miniapp_api.deps import bearer
-
     await svc.app_sessions.revoke(bearer(request) or "")
     return Response(status_code=204)
 
@@ -320,10 +316,7 @@ async def order(out_trade_no: OrderNo, user: UserDep, svc: ServicesDep) -> Order
     return _order(await svc.wechat_pay.order(user, out_trade_no))
 
 
-def _order(o: object) -> OrderOut:
-    from cloud.payments.wechat.orders import OrderView
-
-    assert isinstance(o, OrderView)
+def _order(o: OrderView) -> OrderOut:
     return OrderOut(
         out_trade_no=o.out_trade_no,
         account=o.account_number,

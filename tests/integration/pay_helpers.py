@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from cloud.api.app import create_app
 from cloud.db import Database
+from cloud.embedded import free_port
 from cloud.payments.wechat.merchant import MerchantSettings, set_merchant
 from cloud.payments.wechat.settings import PaySettings
 from cloud.registry.service import GroupSpec, Seeded, seed_group
@@ -31,14 +32,6 @@ from tests.conftest import group_spec, wait_for
 SP_MCHID = "1900000100"
 SP_APPID = "wx-sp-platform"
 SP_SECRET = "sp-platform-secret"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

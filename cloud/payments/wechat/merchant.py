@@ -7,6 +7,7 @@ key, the APIv3 key and the mini-program's secret are sealed at rest. ``Clients``
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from wechatpayv3.async_ import AsyncWeChatPay
 from wechatpayv3.async_.type import WeChatPayType
 
+from cloud import audit
 from cloud.db import Database
 from cloud.errors import Invalid, NotFound, Unavailable
 from cloud.payments.wechat.secrets import SecretBox
@@ -88,9 +90,13 @@ class Merchant:
 
     @property
     def clearing_code(self) -> str:
-        """The channel whose clearing account holds this merchant's money."""
-        s = self.settings
-        return f"wechat:{s.sub_mchid}" if self.partner else f"wechat:{s.mchid}"
+        return clearing_channel(self.settings.mode, self.settings.mchid, self.settings.sub_mchid)
+
+
+def clearing_channel(mode: str, mchid: str, sub_mchid: str | None) -> str:
+    """The channel whose clearing account holds a merchant's money: the sub-merchant's in
+    partner mode (each group's own), the merchant's in direct mode."""
+    return f"wechat:{sub_mchid}" if mode == "partner" else f"wechat:{mchid}"
 
 
 async def set_merchant(
@@ -138,8 +144,6 @@ async def set_merchant(
             ),
             values,
         )
-        from cloud import audit  # (audit imports nothing of payments)
-
         detail = {"mode": settings.mode, "mchid": settings.mchid}
         if settings.sub_mchid:
             detail["sub_mchid"] = settings.sub_mchid
@@ -243,8 +247,6 @@ class PayUnavailable(Unavailable):
 
 def answer(code: int, message: Any) -> dict[str, Any]:
     """A wechatpayv3 answer's JSON body ({} when empty)."""
-    import json
-
     if isinstance(message, bytes):
         message = message.decode("utf-8", "replace")
     if not message:

@@ -28,7 +28,7 @@ from cloud.control.service import CommandTiming, after_topup
 from cloud.db import Database
 from cloud.errors import Conflict, Malformed, NotFound
 from cloud.ledger import core as ledger
-from cloud.ledger.service import balance_of, post
+from cloud.ledger.service import post
 from cloud.notify import outbox
 from cloud.payments.wechat import rules
 from cloud.payments.wechat.merchant import (
@@ -36,6 +36,7 @@ from cloud.payments.wechat.merchant import (
     Merchant,
     PayUnavailable,
     answer,
+    clearing_channel,
     load_merchant,
 )
 from cloud.payments.wechat.secrets import SecretBox
@@ -76,10 +77,6 @@ class NotificationRefused(Exception):
     def __init__(self, reason: str, status: int = 401) -> None:
         super().__init__(reason)
         self.status = status
-
-
-def _clearing(merchant_code: str) -> ledger.AccountRef:
-    return ledger.clearing(merchant_code)
 
 
 def _facts(row: Any) -> rules.OrderFacts:
@@ -394,7 +391,7 @@ class WeChatPayments:
         via: str,
         now: datetime,
     ) -> None:
-        code = f"wechat:{row.sub_mchid}" if row.mode == "partner" else f"wechat:{row.mchid}"
+        code = clearing_channel(row.mode, row.mchid, row.sub_mchid)
         wallet = ledger.wallet(row.account_id, row.number)
         posted = await post(
             conn,
@@ -404,7 +401,7 @@ class WeChatPayments:
                 kind=ledger.EntryKind.TOPUP,
                 actor=ACTOR,
                 effective_at=now,
-                legs=ledger.topup(wallet, _clearing(code), row.amount),
+                legs=ledger.topup(wallet, ledger.clearing(code), row.amount),
                 reason=f"WeChat Pay {row.out_trade_no}",
             ),
         )
@@ -575,7 +572,3 @@ async def _exception(
             "now": now,
         },
     )
-
-
-async def wallet_balance(conn: AsyncConnection, account_id: uuid.UUID, number: str) -> Decimal:
-    return await balance_of(conn, ledger.wallet(account_id, number).code)

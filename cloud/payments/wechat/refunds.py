@@ -26,7 +26,7 @@ from cloud.ledger import core as ledger
 from cloud.ledger.service import balance_of, post
 from cloud.notify import outbox
 from cloud.payments.wechat import rules
-from cloud.payments.wechat.merchant import Merchant, PayUnavailable, answer
+from cloud.payments.wechat.merchant import Merchant, PayUnavailable, answer, clearing_channel
 from cloud.payments.wechat.orders import ACTOR, NotificationRefused, WeChatPayments, _json_body
 
 log = logging.getLogger(__name__)
@@ -43,18 +43,14 @@ class RefundView:
     replayed: bool = False
 
 
-def _clearing_code(row: Any) -> str:
-    return f"wechat:{row.sub_mchid}" if row.mode == "partner" else f"wechat:{row.mchid}"
-
-
 async def _rerun_control(
     pay: WeChatPayments,
     conn: AsyncConnection,
     tenant_id: uuid.UUID,
     account_id: uuid.UUID,
-    wallet_id: uuid.UUID,
     now: datetime,
 ) -> None:
+    """The wallet moved: decide the account's points again (evaluate reads the balance)."""
     points = list(
         await conn.scalars(
             sa.text(
@@ -65,12 +61,7 @@ async def _rerun_control(
         )
     )
     if points:
-        balance = await conn.scalar(
-            sa.text("SELECT balance FROM ledger_account WHERE id = :w"), {"w": wallet_id}
-        )
-        await evaluate(
-            conn, tenant_id, points, now, pay.timing, balances={wallet_id: balance}, actor=ACTOR
-        )
+        await evaluate(conn, tenant_id, points, now, pay.timing, actor=ACTOR)
 
 
 async def request_refund(
@@ -176,7 +167,7 @@ async def request_refund(
                     "reason": reason,
                 },
             )
-            await _rerun_control(pay, conn, tenant_id, row.account_id, row.wallet_id, now)
+            await _rerun_control(pay, conn, tenant_id, row.account_id, now)
     if replay is not None and replay.status != "requested":
         return replay
     merchant = await pay.merchant(tenant_id)
@@ -285,7 +276,9 @@ async def _paid(
                 actor=ACTOR,
                 effective_at=now,
                 legs=ledger.transfer(
-                    ledger.refunds_payable(), ledger.clearing(_clearing_code(row)), row.amount
+                    ledger.refunds_payable(),
+                    ledger.clearing(clearing_channel(row.mode, row.mchid, row.sub_mchid)),
+                    row.amount,
                 ),
                 reason=f"refund {out_refund_no} paid to WeChat Pay {row.out_trade_no}",
             ),
@@ -347,7 +340,7 @@ async def _give_back(
             sa.text("UPDATE payment_order SET refunded = refunded - :amt WHERE id = :o"),
             {"amt": row.amount, "o": row.order_id},
         )
-        await _rerun_control(pay, conn, tenant_id, row.account_id, row.wallet_id, now)
+        await _rerun_control(pay, conn, tenant_id, row.account_id, now)
     return status
 
 
