@@ -807,6 +807,22 @@ class WeChatPayStandIn:
             return []
         return await copies
 
+    def signed_notifications(
+        self, out_trade_no: str, copies: int = 1, *, mchid: str | None = None
+    ) -> list[Delivery]:
+        """The paid order's notification as ``copies`` signed deliveries, not yet sent
+        (``post`` sends one): a load driver signs ahead so that its own signing is not
+        what it measures."""
+        order = self.order(out_trade_no, mchid=mchid)
+        if order.notification is None:
+            raise ValueError(f"order {out_trade_no} is not paid")
+        body = order.notification
+        return [self._delivery(order, body) for _ in range(copies)]
+
+    async def post(self, delivery: Delivery) -> Delivery:
+        """Send one delivery (from ``signed_notifications`` or ``bad_notification``)."""
+        return await self._post(delivery)
+
     def _delivery(self, order: Order, body: str, kind: str = "genuine", **sign: Any) -> Delivery:
         owner = self._owner(order)
         return Delivery(

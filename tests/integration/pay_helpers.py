@@ -7,15 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
+from pydantic import SecretStr
 
 from cloud.api.app import create_app
 from cloud.db import Database
@@ -102,7 +108,10 @@ async def add_group(
 
 
 @contextlib.asynccontextmanager
-async def pay_env(db_url: str) -> AsyncIterator[PayEnv]:
+async def pay_env(db_url: str, api_process: bool = False) -> AsyncIterator[PayEnv]:
+    """The stand-ins and the API. ``api_process``: the API runs as ``prepay api`` in a
+    process of its own (benchmarks: its CPU is not shared with the stand-in and the driver);
+    this process keeps a wiring of the same settings for the merchants' sealed secrets."""
     pay = WeChatPayStandIn()
     wx = WeChatStandIn(appid=SP_APPID, secret=SP_SECRET)
     keys = MerchantKeys.generate(SP_MCHID)
@@ -111,25 +120,54 @@ async def pay_env(db_url: str) -> AsyncIterator[PayEnv]:
     wx_url = await wx.start()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    settings = PaySettings(base_url=pay_url, public_base_url=base, wechat_api_base_url=wx_url)
+    merchant_key = Fernet.generate_key().decode()
+    settings = PaySettings(
+        base_url=pay_url,
+        public_base_url=base,
+        wechat_api_base_url=wx_url,
+        merchant_key=SecretStr(merchant_key),
+    )
     wiring = Wiring.build(CloudSettings(database_url=db_url), db_url, pay=settings)
-    task = asyncio.create_task(serve_http(create_app(wiring.services), "127.0.0.1", port))
+    task: asyncio.Task[None] | None = None
+    proc: asyncio.subprocess.Process | None = None
+    if api_process:
+        env = {
+            **os.environ,
+            "DATABASE_URL": db_url,
+            "PREPAY_DATABASE_URL": db_url,
+            "PREPAY_API_PORT": str(port),
+            "PREPAY_SECRET_KEY": os.environ.get("PREPAY_SECRET_KEY", secrets.token_urlsafe(48)),
+            "PREPAY_WECHATPAY_BASE_URL": pay_url,
+            "PREPAY_WECHATPAY_PUBLIC_BASE_URL": base,
+            "PREPAY_WECHATPAY_WECHAT_API_BASE_URL": wx_url,
+            "PREPAY_WECHATPAY_MERCHANT_KEY": merchant_key,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "prepay"), "api", env=env
+        )
+    else:
+        task = asyncio.create_task(serve_http(create_app(wiring.services), "127.0.0.1", port))
 
     async def up() -> bool:
+        assert proc is None or proc.returncode is None, "prepay api exited"
         with contextlib.suppress(OSError):
             _, w = await asyncio.open_connection("127.0.0.1", port)
             w.close()
             return True
         return False
 
-    await wait_for(up, 20, "the API to listen")
+    await wait_for(up, 30, "the API to listen")
     try:
         async with httpx.AsyncClient(base_url=base, timeout=20) as http:
             yield PayEnv(base, http, wiring, pay, wx, keys)
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if proc is not None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 10)
         await pay.stop()
         await wx.stop()
         await wiring.services.wechat_pay.close()

@@ -12,12 +12,14 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from cloud.db import Database
 from cloud.payments.wechat.jobs import sweep_once
 from cloud.payments.wechat.refunds import request_refund
+from cloud.payments.wechat.secrets import SecretBox
 from standins.wechatpay import BAD_KINDS
 from tests.integration.pay_helpers import (
     PayEnv,
@@ -183,6 +185,30 @@ async def test_a_silent_payment_is_found_by_the_query_job_and_credited_once(
     async with db.tenant(g.seeded.tenant_id) as conn:
         via = await conn.scalar(sa.text("SELECT credited_via FROM payment_order"))
     assert via == "query"
+
+
+async def test_a_group_whose_merchant_secrets_do_not_open_stops_no_other(
+    env: PayEnv, db: Database
+) -> None:
+    broken, fine = await add_group(env, db), await add_group(env, db)
+    orders = {}
+    for g in (broken, fine):
+        auth = await wechat_login(env, g)
+        await bind(env, g, auth)
+        orders[g.slug] = await order(env, g, auth)
+        await env.pay.pay(orders[g.slug]["out_trade_no"], mchid=g.sub_mchid, notify=False)
+    # the broken group's secrets were sealed with a key this process does not have
+    async with db.tenant(broken.seeded.tenant_id) as conn:
+        await conn.execute(
+            sa.text("UPDATE merchant SET apiv3_key = :k"),
+            {"k": SecretBox(Fernet.generate_key()).seal("0" * 32)},
+        )
+    env.service._kept.clear()
+    _shift(env, timedelta(minutes=3))
+    counts = await sweep_once(env.service)
+    assert counts["failed"] >= 1
+    assert await credits(db, fine, orders[fine.slug]["out_trade_no"]) == 1
+    assert await credits(db, broken, orders[broken.slug]["out_trade_no"]) == 0
 
 
 async def test_an_expired_order_is_closed_and_a_late_success_still_credited(

@@ -27,7 +27,13 @@ from cloud.ledger.service import balance_of, post
 from cloud.notify import outbox
 from cloud.payments.wechat import rules
 from cloud.payments.wechat.merchant import Merchant, PayUnavailable, answer, clearing_channel
-from cloud.payments.wechat.orders import ACTOR, NotificationRefused, WeChatPayments, _json_body
+from cloud.payments.wechat.orders import (
+    ACTOR,
+    NotificationRefused,
+    WeChatPayments,
+    _json_body,
+    tenant_of,
+)
 
 log = logging.getLogger(__name__)
 FINAL = ("success", "closed", "abnormal", "failed")
@@ -356,9 +362,8 @@ async def refund_notified(
     except rules.Refused as exc:
         raise NotificationRefused(str(exc), exc.status) from None
     _json_body(body)
-    tenant_id = await pay._tenant(tenant)
-    merchant = await pay.merchant(tenant_id)
-    resource = await pay._verified(merchant, headers, body)
+    tenant_id = tenant_of(tenant)
+    resource = await pay.verified(tenant_id, headers, body)
     return await record_state(pay, tenant_id, resource)
 
 
@@ -380,7 +385,11 @@ async def sweep_refunds(pay: WeChatPayments, limit: int = 100) -> int:
             ).all()
         if not rows:
             continue
-        merchant = await pay.merchant(tenant_id)
+        try:
+            merchant = await pay.merchant(tenant_id)
+        except (Invalid, NotFound) as exc:  # one group's broken settings stop no other
+            log.error("refunds of tenant %s not asked again: %s", tenant_id, exc)
+            continue
         client = await pay.clients.of(merchant)
         for r in rows:
             try:
