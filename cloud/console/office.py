@@ -6,6 +6,7 @@ what was typed and the reason in the operator's language."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
@@ -31,9 +32,11 @@ from cloud.lifecycle.core import Settlement
 from cloud.payments.counter import SaleRequest, sell_credit
 from cloud.payments.reversal import reverse_sale
 from cloud.payments.sales import get_sale, list_sales
+from cloud.payments.wechat.refunds import ask_closing
 from cloud.registry import admin
 from cloud.tariffs.admin import list_tariffs
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 DONE = {
@@ -43,6 +46,11 @@ DONE = {
     "removed": N_("Meter removed."),
     "transferred": N_("Premises transferred to the new customer."),
     "cancelled": N_("Account cancelled."),
+    "cancelled_wechat": N_(
+        "Account cancelled. The balance goes back to the tenant's WeChat Pay payments, "
+        "newest first (WeChat usually pays it within minutes); a cash refund, if any, is "
+        "the rest."
+    ),
     "reversed": N_("Sale reversed."),
 }
 METHODS = (("cash", N_("Cash")), ("card", N_("Bank card")), ("transfer", N_("Bank transfer")))
@@ -377,8 +385,23 @@ async def _account(
         "receipt": request.query_params.get("receipt"),
         "form_key": forms.new_key(),
         "utilities": dict(UTILITIES),
+        "wechat_refundable": await _wechat_refundable(svc, who, number),
     }
     return render(request, svc, "account.html", ctx, status=status, section="accounts")
+
+
+async def _wechat_refundable(svc: Services, who: Principal, number: str) -> Decimal:
+    """What the account's WeChat payments can still take back (消户 原路退回)."""
+    async with svc.db.tenant(who.tenant_id) as conn:
+        value = await conn.scalar(
+            sa.text(
+                "SELECT coalesce(sum(o.amount - o.refunded), 0) FROM payment_order o "
+                "JOIN account a ON a.id = o.account_id WHERE a.number = :n "
+                "AND o.status = 'paid' AND o.refunded < o.amount"
+            ),
+            {"n": number},
+        )
+    return Decimal(value or 0)
 
 
 @router.get("/accounts/{number}")
@@ -473,11 +496,13 @@ async def remove_submit(point_id: uuid.UUID, request: Request, svc: ServicesDep)
 
 def _settlement(form: Any, transfer: bool = False) -> service.SettleRequest:
     how = _field(form, "how", max_len=10)
-    if how not in ("refund", "move", "write_off"):
+    if how not in ("refund", "move", "write_off", "wechat") or (how == "wechat" and transfer):
         raise FormError(_("Please choose: %(field)s") % {"field": _(LABELS["how"])})
     reason = _field(form, "reason", required=how == "write_off", max_len=500) or None
     if how == "write_off":
         return service.SettleRequest(None, write_off=True, reason=reason)
+    if how == "wechat":  # 原路退回: back to the WeChat payments, the rest in cash
+        return service.SettleRequest(Settlement.REFUND, reason=reason, to_wechat=True)
     if how == "move":  # (a transfer moves it to the account it opens)
         to = None if transfer else _field(form, "to_account", max_len=20)
         return service.SettleRequest(Settlement.MOVE, to_account=to, reason=reason)
@@ -528,6 +553,9 @@ async def _account_action(request: Request, svc: Services, number: str, what: st
         else:
             done = await service.cancel(svc.db, who, number, settle, now, svc.timing)
             where = f"/console/accounts/{number}?done=cancelled"
+            if done.wechat_refunds:
+                where += "_wechat"
+                await _ask_wechat(svc, who, done, settle.reason)
         if done.receipt_no:
             where += f"&receipt={done.receipt_no}"
     except DomainError as exc:
@@ -537,6 +565,19 @@ async def _account_action(request: Request, svc: Services, number: str, what: st
         return await _account(request, svc, who, number, explain(exc), exc.status, values)
     await forms.finish(svc.db, who, key, where)
     return RedirectResponse(where, status_code=303)
+
+
+async def _ask_wechat(
+    svc: Services, who: Principal, done: service.Settled, reason: str | None
+) -> None:
+    """The closing's WeChat refunds are in the books: ask WeChat now (the worker's refund
+    sweep asks again for any it could not reach)."""
+    try:
+        await ask_closing(
+            svc.wechat_pay, who.tenant_id, list(done.wechat_refunds), reason or "消户退款"
+        )
+    except DomainError as exc:
+        log.warning("account %s: WeChat refunds asked later: %s", done.account_number, exc)
 
 
 @router.post("/accounts/{number}/transfer")

@@ -43,6 +43,7 @@ from cloud.lifecycle.core import (
 from cloud.notify import outbox
 from cloud.payments.counter import SaleReceipt, SaleRequest, sell_in
 from cloud.payments.counter import replay as replay_sale
+from cloud.payments.wechat.refunds import ClosingRefund, refund_closing
 from cloud.rating.core import RatingMark, RatingOutcome, RegisterReading, flush, rate
 from cloud.rating.service import apply_to_points
 from cloud.registry import service as registry
@@ -1041,6 +1042,9 @@ class SettleRequest:
     write_off: bool = False
     reason: str | None = None
     finals: dict[uuid.UUID, Decimal] = field(default_factory=dict)  # typed final registers
+    # 消户, Settlement.REFUND: first back to the account's WeChat payments, newest first;
+    # whatever they cannot take is refunded in cash
+    to_wechat: bool = False
 
 
 @dataclass(frozen=True)
@@ -1054,6 +1058,7 @@ class Settled:
     entry_id: uuid.UUID | None
     new_account: str | None = None  # 过户: the account the points moved to
     points: tuple[uuid.UUID, ...] = ()  # 过户: the new account's points
+    wechat_refunds: tuple[ClosingRefund, ...] = ()  # 消户 to_wechat: WeChat is asked next
 
 
 def _finals(
@@ -1255,6 +1260,7 @@ async def cancel(
         await apply_to_points(
             conn, who.tenant_id, [r.id for r in live], _final_step(finals), now, timing, who.actor
         )
+        wechat = await _refund_to_wechat(conn, who, acct, req, now)
         money, receipt, entry = await _settle(conn, who, acct, req, target, now, "cancel")
         await _close(conn, acct, now)
         if money.moved and target is not None:
@@ -1281,6 +1287,7 @@ async def cancel(
                 "written_off": str(money.written_off),
                 "to": req.to_account or "",
                 "receipt": receipt or "",
+                "wechat_refunded": str(sum((p.amount for p in wechat), Decimal(0))),
                 "reason": req.reason or "",
                 "orders_ended": ", ".join(f"{o.kind}:{o.point}" for o in ended),
                 "supply_cuts": str(cuts),
@@ -1294,6 +1301,31 @@ async def cancel(
         req.to_account if money.moved else None,
         receipt,
         entry,
+        wechat_refunds=tuple(wechat),
+    )
+
+
+async def _refund_to_wechat(
+    conn: AsyncConnection, who: Principal, acct: _Account, req: SettleRequest, now: datetime
+) -> list[ClosingRefund]:
+    """消户 refunded to WeChat: the part of the balance the account's WeChat payments can
+    take back, recorded in this transaction (the rest is left for the cash refund)."""
+    if not req.to_wechat:
+        return []
+    if req.how is not Settlement.REFUND or req.refund_amount is not None:
+        raise Invalid("a refund to WeChat Pay refunds the balance; the counter pays the rest")
+    held = await balance_of(conn, acct.wallet.code)
+    if held <= 0:
+        return []
+    return await refund_closing(
+        conn,
+        who.tenant_id,
+        acct.id,
+        held,
+        req.reason or "消户退款",
+        who.actor,
+        f"close_{acct.id.hex[:20]}",
+        now,
     )
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
 import pytest
@@ -16,9 +16,14 @@ from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cloud.auth import PERMISSIONS, Principal
+from cloud.check import check
 from cloud.db import Database
+from cloud.errors import Invalid
+from cloud.lifecycle import service as lifecycle
+from cloud.lifecycle.core import Settlement
 from cloud.payments.wechat.jobs import sweep_once
-from cloud.payments.wechat.refunds import request_refund
+from cloud.payments.wechat.refunds import ask_closing, request_refund
 from cloud.payments.wechat.secrets import SecretBox
 from standins.wechatpay import BAD_KINDS
 from tests.integration.pay_helpers import (
@@ -391,3 +396,56 @@ async def test_closing_an_account_refunds_its_wechat_payments_newest_first(
     assert [p.out_refund_no for p in again] == ["CL01-1", "CL01-2"]
     assert len(env.pay.refunds) == 2  # asked once each
     assert await wallet(db, g) == Decimal("5.00")
+
+
+async def test_closing_an_account_refunds_its_wechat_payments_newest_first_the_rest_in_cash(
+    env: PayEnv, db: Database
+) -> None:
+    g = await add_group(env, db, balance="10.00")
+    auth = await wechat_login(env, g)
+    await bind(env, g, auth)
+    paid = []
+    for amount in ("30.00", "20.00"):
+        o = await order(env, g, auth, amount)
+        await env.pay.pay(o["out_trade_no"], mchid=g.sub_mchid)
+        paid.append(o["out_trade_no"])
+    async with db.tenant(g.seeded.tenant_id) as conn:  # the gateway carried the commands out
+        await conn.execute(
+            sa.text(
+                "UPDATE device_command SET state = 'acked', finished_at = now() "
+                "WHERE state IN ('queued', 'sent')"
+            )
+        )
+    who = Principal(g.seeded.tenant_id, g.seeded.operator_id, "admin", frozenset(PERMISSIONS))
+    timing = env.wiring.services.timing
+    with pytest.raises(Invalid):  # the cash part is what WeChat cannot take: not typed
+        await lifecycle.cancel(
+            db, who, g.account,
+            lifecycle.SettleRequest(Settlement.REFUND, refund_amount=Decimal("60.00"),
+                                    to_wechat=True),
+            datetime.now(UTC), timing,
+        )  # fmt: skip
+    done = await lifecycle.cancel(
+        db, who, g.account,
+        lifecycle.SettleRequest(Settlement.REFUND, reason="搬走", to_wechat=True),
+        datetime.now(UTC), timing,
+    )  # fmt: skip
+    parts = [(p.out_trade_no, p.amount) for p in done.wechat_refunds]
+    assert parts == [(paid[1], Decimal("20.00")), (paid[0], Decimal("30.00"))]
+    assert done.refunded == Decimal("10.00")  # the seeded cash, in cash
+    assert await wallet(db, g) == Decimal("0.00")
+    views = await ask_closing(env.service, g.seeded.tenant_id, list(done.wechat_refunds), "搬走")
+    assert {v.status for v in views} <= {"processing", "success"}
+    for p in done.wechat_refunds:
+        note = await env.pay.settle_refund(p.out_refund_no, mchid=g.sub_mchid)
+        assert note is not None and note.status == 204
+    again = await ask_closing(env.service, g.seeded.tenant_id, list(done.wechat_refunds), "搬走")
+    assert {v.status for v in again} == {"success"}
+    async with db.tenant(g.seeded.tenant_id) as conn:
+        rows = (
+            await conn.execute(
+                sa.text("SELECT status, count(*) FROM payment_refund GROUP BY status")
+            )
+        ).all()
+    assert [tuple(r) for r in rows] == [("success", 2)]
+    assert (await check(db, [g.seeded.tenant_id])).ok

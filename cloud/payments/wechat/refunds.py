@@ -126,53 +126,7 @@ async def request_refund(
             wallet = ledger.wallet(row.account_id, row.number)
             if amount > await balance_of(conn, wallet.code):
                 raise Conflict("the wallet holds less than the refund")
-            posted = await post(
-                conn,
-                tenant_id,
-                ledger.EntryDraft(
-                    idempotency_key=f"refund:{out_refund_no}",
-                    kind=ledger.EntryKind.REFUND,
-                    actor=actor,
-                    effective_at=now,
-                    legs=ledger.transfer(wallet, ledger.refunds_payable(), amount),
-                    reason=f"refund to WeChat Pay {out_trade_no}: {reason}",
-                ),
-            )
-            await conn.execute(
-                sa.text(
-                    "INSERT INTO payment_refund (id, tenant_id, order_id, out_refund_no, amount, "
-                    "reason, status, requested_at, requested_by, entry_id) VALUES "
-                    "(gen_random_uuid(), :t, :o, :r, :amt, :why, 'requested', :now, :by, :e)"
-                ),
-                {
-                    "t": tenant_id,
-                    "o": row.id,
-                    "r": out_refund_no,
-                    "amt": amount,
-                    "why": reason,
-                    "now": now,
-                    "by": actor,
-                    "e": posted.entry_id,
-                },
-            )
-            await conn.execute(
-                sa.text("UPDATE payment_order SET refunded = refunded + :amt WHERE id = :id"),
-                {"amt": amount, "id": row.id},
-            )
-            await audit.record(
-                conn,
-                tenant_id,
-                actor,
-                "payment.refund",
-                f"account:{row.number}",
-                now,
-                {
-                    "out_trade_no": out_trade_no,
-                    "out_refund_no": out_refund_no,
-                    "amount": str(amount),
-                    "reason": reason,
-                },
-            )
+            await _record(conn, tenant_id, row, amount, reason, actor, out_refund_no, now)
             await _rerun_control(pay, conn, tenant_id, row.account_id, now)
     if replay is not None and replay.status != "requested":
         return replay
@@ -181,6 +135,127 @@ async def request_refund(
         pay, merchant, tenant_id, out_refund_no, out_trade_no, amount, row.amount_fen, reason
     )
     return RefundView(out_refund_no, out_trade_no, amount, status, replay is not None)
+
+
+async def _record(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    row: Any,
+    amount: Decimal,
+    reason: str,
+    actor: str,
+    out_refund_no: str,
+    now: datetime,
+) -> None:
+    """The refund in our books (the order ``row`` locked): the wallet owes it to the payer
+    (refunds payable) from now on, whatever WeChat answers; the order's refunded grows."""
+    wallet = ledger.wallet(row.account_id, row.number)
+    posted = await post(
+        conn,
+        tenant_id,
+        ledger.EntryDraft(
+            idempotency_key=f"refund:{out_refund_no}",
+            kind=ledger.EntryKind.REFUND,
+            actor=actor,
+            effective_at=now,
+            legs=ledger.transfer(wallet, ledger.refunds_payable(), amount),
+            reason=f"refund to WeChat Pay {row.out_trade_no}: {reason}",
+        ),
+    )
+    await conn.execute(
+        sa.text(
+            "INSERT INTO payment_refund (id, tenant_id, order_id, out_refund_no, amount, "
+            "reason, status, requested_at, requested_by, entry_id) VALUES "
+            "(gen_random_uuid(), :t, :o, :r, :amt, :why, 'requested', :now, :by, :e)"
+        ),
+        {
+            "t": tenant_id,
+            "o": row.id,
+            "r": out_refund_no,
+            "amt": amount,
+            "why": reason,
+            "now": now,
+            "by": actor,
+            "e": posted.entry_id,
+        },
+    )
+    await conn.execute(
+        sa.text("UPDATE payment_order SET refunded = refunded + :amt WHERE id = :id"),
+        {"amt": amount, "id": row.id},
+    )
+    await audit.record(
+        conn,
+        tenant_id,
+        actor,
+        "payment.refund",
+        f"account:{row.number}",
+        now,
+        {
+            "out_trade_no": row.out_trade_no,
+            "out_refund_no": out_refund_no,
+            "amount": str(amount),
+            "reason": reason,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ClosingRefund:
+    out_refund_no: str
+    out_trade_no: str
+    amount: Decimal
+
+
+async def refund_closing(
+    conn: AsyncConnection,
+    tenant_id: uuid.UUID,
+    account_id: uuid.UUID,
+    amount: Decimal,
+    reason: str,
+    actor: str,
+    key: str,
+    now: datetime,
+) -> list[ClosingRefund]:
+    """消户 refunding to WeChat: up to ``amount`` of the closing account's wallet goes back
+    to the WeChat payments it came from, newest first, each at most what it has left, in
+    the closing's own transaction (``conn``); parts are ``<key>-<n>``. WeChat is asked
+    after the commit (:func:`ask_closing`; the refund sweep asks again if that fails)."""
+    if not re.fullmatch(r"[0-9A-Za-z_]{4,28}", key):
+        raise Invalid("the refund key is 4 to 28 letters, digits or _")
+    rows = (
+        await conn.execute(
+            sa.text(
+                "SELECT o.id, o.out_trade_no, o.amount, o.refunded, o.account_id, a.number "
+                "FROM payment_order o JOIN account a ON a.id = o.account_id "
+                "WHERE o.account_id = :a AND o.status = 'paid' AND o.refunded < o.amount "
+                "ORDER BY o.paid_at DESC, o.out_trade_no DESC FOR UPDATE OF o"
+            ),
+            {"a": account_id},
+        )
+    ).all()
+    out: list[ClosingRefund] = []
+    remaining = amount
+    for n, row in enumerate(rows, start=1):
+        if remaining <= 0:
+            break
+        part = min(remaining, row.amount - row.refunded)
+        no = f"{key}-{n}"
+        await _record(conn, tenant_id, row, part, reason, actor, no, now)
+        out.append(ClosingRefund(no, row.out_trade_no, part))
+        remaining -= part
+    return out
+
+
+async def ask_closing(
+    pay: WeChatPayments, tenant_id: uuid.UUID, parts: list[ClosingRefund], reason: str
+) -> list[RefundView]:
+    """Ask WeChat for the refunds a closing recorded (safe to repeat)."""
+    return [
+        await request_refund(
+            pay, tenant_id, p.out_trade_no, p.amount, reason, ACTOR, p.out_refund_no
+        )
+        for p in parts
+    ]
 
 
 async def _ask(
