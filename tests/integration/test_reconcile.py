@@ -169,3 +169,28 @@ async def test_resolving_theirs_only_credits_the_wallet_once(env: PayEnv, db: Da
     # the next run of that day finds nothing more, and the resolution stays
     again = await rec.reconcile(g.seeded.tenant_id, run.bill_date, "test")
     assert again.open == 0
+
+
+async def test_prepay_reconcile_on_demand(
+    env: PayEnv, db: Database, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import argparse
+
+    from cloud.reconcile.cli import run_reconcile
+
+    g = await add_group(env, db)
+    await paid(env, g, "30.00")
+    env.pay.tamper_bill(amounts={await paid(env, g, "15.00"): 1600})
+    today = china_day(datetime.now(UTC))
+    args = argparse.Namespace(tenant=g.slug, day=today)
+    assert await run_reconcile(env.wiring, args) == 2  # today's bill is not ready
+    assert "next morning" in capsys.readouterr().err
+    base = env.service.clock
+    env.service.clock = lambda: base() + timedelta(days=1)
+    assert await run_reconcile(env.wiring, args) == 0
+    out = capsys.readouterr().out
+    assert f"{today}: matched, 2 line(s), paid 46.00" in out
+    assert "amount_differs" in out and "1 open exception(s)" in out
+    old = argparse.Namespace(tenant=g.slug, day=today - timedelta(days=91))
+    assert await run_reconcile(env.wiring, old) == 2
+    assert "90 days" in capsys.readouterr().err
