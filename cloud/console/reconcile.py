@@ -50,6 +50,10 @@ DONE = {
     "write_off": N_("Difference written off."),
     "run": N_("Bill fetched and matched."),
 }
+RESOLVE_FORMS = (  # the resolutions that ask for a reason: (action, button, confirmation)
+    ("refund", N_("Refund to the payer"), N_("Credit this payment and refund it to the payer?")),
+    ("write_off", N_("Write off"), N_("Write this difference off? It is posted to adjustments.")),
+)
 EXPECTED = {"credit": "credited", "refund": "refunded", "write_off": "written_off"}
 # the service's refusals, for the catalogue (explain() finds them there)
 SERVICE_MESSAGES = (
@@ -139,6 +143,7 @@ async def _run_page(
         "KINDS": KINDS,
         "RESOLUTIONS": RESOLUTIONS,
         "can_write_off": "finance.write_off" in who.permissions,
+        "resolve_forms": RESOLVE_FORMS,
     }
     return render(request, svc, "reconcile_run.html", ctx, status=status, section="finance")
 
