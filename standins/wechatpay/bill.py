@@ -22,6 +22,7 @@ class BillFaults:
     states: dict[str, str] = field(default_factory=dict)  # out_trade_no → state shown
     wrong_hash: bool = False
     refunds: dict[str, int] = field(default_factory=dict)  # out_refund_no → fen shown
+    bad_lines: list[str] = field(default_factory=list)  # raw lines put among the rows
 
 
 BILL_HEADER = (
@@ -139,6 +140,8 @@ def render_trade_bill(
     rows.sort(key=lambda cells: cells[0])
     lines = [BILL_HEADER]
     lines += [",".join("`" + c for c in cells) for cells in rows]
+    lines[2:2] = faults.bad_lines  # (after the first row; the summary counts them as rows)
+    totals["count"] += len(faults.bad_lines)
     lines.append(BILL_SUMMARY_HEADER)
     summary = [
         str(totals["count"]),

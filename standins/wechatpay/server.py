@@ -694,11 +694,13 @@ class WeChatPayStandIn:
         states: dict[str, str] | None = None,
         wrong_hash: bool = False,
         refunds: dict[str, int] | None = None,
+        bad_lines: tuple[str, ...] = (),
     ) -> None:
         """Differences for the next bills (``BillFaults()`` clears them): ``extra_rows``
         payments we never made, ``missing`` orders left out, ``amounts`` and ``states``
         shown otherwise (by out_trade_no), ``refunds`` amounts shown otherwise (by
-        out_refund_no), ``wrong_hash`` a hash_value that is not the file's."""
+        out_refund_no), ``wrong_hash`` a hash_value that is not the file's, ``bad_lines``
+        raw lines among the rows."""
         self.bill_faults = BillFaults(
             extra_rows,
             set(missing),
@@ -706,6 +708,7 @@ class WeChatPayStandIn:
             dict(states or {}),
             wrong_hash,
             dict(refunds or {}),
+            list(bad_lines),
         )
 
     # ---- test control: payments and notifications ---------------------------------------
@@ -1003,6 +1006,7 @@ class WeChatPayStandIn:
             states={str(k): str(v) for k, v in (body.get("states") or {}).items()},
             wrong_hash=bool(body.get("wrong_hash", False)),
             refunds={str(k): int(v) for k, v in (body.get("refunds") or {}).items()},
+            bad_lines=tuple(str(line) for line in body.get("bad_lines", ())),
         )
         return web.json_response({"ok": True})
 

@@ -194,3 +194,55 @@ async def test_prepay_reconcile_on_demand(
     old = argparse.Namespace(tenant=g.slug, day=today - timedelta(days=91))
     assert await run_reconcile(env.wiring, old) == 2
     assert "90 days" in capsys.readouterr().err
+
+
+async def test_a_malformed_line_is_an_exception_of_its_own(env: PayEnv, db: Database) -> None:
+    g = await add_group(env, db)
+    first = await paid(env, g, "30.00")
+    await paid(env, g, "20.00")
+    env.pay.tamper_bill(bad_lines=("`2026-13-45 99:00:00,`oops", "no backticks at all"))
+    run = await tomorrow(env).reconcile(g.seeded.tenant_id, china_day(datetime.now(UTC)), "t")
+    assert run.state == "matched" and run.lines == 4
+    (a, b) = (await tomorrow(env).run_detail(admin(g), run.id))[1]
+    assert [(e.kind, e.line_no) for e in (a, b)] == [("malformed", 3), ("malformed", 4)]
+    assert "fields" in a.detail["why"] and "backtick" in b.detail["why"]
+    assert first not in {e.out_trade_no for e in (a, b)}  # the good lines matched
+
+
+async def test_refund_resolution_credits_then_refunds_the_payer(env: PayEnv, db: Database) -> None:
+    g = await add_group(env, db, balance="0.00")
+    missed = await paid(env, g, "25.00", notify=False)
+    rec = tomorrow(env)
+    run = await rec.reconcile(g.seeded.tenant_id, china_day(datetime.now(UTC)), "test")
+    (e,) = (await rec.run_detail(admin(g), run.id))[1]
+    with pytest.raises(Invalid, match="reason"):
+        await rec.resolve(admin(g), e.id, "refund", "")
+    done = await rec.resolve(admin(g), e.id, "refund", "付款人重复支付，原路退回")
+    assert done.resolution == "refunded"
+    assert await credits(db, g, missed) == 1
+    assert await wallet(db, g) == Decimal("0.00")  # credited, then moved to refunds payable
+    (refund,) = [r for r in env.pay.refunds.values() if r.order.out_trade_no == missed]
+    assert refund.amount == 2500
+
+
+async def test_the_worker_fetches_yesterdays_bill_once_it_is_ready(
+    env: PayEnv, db: Database
+) -> None:
+    from datetime import time as clock_time
+
+    from cloud.reconcile.bill import CST
+
+    g = await add_group(env, db)
+    await paid(env, g, "30.00")
+    day = china_day(datetime.now(UTC))
+    tid = g.seeded.tenant_id
+    early = datetime.combine(day + timedelta(days=1), clock_time(9, 30), CST)
+    assert await Reconciler(env.service, clock=lambda: early).morning([tid]) == {
+        "matched": 0, "refused": 0, "failed": 0,
+    }  # fmt: skip
+    ready = datetime.combine(day + timedelta(days=1), clock_time(10, 5), CST)
+    worker = Reconciler(env.service, clock=lambda: ready)
+    assert (await worker.morning([tid]))["matched"] == 1
+    assert (await worker.morning([tid]))["matched"] == 0  # once a day
+    (run,) = await worker.runs(admin(g))
+    assert (run.bill_date, run.state, run.found) == (day, "matched", 0)
