@@ -73,6 +73,12 @@ async def test_a_clean_day_has_no_exception(env: PayEnv, db: Database) -> None:
     assert (run.state, run.lines, run.found, run.paid_total) == ("matched", 2, 0, Decimal("42.50"))
     again = await rec.reconcile(g.seeded.tenant_id, run.bill_date, "test")  # on demand, again
     assert (again.id, again.state, again.found) == (run.id, "matched", 0)
+    site_clerk = Principal(
+        g.seeded.tenant_id, g.seeded.operator_id, "clerk", frozenset(PERMISSIONS), "site",
+        frozenset({g.seeded.site_id}),
+    )  # fmt: skip
+    with pytest.raises(Forbidden, match="tenant-wide"):  # the merchant's bill is the group's
+        await rec.runs(site_clerk)
 
 
 async def test_four_differences_give_exactly_four_exceptions_and_write_offs_post_them(

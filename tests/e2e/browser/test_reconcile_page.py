@@ -1,5 +1,6 @@
 """Finance reconciles a WeChat Pay bill in the console: the day's run, its exceptions, a
-payment we never heard of credited and WeChat's extra row written off with a reason.
+payment we never heard of credited and WeChat's extra row written off with a reason (after
+the bill was first refused for a wrong hash).
 Screenshots under .prepay/artifacts/browser/reconcile."""
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ async def test_finance_credits_a_missed_payment_and_writes_off_an_extra_row(
     g = await add_group(env, db, balance="0.00")
     await paid(env, g, "30.00")
     missed = await paid(env, g, "25.00", notify=False)
-    env.pay.tamper_bill(extra_rows=1)
     day = china_day(datetime.now(UTC))
+    env.pay.tamper_bill(wrong_hash=True)  # refused first, tried again by the worker
     await tomorrow(env).reconcile(g.seeded.tenant_id, day, "worker:reconcile")
     shots = ARTIFACTS / "reconcile"
     shutil.rmtree(shots, ignore_errors=True)
@@ -43,6 +44,11 @@ async def test_finance_credits_a_missed_payment_and_writes_off_an_extra_row(
         await sign_in(page, env.base, g.slug)
         await page.goto(f"{env.base}/console/finance/reconcile")
         await page.get_by_role("heading", name="微信支付对账").wait_for()
+        await page.get_by_text("已拒收：账单文件校验值不符，稍后自动重试").wait_for()
+        await page.screenshot(path=str(shots / "01-refused.png"), full_page=True)
+        env.pay.tamper_bill(extra_rows=1)
+        await tomorrow(env).reconcile(g.seeded.tenant_id, day, "worker:reconcile")
+        await page.reload()
         await page.screenshot(path=str(shots / "01-runs.png"), full_page=True)
         await page.get_by_role("link", name=str(day)).click()
         await page.get_by_role("heading", name=f"{day} 对账 · {g.sub_mchid}").wait_for()
