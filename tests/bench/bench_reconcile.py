@@ -13,20 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gzip
-import os
 import time
-import uuid
 from datetime import UTC, datetime, timedelta
 
-import psycopg
 import sqlalchemy as sa
-from psycopg import sql
 
 from cloud.db import Database, migrate
 from cloud.reconcile import bill as bills
 from cloud.reconcile.match import match
 from cloud.reconcile.service import Reconciler, _our_orders, _our_refunds, china_day
 from standins.wechatpay import Order, Refund
+from tests.bench.scratch import ScratchDatabase
 from tests.integration.pay_helpers import (
     SP_APPID,
     SP_MCHID,
@@ -145,17 +142,12 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lines", type=int, default=100_000)
     args = ap.parse_args()
-    admin = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-    name = f"prepay_bench_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = admin.rsplit("/", 1)[0] + "/" + name
+    scratch = ScratchDatabase.create()
     try:
-        migrate(url, "prepay_app")
-        asyncio.run(run(url, args.lines))
+        migrate(scratch.url, "prepay_app")
+        asyncio.run(run(scratch.url, args.lines))
     finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+        scratch.drop()
 
 
 if __name__ == "__main__":
