@@ -132,6 +132,9 @@ async def test_four_differences_give_exactly_four_exceptions_and_write_offs_post
             sa.text("SELECT count(*) FROM audit_event WHERE action = 'recon.written_off'")
         )
     assert audited == 2
+    from cloud.check import check
+
+    assert (await check(db, [tid])).ok  # every write-off balanced, every cached balance right
 
 
 async def test_a_wrong_hash_is_refused_and_tried_again(env: PayEnv, db: Database) -> None:
