@@ -207,3 +207,33 @@ def test_gzip_or_not_and_the_hash_of_the_decompressed_file() -> None:
         pass
     else:
         raise AssertionError("a cut gzip file must be refused")
+
+
+@given(st.data())
+def test_every_injected_difference_is_found_once_and_nothing_else(data: st.DataObject) -> None:
+    n = data.draw(st.integers(1, 25))
+    orders = [_order(i, data.draw(st.integers(100, 100_000))) for i in range(n)]
+    refunds = [_refund(o, i, o.total // 2) for i, o in enumerate(orders) if i % 3 == 0]
+    nos = [o.out_trade_no for o in orders]
+    missing = data.draw(st.sets(st.sampled_from(nos), max_size=n))
+    changed = data.draw(st.sets(st.sampled_from(nos), max_size=n)) - missing
+    back = {r.out_refund_no for r in refunds if r.order.out_trade_no not in missing}
+    refund_changed = (
+        data.draw(st.sets(st.sampled_from(sorted(back)), max_size=len(back))) if back else set()
+    )
+    extra = data.draw(st.integers(0, 3))
+    faults = BillFaults(
+        extra_rows=extra, missing=missing, amounts={no: 1 for no in changed},
+        refunds={no: 1 for no in refund_changed},
+    )  # fmt: skip
+    ours, ours_back = _books(orders, refunds)
+    found = match(bills.parse(_render(orders, refunds, faults)), ours, ours_back)
+    expected = (
+        {("ours_only", no) for no in missing}
+        | {("amount_differs", no) for no in changed}
+        | {("refund_mismatch", no) for no in refund_changed}
+        # a refund of a payment left out is left out too: ours only
+        | {("refund_mismatch", r.out_refund_no) for r in refunds if r.order.out_trade_no in missing}
+        | {("theirs_only", f"GHOST{i:06d}") for i in range(extra)}
+    )
+    assert sorted((d.kind, d.ref) for d in found) == sorted(expected)
