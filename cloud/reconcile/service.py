@@ -259,7 +259,13 @@ class Reconciler:
                     "coalesce(:h, hash_value), fetched_at = :now, state = CASE WHEN state = "
                     "'matched' THEN 'matched' ELSE :s END WHERE id = :r RETURNING attempts"
                 ),
-                {"s": state, "e": why[:2000], "h": hash_value, "now": now, "r": run_id},
+                {
+                    "s": state,
+                    "e": why[:2000],
+                    "h": (hash_value or "")[:64] or None,
+                    "now": now,
+                    "r": run_id,
+                },
             )
             await conn.execute(
                 sa.text("UPDATE recon_run SET next_try_at = :due WHERE id = :r"),
@@ -296,7 +302,7 @@ class Reconciler:
                     "attempts + 1 WHERE id = :r"
                 ),
                 {
-                    "h": hash_value or None,
+                    "h": hash_value[:64] or None,
                     "n": bill.lines,
                     "paid": _yuan(bill.settle_fen),
                     "back": _yuan(bill.refund_fen),
