@@ -14,7 +14,15 @@ from hypothesis import strategies as st
 
 from cloud.reconcile import bill as bills
 from cloud.reconcile.match import OurOrder, OurRefund, match
-from standins.wechatpay import BillFaults, Merchant, MerchantKeys, Order, Refund, render_trade_bill
+from standins.wechatpay import (
+    BillFaults,
+    Merchant,
+    MerchantKeys,
+    Order,
+    PayError,
+    Refund,
+    render_trade_bill,
+)
 
 KEYS = MerchantKeys("", "SERIAL", "k" * 32, "")
 ME = Merchant("1900000001", KEYS, {"wx-app"}, "public_key")
@@ -227,7 +235,11 @@ def test_every_injected_difference_is_found_once_and_nothing_else(data: st.DataO
         refunds={no: 1 for no in refund_changed},
     )  # fmt: skip
     ours, ours_back = _books(orders, refunds)
-    found = match(bills.parse(_render(orders, refunds, faults)), ours, ours_back)
+    try:
+        bill = bills.parse(_render(orders, refunds, faults))
+    except PayError:  # nothing left to show: WeChat has no bill that day (NO_STATEMENT_EXIST)
+        bill = bills.Bill()
+    found = match(bill, ours, ours_back)
     expected = (
         {("ours_only", no) for no in missing}
         | {("amount_differs", no) for no in changed}
