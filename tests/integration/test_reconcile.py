@@ -255,3 +255,15 @@ async def test_the_worker_fetches_yesterdays_bill_once_it_is_ready(
     assert (await worker.morning([tid]))["matched"] == 0  # once a day
     (run,) = await worker.runs(admin(g))
     assert (run.bill_date, run.state, run.found) == (day, "matched", 0)
+
+
+async def test_no_bill_from_wechat_leaves_our_payments_ours_only(env: PayEnv, db: Database) -> None:
+    g = await add_group(env, db)
+    only = await paid(env, g, "30.00")
+    env.pay.tamper_bill(missing=(only,))  # WeChat: NO_STATEMENT_EXIST
+    rec = tomorrow(env)
+    run = await rec.reconcile(g.seeded.tenant_id, china_day(datetime.now(UTC)), "test")
+    (e,) = (await rec.run_detail(admin(g), run.id))[1]
+    assert (run.state, run.lines, e.kind, e.ref, e.ours) == (
+        "matched", 0, "ours_only", only, Decimal("30.00"),
+    )  # fmt: skip
