@@ -35,6 +35,7 @@ PERMISSIONS = (
     "control.keep_power",
     "tariff.edit",
     "finance.reconcile",
+    "finance.write_off",  # write off a reconciliation difference (posted to adjustments)
     "gateway.commission",
     "gateway.configure",
     "field.books",  # make meter books (表册), open reading cycles, assign field workers

@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sys
 import uuid
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     from cloud.payments.wechat.cli import merchant_parser
 
     merchant_parser(sub)
+    rc = sub.add_parser(
+        "reconcile",
+        help="fetch a day's WeChat Pay trade bill of a property group's merchant, check its "
+        "SHA1 and match it against our payments (any of the last 90 days; again when done)",
+    )
+    rc.add_argument("--tenant", required=True, help="property group slug")
+    rc.add_argument(
+        "--day", required=True, type=date.fromisoformat, help="bill day YYYY-MM-DD (China time)"
+    )
     wx = sub.add_parser(
         "wechat-standin",
         help="local stand-ins of WeChat's API (code2session, subscribe messages) and WeChat Pay "
@@ -118,6 +128,10 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             from cloud.payments.wechat.cli import run_merchant
 
             return await run_merchant(wiring, args)
+        if args.cmd == "reconcile":
+            from cloud.reconcile.cli import run_reconcile
+
+            return await run_reconcile(wiring, args)
         if args.cmd == "broker-sync":
             return await _broker_sync(wiring, args)
         if args.cmd == "import":
@@ -151,6 +165,8 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             from cloud.control.dispatcher import Dispatcher
             from cloud.payments.wechat.jobs import payments_forever
             from cloud.rating.service import close_usage_windows_forever
+            from cloud.reconcile.jobs import reconcile_forever
+            from cloud.reconcile.service import Reconciler
 
             timing = wiring.services.timing
             await asyncio.gather(
@@ -158,6 +174,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 close_usage_windows_forever(wiring.db, timing, lambda: datetime.now(UTC)),
                 _notify_worker(wiring).run(),
                 payments_forever(wiring.services.wechat_pay),
+                reconcile_forever(Reconciler(wiring.services.wechat_pay)),
             )
         return 0
     finally:

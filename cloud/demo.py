@@ -38,6 +38,8 @@ from cloud.payments.wechat.jobs import payments_forever
 from cloud.payments.wechat.merchant import MerchantSettings, set_merchant
 from cloud.payments.wechat.settings import PaySettings
 from cloud.rating.service import close_usage_windows_forever
+from cloud.reconcile.jobs import reconcile_forever
+from cloud.reconcile.service import Reconciler
 from cloud.registry import admin
 from cloud.registry.admin import OperatorDraft
 from cloud.registry.admin_core import PremisesDraft
@@ -194,6 +196,9 @@ async def run_demo(settings: CloudSettings, port: int | None = None) -> None:
         asyncio.create_task(dispatcher.run(), name="dispatcher"),
         asyncio.create_task(notifier.run(), name="notifications"),
         asyncio.create_task(payments_forever(wiring.services.wechat_pay), name="payments"),
+        asyncio.create_task(
+            reconcile_forever(Reconciler(wiring.services.wechat_pay)), name="reconcile"
+        ),
         asyncio.create_task(
             close_usage_windows_forever(
                 wiring.db, wiring.services.timing, lambda: datetime.now(UTC), timedelta(minutes=1)

@@ -1099,3 +1099,73 @@ class FieldReading(SQLModel, table=True):
     outcome: str = Field(max_length=16)  # stored | duplicate_time | anomaly
     work_order_id: uuid.UUID | None = Field(default=None, foreign_key="work_order.id")
     received_at: datetime = _ts()
+
+
+# ---- Reconciliation with WeChat Pay (issue 18 item 3; migration 0021) ----------------------
+
+
+class ReconRun(SQLModel, table=True):
+    """One merchant's trade bill of one day (WeChat's, China time): fetched, its SHA1
+    checked, matched against our orders and refunds. ``refused`` (a wrong hash) and
+    ``failed`` (WeChat unreachable, an unknown layout) are tried again from ``next_try_at``."""
+
+    __tablename__ = "recon_run"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "mchid", "bill_date", name="recon_run_once"),
+        sa.Index("recon_run_due", "state", "next_try_at"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    mchid: str = Field(max_length=32)
+    clearing: str = Field(max_length=64)
+    bill_date: date
+    state: str = Field(max_length=10)  # pending | matched | refused | failed
+    attempts: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    next_try_at: datetime | None = _ts(nullable=True)
+    error: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    hash_value: str | None = Field(default=None, max_length=64)
+    lines: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    paid_total: Decimal = Field(
+        default=Decimal(0), sa_type=MONEY, sa_column_kwargs={"server_default": "0"}
+    )
+    refund_total: Decimal = Field(
+        default=Decimal(0), sa_type=MONEY, sa_column_kwargs={"server_default": "0"}
+    )
+    fee_total: Decimal = Field(
+        default=Decimal(0), sa_type=sa.Numeric(16, 5), sa_column_kwargs={"server_default": "0"}
+    )
+    requested_by: str
+    created_at: datetime = _ts()
+    fetched_at: datetime | None = _ts(nullable=True)
+    matched_at: datetime | None = _ts(nullable=True)
+
+
+class ReconException(SQLModel, table=True):
+    """A difference between WeChat's bill and our books (or a bill line we cannot read),
+    once per run, kind and reference; open until resolved."""
+
+    __tablename__ = "recon_exception"
+    __table_args__ = (
+        sa.UniqueConstraint("run_id", "kind", "ref", name="recon_exception_once"),
+        sa.Index("recon_exception_run", "run_id", "created_at"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    run_id: uuid.UUID = Field(foreign_key="recon_run.id")
+    kind: str = Field(max_length=16)
+    ref: str = Field(max_length=80)
+    out_trade_no: str | None = Field(default=None, max_length=64)
+    out_refund_no: str | None = Field(default=None, max_length=64)
+    line_no: int | None = None
+    ours: Decimal | None = Field(default=None, sa_type=MONEY, nullable=True)
+    theirs: Decimal | None = Field(default=None, sa_type=MONEY, nullable=True)
+    clearing_delta: Decimal = Field(
+        default=Decimal(0), sa_type=MONEY, sa_column_kwargs={"server_default": "0"}
+    )
+    detail: dict[str, Any] = Field(sa_type=pg.JSONB)
+    created_at: datetime = _ts()
+    resolution: str | None = Field(default=None, max_length=12)
+    reason: str | None = Field(default=None, sa_type=sa.Text, nullable=True)
+    resolved_by: str | None = None
+    resolved_at: datetime | None = _ts(nullable=True)
+    entry_id: uuid.UUID | None = None

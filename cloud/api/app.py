@@ -36,6 +36,7 @@ from cloud.console.notify_settings import router as notify_settings_router
 from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, render
 from cloud.console.readings import router as readings_router
+from cloud.console.reconcile import router as reconcile_router
 from cloud.console.refusals import explain
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
@@ -115,6 +116,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(readings_router)
     app.include_router(field_router)
     app.include_router(field_books_router)
+    app.include_router(reconcile_router)
     app.include_router(monitor_router)
     app.include_router(imports_router)
     app.include_router(settings_router)

@@ -72,6 +72,7 @@ PERMISSION_LABELS = {
     "control.keep_power": N_("Keep-power (保电)"),
     "tariff.edit": N_("Edit tariffs"),
     "finance.reconcile": N_("Reconcile finance"),
+    "finance.write_off": N_("Write off reconciliation differences"),
     "gateway.commission": N_("Commission gateways"),
     "gateway.configure": N_("Configure gateways"),
 }

@@ -21,6 +21,8 @@ class BillFaults:
     amounts: dict[str, int] = field(default_factory=dict)  # out_trade_no → fen shown
     states: dict[str, str] = field(default_factory=dict)  # out_trade_no → state shown
     wrong_hash: bool = False
+    refunds: dict[str, int] = field(default_factory=dict)  # out_refund_no → fen shown
+    bad_lines: list[str] = field(default_factory=list)  # raw lines put among the rows
 
 
 BILL_HEADER = (
@@ -60,7 +62,8 @@ def render_trade_bill(
         req = order.request
         shown = faults.amounts.get(order.out_trade_no, order.total)
         state = faults.states.get(order.out_trade_no, "REFUND" if refund else "SUCCESS")
-        fee = -fee_of(refund.amount) if refund else fee_of(shown)
+        back = faults.refunds.get(refund.out_refund_no, refund.amount) if refund else 0
+        fee = -fee_of(back) if refund else fee_of(shown)
         payer = req["payer"]
         cells = [
             at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S"),
@@ -79,7 +82,7 @@ def render_trade_bill(
             "0.00",
             refund.refund_id if refund else "0",
             refund.out_refund_no if refund else "0",
-            yuan(refund.amount) if refund else "0.00",
+            yuan(back) if refund else "0.00",
             "0.00",
             "ORIGINAL" if refund else "",
             "SUCCESS" if refund else "",
@@ -88,14 +91,14 @@ def render_trade_bill(
             f"{fee:.5f}",
             f"{fee_rate * 100:.2f}%",
             yuan(shown),
-            yuan(refund.amount) if refund else "0.00",
+            yuan(back) if refund else "0.00",
             "",
         ]
         rows.append(cells)
         totals["count"] += 1
         if refund:
-            totals["refund"] += refund.amount
-            totals["ask"] += refund.amount
+            totals["refund"] += back
+            totals["ask"] += back
         else:
             totals["settle"] += shown
             totals["order"] += shown
@@ -137,6 +140,8 @@ def render_trade_bill(
     rows.sort(key=lambda cells: cells[0])
     lines = [BILL_HEADER]
     lines += [",".join("`" + c for c in cells) for cells in rows]
+    lines[2:2] = faults.bad_lines  # (after the first row; the summary counts them as rows)
+    totals["count"] += len(faults.bad_lines)
     lines.append(BILL_SUMMARY_HEADER)
     summary = [
         str(totals["count"]),

@@ -13,8 +13,9 @@ answer is signed (``Wechatpay-Timestamp/Nonce/Serial/Signature/Signature-Type``,
 their query, the trade bill and its download. Test control (Python, and HTTP under
 ``/standin/`` with CORS): ``pay`` (notifications as WeChat sends them, duplicates,
 silence), ``resend``, ``send_bad`` (forged, tampered, other key, stale, probe, amount),
-``settle_refund``, ``tamper_bill``. Every notification sent and what our side answered is
-kept in ``deliveries``.
+``settle_refund``, ``tamper_bill`` (also ``POST /standin/tamper-bill``: a bill with an
+extra payment, one left out, an amount or a refund changed, a wrong hash). Every
+notification sent and what our side answered is kept in ``deliveries``.
 """
 
 from __future__ import annotations
@@ -169,6 +170,7 @@ class WeChatPayStandIn:
         r.add_post("/standin/bad", self._http_bad)
         r.add_post("/standin/settle-refund", self._http_settle)
         r.add_get("/standin/orders", self._http_orders)
+        r.add_post("/standin/tamper-bill", self._http_tamper)
         r.add_get("/standin/deliveries", self._http_deliveries)
         return app
 
@@ -691,10 +693,22 @@ class WeChatPayStandIn:
         amounts: dict[str, int] | None = None,
         states: dict[str, str] | None = None,
         wrong_hash: bool = False,
+        refunds: dict[str, int] | None = None,
+        bad_lines: tuple[str, ...] = (),
     ) -> None:
-        """Differences for the next bills (``BillFaults()`` clears them)."""
+        """Differences for the next bills (``BillFaults()`` clears them): ``extra_rows``
+        payments we never made, ``missing`` orders left out, ``amounts`` and ``states``
+        shown otherwise (by out_trade_no), ``refunds`` amounts shown otherwise (by
+        out_refund_no), ``wrong_hash`` a hash_value that is not the file's, ``bad_lines``
+        raw lines among the rows."""
         self.bill_faults = BillFaults(
-            extra_rows, set(missing), dict(amounts or {}), dict(states or {}), wrong_hash
+            extra_rows,
+            set(missing),
+            dict(amounts or {}),
+            dict(states or {}),
+            wrong_hash,
+            dict(refunds or {}),
+            list(bad_lines),
         )
 
     # ---- test control: payments and notifications ---------------------------------------
@@ -998,6 +1012,19 @@ class WeChatPayStandIn:
         return web.json_response(
             {**self.refund_view(refund), "delivery": self._view(d) if d else None}
         )
+
+    async def _http_tamper(self, request: web.Request) -> web.Response:
+        body = await self._control_body(request)
+        self.tamper_bill(
+            extra_rows=int(body.get("extra_rows", 0)),
+            missing=tuple(body.get("missing", ())),
+            amounts={str(k): int(v) for k, v in (body.get("amounts") or {}).items()},
+            states={str(k): str(v) for k, v in (body.get("states") or {}).items()},
+            wrong_hash=bool(body.get("wrong_hash", False)),
+            refunds={str(k): int(v) for k, v in (body.get("refunds") or {}).items()},
+            bad_lines=tuple(str(line) for line in body.get("bad_lines", ())),
+        )
+        return web.json_response({"ok": True})
 
     async def _http_orders(self, request: web.Request) -> web.Response:
         return web.json_response([self._state(o) for o in self.orders.values()])
