@@ -67,6 +67,7 @@ WORDS = {
     "spent": N_("Spent"),
     "topups": N_("Top-ups"),
     "none_yet": N_("None yet"),
+    "receipt": N_("Receipt"),
     "wechat": N_("WeChat Pay"),
     "cash": N_("Cash"),
     "card": N_("Card"),

@@ -253,6 +253,22 @@ async def usage(
     return [UsageOut(period=r.period, used=str(r.used), spent=f"{r.spent:.2f}") for r in rows]
 
 
+@router.get(
+    "/accounts/{number}/receipts/{reference}",
+    responses={**problems(404), 200: {"content": {"application/pdf": {}}}},
+    response_class=Response,
+)
+async def receipt(number: PathKey, reference: PathKey, user: UserDep, svc: ServicesDep) -> Response:
+    """A top-up's receipt (PDF): a WeChat payment's ``out_trade_no`` or a counter sale's
+    receipt number, as ``/topups`` lists them."""
+    pdf = await svc.tenant_accounts.receipt(user, number, reference)
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={"Content-Disposition": f'inline; filename="receipt-{reference}.pdf"'},
+    )
+
+
 @router.get("/accounts/{number}/topups", responses=problems(404))
 async def topups(number: PathKey, user: UserDep, svc: ServicesDep) -> list[TopUpOut]:
     rows = await svc.tenant_accounts.topups(user, number)

@@ -57,6 +57,7 @@ class ReceiptFields:
     grant: str | None  # 异地售电: the grant the sale was made under
     reversal: str | None  # 已冲正: when, by whom, why
     receipt_no: str
+    signatures: bool = True  # a counter's receipt is signed; an electronic one says so
 
 
 def receipt_fields(sale: SaleView) -> ReceiptFields:
@@ -111,15 +112,71 @@ def _templates() -> jinja2.Environment:
     )
 
 
+ELECTRONIC = "电子收据，无需签字"
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    """A WeChat Pay top-up as its receipt shows it (the tenant app's 收据)."""
+
+    out_trade_no: str
+    transaction_id: str | None
+    paid_at: datetime
+    amount: Decimal
+    refunded: Decimal
+    group_name: str
+    site_name: str | None
+    timezone: str
+    account_number: str
+    customer: str
+    premises: str | None
+
+
+def payment_fields(p: PaymentFacts) -> ReceiptFields:
+    rows = [
+        ("收据号", p.out_trade_no),
+        ("时间", local_time(p.paid_at, p.timezone)),
+        ("站点", p.site_name or "—"),
+        ("账户", p.account_number),
+        ("客户", p.customer),
+        ("房屋", p.premises or "—"),
+        ("付款方式", "微信支付"),
+        ("微信支付单号", p.transaction_id or "—"),
+        ("金额", money(p.amount)),
+        ("金额大写", amount_in_capitals(p.amount)),
+    ]
+    if p.refunded:
+        rows.append(("已退款", money(p.refunded)))
+    return ReceiptFields(
+        title="充值收据",
+        group=p.group_name,
+        rows=rows,
+        amount=money(p.amount),
+        capitals=amount_in_capitals(p.amount),
+        grant=None,
+        reversal=None,
+        receipt_no=p.out_trade_no,
+        signatures=False,
+    )
+
+
+def fields_pdf(fields: ReceiptFields, layout: str = "a5") -> bytes:
+    """A receipt's PDF from its fields (see :func:`receipt_pdf`)."""
+    return _draw_fields(fields, layout) or render_pdf(fields_html(fields, layout))
+
+
 def receipt_html(sale: SaleView, layout: str = "a5") -> str:
+    return fields_html(receipt_fields(sale), layout)
+
+
+def fields_html(fields: ReceiptFields, layout: str = "a5") -> str:
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
     template = _templates().get_template(f"receipt_{layout}.html")
-    fields = receipt_fields(sale)
     # a roll has no page height: one long enough for this receipt's lines, no second page
     roll_mm = 60 + 5 * len(fields.rows) + (16 if fields.grant else 0)
     roll_mm += 16 if fields.reversal else 0
-    return template.render(r=fields, fonts=CJK_FONTS, roll_mm=roll_mm)
+    return template.render(r=fields, fonts=CJK_FONTS, roll_mm=roll_mm, electronic=ELECTRONIC)
 
 
 log = logging.getLogger(__name__)
@@ -140,6 +197,7 @@ def _texts(f: ReceiptFields) -> list[str]:
         f.capitals,
         f.receipt_no,
         "人民币经办人签字：客户签字：请妥善保管本收据",
+        ELECTRONIC,
     ]
     texts += [t for row in f.rows for t in row]
     return texts + [t for t in (f.grant, f.reversal) if t]
@@ -148,9 +206,12 @@ def _texts(f: ReceiptFields) -> list[str]:
 def draw_receipt(sale: SaleView, layout: str = "a5") -> bytes | None:
     """The receipt drawn with reportlab in a few milliseconds, or None when the font is
     not ready or lacks one of its characters (the caller uses WeasyPrint then)."""
+    return _draw_fields(receipt_fields(sale), layout)
+
+
+def _draw_fields(f: ReceiptFields, layout: str) -> bytes | None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is not one of {', '.join(LAYOUTS)}")
-    f = receipt_fields(sale)
     if not canvas.drawable(_texts(f)):
         return None
     return _draw_a5(f) if layout == "a5" else _draw_roll(f)
@@ -232,8 +293,11 @@ def _draw_a5(f: ReceiptFields) -> bytes:
         y = _box(c, f.reversal, x0, y - 3 * mm, x1 - x0, 12, 2 * mm, red=True, line=1.2)
     c.setFont(canvas.FONT, 10)
     y -= 7 * mm + 10
-    c.drawString(x0, y, "经办人签字：")
-    c.drawRightString(x1 - 30 * mm, y, "客户签字：")
+    if f.signatures:
+        c.drawString(x0, y, "经办人签字：")
+        c.drawRightString(x1 - 30 * mm, y, "客户签字：")
+    else:
+        c.drawCentredString(w / 2, y, ELECTRONIC)
     c.showPage()
     c.save()
     return out.getvalue()

@@ -149,6 +149,19 @@ async def get_sale(db: Database, who: Principal, receipt_no: str) -> SaleView:
     return _view(row)
 
 
+async def sale_of_account(
+    conn: AsyncConnection, account_id: uuid.UUID, receipt_no: str
+) -> SaleView | None:
+    """The account's own sale ``receipt_no`` (``conn`` under the tenant), for its tenant."""
+    row = (
+        await conn.execute(
+            sa.text(f"{_SELECT} WHERE s.receipt_no = :r AND s.account_id = :a"),
+            {"r": receipt_no, "a": account_id},
+        )
+    ).first()
+    return _view(row) if row is not None else None
+
+
 async def list_sales(
     db: Database,
     who: Principal,

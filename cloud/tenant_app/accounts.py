@@ -5,6 +5,7 @@ subscribe-message acceptances. Every query is the user's bound accounts only."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from cloud.db import Database
+from cloud.documents.receipt import PaymentFacts, fields_pdf, payment_fields, receipt_fields
 from cloud.errors import Invalid, NotFound
 from cloud.notify.outbox import ALL_KINDS
+from cloud.payments.sales import sale_of_account
 from cloud.payments.wechat import rules
 from cloud.tenant_app.login import TenantLogin, phone_of
 from miniapp_api.identity import AppUser, BoundAccount, bound_account, bound_accounts
@@ -80,6 +83,25 @@ class Preferences:
 def masked(phone: str) -> str:
     digits = phone[-11:] if len(phone) >= 11 else phone
     return digits[:3] + "****" + digits[-4:] if len(digits) >= 7 else "****"
+
+
+_PAYMENT = """
+SELECT o.out_trade_no, o.transaction_id, o.paid_at, o.amount, o.refunded,
+       t.name AS group_name, st.name AS site_name,
+       coalesce(st.timezone, 'Asia/Shanghai') AS timezone, a.number AS account_number,
+       c.name AS customer,
+       (SELECT b.name || ' ' || p.floor || ' ' || p.number FROM service_point sp
+          JOIN premises p ON p.id = sp.premises_id JOIN building b ON b.id = p.building_id
+         WHERE sp.account_id = a.id ORDER BY sp.removed_at NULLS FIRST, sp.id LIMIT 1)
+         AS premises
+FROM payment_order o
+JOIN account a ON a.id = o.account_id
+JOIN customer c ON c.id = a.customer_id
+JOIN tenant t ON t.id = o.tenant_id
+LEFT JOIN site st ON st.id = (SELECT sp.site_id FROM service_point sp
+  WHERE sp.account_id = a.id ORDER BY sp.removed_at NULLS FIRST, sp.id LIMIT 1)
+WHERE o.account_id = :a AND o.out_trade_no = :r AND o.entry_id IS NOT NULL
+"""
 
 
 class TenantAccounts:
@@ -305,6 +327,23 @@ class TenantAccounts:
                 {"a": account.account_id, "lim": limit},
             )
             return [TopUp(r.at, r.amount, r.channel, r.ref, r.status) for r in rows]
+
+    async def receipt(self, user: AppUser, number: str, reference: str) -> bytes:
+        """The PDF receipt of one of the account's top-ups: a WeChat payment (its
+        ``out_trade_no``) or a counter sale (its receipt number); NotFound otherwise."""
+        async with self.db.tenant(user.tenant_id) as conn:
+            account = await bound_account(conn, user, number)
+            sale = await sale_of_account(conn, account.account_id, reference)
+            if sale is not None:
+                fields = receipt_fields(sale)
+            else:
+                row = (
+                    await conn.execute(sa.text(_PAYMENT), {"a": account.account_id, "r": reference})
+                ).first()
+                if row is None:
+                    raise NotFound("no such top-up on this account")
+                fields = payment_fields(PaymentFacts(**row._mapping))
+        return await asyncio.to_thread(fields_pdf, fields)
 
     # --- alerts ---------------------------------------------------------------------------
 

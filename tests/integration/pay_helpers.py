@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import secrets
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator
@@ -233,3 +234,11 @@ async def credits(db: Database, group: Group, out_trade_no: str) -> int:
             {"k": f"pay:{out_trade_no}"},
         )
     return int(n or 0)
+
+
+def pdf_text(pdf: bytes) -> str:
+    """The text of a PDF (poppler's pdftotext, which ``make test`` installs)."""
+    out = subprocess.run(
+        ["pdftotext", "-raw", "-", "-"], input=pdf, capture_output=True, check=True
+    )
+    return out.stdout.decode()

@@ -19,6 +19,7 @@ from tests.integration.pay_helpers import (
     bind,
     order,
     pay_env,
+    pdf_text,
     phone_login,
     wechat_login,
 )
@@ -164,6 +165,18 @@ async def test_days_left_usage_and_top_ups_come_from_the_ledger_and_the_readings
     assert [(t["channel"], t["amount"], t["reference"]) for t in r.json()] == [
         ("wechat", "20.00", o["out_trade_no"])
     ]
+    # its receipt, as the tenant downloads it
+    r = await env.http.get(
+        f"/miniapp/v1/accounts/{g.account}/receipts/{o['out_trade_no']}", headers=auth
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/pdf"
+    text = pdf_text(r.content).replace(" ", "")
+    for shown in ("充值收据", o["out_trade_no"], "微信支付", "¥20.00", "贰拾元整", "电子收据"):
+        assert shown in text, (shown, text)
+    r = await env.http.get(f"/miniapp/v1/accounts/{g.account}/receipts/PC0000", headers=auth)
+    assert r.status_code == 404
+    assert r.json()["message"]
 
 
 async def test_alert_preferences_and_subscriptions(env: PayEnv, db: Database) -> None:
@@ -201,6 +214,8 @@ async def test_no_route_answers_another_users_or_another_groups_data(
     owner = await wechat_login(env, a)
     await bind(env, a, owner)
     o = await order(env, a, owner)
+    paid = await order(env, a, owner, "10.00")
+    await env.pay.pay(paid["out_trade_no"], mchid=a.sub_mchid)
     stranger = await wechat_login(env, a)  # same group, nothing bound
     outsider = await wechat_login(env, b)  # another group (its own A000001 not bound)
     n = a.account
@@ -208,6 +223,7 @@ async def test_no_route_answers_another_users_or_another_groups_data(
         ("GET", f"/miniapp/v1/accounts/{n}", None),
         ("GET", f"/miniapp/v1/accounts/{n}/usage", None),
         ("GET", f"/miniapp/v1/accounts/{n}/topups", None),
+        ("GET", f"/miniapp/v1/accounts/{n}/receipts/{paid['out_trade_no']}", None),
         ("GET", f"/miniapp/v1/accounts/{n}/preferences", None),
         ("PUT", f"/miniapp/v1/accounts/{n}/preferences", {"channels": ["sms"]}),
         ("DELETE", f"/miniapp/v1/bindings/{n}", None),
@@ -226,5 +242,7 @@ async def test_no_route_answers_another_users_or_another_groups_data(
         assert r.status_code == 401, (method, path)
     # the owner still has it all
     assert (await env.http.get(f"/miniapp/v1/accounts/{n}", headers=owner)).status_code == 200
+    receipt = f"/miniapp/v1/accounts/{n}/receipts/{paid['out_trade_no']}"
+    assert (await env.http.get(receipt, headers=owner)).status_code == 200
     async with db.tenant(b.seeded.tenant_id) as conn:
         assert await conn.scalar(sa.text("SELECT count(*) FROM payment_order")) == 0

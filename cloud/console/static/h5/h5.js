@@ -329,8 +329,26 @@
       var right = document.createElement("strong");
       right.textContent = yuan(t.amount);
       li.appendChild(left); li.appendChild(right);
+      var link = document.createElement("button");
+      link.type = "button"; link.className = "link"; link.textContent = W.receipt;
+      link.addEventListener("click", function () { receipt(t.reference); });
+      li.appendChild(link);
       ul.appendChild(li);
     });
+  }
+
+  /* A top-up's receipt: the PDF fetched with the session, opened as a file. */
+  async function receipt(ref) {
+    var path = "/accounts/" + encodeURIComponent(current) + "/receipts/" + encodeURIComponent(ref);
+    try {
+      var r = await fetch(API + path, { headers: { "Authorization": "Bearer " + token } });
+      if (!r.ok) { status(W.error); return; }
+      var url = URL.createObjectURL(await r.blob());
+      var a = document.createElement("a");
+      a.href = url; a.download = "receipt-" + ref + ".pdf";
+      document.body.appendChild(a); a.click(); a.remove();
+      setTimeout(function () { URL.revokeObjectURL(url); }, 60000);
+    } catch (e) { status(W.offline); }
   }
 
   /* --- paying ------------------------------------------------------------------------- */
