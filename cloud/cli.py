@@ -36,6 +36,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="bring the database schema up to date")
     api = sub.add_parser("api", help="serve the REST API and console")
     api.add_argument("--port", type=int, default=None)
+    mini = sub.add_parser(
+        "miniapp",
+        help="serve the tenant app alone: /miniapp/v1 (mini-program API, WeChat Pay "
+        "notifications) and the /h5/ pages, without the console or the operators' API",
+    )
+    mini.add_argument("--port", type=int, default=None, help="default: PREPAY_API_PORT")
     sub.add_parser("ingest", help="consume gateway telemetry and acks (scale horizontally)")
     sub.add_parser(
         "worker",
@@ -143,6 +149,13 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             await serve_http(
                 create_app(wiring.services), settings.api_host, args.port or settings.api_port
             )
+            return 0
+        if args.cmd == "miniapp":
+            from cloud.api.app import create_app
+            from cloud.runtime import serve_http
+
+            app = create_app(wiring.services, tenant_app_only=True)
+            await serve_http(app, settings.api_host, args.port or settings.api_port)
             return 0
         if args.cmd == "notify":
             await _notify_worker(wiring).run()

@@ -98,10 +98,41 @@ def each_once(request: Request) -> None:
         raise RequestValidationError(errors)
 
 
-def create_app(services: Services) -> FastAPI:
-    app = _App(title="PrepayCloud API", version="0.1.0")
+def create_app(services: Services, tenant_app_only: bool = False) -> FastAPI:
+    """The API and the console; ``tenant_app_only`` (``prepay miniapp``): the tenant app
+    alone — /miniapp/v1 and the H5 pages — to run and scale apart from the console."""
+    title = "PrepayCloud tenant app API" if tenant_app_only else "PrepayCloud API"
+    app = _App(title=title, version="0.1.0")
     app.state.services = services
     once = [Depends(each_once)]  # (none of the API's query parameters is a list)
+    if not tenant_app_only:
+        _operators(app, once)
+    app.include_router(miniapp_router, dependencies=once)
+    app.include_router(h5_router)
+    static = Path(__file__).parent.parent / "console" / "static"
+    app.mount("/console/static", StaticFiles(directory=static), name="console-static")
+    app.add_middleware(LocaleMiddleware)
+    app.add_middleware(SecurityHeaders)
+    _handlers(app, services)
+    home = "/h5/" if tenant_app_only else "/console/"
+
+    @app.get("/", include_in_schema=False)
+    async def _root() -> Response:
+        return RedirectResponse(home)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def _health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def _metrics() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _operators(app: FastAPI, once: list[Any]) -> None:
+    """The operators' REST API and the console."""
     app.include_router(api_router, dependencies=once)
     app.include_router(lifecycle_router, dependencies=once)
     app.include_router(sales_router, dependencies=once)
@@ -123,13 +154,9 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(settings_edit_router)
     app.include_router(console_router)
     app.include_router(notify_callbacks)
-    app.include_router(miniapp_router, dependencies=once)
-    app.include_router(h5_router)
-    static = Path(__file__).parent.parent / "console" / "static"
-    app.mount("/console/static", StaticFiles(directory=static), name="console-static")
-    app.add_middleware(LocaleMiddleware)
-    app.add_middleware(SecurityHeaders)
 
+
+def _handlers(app: FastAPI, services: Services) -> None:
     @app.exception_handler(DomainError)
     async def _domain_error(request: Request, exc: DomainError) -> Response:
         if request.url.path.startswith("/console/"):  # a person: a page, in their language
@@ -176,17 +203,3 @@ def create_app(services: Services) -> FastAPI:
             return Response(status_code=204, headers={"Allow": f"{allow}, OPTIONS"})
         exc.headers = {**(exc.headers or {}), "Allow": allow}
         return await http_exception_handler(request, exc)
-
-    @app.get("/", include_in_schema=False)
-    async def _root() -> Response:
-        return RedirectResponse("/console/")
-
-    @app.get("/healthz", include_in_schema=False)
-    async def _health() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/metrics", include_in_schema=False)
-    async def _metrics() -> Response:
-        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
-
-    return app
