@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from cloud.api.app import create_app
 from cloud.auth import PERMISSIONS, Principal
 from cloud.check import check
 from cloud.db import Database
@@ -23,9 +25,10 @@ from cloud.errors import Invalid
 from cloud.lifecycle import service as lifecycle
 from cloud.lifecycle.core import Settlement
 from cloud.payments.wechat.jobs import sweep_once
-from cloud.payments.wechat.refunds import ask_closing, request_refund
+from cloud.payments.wechat.refunds import ClosingRefund, ask_closing, request_refund
 from cloud.payments.wechat.secrets import SecretBox
 from standins.wechatpay import BAD_KINDS
+from tests.conftest import console_form, console_login
 from tests.integration.pay_helpers import (
     PayEnv,
     add_group,
@@ -367,37 +370,6 @@ async def test_an_h5_top_up_goes_through_wechats_cashier_page(env: PayEnv, db: D
     assert await wallet(db, g) == before + Decimal("30.00")
 
 
-async def test_closing_an_account_refunds_its_wechat_payments_newest_first(
-    env: PayEnv, db: Database
-) -> None:
-    from cloud.errors import Invalid
-    from cloud.payments.wechat.refunds import refund_account
-
-    g = await add_group(env, db, balance="0.00")
-    auth = await wechat_login(env, g)
-    await bind(env, g, auth)
-    first = await order(env, g, auth, "20.00")
-    await env.pay.pay(first["out_trade_no"], mchid=g.sub_mchid)
-    second = await order(env, g, auth, "30.00")
-    await env.pay.pay(second["out_trade_no"], mchid=g.sub_mchid)
-    tenant = g.seeded.tenant_id
-    with pytest.raises(Invalid, match="less than the refund"):
-        await refund_account(env.service, tenant, g.account, Decimal("50.01"), "close", "t", "CL01")
-    parts = await refund_account(
-        env.service, tenant, g.account, Decimal("45.00"), "消户", "t", "CL01"
-    )
-    assert [(p.out_trade_no, p.amount) for p in parts] == [
-        (second["out_trade_no"], Decimal("30.00")),
-        (first["out_trade_no"], Decimal("15.00")),
-    ]
-    again = await refund_account(
-        env.service, tenant, g.account, Decimal("45.00"), "消户", "t", "CL01"
-    )
-    assert [p.out_refund_no for p in again] == ["CL01-1", "CL01-2"]
-    assert len(env.pay.refunds) == 2  # asked once each
-    assert await wallet(db, g) == Decimal("5.00")
-
-
 async def test_closing_an_account_refunds_its_wechat_payments_newest_first_the_rest_in_cash(
     env: PayEnv, db: Database
 ) -> None:
@@ -425,21 +397,45 @@ async def test_closing_an_account_refunds_its_wechat_payments_newest_first_the_r
                                     to_wechat=True),
             datetime.now(UTC), timing,
         )  # fmt: skip
-    done = await lifecycle.cancel(
-        db, who, g.account,
-        lifecycle.SettleRequest(Settlement.REFUND, reason="搬走", to_wechat=True),
-        datetime.now(UTC), timing,
-    )  # fmt: skip
-    parts = [(p.out_trade_no, p.amount) for p in done.wechat_refunds]
-    assert parts == [(paid[1], Decimal("20.00")), (paid[0], Decimal("30.00"))]
-    assert done.refunded == Decimal("10.00")  # the seeded cash, in cash
+    # the clerk closes it at the console: the WeChat part goes back first, the rest in cash
+    console = httpx.ASGITransport(app=create_app(env.wiring.services))
+    async with httpx.AsyncClient(transport=console, base_url="http://test") as clerk:
+        await console_login(clerk, g.slug)
+        page = await clerk.get(f"/console/accounts/{g.account}")
+        assert page.status_code == 200, page.text
+        assert "原路退回租户的微信支付（最多 ¥50.00" in page.text
+        r = await console_form(
+            clerk,
+            f"/console/accounts/{g.account}/cancel",
+            {"how": "wechat", "reason": "搬走", "form_key": "k" * 20},
+            follow_redirects=False,
+        )
+        assert r.status_code == 303, r.text
+        assert "done=cancelled_wechat" in r.headers["location"]
+    async with db.tenant(g.seeded.tenant_id) as conn:
+        rows = await conn.execute(
+            sa.text(
+                "SELECT r.out_refund_no, o.out_trade_no, r.amount, r.status FROM payment_refund r "
+                "JOIN payment_order o ON o.id = r.order_id ORDER BY r.out_refund_no"
+            )
+        )
+        asked = [tuple(r) for r in rows]
+    assert [(o, a) for _, o, a, _ in asked] == [
+        (paid[1], Decimal("20.00")),
+        (paid[0], Decimal("30.00")),
+    ]
+    assert {st for *_, st in asked} <= {"processing", "success"}  # WeChat was asked at once
     assert await wallet(db, g) == Decimal("0.00")
-    views = await ask_closing(env.service, g.seeded.tenant_id, list(done.wechat_refunds), "搬走")
-    assert {v.status for v in views} <= {"processing", "success"}
-    for p in done.wechat_refunds:
+    async with db.tenant(g.seeded.tenant_id) as conn:
+        cash = await conn.scalar(
+            sa.text("SELECT detail->>'refunded' FROM audit_event WHERE action = 'account.cancel'")
+        )
+    assert cash == "10.00"  # the seeded cash, refunded in cash
+    done = [ClosingRefund(no, o, a) for no, o, a, _ in asked]
+    for p in done:
         note = await env.pay.settle_refund(p.out_refund_no, mchid=g.sub_mchid)
         assert note is not None and note.status == 204
-    again = await ask_closing(env.service, g.seeded.tenant_id, list(done.wechat_refunds), "搬走")
+    again = await ask_closing(env.service, g.seeded.tenant_id, done, "搬走")
     assert {v.status for v in again} == {"success"}
     async with db.tenant(g.seeded.tenant_id) as conn:
         rows = (
