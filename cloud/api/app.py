@@ -37,6 +37,7 @@ from cloud.console.office import router as office_router
 from cloud.console.pages import LocaleMiddleware, render
 from cloud.console.readings import router as readings_router
 from cloud.console.refusals import explain
+from cloud.console.reports import router as reports_router
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
@@ -111,6 +112,7 @@ def create_app(services: Services) -> FastAPI:
     app.include_router(gateways_router)
     app.include_router(dunning_router)
     app.include_router(delivery_router)
+    app.include_router(reports_router)  # after delivery's /reports/notifications
     app.include_router(notify_settings_router)
     app.include_router(readings_router)
     app.include_router(field_router)
