@@ -6,6 +6,7 @@ come from ``cloud.reports``; this module parses, checks the scope, renders."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any
@@ -196,7 +197,7 @@ def workbook(title: str, subtitle: str, table: Table) -> bytes:
     """The report as an .xlsx (write-only: a large report streams): a title row, the
     period and sites, the headers, every row, the totals."""
     wb = Workbook(write_only=True)
-    ws = wb.create_sheet(title[:31])
+    ws = wb.create_sheet(re.sub(r"[\[\]:*?/\\]", "-", title)[:31])
     bold = Font(bold=True)
     head = WriteOnlyCell(ws, title)
     head.font = bold
@@ -217,7 +218,7 @@ def workbook(title: str, subtitle: str, table: Table) -> bytes:
                 cell.number_format = f
             cells.append(cell)
         ws.append(cells)
-    if table.totals:
+    if table.totals and table.rows:  # as the page: no totals under an empty table
         ws.append([_("Total")] + [table.totals.get(c.key) for c in table.columns[1:]])
     buf = io.BytesIO()
     wb.save(buf)

@@ -109,17 +109,17 @@ KEY_COLUMNS = {
     "site": (Column("site", N_("Site")),),
     "outlet": (Column("site", N_("Site")), Column("outlet", N_("Outlet"), "label")),
     "operator": (Column("site", N_("Site")), Column("operator", N_("Operator"), "label")),
-    "method": (Column("method", N_("Method"), "label"),),
-    "channel": (Column("channel", N_("Channel"), "label"),),
+    "method": (Column("method", N_("Payment method"), "label"),),
+    "channel": (Column("channel", N_("Payment channel"), "label"),),
     "day": (Column("period", N_("Day")),),
     "month": (Column("period", N_("Month")),),
     "year": (Column("period", N_("Year")),),
 }
 FIGURES = (
-    Column("sales", N_("Sales"), "int"),
-    Column("reversals", N_("Reversals"), "int"),
+    Column("sales", N_("Number of sales"), "int"),
+    Column("reversals", N_("Number of reversals"), "int"),
     Column("gross", N_("Taken"), "money"),
-    Column("reversed", N_("Reversed"), "money"),
+    Column("reversed", N_("Amount reversed"), "money"),
     Column("net", N_("Net collected"), "money"),
 )
 

@@ -187,10 +187,10 @@ ACCOUNT_COLUMNS = (
 )
 MONEY_COLUMNS = (
     Column("opening", N_("Opening balance"), "money"),
-    Column("topups", N_("Top-ups"), "money"),
+    Column("topups", N_("Topped up"), "money"),
     Column("kwh", N_("Electricity (kWh)"), "kwh"),
     Column("m3", N_("Water (m³)"), "m3"),
-    Column("usage", N_("Usage"), "money"),
+    Column("usage", N_("Usage charged"), "money"),
     Column("refunds", N_("Refunds"), "money"),
     Column("transfers", N_("Transfers"), "money"),
     Column("adjustments", N_("Adjustments"), "money"),
@@ -205,7 +205,7 @@ POINT_COLUMNS = (
     Column("closing_register", N_("Closing register"), "register"),
     Column("kwh", N_("Electricity (kWh)"), "kwh"),
     Column("m3", N_("Water (m³)"), "m3"),
-    Column("usage", N_("Usage"), "money"),
+    Column("usage", N_("Usage charged"), "money"),
 )
 
 
@@ -238,7 +238,7 @@ def shape(accounts: Sequence[AccountLine], level: str) -> Table:
         keys = ("site",) if level == "site" else ("site", "building")
         columns = (
             *(c for c in ACCOUNT_COLUMNS if c.key in keys),
-            Column("accounts", N_("Accounts"), "int"),
+            Column("accounts", N_("Number of accounts"), "int"),
             *MONEY_COLUMNS,
         )
         rows = _grouped(rows, keys)

@@ -39,7 +39,7 @@ GROUP BY b.site_name ORDER BY b.site_name
 
 COLUMNS = (
     Column("site", N_("Site")),
-    Column("accounts", N_("Accounts"), "int"),
+    Column("accounts", N_("Number of accounts"), "int"),
     Column("received", N_("Received to date"), "money"),
     Column("usage", N_("Usage to date"), "money"),
     Column("refunds", N_("Refunds to date"), "money"),
