@@ -211,12 +211,15 @@ def workbook(title: str, subtitle: str, table: Table) -> bytes:
     ws.append(headers)
     formats = [NUMBER_FORMATS.get(c.kind) for c in table.columns]
     for row in table.rows:
-        cells = []
+        cells: list[Any] = []
         for c, f in zip(table.columns, formats, strict=True):
-            cell = WriteOnlyCell(ws, cell_value(c, row.get(c.key)))
-            if f:
+            value = cell_value(c, row.get(c.key))
+            if f and value is not None:  # only figures carry a style: a large file streams
+                cell = WriteOnlyCell(ws, value)
                 cell.number_format = f
-            cells.append(cell)
+                cells.append(cell)
+            else:
+                cells.append(value)
         ws.append(cells)
     if table.totals and table.rows:  # as the page: no totals under an empty table
         ws.append([_("Total")] + [table.totals.get(c.key) for c in table.columns[1:]])

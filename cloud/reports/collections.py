@@ -36,7 +36,8 @@ w AS (
   LEFT JOIN journal_entry o ON o.id = e.reverses
   WHERE e.effective_at >= b.t0 AND e.effective_at < b.t1 AND coalesce(o.kind, e.kind) = 'topup'
 )
-SELECT w.site_name AS site, ol.name AS outlet, op.username AS operator,
+SELECT w.site_name AS site, ol.name AS outlet,
+       op.display_name || ' (' || op.username || ')' AS operator,
        cs.method, src.code AS source,
        CAST(w.effective_at AT TIME ZONE w.timezone AS date) AS day,
        count(*) FILTER (WHERE NOT w.reversal) AS sales,

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from cloud.db import pg_array
 from cloud.reports import postings as pt
 from cloud.reports.period import Period
+from cloud.reports.postings import tune
 from cloud.reports.scope import Scope
 from cloud.reports.table import N_, Column, Table, chart_of, totals
 
@@ -35,20 +36,14 @@ LEVEL_WORDS = {
 UNIT = {"electricity": "kwh", "water": "m3"}
 
 _MONEY = f"""
-WITH {pt.BOUNDS}, {pt.HOME}, {pt.WALLET_POSTINGS}
-SELECT account_id,
-  CASE WHEN kind IN ('usage', 'fixed_charge') AND effective_at >= t0
-       THEN split_part(cause, ':', 2) END AS point,
-  coalesce(-sum(amount) FILTER (WHERE effective_at < t0), 0.00) AS opening,
-  coalesce(-sum(amount) FILTER (WHERE effective_at >= t0 AND movement = 'topups'), 0.00) AS topups,
-  coalesce(sum(amount) FILTER (WHERE effective_at >= t0 AND movement = 'usage'), 0.00) AS usage,
-  coalesce(sum(amount) FILTER (WHERE effective_at >= t0 AND movement = 'refunds'), 0.00) AS refunds,
-  coalesce(-sum(amount) FILTER (WHERE effective_at >= t0 AND movement = 'transfers'), 0.00)
-    AS transfers,
-  coalesce(-sum(amount) FILTER (WHERE effective_at >= t0 AND movement = 'adjustments'), 0.00)
-    AS adjustments,
-  -sum(amount) AS closing
-FROM wp GROUP BY 1, 2
+WITH {pt.BOUNDS}, {pt.HOME}, {pt.WALLET_MOVES}
+SELECT w.account_id, x.kind, x.effective_at >= w.t0 AS inside,
+  CASE WHEN x.kind IN ('usage', 'fixed_charge') AND x.effective_at >= w.t0
+       THEN split_part(x.cause, ':', 2) END AS point,
+  sum(x.amount) AS amount
+FROM w JOIN x ON x.wallet_id = w.wallet_id
+WHERE x.effective_at < w.t1
+GROUP BY 1, 2, 3, 4
 """
 
 _ACCOUNTS = f"""
@@ -63,10 +58,11 @@ WHERE h.opened_at < b.t1 AND (h.closed_at IS NULL OR h.closed_at >= b.t0)
 
 _POINTS = f"""
 WITH {pt.BOUNDS}, {pt.HOME},
-seg AS (
+seg AS MATERIALIZED (
   SELECT sp.id AS point, sp.account_id, sp.name, sp.utility, t.name AS tariff, b.t0, b.t1,
          bd.channel_id, bd.installed_at, bd.removed_at, bd.install_register,
-         bd.removal_register
+         bd.removal_register, greatest(b.t0, bd.installed_at) AS lo,
+         least(b.t1, bd.removed_at + interval '1 microsecond') AS hi
   FROM service_point sp JOIN home h ON h.id = sp.account_id
   JOIN bounds b ON b.site_id = h.site_id JOIN tariff t ON t.id = sp.tariff_id
   LEFT JOIN binding bd ON bd.service_point_id = sp.id AND bd.installed_at < b.t1
@@ -75,15 +71,13 @@ seg AS (
 )
 SELECT seg.*,
   (SELECT r.total FROM reading r WHERE r.channel_id = seg.channel_id
-     AND r.measured_at >= seg.installed_at AND r.measured_at <= greatest(seg.t0, seg.installed_at)
+     AND r.measured_at >= seg.installed_at AND r.measured_at <= seg.lo
      AND r.total IS NOT NULL ORDER BY r.measured_at DESC LIMIT 1) AS open_read,
   (SELECT r.total FROM reading r WHERE r.channel_id = seg.channel_id
-     AND r.measured_at >= greatest(seg.t0, seg.installed_at) AND r.measured_at < seg.t1
-     AND (seg.removed_at IS NULL OR r.measured_at <= seg.removed_at)
+     AND r.measured_at >= seg.lo AND r.measured_at < seg.hi
      AND r.total IS NOT NULL ORDER BY r.measured_at LIMIT 1) AS first_read,
   (SELECT r.total FROM reading r WHERE r.channel_id = seg.channel_id
-     AND r.measured_at >= seg.installed_at AND r.measured_at < seg.t1
-     AND (seg.removed_at IS NULL OR r.measured_at <= seg.removed_at)
+     AND r.measured_at >= seg.installed_at AND r.measured_at < seg.hi
      AND r.total IS NOT NULL ORDER BY r.measured_at DESC LIMIT 1) AS close_read
 FROM seg ORDER BY seg.point, seg.installed_at
 """
@@ -290,6 +284,7 @@ def _grouped(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str
 async def lines(conn: AsyncConnection, scope: Scope, period: Period) -> list[AccountLine]:
     """Every account of the scope's sites open in the period or with money moved in it."""
     params = {"sites": pg_array(scope.ids), "first": period.first, "end": period.end}
+    await tune(conn)
     money = (await conn.execute(sa.text(_MONEY), params)).all()
     moved = sorted({r.account_id for r in money}, key=str)
     found = await conn.execute(sa.text(_ACCOUNTS), {**params, "moved": pg_array(moved)})
@@ -305,12 +300,15 @@ async def lines(conn: AsyncConnection, scope: Scope, period: Period) -> list[Acc
         a = accounts.get(r.account_id)
         if a is None:
             continue
-        a.opening += r.opening
-        a.closing += r.closing
-        for m in pt.MOVEMENTS:
-            a.moves[m] += getattr(r, m)
+        effect = -r.amount  # on the wallet's balance (credit-normal)
+        a.closing += effect
+        if not r.inside:
+            a.opening += effect
+            continue
+        m = pt.movement(r.kind)
+        a.moves[m] += -effect if m in pt.OUTGOING else effect
         if r.point:
-            usage_of[r.point] += r.usage
+            usage_of[r.point] += r.amount
     for p in point_lines((await conn.execute(sa.text(_POINTS), params)).all()).values():
         p.usage = usage_of.get(str(p.point), Decimal("0.00"))
         if (a := accounts.get(p.account_id)) is not None:

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
 TOPUPS = "topups"
 USAGE = "usage"
 REFUNDS = "refunds"
@@ -68,7 +71,7 @@ bounds AS (
 
 #: every account with its home site and the premises of its first point
 HOME = """
-home AS (
+home AS MATERIALIZED (
   SELECT a.id, a.number, a.wallet_id, a.customer_id, a.status, a.opened_at, a.closed_at,
          coalesce(f.site_id, (SELECT id FROM site ORDER BY id LIMIT 1)) AS site_id,
          f.premises_id
@@ -90,6 +93,35 @@ wp AS (
   FROM home h JOIN bounds b ON b.site_id = h.site_id
   JOIN posting p ON p.ledger_account_id = h.wallet_id
   JOIN journal_entry e ON e.id = p.entry_id
-  LEFT JOIN journal_entry o ON o.id = e.reverses
+  LEFT JOIN LATERAL (
+    SELECT x.kind, x.idempotency_key FROM journal_entry x WHERE x.id = e.reverses
+  ) o ON e.reverses IS NOT NULL
   WHERE e.effective_at < b.t1
 )"""
+
+#: the same postings, lean for a report over every wallet: an entry's own kind and key,
+#: or (the rare reversals) its original's, without joining every entry to another
+WALLET_MOVES = """
+w AS MATERIALIZED (
+  SELECT h.id AS account_id, h.wallet_id, b.t0, b.t1
+  FROM home h JOIN bounds b ON b.site_id = h.site_id
+),
+x AS (
+  SELECT p.ledger_account_id AS wallet_id, e.kind, e.effective_at, p.amount,
+         e.idempotency_key AS cause
+  FROM posting p JOIN journal_entry e ON e.id = p.entry_id
+  WHERE e.reverses IS NULL
+  UNION ALL
+  SELECT p.ledger_account_id, o.kind, e.effective_at, p.amount, o.idempotency_key
+  FROM journal_entry e JOIN journal_entry o ON o.id = e.reverses
+  JOIN posting p ON p.entry_id = e.id
+  WHERE e.reverses IS NOT NULL
+)"""
+
+
+async def tune(conn: AsyncConnection) -> None:
+    """This transaction's settings for a report's aggregation over every wallet: no JIT
+    (compiling costs more than it saves at a group's size) and memory enough to hash the
+    groups instead of sorting them on disk."""
+    await conn.execute(sa.text("SET LOCAL jit = off"))
+    await conn.execute(sa.text("SET LOCAL work_mem = '64MB'"))

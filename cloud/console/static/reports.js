@@ -19,7 +19,7 @@ document.addEventListener("DOMContentLoaded", function () {
     chart.setOption({ tooltip: { trigger: "item" }, legend: { bottom: 0 }, series: series, animation: false });
   } else {
     series = spec.series.map(function (s) {
-      return { type: spec.kind, name: s.name, data: s.values.map(Number) };
+      return { type: spec.kind, name: s.name, data: s.values.map(Number), barMaxWidth: 60 };
     });
     chart.setOption({
       tooltip: { trigger: "axis" }, legend: { top: 0 }, grid: { left: 60, right: 20, bottom: 60 },
