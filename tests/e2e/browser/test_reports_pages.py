@@ -82,9 +82,13 @@ async def test_finance_reads_the_energy_report_and_collections(live: Live, brows
         await page.goto(f"{live.base}/console/reports/collections?by=method")
         await page.locator("#report-chart svg").wait_for()
         await shot("04-collections-method")
+        await page.goto(f"{live.base}/console/reports/liability")
+        await page.get_by_role("heading", name="预收余额").wait_for()
+        await shot("05-liability")
         await page.emulate_media(media="print")
         assert not await page.get_by_role("button", name="查询").is_visible()
-        await shot("05-collections-print")
+        assert "¥338.00" in await page.locator(".report-table tfoot").inner_text()
+        await shot("06-liability-print")
     except BaseException:
         await page.screenshot(path=str(shots / "failed.png"), full_page=True)
         raise
