@@ -24,14 +24,14 @@ owing AS (
 ),
 running AS (
   SELECT w.account_id, w.effective_at,
+         row_number() OVER (PARTITION BY w.account_id ORDER BY w.effective_at, w.amount) AS n,
          -sum(w.amount) OVER (PARTITION BY w.account_id ORDER BY w.effective_at, w.amount
                               ROWS UNBOUNDED PRECEDING) AS balance
   FROM wp w JOIN owing USING (account_id)
 ),
 turned AS (
   SELECT account_id, effective_at, balance,
-         lag(balance) OVER (PARTITION BY account_id ORDER BY effective_at, balance DESC)
-           AS before
+         lag(balance) OVER (PARTITION BY account_id ORDER BY n) AS before
   FROM running
 )
 SELECT h.number, c.name AS customer, b.site_name AS site, b.timezone, bl.name AS building,

@@ -362,3 +362,35 @@ async def _scenario(db_url: str, ops: list[tuple[object, ...]]) -> None:
 @given(ops=OPS)
 def test_every_report_ties_out_to_the_ledger(db_url: str, ops: list[tuple[object, ...]]) -> None:
     asyncio.run(_scenario(db_url, ops))
+
+
+async def test_arrears_are_aged_from_the_last_time_the_balance_went_below_zero(
+    db: Database,
+) -> None:
+    """Opening ¥10 (today); 40 days ago usage of ¥15 took it below zero, 35 days ago a
+    top-up of ¥20 above, 20 days ago usage of ¥30 below again: ¥15 owed, for 20 days."""
+    g = await seed_group(db, group_spec())
+    who = Principal(g.tenant_id, g.operator_id, "admin", frozenset(PERMISSIONS))
+    now = datetime.now(UTC)
+    async with db.tenant(g.tenant_id) as conn:
+        acct = (await conn.execute(sa.text("SELECT id, number FROM account"))).one()
+        wallet = ledger.wallet(acct.id, acct.number)
+        revenue_ = ledger.revenue("electricity")
+        for n, (days, legs, kind) in enumerate(
+            [
+                (40, ledger.usage(wallet, revenue_, Decimal("15.00")), ledger.EntryKind.USAGE),
+                (35, ledger.topup(wallet, ledger.clearing(MERCHANT), Decimal("20.00")),
+                 ledger.EntryKind.TOPUP),
+                (20, ledger.usage(wallet, revenue_, Decimal("30.00")), ledger.EntryKind.USAGE),
+            ]
+        ):  # fmt: skip
+            draft = ledger.EntryDraft(f"age:{n}", kind, "test", now - timedelta(days=days), legs)
+            await post(conn, g.tenant_id, draft)
+        scope = await resolve(conn, who, "")
+        today = scope.today()
+        table = await arrears.report(conn, scope, Period(today, today))
+    (row,) = table.rows
+    assert row["arrears"] == Decimal("15.00")
+    assert row["days"] in (20, 21)  # the local date of "20 days ago" may be the day before
+    assert row["age"] == "up to 30 days"
+    assert table.chart is not None and table.chart.series[0].values[0] == Decimal("15.00")
