@@ -17,15 +17,19 @@ from cloud.reports.scope import Scope
 from cloud.reports.table import N_, Column, Table, chart_of, totals
 
 _ROWS = f"""
-WITH {pt.BOUNDS}, {pt.HOME}, {pt.WALLET_POSTINGS},
+WITH {pt.BOUNDS}, {pt.HOME}, {pt.WALLET_MOVES},
+wp AS (
+  SELECT w.account_id, x.amount, {pt.movement_case("x.kind")} AS movement
+  FROM w JOIN x ON x.wallet_id = w.wallet_id WHERE x.effective_at < w.t1
+),
 per_account AS (
-  SELECT site_id, account_id, -sum(amount) AS balance,
+  SELECT h.site_id, wp.account_id, -sum(amount) AS balance,
          coalesce(-sum(amount) FILTER (WHERE movement = 'topups'), 0.00) AS received,
          coalesce(sum(amount) FILTER (WHERE movement = 'usage'), 0.00) AS usage,
          coalesce(sum(amount) FILTER (WHERE movement = 'refunds'), 0.00) AS refunds,
          coalesce(-sum(amount) FILTER (WHERE movement IN ('transfers', 'adjustments')), 0.00)
            AS other
-  FROM wp GROUP BY 1, 2
+  FROM wp JOIN home h ON h.id = wp.account_id GROUP BY 1, 2
 )
 SELECT b.site_name AS site, count(x.account_id) AS accounts,
        coalesce(sum(x.received), 0.00) AS received, coalesce(sum(x.usage), 0.00) AS usage,
@@ -53,6 +57,7 @@ COLUMNS = (
 async def report(conn: AsyncConnection, scope: Scope, period: Period) -> Table:
     """At the end of the period's last day (its first day does not matter)."""
     params = {"sites": pg_array(scope.ids), "first": period.first, "end": period.end}
+    await pt.tune(conn)
     rows = [
         {c.key: (getattr(r, c.key) if c.kind != "money" else Decimal(getattr(r, c.key)))
          for c in COLUMNS}

@@ -16,12 +16,14 @@ from cloud.reports.scope import Scope
 from cloud.reports.table import N_, Column, Table, chart_of, totals
 
 _ROWS = f"""
-WITH {pt.BOUNDS}, {pt.HOME}, {pt.WALLET_POSTINGS},
+WITH {pt.BOUNDS}, {pt.HOME}, {pt.WALLET_MOVES},
 charged AS (
-  SELECT CASE WHEN split_part(cause, ':', 2) ~ '^[0-9a-f-]{{36}}$'
-              THEN CAST(split_part(cause, ':', 2) AS uuid) END AS point,
-         kind, amount
-  FROM wp WHERE effective_at >= t0 AND movement = 'usage'
+  SELECT CASE WHEN split_part(x.cause, ':', 2) ~ '^[0-9a-f-]{{36}}$'
+              THEN CAST(split_part(x.cause, ':', 2) AS uuid) END AS point,
+         x.kind, x.amount
+  FROM w JOIN x ON x.wallet_id = w.wallet_id
+  WHERE x.effective_at >= w.t0 AND x.effective_at < w.t1
+    AND {pt.movement_case("x.kind")} = 'usage'
 )
 SELECT coalesce(sp.utility, '') AS utility, coalesce(t.name, '') AS tariff,
        coalesce(sum(c.amount) FILTER (WHERE c.kind = 'usage'), 0.00) AS usage,
@@ -45,6 +47,7 @@ COLUMNS = (
 
 async def report(conn: AsyncConnection, scope: Scope, period: Period) -> Table:
     params = {"sites": pg_array(scope.ids), "first": period.first, "end": period.end}
+    await pt.tune(conn)
     rows = [
         {
             "utility": r.utility,
