@@ -38,6 +38,7 @@ from cloud.console.pages import LocaleMiddleware, render
 from cloud.console.readings import router as readings_router
 from cloud.console.reconcile import router as reconcile_router
 from cloud.console.refusals import explain
+from cloud.console.reports import router as reports_router
 from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
@@ -143,6 +144,7 @@ def _operators(app: FastAPI, once: list[Any]) -> None:
     app.include_router(gateways_router)
     app.include_router(dunning_router)
     app.include_router(delivery_router)
+    app.include_router(reports_router)  # after delivery's /reports/notifications
     app.include_router(notify_settings_router)
     app.include_router(readings_router)
     app.include_router(field_router)
