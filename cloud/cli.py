@@ -100,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     settings = CloudSettings()
     try:
+        if args.cmd in ("api", "miniapp"):
+            # the HTTP processes run on uvloop (with uvicorn's httptools parser): a WeChat
+            # Pay notification storm is event-loop and HTTP-parsing bound
+            import uvloop
+
+            return uvloop.run(_run(args, settings))
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
         return 130

@@ -78,13 +78,19 @@ def _query_names(dependant: Any) -> set[str]:
     return names
 
 
-def each_once(request: Request) -> None:
+_NAMES: dict[int, list[str]] = {}  # a route's query parameter names (routes live forever)
+
+
+async def each_once(request: Request) -> None:
     """A query parameter of the route given more than once is a 422 naming it (Starlette
     would take the last and ignore the others, which the client may not mean)."""
     route = request.scope.get("route")
     dependant = getattr(route, "dependant", None)
-    if dependant is None:
+    if dependant is None or not request.scope.get("query_string"):
         return
+    names = _NAMES.get(id(dependant))
+    if names is None:
+        names = _NAMES[id(dependant)] = sorted(_query_names(dependant))
     errors = [
         {
             "type": "repeated",
@@ -92,7 +98,7 @@ def each_once(request: Request) -> None:
             "msg": "must be given at most once",
             "input": given,
         }
-        for name in sorted(_query_names(dependant))
+        for name in names
         if len(given := request.query_params.getlist(name)) > 1
     ]
     if errors:

@@ -66,7 +66,8 @@ class Services:
         self.tenant_accounts = TenantAccounts(self.db, self.tenant_login)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
+    # (async: a plain def dependency costs every request a hop to the thread pool)
     svc: Services = request.app.state.services
     return svc
 

@@ -16,6 +16,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -74,6 +75,7 @@ class Outcome:
 
 MERCHANT_TTL_S = 60.0
 SETTLE_BATCH = 64  # settlements of one property group in one transaction, at most
+SETTLED_KEPT = 100_000  # credited orders remembered per process (duplicates answered at once)
 
 
 _Item = tuple[dict[str, Any], str]  # (WeChat's transaction, how we heard of it)
@@ -202,6 +204,9 @@ class WeChatPayments:
         # that does not verify with a kept merchant is tried again with the stored one)
         self._kept: dict[uuid.UUID, tuple[Merchant, float]] = {}
         self._settler = Settler(self._settle_batch)
+        # orders this process has seen credited (committed): WeChat's duplicates of their
+        # notification are answered without a transaction (most of a storm is duplicates)
+        self._settled: OrderedDict[tuple[uuid.UUID, str], None] = OrderedDict()
 
     async def close(self) -> None:
         await self.clients.close()
@@ -434,7 +439,14 @@ class WeChatPayments:
         raises NotificationRefused. Settlements arriving together for one property group
         share one transaction (``Settler``): the group's clearing account is in every one
         of them, and its row lock is taken once per batch instead of once per payment."""
+        key = (tenant_id, str(resource.get("out_trade_no", "")))
+        if key in self._settled:
+            return Outcome("duplicate", key[1])
         outcome = await self._settler.submit(tenant_id, resource, via)
+        if outcome.result in ("credited", "duplicate"):  # committed: final
+            self._settled[key] = None
+            if len(self._settled) > SETTLED_KEPT:
+                self._settled.popitem(last=False)
         if outcome.result == "refused":
             log.warning("payment %s refused: %s", outcome.out_trade_no, outcome.reason)
             raise NotificationRefused(outcome.reason, 400)
