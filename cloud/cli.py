@@ -36,12 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="bring the database schema up to date")
     api = sub.add_parser("api", help="serve the REST API and console")
     api.add_argument("--port", type=int, default=None)
+    api.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="serve from N processes sharing the port (default: PREPAY_API_PROCESSES or 1)",
+    )
     mini = sub.add_parser(
         "miniapp",
         help="serve the tenant app alone: /miniapp/v1 (mini-program API, WeChat Pay "
         "notifications) and the /h5/ pages, without the console or the operators' API",
     )
     mini.add_argument("--port", type=int, default=None, help="default: PREPAY_API_PORT")
+    mini.add_argument("--processes", type=int, default=None, help="as for prepay api")
     sub.add_parser("ingest", help="consume gateway telemetry and acks (scale horizontally)")
     sub.add_parser(
         "worker",
@@ -105,7 +112,16 @@ def main(argv: list[str] | None = None) -> int:
             # Pay notification storm is event-loop and HTTP-parsing bound
             import uvloop
 
-            return uvloop.run(_run(args, settings))
+            n = args.processes or settings.api_processes
+            if n < 1:
+                print(f"prepay {args.cmd}: --processes must be at least 1", file=sys.stderr)
+                return 2
+            if n == 1:
+                return uvloop.run(_run(args, settings))
+            from cloud.runtime import listening_socket, run_processes
+
+            args.sock = listening_socket(settings.api_host, args.port or settings.api_port)
+            return run_processes(n, lambda: uvloop.run(_run(args, settings)))
         return asyncio.run(_run(args, settings))
     except KeyboardInterrupt:
         return 130
@@ -153,7 +169,10 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             from cloud.runtime import serve_http
 
             await serve_http(
-                create_app(wiring.services), settings.api_host, args.port or settings.api_port
+                create_app(wiring.services),
+                settings.api_host,
+                args.port or settings.api_port,
+                getattr(args, "sock", None),
             )
             return 0
         if args.cmd == "miniapp":
@@ -161,7 +180,8 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
             from cloud.runtime import serve_http
 
             app = create_app(wiring.services, tenant_app_only=True)
-            await serve_http(app, settings.api_host, args.port or settings.api_port)
+            port = args.port or settings.api_port
+            await serve_http(app, settings.api_host, port, getattr(args, "sock", None))
             return 0
         if args.cmd == "notify":
             await _notify_worker(wiring).run()

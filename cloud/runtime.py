@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+import os
+import signal
+import socket
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -94,11 +97,66 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_http(app: FastAPI, host: str, port: int) -> None:
+async def serve_http(
+    app: FastAPI, host: str, port: int, sock: socket.socket | None = None
+) -> None:
+    """Serve ``app`` on host:port, or on ``sock`` (a listening socket several processes
+    share: ``prepay api --processes N``)."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
     server = _Server(config)
     try:
-        await server.serve()
+        await server.serve(sockets=[sock] if sock is not None else None)
     except asyncio.CancelledError:
         server.should_exit = True
         raise
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A bound, listening TCP socket for ``prepay api --processes N``: made before the
+    processes fork, so the kernel spreads the connections over them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_processes(n: int, child: Callable[[], int]) -> int:
+    """Fork ``n`` processes each running ``child()``; SIGTERM/SIGINT to this one stops
+    them all. Returns the first non-zero exit code (0 when all ended cleanly). One that
+    dies stops the others: a supervisor (systemd) restarts the service whole."""
+    pids: list[int] = []
+    for _ in range(n):
+        pid = os.fork()
+        if pid == 0:  # the child
+            code = 1
+            try:
+                code = child()
+            finally:
+                os._exit(code)
+        pids.append(pid)
+
+    stopping: list[int] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    code = 0
+    left = set(pids)
+    while left:
+        pid, status = os.wait()
+        left.discard(pid)
+        rc = os.waitstatus_to_exitcode(status)
+        if stopping and rc == -signal.SIGTERM:  # stopped by us: a clean end
+            continue
+        if rc and not code:
+            code = rc if rc > 0 else 128 - rc
+            stop(signal.SIGTERM, None)
+    return code

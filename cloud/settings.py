@@ -64,6 +64,9 @@ class CloudSettings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    # `prepay api` / `prepay miniapp` processes sharing the port (one per core: the API is
+    # CPU-bound under a notification storm; every decision about money is in the database)
+    api_processes: int = 1
     # a sale's A5 receipt drawn in the background as soon as it commits (the click on 打印
     # then finds it drawn); off in the test suite, where nobody prints
     draw_receipts_ahead: bool = True

@@ -1,5 +1,6 @@
 """`prepay miniapp` runs the tenant app on its own: /miniapp/v1 and the H5 pages in a
-process of their own, without the console or the operators' API."""
+process of their own, without the console or the operators' API — here from two processes
+sharing the port (``--processes 2``: a login code sent through one is checked by either)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ async def test_prepay_miniapp_serves_the_tenant_app_and_nothing_else(
         "PREPAY_SECRET_KEY": secrets.token_urlsafe(48),
     }
     proc = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "prepay"), "miniapp", env=env
+        str(Path(sys.executable).parent / "prepay"), "miniapp", "--processes", "2", env=env
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -48,6 +49,8 @@ async def test_prepay_miniapp_serves_the_tenant_app_and_nothing_else(
                 return False
 
             await wait_for(up, 30, "prepay miniapp to listen")
+            children = _children(proc.pid)
+            assert len(children) == 2, children  # two processes serve the one port
             r = await http.post(
                 "/miniapp/v1/login/sms", json={"tenant": spec.slug, "phone": "13800138555"}
             )
@@ -77,5 +80,17 @@ async def test_prepay_miniapp_serves_the_tenant_app_and_nothing_else(
             )
             assert r.status_code == 404
     finally:
+        children = _children(proc.pid) if proc.returncode is None else []
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == 0
+    for child in children:  # SIGTERM to the parent stopped its processes too
+        assert not Path(f"/proc/{child}").exists(), child
+
+
+def _children(pid: int) -> list[int]:
+    return [
+        int(c)
+        for task in Path(f"/proc/{pid}/task").iterdir()
+        for c in (task / "children").read_text().split()
+    ]

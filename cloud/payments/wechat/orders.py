@@ -457,6 +457,18 @@ class WeChatPayments:
     ) -> list[Outcome]:
         now = self.clock()
         async with self.db.tenant(tenant_id) as conn:
+            if len(batch) > 1:
+                # the batch's orders locked first, in one order: two processes' batches
+                # sharing orders (WeChat's duplicates) then never wait on each other in a
+                # cycle (an order here, the group's clearing account there)
+                nos = sorted({str(r.get("out_trade_no", "")) for r, _ in batch})
+                await conn.execute(
+                    sa.text(
+                        "SELECT id FROM payment_order WHERE out_trade_no = ANY(CAST(:nos AS "
+                        "text[])) ORDER BY out_trade_no FOR UPDATE"
+                    ),
+                    {"nos": nos},
+                )
             return [await self._settle_in(conn, tenant_id, r, via, now) for r, via in batch]
 
     async def _settle_in(
