@@ -13,7 +13,9 @@ always sum to the tariff applied to its total consumption, to the fen, however t
 readings are split into batches and windows.
 
 Readings at or before the mark (late, out of order, re-delivered) never charge: the mark
-only moves forward.
+only moves forward. One exception: while the mark is a bare baseline that has charged
+nothing yet, an earlier reading moves the baseline back and the difference up to it is
+charged (a new meter's first two readings rated out of order would lose that interval).
 """
 
 from __future__ import annotations
@@ -237,7 +239,8 @@ def rate(mark: RatingMark, readings: Sequence[RegisterReading], terms: PointTerm
             continue
         last = run.last_measured_at
         if last is not None and r.measured_at <= last:
-            run.late += 1
+            if r.measured_at == last or not _extend_back(run, r, terms):
+                run.late += 1
             continue
         _advance(run, r, terms)
     return RatingOutcome(
@@ -343,6 +346,33 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
         _charge(run, used, r, version, terms)
         run.consumption += used
     run.last_tou = r.tou
+
+
+def _extend_back(run: _Run, r: RegisterReading, terms: PointTerms) -> bool:
+    """A reading earlier than a baseline that has charged nothing yet: the baseline moves
+    back to it and the consumption up to the baseline is charged, priced at the baseline's
+    instant (the interval's end). The mark's instant stays where it is."""
+    base_at, base_reg = run.last_measured_at, run.last_register
+    total = r.total
+    if base_at is None or base_reg is None or total is None or run.consumption_total != 0:
+        return False
+    lim = terms.limits
+    delta = base_reg - total
+    if delta < 0 or delta > lim.max_rate * _hours(base_at - r.measured_at) + lim.slack:
+        return False
+    if delta:
+        base_tou = run.last_tou
+        run.last_tou = r.tou
+        _charge(
+            run,
+            delta,
+            RegisterReading(base_at, base_reg, base_tou),
+            _version(terms, base_at),
+            terms,
+        )
+        run.consumption += delta
+        run.last_tou = base_tou
+    return True
 
 
 def _tou_deltas(before: TouRegisters | None, now: TouRegisters | None) -> list[Decimal] | None:

@@ -367,3 +367,23 @@ def test_limits_by_utility(utility: str) -> None:
     from cloud.rating.core import limits_for
 
     assert limits_for(utility, Decimal(7)).max_rate == 7
+
+
+def test_a_new_meters_first_two_readings_out_of_order_charge_the_first_interval() -> None:
+    # Regression (issue 20): the later reading became the baseline and the earlier one was
+    # dropped as late, so the first interval was never charged.
+    later = rate(RatingMark(), [RegisterReading(T0 + timedelta(hours=1), Decimal(12))], TERMS)
+    assert later.billed == 0
+    earlier = rate(later.mark, [RegisterReading(T0, Decimal(10))], TERMS)
+    assert earlier.consumption == Decimal(2) and earlier.late == 0
+    assert earlier.mark.billed_total == to_fen(Decimal(2) * Decimal("0.8765"))
+    assert earlier.mark.last_measured_at == T0 + timedelta(hours=1)
+    in_order = rate(
+        RatingMark(),
+        [RegisterReading(T0, Decimal(10)), RegisterReading(T0 + timedelta(hours=1), Decimal(12))],
+        TERMS,
+    )
+    assert earlier.mark.billed_total == in_order.mark.billed_total
+    # once something was charged, an earlier reading is late again and charges nothing
+    again = rate(earlier.mark, [RegisterReading(T0 - timedelta(hours=1), Decimal(9))], TERMS)
+    assert again.billed == 0 and again.late == 1
