@@ -917,6 +917,7 @@ _FINAL = {
     AckStatus.FAILED: "failed",
     AckStatus.EXPIRED: "expired",
     AckStatus.INVALID: "failed",
+    AckStatus.SUPERSEDED: "superseded",
 }
 
 
