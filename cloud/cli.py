@@ -166,6 +166,12 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
         from contract.mqtt import Topics
 
         topics = Topics(settings.mqtt_prefix)
+        from cloud import metrics
+
+        port = (
+            settings.ingest_metrics_port if args.cmd == "ingest" else settings.worker_metrics_port
+        )
+        metrics.serve(port, settings.api_host, f"prepay {args.cmd}")
         if args.cmd == "ingest":
             from cloud.ingest.consumer import lanes, run_lanes
             from cloud.ingest.service import IngestService
@@ -188,6 +194,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 _notify_worker(wiring).run(),
                 payments_forever(wiring.services.wechat_pay),
                 reconcile_forever(Reconciler(wiring.services.wechat_pay)),
+                metrics.sample_forever(wiring.db),
             )
         return 0
     finally:

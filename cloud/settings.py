@@ -64,6 +64,8 @@ class CloudSettings(BaseSettings):
     session_max_age_s: int = 12 * 3600
     api_host: str = "127.0.0.1"
     api_port: int = 8000
+    ingest_metrics_port: int = 9101  # `prepay ingest`'s /metrics (0: none)
+    worker_metrics_port: int = 9102  # `prepay worker`'s /metrics (0: none)
     # a sale's A5 receipt drawn in the background as soon as it commits (the click on 打印
     # then finds it drawn); off in the test suite, where nobody prints
     draw_receipts_ahead: bool = True
