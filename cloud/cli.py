@@ -87,8 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         help="directory for the merchants' PEM files and <mchid>.json (mchid, serial, APIv3 key, "
         "public key id)",
     )
+    from cloud.chaos.cli import chaos_parser, run_chaos
+
+    chaos_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.cmd == "chaos":  # its own databases and processes
+        return run_chaos(args)
     if args.cmd == "wechat-standin":  # no database, no settings: stand-ins only
         from standins.launch import run_wechat
 
