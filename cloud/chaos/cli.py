@@ -55,6 +55,7 @@ def run_chaos(args: argparse.Namespace) -> int:
         injected = sum(n for k, n in report.faults.items() if k != "pg_backends_terminated")
         line = (
             f"seed {seed}: {injected} faults, {sum(report.workload.values())} requests, "
+            f"({', '.join(f'{k} {n}' for k, n in sorted(report.outcomes.items()))}), "
             f"converged in {report.converged_s}s, {report.elapsed}s"
         )
         if report.violations:

@@ -37,7 +37,9 @@ import httpx
 import psycopg
 import sqlalchemy as sa
 import yaml
+from cryptography.fernet import Fernet
 from psycopg import sql
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 
 from cloud.chaos.schedule import METERS, TENANTS, Schedule, Step, make_schedule
@@ -45,17 +47,25 @@ from cloud.check import check
 from cloud.db import Database, libpq_url, migrate
 from cloud.money import to_fen
 from cloud.mqtt import client
+from cloud.payments.wechat.merchant import MerchantSettings, set_merchant
+from cloud.payments.wechat.settings import PaySettings
 from cloud.registry.service import GroupSpec, MeterSpec, Seeded, seed_group
+from cloud.runtime import Wiring
+from cloud.settings import CloudSettings
 from contract.mqtt import Reading, TelemetryBatch, Topics, UpKind, dump
 from meter_profiles.loader import load_profiles
 from meter_profiles.simulators.meter import LoadCurve, SimulatedMeter
 from meter_profiles.simulators.modbus_tcp import ModbusTcpSimulator
+from standins.wechat import WeChatStandIn
+from standins.wechatpay import MerchantKeys, WeChatPayStandIn
 
 PROFILE = "acrel-ddsy1352-modbus"
 PRICE = Decimal("1.0000")
 BIN = Path(sys.executable).parent
 CONVERGE_S = 60.0  # supply must match the policy this long after the faults stop
 SPEED = 50.0  # simulated seconds per second: 3.6 kW draws ¥0.05 a second
+SP_MCHID, SP_APPID, SP_SECRET = "1900000100", "wx-sp-chaos", "sp-chaos-secret"
+FORGED = ("forged_signature", "tampered_body", "other_key", "stale_timestamp", "probe")
 SUPPLY = ("trip", "close", "close_allowed", "valve_open", "valve_close")
 
 
@@ -159,6 +169,7 @@ class Report:
     seconds: float
     faults: Counter[str] = field(default_factory=Counter)
     workload: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     elapsed: float = 0.0
     converged_s: float | None = None
@@ -187,6 +198,11 @@ class Run:
         self.tasks: list[asyncio.Task[None]] = []
         self.db: Database | None = None
         self.agents_stopped_at = datetime.now(UTC)
+        self.pay = WeChatPayStandIn()
+        self.wx = WeChatStandIn(appid=SP_APPID, secret=SP_SECRET)
+        self.subs: list[str] = []
+        self.app_auth: dict[int, dict[str, str]] = {}
+        self.wiring: Wiring | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     async def setup(self) -> None:
@@ -229,12 +245,14 @@ class Run:
             sim = ModbusTcpSimulator(meters)
             await sim.start()
             self.sims.append(sim)
+        self.api_port = free_port()
+        pay_env = await self._wechat()
         broker, self.mqtt_port = _mosquitto(self.root)
         self.procs["broker"] = broker
         broker.start()
         await _listening(self.mqtt_port, broker, "mosquitto")
-        self.api_port = free_port()
         env = {
+            **pay_env,
             **os.environ,
             "DATABASE_URL": self.url,
             "MQTT_URL": self.mqtt_url,
@@ -268,6 +286,116 @@ class Run:
         self.http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{self.api_port}", timeout=10)
         for t, spec in enumerate(self.specs):
             self.tokens[t] = await self._login(spec)
+
+    async def _wechat(self) -> dict[str, str]:
+        """WeChat's stand-ins (in this process) and each tenant's sub-merchant; the env the
+        API and the worker reach them with."""
+        keys = MerchantKeys.generate(SP_MCHID)
+        self.pay.add_merchant(SP_MCHID, keys, [SP_APPID])
+        pay_url, wx_url = await self.pay.start(), await self.wx.start()
+        merchant_key = Fernet.generate_key().decode()
+        base = f"http://127.0.0.1:{self.api_port}"
+        settings = PaySettings(
+            base_url=pay_url,
+            public_base_url=base,
+            wechat_api_base_url=wx_url,
+            merchant_key=SecretStr(merchant_key),
+        )
+        self.wiring = Wiring.build(CloudSettings(database_url=self.url), self.url, pay=settings)
+        box = self.wiring.services.wechat_pay.box
+        assert self.db is not None
+        for n, g in enumerate(self.groups, 1):
+            sub = f"19000001{n:02d}"
+            self.subs.append(sub)
+            self.pay.add_sub_merchant(SP_MCHID, sub)
+            async with self.db.tenant(g.tenant_id) as conn:
+                await conn.execute(
+                    sa.text("UPDATE customer SET phone = :p"), {"p": f"1380013{n:04d}"}
+                )
+            merchant = MerchantSettings(
+                mode="partner",
+                mchid=SP_MCHID,
+                appid=SP_APPID,
+                cert_serial_no=keys.cert_serial_no,
+                private_key=keys.private_key_pem,
+                apiv3_key=keys.apiv3_key,
+                sub_mchid=sub,
+                app_secret=SP_SECRET,
+                public_key=self.pay.public_key_pem,
+                public_key_id=self.pay.public_key_id,
+            )
+            await set_merchant(self.db, box, g.tenant_id, merchant, "chaos", datetime.now(UTC))
+        return {
+            "PREPAY_WECHATPAY_BASE_URL": pay_url,
+            "PREPAY_WECHATPAY_PUBLIC_BASE_URL": base,
+            "PREPAY_WECHATPAY_WECHAT_API_BASE_URL": wx_url,
+            "PREPAY_WECHATPAY_MERCHANT_KEY": merchant_key,
+            "PREPAY_WECHATPAY_QUERY_AFTER_S": "10",
+            "PREPAY_WECHATPAY_QUERY_EVERY_S": "5",
+        }
+
+    async def _tenant_app(self, t: int) -> dict[str, str] | None:
+        """A tenant logged in to the mini-program (by phone) with the account bound."""
+        if t in self.app_auth:
+            return self.app_auth[t]
+        phone, slug = f"1380013{t + 1:04d}", self.specs[t].slug
+        try:
+            r = await self.http.post("/miniapp/v1/login/sms", json={"tenant": slug, "phone": phone})
+            code = r.json()["dev_code"]
+            r = await self.http.post(
+                "/miniapp/v1/login/phone", json={"tenant": slug, "phone": phone, "code": code}
+            )
+            auth = {"authorization": f"Bearer {r.json()['token']}"}
+            for u in range(1, METERS + 1):
+                await self.http.post(
+                    "/miniapp/v1/bindings",
+                    json={"account": self.groups[t].accounts[f"m{u}"], "phone": phone},
+                    headers=auth,
+                )
+        except (httpx.HTTPError, KeyError, ValueError):
+            return None
+        self.app_auth[t] = auth
+        return auth
+
+    async def _wechat_pay(self, s: Step) -> None:
+        t = s.tenant
+        auth = await self._tenant_app(t)
+        req = Request("wechat_pay", t)
+        self.requests.append(req)
+        if auth is None:
+            return
+        body = {"account": self.groups[t].accounts[f"m{s.meter}"], "amount": s.amount}
+        try:
+            r = await self.http.post("/miniapp/v1/orders", json=body, headers=auth)
+        except httpx.HTTPError:
+            return
+        req.status = r.status_code
+        if r.status_code != 201:
+            return
+        req.key = r.json()["out_trade_no"]
+        how = s.variant % 4  # once, a storm of copies, late, never (the query job finds it)
+        await self.pay.pay(
+            req.key,
+            mchid=self.subs[t],
+            notify=how != 3,
+            duplicates=4 if how == 1 else 0,
+            concurrent=how == 1,
+            delay_s=3.0 if how == 2 else 0,
+        )
+
+    async def _forged(self, s: Step) -> None:
+        paid = [
+            r for r in self.requests if r.kind == "wechat_pay" and r.key and r.tenant == s.tenant
+        ]
+        if not paid:
+            return
+        order = paid[s.variant % len(paid)]
+        req = Request("forged_notification", s.tenant, key=order.key)
+        self.requests.append(req)
+        with contextlib.suppress(Exception):
+            kind = FORGED[s.variant % len(FORGED)]
+            d = await self.pay.send_bad(order.key, kind, mchid=self.subs[s.tenant])
+            req.status, req.body = d.status, kind
 
     @property
     def mqtt_url(self) -> str:
@@ -393,6 +521,10 @@ class Run:
             await self._send(req, "POST", "/api/v1/sales", self._sale_body(req))
         elif s.kind in ("bad_payload", "forged_telemetry"):
             await self._publish_bad(s)
+        elif s.kind == "wechat_pay":
+            await self._wechat_pay(s)
+        elif s.kind == "forged_notification":
+            await self._forged(s)
 
     async def _reverse(self, req: Request) -> None:
         body = {"reason": "chaos: reversal"}
@@ -512,6 +644,12 @@ class Run:
                 elif r.kind == "foreign_trip":
                     r.status = 0  # not sent again: refused or not, it must change nothing
             await asyncio.sleep(0.5)
+        await self.pay.drain()
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < CONVERGE_S:  # a missing notification: the query job
+            if not await self._uncredited():
+                break
+            await asyncio.sleep(1.0)
         for sim in self.sims:
             for m in sim.meters.values():
                 m.advance()
@@ -526,6 +664,34 @@ class Run:
             await asyncio.sleep(1.0)
         else:
             self.report.violate(f"supply not converged {CONVERGE_S:.0f}s after the faults", last)
+
+    async def _credits(self) -> dict[str, int]:
+        assert self.db is not None
+        out: dict[str, int] = {}
+        for g in self.groups:
+            async with self.db.tenant(g.tenant_id) as conn:
+                for key, n in await conn.execute(
+                    sa.text(
+                        "SELECT idempotency_key, count(*) FROM journal_entry "
+                        "WHERE idempotency_key LIKE 'pay:%' GROUP BY 1"
+                    )
+                ):
+                    out[key.removeprefix("pay:")] = int(n)
+        return out
+
+    async def _uncredited(self) -> list[str]:
+        credited = await self._credits()
+        return [no for no in self._paid() if credited.get(no, 0) == 0]
+
+    def _paid(self) -> list[str]:
+        """The orders WeChat's stand-in reports paid."""
+        out = []
+        for r in self.requests:
+            if r.kind == "wechat_pay" and r.key:
+                with contextlib.suppress(Exception):
+                    if self.pay.order(r.key, mchid=self.subs[r.tenant]).state == "SUCCESS":
+                        out.append(r.key)
+        return out
 
     async def _divergent(self) -> list[str]:
         """Points whose meter is not where the policy (the twin's desired state) wants it,
@@ -573,6 +739,9 @@ class Run:
         self.procs["broker"].stop()
         with contextlib.suppress(Exception):
             await self.http.aclose()
+        for standin in (self.pay, self.wx):
+            with contextlib.suppress(Exception):
+                await standin.stop()
         for sim in self.sims:
             with contextlib.suppress(Exception):
                 await sim.stop()
@@ -597,7 +766,27 @@ class Run:
                 rep.violate(
                     "readings never receipted", f"gateway {t + 1}: {len(stuck)}, {stuck[:3]}"
                 )
+        credited = await self._credits()
+        paid = set(self._paid())
+        rep.outcomes["wechat paid"] = len(paid)
+        rep.outcomes["sales 201"] = sum(
+            1 for r in self.requests if r.kind == "sale" and r.status == 201
+        )
+        rep.outcomes["refused bad input"] = sum(
+            1
+            for r in self.requests
+            if r.kind in ("foreign_sale", "foreign_trip", "bad_sale", "forged_notification")
+            and r.status is not None
+            and r.status >= 400
+        )
+        for no in paid:
+            if credited.get(no, 0) != 1:
+                rep.violate("a paid WeChat order not credited exactly once", (no, credited.get(no)))
+        for no in set(credited) - paid:
+            rep.violate("a WeChat credit without a payment", no)
         for r in self.requests:
+            if r.kind == "forged_notification" and r.status is not None and r.status < 400:
+                rep.violate("a forged notification accepted", (r.key, r.body, r.status))
             if r.kind in ("foreign_sale", "foreign_trip", "bad_sale") and r.status in (200, 201):
                 rep.violate(f"{r.kind} accepted", r.body)
             if r.kind == "trip" and r.status is not None and r.status >= 500:
@@ -694,6 +883,10 @@ class Run:
                 )
 
     async def teardown(self, keep: bool) -> None:
+        if self.wiring is not None:
+            with contextlib.suppress(Exception):
+                await self.wiring.services.wechat_pay.close()
+                await self.wiring.db.dispose()
         if self.db is not None:
             await self.db.dispose()
         if not keep:

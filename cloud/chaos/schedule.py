@@ -23,6 +23,8 @@ WORKLOAD = (  # (kind, weight)
     ("foreign_sale", 1),  # a sale to the other tenant's account
     ("foreign_trip", 1),  # a trip of the other tenant's point
     ("bad_sale", 1),  # a malformed sale (negative, non-numeric, huge amount)
+    ("wechat_pay", 4),  # a tenant pays by WeChat: notified once, twice, late or never
+    ("forged_notification", 1),  # a notification WeChat did not sign, or for another group
 )
 FAULTS = (
     ("kill", 4),  # SIGKILL a process, restart it after `down` seconds
@@ -73,6 +75,14 @@ def _pick(rng: random.Random, table: tuple[tuple[str, int], ...]) -> str:
     return rng.choices([k for k, _ in table], weights=[w for _, w in table])[0]
 
 
+def _amount(rng: random.Random, kind: str) -> str:
+    if kind == "sale":
+        return f"{rng.choice([1, 2, 3, 5, 10])}.00"
+    if kind == "wechat_pay":  # (a site's smallest WeChat top-up is ¥10)
+        return f"{rng.choice([10, 20, 30])}.00"
+    return ""
+
+
 def make_schedule(seed: int, seconds: float) -> Schedule:
     """About one workload step a second and a fault every few seconds, over the first
     ``seconds``; faults end by then (the run then waits for everything to converge)."""
@@ -87,7 +97,7 @@ def make_schedule(seed: int, seconds: float) -> Schedule:
                 kind=kind,
                 tenant=rng.randrange(TENANTS),
                 meter=rng.randint(1, METERS),
-                amount=str(rng.choice([1, 2, 3, 5, 10])) + ".00" if kind == "sale" else "",
+                amount=_amount(rng, kind),
                 variant=rng.randrange(1000),
             )
         )
