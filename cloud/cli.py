@@ -94,8 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         help="directory for the merchants' PEM files and <mchid>.json (mchid, serial, APIv3 key, "
         "public key id)",
     )
+    from cloud.chaos.cli import chaos_parser, run_chaos
+
+    chaos_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
+    if args.cmd == "chaos":  # its own databases and processes
+        return run_chaos(args)
     if args.cmd == "wechat-standin":  # no database, no settings: stand-ins only
         from standins.launch import run_wechat
 
@@ -192,6 +197,12 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
         from contract.mqtt import Topics
 
         topics = Topics(settings.mqtt_prefix)
+        from cloud import metrics
+
+        port = (
+            settings.ingest_metrics_port if args.cmd == "ingest" else settings.worker_metrics_port
+        )
+        metrics.serve(port, settings.api_host, f"prepay {args.cmd}")
         if args.cmd == "ingest":
             from cloud.ingest.consumer import lanes, run_lanes
             from cloud.ingest.service import IngestService
@@ -214,6 +225,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 _notify_worker(wiring).run(),
                 payments_forever(wiring.services.wechat_pay),
                 reconcile_forever(Reconciler(wiring.services.wechat_pay)),
+                metrics.sample_forever(wiring.db),
             )
         return 0
     finally:

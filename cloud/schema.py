@@ -444,6 +444,9 @@ class RatingState(SQLModel, table=True):
     window_start: datetime | None = _ts(nullable=True)
     fee_month: str | None = Field(default=None, max_length=7)
     stuck: bool = False
+    # the earliest reading rated from (an earlier one arriving later is charged up to it)
+    first_measured_at: datetime | None = _ts(nullable=True)
+    first_register: Decimal | None = Field(default=None, sa_type=REGISTER)
     # The rating envelope (cloud.rating.fast): readings after the mark and before
     # ``fast_until`` that stay inside it are rated set-based, in SQL; void unless
     # ``fast_terms`` is the tenant's current "terms" counter.

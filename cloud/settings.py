@@ -67,6 +67,8 @@ class CloudSettings(BaseSettings):
     # `prepay api` / `prepay miniapp` processes sharing the port (one per core: the API is
     # CPU-bound under a notification storm; every decision about money is in the database)
     api_processes: int = 1
+    ingest_metrics_port: int = 9101  # `prepay ingest`'s /metrics (0: none)
+    worker_metrics_port: int = 9102  # `prepay worker`'s /metrics (0: none)
     # a sale's A5 receipt drawn in the background as soon as it commits (the click on 打印
     # then finds it drawn); off in the test suite, where nobody prints
     draw_receipts_ahead: bool = True

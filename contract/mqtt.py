@@ -269,6 +269,7 @@ class AckStatus(StrEnum):
     FAILED = "failed"  # executed but the meter refused or did not answer
     EXPIRED = "expired"  # deadline passed before execution; the meter was not touched
     INVALID = "invalid"  # payload could not be understood; the meter was not touched
+    SUPERSEDED = "superseded"  # a newer supply command for the channel came first; not touched
 
 
 class Ack(_Payload, frozen=True, kw_only=True):

@@ -92,6 +92,10 @@ class BusRunner:
         self.driver = make_driver(cfg, profiles)
         self.profiles = {d.key: profiles[d.profile] for d in cfg.devices}
         self.devices = {d.key: d for d in cfg.devices}
+        # the newest supply command seen per (device, channel): an older one still waiting
+        # for the bus is superseded, never carried out after it (a trip queued behind the
+        # close that cancels it would cut the point)
+        self._newest_supply: dict[tuple[str, int], tuple[datetime, uuid.UUID]] = {}
         self.scheduler = BusScheduler(
             cfg,
             self.driver,
@@ -134,12 +138,27 @@ class BusRunner:
             return self.agent.ack(
                 cmd, AckStatus.INVALID, f"{profile.model} has no channel {cmd.channel}"
             )
+        if cmd.action in _SUPPLY_ACTIONS:
+            key = (cmd.device, cmd.channel)
+            newest = self._newest_supply.get(key)
+            if newest is None or cmd.issued_at >= newest[0]:  # a tie: the later arrival
+                self._newest_supply[key] = (cmd.issued_at, cmd.id)
         return await self.scheduler.submit(lambda: self._execute_on_bus(cmd, dev, profile))
+
+    def _superseded_by(self, cmd: Command) -> uuid.UUID | None:
+        if cmd.action not in _SUPPLY_ACTIONS:
+            return None
+        newest = self._newest_supply.get((cmd.device, cmd.channel))
+        return None if newest is None or newest[1] == cmd.id else newest[1]
 
     async def _execute_on_bus(self, cmd: Command, dev: DeviceConfig, profile: AnyProfile) -> Ack:
         if cmd.deadline <= self.agent.clock():  # it may have waited for the bus
             return self.agent.ack(
                 cmd, AckStatus.EXPIRED, f"deadline {cmd.deadline.isoformat()} passed"
+            )
+        if (newer := self._superseded_by(cmd)) is not None:
+            return self.agent.ack(
+                cmd, AckStatus.SUPERSEDED, f"superseded by {newer} before it reached the meter"
             )
         try:
             answer, done = await self.scheduler.transaction(

@@ -153,7 +153,11 @@ class NotifyWorker:
                     async with asyncio.timeout(self.sweep_s):
                         tenant = await self._wake.get()
                 except TimeoutError:
-                    await self.sweep()
+                    try:
+                        await self.sweep()
+                    except Exception:  # the database away (a failover, a killed backend):
+                        raise_if_cancelled()  # the next sweep tries again
+                        log.exception("notification sweep failed; retrying")
                     continue
                 if tenant is not None:
                     await self._safe_deliver(tenant)

@@ -81,6 +81,11 @@ class Dispatcher:
                     self.ready.clear()
                     log.warning("dispatcher lost the broker (%s); reconnecting", exc)
                     await asyncio.sleep(1.0)
+                except Exception:  # the database away (a failover, a killed backend)
+                    raise_if_cancelled()
+                    self.ready.clear()
+                    log.exception("dispatcher failed; starting again in 1 s")
+                    await asyncio.sleep(1.0)
         finally:
             listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -40,6 +40,7 @@ from cloud.control.policy import (
     in_arrears,
 )
 from cloud.db import pg_array, pg_text_array
+from cloud.metrics import COMMAND_LATENCY
 from cloud.notify import outbox
 from cloud.workorders.open import open_work_order
 from contract.mqtt import AckStatus, CommandAction
@@ -917,6 +918,7 @@ _FINAL = {
     AckStatus.FAILED: "failed",
     AckStatus.EXPIRED: "expired",
     AckStatus.INVALID: "failed",
+    AckStatus.SUPERSEDED: "superseded",
 }
 
 
@@ -936,12 +938,15 @@ async def apply_ack(
             sa.text(
                 "UPDATE device_command SET state = :s, finished_at = :at, result = "
                 "CAST(:r AS jsonb) WHERE id = :id AND state IN ('queued', 'sent') "
-                "RETURNING channel_id, action, params, service_point_id, tenant_id"
+                "RETURNING channel_id, action, params, service_point_id, tenant_id, created_at"
             ),
             {"s": _FINAL[status], "at": at, "r": json.dumps(result), "id": command_id},
         )
     ).first()
     changed = row is not None
+    if row is not None:
+        seconds = max((at - row.created_at).total_seconds(), 0.0)
+        COMMAND_LATENCY.labels(_FINAL[status]).observe(seconds)
     if row is None:
         row = (
             await conn.execute(

@@ -19,6 +19,7 @@ from prometheus_client import Counter
 
 from cloud.aio import raise_if_cancelled
 from cloud.ingest.service import IngestService, UnknownGateway
+from cloud.metrics import BUS_TRANSACTIONS, BUS_UTILISATION, GATEWAY_BACKLOG, INGEST_LAG
 from cloud.mqtt import client
 from contract.mqtt import (
     SUPPORTED_VERSIONS,
@@ -195,7 +196,11 @@ class IngestConsumer:
                 self._reject(kind, "error", topic)
                 log.exception("failed to ingest %s from %s", kind, gateway)
             return
+        committed = datetime.now(UTC)
         for (i, batch), result in zip(items, results, strict=True):
+            if batch.readings:
+                newest = max(r.measured_at for r in batch.readings)
+                INGEST_LAG.observe(max((committed - newest).total_seconds(), 0.0))
             READINGS.labels("stored").inc(result.stored)
             READINGS.labels("duplicate").inc(result.duplicates)
             for reason, n in result.quarantined.items():
@@ -247,6 +252,7 @@ class IngestConsumer:
                     raise UnknownGateway(f"event names {event.gateway!r} on {gateway!r}'s topic")
                 if event.kind is EventKind.HEARTBEAT:
                     await self.service.gateway_presence(gateway, True, now, event.config_version)
+                    _bus_metrics(event)
                 elif event.kind in (EventKind.CONFIG_APPLIED, EventKind.CONFIG_REJECTED):
                     applied = (
                         event.config_version if event.kind is EventKind.CONFIG_APPLIED else None
@@ -342,3 +348,15 @@ async def run_lanes(consumers: Sequence[IngestConsumer]) -> None:
     async with asyncio.TaskGroup() as tg:
         for c in consumers:
             tg.create_task(c.run(), name=c.name)
+
+
+def _bus_metrics(event: GatewayEvent) -> None:
+    """A heartbeat's bus statistics and outbox backlog, for the dashboard."""
+    for bus, stats in event.buses.items():
+        BUS_UTILISATION.labels(event.gateway, bus).set(stats.utilisation)
+        ok = stats.transactions - stats.timeouts - stats.errors
+        BUS_TRANSACTIONS.labels("ok").inc(max(ok, 0))
+        BUS_TRANSACTIONS.labels("timeout").inc(stats.timeouts)
+        BUS_TRANSACTIONS.labels("error").inc(stats.errors)
+    if event.queue_depth is not None:
+        GATEWAY_BACKLOG.labels(event.gateway).set(event.queue_depth)

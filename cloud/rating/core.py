@@ -13,7 +13,9 @@ always sum to the tariff applied to its total consumption, to the fen, however t
 readings are split into batches and windows.
 
 Readings at or before the mark (late, out of order, re-delivered) never charge: the mark
-only moves forward.
+only moves forward. One exception: while the mark is a bare baseline that has charged
+nothing yet, an earlier reading moves the baseline back and the difference up to it is
+charged (a new meter's first two readings rated out of order would lose that interval).
 """
 
 from __future__ import annotations
@@ -109,6 +111,8 @@ class RatingMark:
     window_start: datetime | None = None
     fee_month: str | None = None  # last month a fixed fee was charged for
     stuck: bool = False
+    first_measured_at: datetime | None = None  # the baseline: the earliest reading rated
+    first_register: Decimal | None = None
 
     @property
     def unposted(self) -> Decimal:
@@ -178,6 +182,8 @@ class _Run:
     window_start: datetime | None
     fee_month: str | None
     stuck: bool
+    first_measured_at: datetime | None
+    first_register: Decimal | None
     consumption: Decimal = Decimal(0)
     anomalies: list[Anomaly] = field(default_factory=list)
     postings: list[UsagePosting] = field(default_factory=list)
@@ -199,6 +205,8 @@ class _Run:
             m.window_start,
             m.fee_month,
             m.stuck,
+            m.first_measured_at,
+            m.first_register,
         )
 
     def mark(self) -> RatingMark:
@@ -215,6 +223,8 @@ class _Run:
             self.window_start,
             self.fee_month,
             self.stuck,
+            self.first_measured_at,
+            self.first_register,
         )
 
 
@@ -237,7 +247,8 @@ def rate(mark: RatingMark, readings: Sequence[RegisterReading], terms: PointTerm
             continue
         last = run.last_measured_at
         if last is not None and r.measured_at <= last:
-            run.late += 1
+            if r.measured_at == last or not _extend_back(run, r, terms):
+                run.late += 1
             continue
         _advance(run, r, terms)
     return RatingOutcome(
@@ -284,6 +295,8 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
     run.last_measured_at, run.last_register = at, total
     if last_reg is None or last_at is None:
         run.last_tou = r.tou
+        if run.first_measured_at is None:
+            run.first_measured_at, run.first_register = at, total
         return
     lim = terms.limits
     elapsed = at - last_at
@@ -343,6 +356,38 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
         _charge(run, used, r, version, terms)
         run.consumption += used
     run.last_tou = r.tou
+
+
+def _extend_back(run: _Run, r: RegisterReading, terms: PointTerms) -> bool:
+    """A reading earlier than the baseline (the earliest reading rated; for a mark from
+    before baselines were kept, its last reading while it has charged nothing): the
+    baseline moves back to it and the consumption up to the baseline is charged, priced at
+    the baseline's instant (the interval's end). The mark's instant stays where it is."""
+    base_at: datetime | None
+    base_reg: Decimal | None
+    base_tou: TouRegisters | None
+    if run.first_measured_at is not None and run.first_register is not None:
+        base_at, base_reg, base_tou = run.first_measured_at, run.first_register, None
+    elif run.consumption_total == 0:
+        base_at, base_reg, base_tou = run.last_measured_at, run.last_register, run.last_tou
+    else:
+        return False
+    total = r.total
+    if base_at is None or base_reg is None or total is None or r.measured_at >= base_at:
+        return False
+    lim = terms.limits
+    delta = base_reg - total
+    if delta < 0 or delta > lim.max_rate * _hours(base_at - r.measured_at) + lim.slack:
+        return False
+    if delta:
+        last_tou = run.last_tou
+        run.last_tou = r.tou if base_tou is not None else None
+        at_base = RegisterReading(base_at, base_reg, base_tou)
+        _charge(run, delta, at_base, _version(terms, base_at), terms)
+        run.consumption += delta
+        run.last_tou = last_tou
+    run.first_measured_at, run.first_register = r.measured_at, total
+    return True
 
 
 def _tou_deltas(before: TouRegisters | None, now: TouRegisters | None) -> list[Decimal] | None:

@@ -94,6 +94,8 @@ WITH w AS (
          rs.charge_exact_total AS old_exact, rs.charge_billed_total AS old_billed,
          rs.charge_posted_total AS old_posted, rs.window_start AS ws0,
          rs.fast_revenue IS NOT NULL AS postable,
+         i.measured_at < coalesce(rs.first_measured_at, CASE WHEN rs.consumption_total = 0
+           THEN rs.last_measured_at END) AS before_base,  -- core._extend_back
          CASE WHEN row_number() OVER v = 1 THEN rs.last_measured_at ELSE lag(i.measured_at) OVER v
            END AS pat,
          CASE WHEN row_number() OVER v = 1 THEN rs.last_register ELSE lag(i.total) OVER v END
@@ -114,6 +116,7 @@ d AS (
 c AS (
   SELECT d.sp, d.at, d.total, d.tou, d.d, d.step, d.is_last, d.settled, d.fast_tiered, d.cc,
     d.fast_block_end, d.old_exact, d.old_billed, d.old_posted, d.ws0, d.win, d.postable,
+    d.before_base,
     (d.fast_until IS NOT NULL AND d.fast_terms = :terms AND d.at < d.fast_until
      AND d.ptot IS NOT NULL AND d.pat IS NOT NULL AND d.win >= d.ws0
      AND d.e <= d.fast_limits[4] AND (d.tou IS NULL OR cardinality(d.tou) = 4)
@@ -134,6 +137,7 @@ c AS (
 p AS (
   SELECT sp, count(*) FILTER (WHERE step) AS steps,
     bool_and(settled) AND coalesce(bool_and(ok) FILTER (WHERE step), true)
+      AND NOT coalesce(bool_or(before_base AND total IS NOT NULL) FILTER (WHERE NOT step), false)
       AND NOT coalesce(bool_or(stuckish) FILTER (WHERE step)
                        AND bool_or(d > 0) FILTER (WHERE step), false)
       AND (NOT bool_and(fast_tiered) OR max(fast_block_end) IS NULL

@@ -105,7 +105,7 @@ _UPDATE_STATES = sa.text(
     "channel_id = coalesce(v.ch, rs.channel_id), fast_until = v.fu, fast_terms = v.ft, "
     "fast_price = v.fp, fast_tou = CAST(v.fo AS numeric[]), fast_tiered = v.fi, "
     "fast_block_end = v.fb, fast_limits = CAST(v.fl AS numeric[]), fast_wallet = v.fw, "
-    "fast_revenue = v.fr "
+    "fast_revenue = v.fr, first_measured_at = v.fa, first_register = v.fg "
     "FROM unnest("
     "CAST(:p AS uuid[]), CAST(:at AS timestamptz[]), CAST(:reg AS numeric[]), "
     "CAST(:tou AS text[]), CAST(:ct AS numeric[]), CAST(:ex AS numeric[]), "
@@ -114,9 +114,10 @@ _UPDATE_STATES = sa.text(
     "CAST(:st AS boolean[]), CAST(:ch AS uuid[]), CAST(:fu AS timestamptz[]), "
     "CAST(:ft AS bigint[]), CAST(:fp AS numeric[]), CAST(:fo AS text[]), "
     "CAST(:fi AS boolean[]), CAST(:fb AS numeric[]), CAST(:fl AS text[]), "
-    "CAST(:fw AS uuid[]), CAST(:fr AS uuid[])) "
+    "CAST(:fw AS uuid[]), CAST(:fr AS uuid[]), CAST(:fa AS timestamptz[]), "
+    "CAST(:fg AS numeric[])) "
     "AS v(p, at, reg, tou, ct, ex, bi, po, cy, cc, ws, fm, st, ch, fu, ft, fp, fo, fi, fb, fl, "
-    "fw, fr) WHERE rs.service_point_id = v.p"
+    "fw, fr, fa, fg) WHERE rs.service_point_id = v.p"
 )
 _INSERT_WORK_ORDERS = sa.text(
     "INSERT INTO work_order (id, tenant_id, kind, service_point_id, channel_id, detail, status, "
@@ -189,6 +190,8 @@ async def load_points(conn: AsyncConnection, point_ids: Sequence[uuid.UUID]) -> 
                     r.window_start,
                     r.fee_month,
                     r.stuck,
+                    r.first_measured_at,
+                    r.first_register,
                 ),
                 terms=t,
                 utility=r.utility,
@@ -363,6 +366,8 @@ async def _update_marks(
             "fm": pg_text_array(m.fee_month for _, m, _ in marks),
             "st": pg_array(m.stuck for _, m, _ in marks),
             "ch": pg_array(ch for _, _, ch in marks),
+            "fa": pg_array(m.first_measured_at for _, m, _ in marks),
+            "fg": pg_array(m.first_register for _, m, _ in marks),
             **_envelopes(marks, revenues),
         },
     )

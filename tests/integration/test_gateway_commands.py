@@ -195,6 +195,41 @@ async def test_commands_preempt_polling(sim: ModbusTcpSimulator, tmp_path: Path)
     assert elapsed < 0.5
 
 
+async def test_a_queued_trip_is_superseded_by_the_close_behind_it(
+    sim: ModbusTcpSimulator, tmp_path: Path
+) -> None:
+    """Regression (issue 20): a trip waiting for the bus and the close that supersedes it
+    were both carried out in order, cutting the point for one bus transaction."""
+    sim.reply_delay_s = 0.05  # the bus is busy with m2's command while m1's two queue
+    agent = _agent(sim, tmp_path)
+    tasks = await _running(agent)
+    busy = asyncio.create_task(agent.handle_command(_command(CommandAction.TRIP, device="m2")))
+    await asyncio.sleep(0.01)
+    trip = asyncio.create_task(agent.handle_command(_command(CommandAction.TRIP)))
+    await asyncio.sleep(0.001)
+    close = asyncio.create_task(agent.handle_command(_command(CommandAction.CLOSE)))
+    acks = await asyncio.gather(busy, trip, close)
+    await _stop(agent, tasks)
+    assert [a.status for a in acks] == [AckStatus.OK, AckStatus.SUPERSEDED, AckStatus.OK]
+    assert str(acks[2].id) in acks[1].detail
+    assert sim.meters[1].controls == [("close", 1)]  # the meter never saw the trip
+    # an older supply command arriving after a newer one was carried out is superseded too
+    agent = _agent(sim, tmp_path)
+    tasks = await _running(agent)
+    now = datetime.now(UTC)
+    late = Command(
+        id=uuid.uuid4(),
+        device="m1",
+        action=CommandAction.TRIP,
+        issued_at=now - timedelta(seconds=5),
+        deadline=now + timedelta(seconds=30),
+    )
+    assert (await agent.handle_command(_command(CommandAction.CLOSE))).status is AckStatus.OK
+    assert (await agent.handle_command(dump(late))).status is AckStatus.SUPERSEDED
+    await _stop(agent, tasks)
+    assert sim.meters[1].controls == [("close", 1), ("close", 1)]
+
+
 def test_the_outbox_cap_drops_oldest_readings_first_and_keeps_events(tmp_path: Path) -> None:
     box = Outbox(tmp_path / "o.sqlite3", cap=100)
     box.put(EVENT, [b"e1"])

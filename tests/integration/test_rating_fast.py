@@ -412,3 +412,62 @@ async def test_the_fast_path_closes_usage_windows_as_the_core_posts_them(
     assert balances["wallet"] == (Decimal("10000.00") - Decimal("1.75"), Decimal("-0.50"))
     assert balances["revenue"] == (Decimal("1.25"), Decimal(0))
     assert (await check(db, [seeded.tenant_id])).breaches == []
+
+
+async def test_a_new_meters_first_two_readings_out_of_order_are_both_charged(
+    db: Database,
+) -> None:
+    """Regression (issue 20): the later reading arrives first and becomes the baseline; the
+    earlier one moves the baseline back and the interval between them is charged, through
+    the real ingest (the fast path leaves it to the core)."""
+    gw, seeded, point = await _group(db, "flat", {"unit_price": "1.0000"}, Decimal(0), False)
+    service = IngestService(db, TIMING)
+    t0 = datetime(2026, 5, 6, 1, 0, 30, tzinfo=UTC)
+    for seq, (minute, total) in enumerate([(1, "10.50"), (0, "10.00"), (2, "11.00")], 1):
+        r = Reading(device="m1", measured_at=t0 + timedelta(minutes=minute), total=Decimal(total))
+        batch = TelemetryBatch(gateway=gw, boot_id="b", seq=seq, sent_at=t0, readings=(r,))
+        await service.store_telemetry(gw, batch, datetime.now(UTC))
+    async with db.tenant(seeded.tenant_id) as conn:
+        consumption, billed = (
+            await conn.execute(
+                sa.text(
+                    "SELECT consumption_total, charge_billed_total FROM rating_state "
+                    "WHERE service_point_id = :p"
+                ),
+                {"p": point},
+            )
+        ).one()
+    assert consumption == Decimal("1.00") and billed == Decimal("1.00")
+    assert (await check(db, [seeded.tenant_id])).breaches == []
+
+
+async def test_an_earlier_batch_arriving_after_a_later_one_is_charged(db: Database) -> None:
+    """Regression (issue 20, found by `prepay chaos --seed 1`): two ingest workers stored a
+    gateway's second batch before its first; the first batch's readings were dropped as
+    late and the interval before the baseline never charged."""
+    gw, seeded, point = await _group(db, "flat", {"unit_price": "1.0000"}, Decimal(0), False)
+    service = IngestService(db, TIMING)
+    t0 = datetime(2026, 5, 6, 1, 0, 30, tzinfo=UTC)
+    batches = [
+        [(3, "11.20"), (4, "11.70"), (5, "12.00")],
+        [(0, "10.00"), (1, "10.50"), (2, "11.00")],
+    ]
+    for seq, rows in enumerate(batches, 1):
+        readings = tuple(
+            Reading(device="m1", measured_at=t0 + timedelta(minutes=m), total=Decimal(v))
+            for m, v in rows
+        )
+        batch = TelemetryBatch(gateway=gw, boot_id="b", seq=seq, sent_at=t0, readings=readings)
+        await service.store_telemetry(gw, batch, datetime.now(UTC))
+    async with db.tenant(seeded.tenant_id) as conn:
+        consumption, billed = (
+            await conn.execute(
+                sa.text(
+                    "SELECT consumption_total, charge_billed_total FROM rating_state "
+                    "WHERE service_point_id = :p"
+                ),
+                {"p": point},
+            )
+        ).one()
+    assert consumption == Decimal("2.00") and billed == Decimal("2.00")
+    assert (await check(db, [seeded.tenant_id])).breaches == []

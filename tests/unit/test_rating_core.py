@@ -367,3 +367,42 @@ def test_limits_by_utility(utility: str) -> None:
     from cloud.rating.core import limits_for
 
     assert limits_for(utility, Decimal(7)).max_rate == 7
+
+
+def test_a_new_meters_first_two_readings_out_of_order_charge_the_first_interval() -> None:
+    # Regression (issue 20): the later reading became the baseline and the earlier one was
+    # dropped as late, so the first interval was never charged.
+    later = rate(RatingMark(), [RegisterReading(T0 + timedelta(hours=1), Decimal(12))], TERMS)
+    assert later.billed == 0
+    earlier = rate(later.mark, [RegisterReading(T0, Decimal(10))], TERMS)
+    assert earlier.consumption == Decimal(2) and earlier.late == 0
+    assert earlier.mark.billed_total == to_fen(Decimal(2) * Decimal("0.8765"))
+    assert earlier.mark.last_measured_at == T0 + timedelta(hours=1)
+    in_order = rate(
+        RatingMark(),
+        [RegisterReading(T0, Decimal(10)), RegisterReading(T0 + timedelta(hours=1), Decimal(12))],
+        TERMS,
+    )
+    assert earlier.mark.billed_total == in_order.mark.billed_total
+    # the baseline moved back to T0: a re-delivery of either charges nothing
+    again = rate(earlier.mark, [RegisterReading(T0, Decimal(10))], TERMS)
+    assert again.billed == 0 and again.late == 1
+
+
+def test_readings_before_the_first_rated_one_arriving_later_are_charged() -> None:
+    # Regression (issue 20, `prepay chaos --seed 1 --seconds 20`): two ingest workers took a
+    # gateway's batches out of order; the later batch became the baseline and had already
+    # charged when the earlier one came, whose readings were dropped as late (¥0.08 lost).
+    at = [T0 + timedelta(minutes=m) for m in range(6)]
+    regs = [Decimal(v) for v in ("10.00", "10.50", "11.00", "11.20", "11.70", "12.00")]
+    readings = [RegisterReading(t, r) for t, r in zip(at, regs, strict=True)]
+    later = rate(RatingMark(), readings[3:], TERMS)
+    assert later.consumption == Decimal("0.80")
+    earlier = rate(later.mark, readings[:3], TERMS)
+    assert earlier.consumption == Decimal("1.20") and earlier.late == 2
+    mark = earlier.mark
+    assert mark.consumption_total == regs[-1] - regs[0]
+    assert mark.billed_total == to_fen((regs[-1] - regs[0]) * Decimal("0.8765"))
+    assert (mark.first_measured_at, mark.first_register) == (at[0], regs[0])
+    again = rate(mark, readings[:4], TERMS)  # re-delivered: nothing twice
+    assert again.billed == 0 and again.late == 4
