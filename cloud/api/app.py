@@ -43,6 +43,7 @@ from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
 from cloud.console.settings_edit import router as settings_edit_router
+from cloud.console.statement import router as statement_router
 from cloud.errors import DomainError, TooManyAttempts
 from miniapp_api import problems as miniapp_problems
 from miniapp_api.h5 import router as h5_router
@@ -147,6 +148,7 @@ def _operators(app: FastAPI, once: list[Any]) -> None:
     app.include_router(reports_router)  # after delivery's /reports/notifications
     app.include_router(notify_settings_router)
     app.include_router(readings_router)
+    app.include_router(statement_router)
     app.include_router(field_router)
     app.include_router(field_books_router)
     app.include_router(reconcile_router)
