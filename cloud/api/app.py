@@ -31,6 +31,8 @@ from cloud.console.field_books import router as field_books_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
+from cloud.console.installer import gateway_router as installer_gateway_router
+from cloud.console.installer import router as installer_router
 from cloud.console.monitor import router as monitor_router
 from cloud.console.notify_settings import router as notify_settings_router
 from cloud.console.office import router as office_router
@@ -143,6 +145,8 @@ def _operators(app: FastAPI, once: list[Any]) -> None:
     app.include_router(tariff_router, dependencies=once)
     app.include_router(office_router)
     app.include_router(gateways_router)
+    app.include_router(installer_router)
+    app.include_router(installer_gateway_router)
     app.include_router(dunning_router)
     app.include_router(delivery_router)
     app.include_router(reports_router)  # after delivery's /reports/notifications

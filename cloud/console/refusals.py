@@ -226,6 +226,9 @@ STATIC = (
     N_("permission 'account.open' required"),
     N_("permission 'account.close' required"),
     N_("permission 'meter.install' required"),
+    N_("permission 'gateway.commission' required"),
+    N_("permission 'gateway.configure' required"),
+    N_("claim code already used, revoked or expired"),
     N_("permission 'import.run' required"),
     N_(
         "a meter-controlled point's first sale is made after its meter is installed, "

@@ -18,7 +18,7 @@ import aiomqtt
 from prometheus_client import Counter
 
 from cloud.aio import raise_if_cancelled
-from cloud.ingest.service import IngestService, UnknownGateway
+from cloud.ingest.service import Heartbeat, IngestService, UnknownGateway
 from cloud.mqtt import client
 from contract.mqtt import (
     SUPPORTED_VERSIONS,
@@ -246,7 +246,9 @@ class IngestConsumer:
                 if event.gateway != gateway:
                     raise UnknownGateway(f"event names {event.gateway!r} on {gateway!r}'s topic")
                 if event.kind is EventKind.HEARTBEAT:
-                    await self.service.gateway_presence(gateway, True, now, event.config_version)
+                    await self.service.gateway_presence(
+                        gateway, True, now, event.config_version, Heartbeat.of(event)
+                    )
                 elif event.kind in (EventKind.CONFIG_APPLIED, EventKind.CONFIG_REJECTED):
                     applied = (
                         event.config_version if event.kind is EventKind.CONFIG_APPLIED else None
