@@ -24,6 +24,7 @@ from cloud.api.problems import with_problem_422
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
+from cloud.console.common_area import router as common_area_router
 from cloud.console.delivery import router as delivery_router
 from cloud.console.dunning import router as dunning_router
 from cloud.console.field import router as field_router
@@ -145,6 +146,7 @@ def _operators(app: FastAPI, once: list[Any]) -> None:
     app.include_router(tariff_router, dependencies=once)
     app.include_router(office_router)
     app.include_router(gateways_router)
+    app.include_router(common_area_router)
     app.include_router(installer_router)
     app.include_router(installer_gateway_router)
     app.include_router(dunning_router)
