@@ -17,11 +17,13 @@ from fastapi.responses import RedirectResponse, Response
 from cloud.api import queries
 from cloud.api.deps import Services, ServicesDep
 from cloud.auth import Principal
+from cloud.console.format import when
 from cloud.console.i18n import gettext as _
-from cloud.console.pages import render, signed_form, signed_in
+from cloud.console.pages import is_fragment, render, render_fragment, signed_form, signed_in
 from cloud.console.refusals import explain
 from cloud.errors import DomainError
 from cloud.lifecycle import service as lifecycle
+from cloud.registry import meter_test
 from cloud.registry.commissioning import issue_claim, revoke_claim, site_claims
 from cloud.registry.gateway_config import push_config
 from cloud.registry.scope import sites_of
@@ -271,3 +273,47 @@ async def push(code: str, request: Request, svc: ServicesDep) -> Response:
             request, svc, code, error=explain(exc), config_text=text, status=exc.status
         )
     return RedirectResponse(f"/console/gateways/{code}?done=pushed", status_code=303)
+
+
+@gateway_router.post("/{code}/test")
+async def test_meter(code: str, request: Request, svc: ServicesDep) -> Response:
+    got = await signed_form(request, svc)
+    if isinstance(got, Response):
+        return got
+    who, form = got
+    code = code[:64]
+    key = str(form.get("key", "")).strip()[:64]
+    channel = str(form.get("channel", "1")).strip()
+    if not key or not channel.isdigit() or not 1 <= int(channel) <= 64:
+        msg = _("The meter's name on the gateway and its channel (1 to 64).")
+        return await _gateway_page(request, svc, code, error=msg, status=422)
+    try:
+        test_id = await meter_test.ask(
+            svc.db, who, code, key, int(channel), datetime.now(UTC), svc.timing
+        )
+    except DomainError as exc:
+        if exc.status == 404:
+            raise
+        return await _gateway_page(request, svc, code, error=explain(exc), status=exc.status)
+    return RedirectResponse(f"/console/gateways/{code}/test/{test_id}", status_code=303)
+
+
+@gateway_router.get("/{code}/test/{test_id}")
+async def test_answer(
+    code: str, test_id: uuid.UUID, request: Request, svc: ServicesDep
+) -> Response:
+    who = await signed_in(request, svc)
+    if isinstance(who, Response):
+        return who
+    t = await meter_test.answer(svc.db, who, code[:64], test_id)
+    async with svc.db.tenant(who.tenant_id) as conn:
+        zone = await conn.scalar(
+            sa.text(
+                "SELECT s.timezone FROM gateway g JOIN site s ON s.id = g.site_id WHERE g.code = :c"
+            ),
+            {"c": code[:64]},
+        )
+    ctx = {"who": who, "t": t, "code": code[:64], "zone": zone or "Asia/Shanghai"}
+    if is_fragment(request):
+        return render_fragment(request, "meter_test.html", "answer", {**ctx, "when": when})
+    return render(request, svc, "meter_test.html", ctx, section="settings")

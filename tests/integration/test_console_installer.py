@@ -24,7 +24,7 @@ from cloud.lifecycle import service as lifecycle
 from cloud.registry.commissioning import ClaimRefused, exchange_claim
 from cloud.registry.service import seed_group
 from cloud.settings import CloudSettings
-from contract.mqtt import Reading, TelemetryBatch
+from contract.mqtt import Ack, AckStatus, Reading, TelemetryBatch
 from tests.conftest import api_client, console_form, console_login, group_spec
 
 
@@ -184,3 +184,45 @@ async def test_a_gateways_buses_an_unregistered_meter_installed_and_a_config_che
         http, f"/console/gateways/{other_spec.gateway_code}/config", {"config": "{}"}
     )
     assert foreign.status_code == 404
+
+
+async def test_test_this_meter_reads_it_now_and_shows_the_answer(
+    db: Database, http: httpx.AsyncClient
+) -> None:
+    spec = group_spec()
+    g = await seed_group(db, spec)
+    other_spec = group_spec()
+    await seed_group(db, other_spec)
+    await console_login(http, spec.slug)
+    url = f"/console/gateways/{spec.gateway_code}/test"
+    bad = await console_form(http, url, {"key": "m1", "channel": "x"})
+    assert bad.status_code == 422 and "通道" in bad.text
+    assert (await console_form(http, url, {"key": "nope", "channel": "1"})).status_code == 404
+    foreign = f"/console/gateways/{other_spec.gateway_code}/test"
+    assert (await console_form(http, foreign, {"key": "m1", "channel": "1"})).status_code == 404
+    asked = await console_form(http, url, {"key": "m1", "channel": "1"}, follow_redirects=True)
+    assert asked.status_code == 200 and "等待发送到网关" in asked.text
+    assert 'hx-trigger="every 2s"' in asked.text
+    test_id = uuid.UUID(str(asked.url).rsplit("/", 1)[1])
+    async with db.tenant(g.tenant_id) as conn:
+        action = await conn.scalar(
+            sa.text("SELECT action FROM device_command WHERE id = :id"), {"id": test_id}
+        )
+    assert action == "read_now"
+
+    # the gateway read the meter and answered
+    ingest = IngestService(db, CommandTiming())
+    now = datetime.now(UTC)
+    batch = TelemetryBatch(
+        gateway=spec.gateway_code, boot_id="b1", seq=1, sent_at=now,
+        readings=(Reading(device="m1", measured_at=now, total=Decimal("321.250")),),
+    )  # fmt: skip
+    await ingest.store_telemetry(spec.gateway_code, batch, now + timedelta(seconds=1))
+    ack = Ack(id=test_id, gateway=spec.gateway_code, status=AckStatus.OK, detail="read", at=now)
+    await ingest.store_ack(spec.gateway_code, ack, now + timedelta(seconds=1))
+    frag = await http.get(str(asked.url), headers={"HX-Request": "true"})
+    assert frag.status_code == 200 and "表计已应答" in frag.text and "321.250" in frag.text
+    assert "hx-trigger" not in frag.text  # done: the page stops asking
+
+    await console_login(http, other_spec.slug)
+    assert (await http.get(str(asked.url))).status_code == 404
