@@ -42,6 +42,15 @@ PERMISSIONS = (
     "field.work",  # read, collect and dun in the field, within the books assigned
 )
 
+#: The installer's role a new property group starts with (issue 17): see the gateways and
+#: their meters, issue and revoke claim codes, push configs, install meters (装表).
+INSTALLER_PERMISSIONS = (
+    "registry.view",
+    "gateway.commission",
+    "gateway.configure",
+    "meter.install",
+)
+
 _hasher = PasswordHash.recommended()
 MIN_PASSWORD = 8
 

@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("ingest", help="consume gateway telemetry and acks (scale horizontally)")
     sub.add_parser(
         "worker",
-        help="dispatch commands to gateways and journal closed usage windows (scale horizontally)",
+        help="dispatch commands to gateways, journal closed usage windows and post each "
+        "month's common-area allocation (公摊) (scale horizontally)",
     )
     sub.add_parser(
         "notify",
@@ -212,6 +213,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
         elif args.cmd == "worker":
             from datetime import UTC, datetime
 
+            from cloud.common_area.groups import allocate_forever
             from cloud.control.dispatcher import Dispatcher
             from cloud.payments.wechat.jobs import payments_forever
             from cloud.rating.service import close_usage_windows_forever
@@ -226,6 +228,7 @@ async def _run(args: argparse.Namespace, settings: CloudSettings) -> int:
                 payments_forever(wiring.services.wechat_pay),
                 reconcile_forever(Reconciler(wiring.services.wechat_pay)),
                 metrics.sample_forever(wiring.db),
+                allocate_forever(wiring.db, lambda: datetime.now(UTC)),  # 公摊, monthly
             )
         return 0
     finally:

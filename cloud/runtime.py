@@ -97,9 +97,7 @@ class _Server(uvicorn.Server):
         yield
 
 
-async def serve_http(
-    app: FastAPI, host: str, port: int, sock: socket.socket | None = None
-) -> None:
+async def serve_http(app: FastAPI, host: str, port: int, sock: socket.socket | None = None) -> None:
     """Serve ``app`` on host:port, or on ``sock`` (a listening socket several processes
     share: ``prepay api --processes N``)."""
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")

@@ -293,6 +293,10 @@ class Gateway(SQLModel, table=True):
     last_seen_at: datetime | None = _ts(nullable=True)
     config_version: int = 0  # the pushed config version the gateway reports it runs
     config_pushed: int = 0  # the last version the cloud pushed
+    # the last heartbeat: its bus statistics (per bus) and outbox backlog (migration 0026)
+    heartbeat_at: datetime | None = _ts(nullable=True)
+    bus_stats: dict[str, Any] | None = Field(default=None, sa_type=pg.JSONB, nullable=True)
+    queue_depth: int | None = None
 
 
 class GatewayClaim(SQLModel, table=True):
@@ -309,6 +313,8 @@ class GatewayClaim(SQLModel, table=True):
     created_by: str = Field(max_length=128)
     used_at: datetime | None = _ts(nullable=True)
     gateway_id: uuid.UUID | None = Field(default=None, foreign_key="gateway.id")
+    revoked_at: datetime | None = _ts(nullable=True)
+    revoked_by: str | None = Field(default=None, max_length=128)
 
 
 class GatewayCredential(SQLModel, table=True):
@@ -690,6 +696,34 @@ class WorkOrder(SQLModel, table=True):
     detail: dict[str, str] = Field(default_factory=dict, sa_type=pg.JSONB)
     status: str = "open"
     created_at: datetime = Field(sa_type=TS)
+
+
+class CommonAreaGroup(SQLModel, table=True):
+    """A common meter (公摊) and how its charge is shared among its members' points."""
+
+    __tablename__ = "common_area_group"
+    __table_args__ = (
+        sa.UniqueConstraint("tenant_id", "common_point_id", name="common_area_one_per_meter"),
+        sa.CheckConstraint("basis IN ('area', 'consumption')", name="common_area_basis"),
+    )
+    id: uuid.UUID = _id()
+    tenant_id: uuid.UUID = _tenant()
+    common_point_id: uuid.UUID = Field(foreign_key="service_point.id")
+    basis: str = Field(max_length=12)  # area | consumption
+    monthly: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
+    last_month: str | None = Field(default=None, max_length=7)  # the last month posted
+    created_by: str
+    created_at: datetime = _ts()
+    updated_at: datetime = _ts()
+
+
+class CommonAreaMember(SQLModel, table=True):
+    __tablename__ = "common_area_member"
+    group_id: uuid.UUID = Field(
+        foreign_key="common_area_group.id", primary_key=True, ondelete="CASCADE"
+    )
+    service_point_id: uuid.UUID = Field(foreign_key="service_point.id", primary_key=True)
+    tenant_id: uuid.UUID = _tenant()
 
 
 class AuditEvent(SQLModel, table=True):

@@ -24,6 +24,7 @@ from cloud.api.problems import with_problem_422
 from cloud.api.routes import router as api_router
 from cloud.api.sales_routes import router as sales_router
 from cloud.api.tariff_routes import router as tariff_router
+from cloud.console.common_area import router as common_area_router
 from cloud.console.delivery import router as delivery_router
 from cloud.console.dunning import router as dunning_router
 from cloud.console.field import router as field_router
@@ -31,6 +32,8 @@ from cloud.console.field_books import router as field_books_router
 from cloud.console.gateways import router as gateways_router
 from cloud.console.i18n import gettext as _
 from cloud.console.imports import router as imports_router
+from cloud.console.installer import gateway_router as installer_gateway_router
+from cloud.console.installer import router as installer_router
 from cloud.console.monitor import router as monitor_router
 from cloud.console.notify_settings import router as notify_settings_router
 from cloud.console.office import router as office_router
@@ -43,6 +46,7 @@ from cloud.console.routes import router as console_router
 from cloud.console.security import SecurityHeaders
 from cloud.console.settings import router as settings_router
 from cloud.console.settings_edit import router as settings_edit_router
+from cloud.console.statement import router as statement_router
 from cloud.errors import DomainError, TooManyAttempts
 from miniapp_api import problems as miniapp_problems
 from miniapp_api.h5 import router as h5_router
@@ -148,11 +152,15 @@ def _operators(app: FastAPI, once: list[Any]) -> None:
     app.include_router(tariff_router, dependencies=once)
     app.include_router(office_router)
     app.include_router(gateways_router)
+    app.include_router(common_area_router)
+    app.include_router(installer_router)
+    app.include_router(installer_gateway_router)
     app.include_router(dunning_router)
     app.include_router(delivery_router)
     app.include_router(reports_router)  # after delivery's /reports/notifications
     app.include_router(notify_settings_router)
     app.include_router(readings_router)
+    app.include_router(statement_router)
     app.include_router(field_router)
     app.include_router(field_books_router)
     app.include_router(reconcile_router)

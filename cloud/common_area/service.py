@@ -67,9 +67,12 @@ async def allocate_common_area(
     start: datetime,
     end: datetime,
     actor: str,
+    *,
+    dry_run: bool = False,
 ) -> Allocation:
     """Share the common meter's charge for ``(start, end]`` among ``members``; posting the
-    same period twice is a no-op (the entry's key is the meter and the period)."""
+    same period twice is a no-op (the entry's key is the meter and the period).
+    ``dry_run``: the shares as they would be posted, nothing written (the preview)."""
     if not members or common_point in members:
         raise AllocationError("choose member points other than the common meter")
     async with db.tenant(tenant_id) as conn:
@@ -104,6 +107,8 @@ async def allocate_common_area(
                 )
                 weights.append((m, used.consumption))
         shares = split(charge, weights)
+        if dry_run:
+            return Allocation(None, False, rated.consumption, charge, shares)
         debits = [ledger.Leg(points[m].wallet, a) for m, a in shares.items() if a]
         legs = (*debits, ledger.Leg(ledger.revenue(common.utility), -charge))
         posted = await post(

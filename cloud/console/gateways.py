@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
-from cloud.api.deps import ServicesDep
+from cloud.api.deps import Services, ServicesDep
 from cloud.console import lists
 from cloud.console.format import when
 from cloud.console.i18n import N_
@@ -24,6 +24,7 @@ router = APIRouter(prefix="/console/gateways", include_in_schema=False)
 
 _GATEWAYS = """
 SELECT g.id, g.code, g.name, g.online, g.last_seen_at, g.config_version, g.config_pushed,
+       g.heartbeat_at, g.bus_stats, g.queue_depth, g.site_id,
        s.name AS site, s.timezone,
        (SELECT count(*) FROM device d WHERE d.gateway_id = g.id) AS devices,
        (SELECT count(DISTINCT (q.device, q.channel)) FROM reading_quarantine q
@@ -41,6 +42,19 @@ LEFT JOIN service_point sp ON sp.id = b.service_point_id
 LEFT JOIN account a ON a.id = sp.account_id
 WHERE d.gateway_id = :g ORDER BY d.bus, d.key, ch.number
 """
+# The site's points with no meter installed: where an unregistered meter can go
+_FREE_POINTS = """
+SELECT sp.id, sp.name, a.number AS account FROM service_point sp
+JOIN account a ON a.id = sp.account_id
+WHERE sp.site_id = :s AND a.status <> 'closed'
+  AND NOT EXISTS (SELECT 1 FROM binding b WHERE b.service_point_id = sp.id AND b.removed_at IS NULL)
+ORDER BY sp.name LIMIT 500
+"""
+EXAMPLE_CONFIG = '{\n  "poll_interval_s": 60,\n  "heartbeat_s": 60\n}'
+DONE = {
+    "installed": N_("The meter is installed: its kept readings are now its history."),
+    "pushed": N_("The config is sent; the gateway reports the version it runs when applied."),
+}
 
 
 @router.get("")
@@ -96,6 +110,14 @@ SET_ASIDE = {
 
 @router.get("/{code}")
 async def gateway(code: str, request: Request, svc: ServicesDep) -> Response:
+    done = request.query_params.get("done", "")
+    return await gateway_view(request, svc, code, done=_(DONE[done]) if done in DONE else None)
+
+
+async def gateway_view(
+    request: Request, svc: Services, code: str, *, error: str | None = None,
+    done: str | None = None, config_text: str | None = None, status: int = 200,
+) -> Response:  # fmt: skip
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
@@ -107,6 +129,7 @@ async def gateway(code: str, request: Request, svc: ServicesDep) -> Response:
         if g is None:
             raise NotFound(f"gateway {code[:64]} not found")
         devices = (await conn.execute(sa.text(_DEVICES), {"g": g.id})).all()
+        free = (await conn.execute(sa.text(_FREE_POINTS), {"s": g.site_id})).all()
     waiting = await unregistered(svc.db, who.tenant_id, g.id)
     aside = await set_aside(svc.db, who.tenant_id, g.id)
     ctx = {
@@ -116,5 +139,12 @@ async def gateway(code: str, request: Request, svc: ServicesDep) -> Response:
         "waiting": waiting,
         "aside": aside,
         "reasons": {k: _(v) for k, v in SET_ASIDE.items()},
+        "buses": sorted((g.bus_stats or {}).items()),
+        "free": free,
+        "error": error,
+        "done": done,
+        "config_text": config_text if config_text is not None else EXAMPLE_CONFIG,
+        "can_install": "meter.install" in who.permissions,
+        "can_configure": "gateway.configure" in who.permissions,
     }
-    return render(request, svc, "gateway.html", ctx, section="settings")
+    return render(request, svc, "gateway.html", ctx, status=status, section="settings")

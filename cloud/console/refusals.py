@@ -226,6 +226,15 @@ STATIC = (
     N_("permission 'account.open' required"),
     N_("permission 'account.close' required"),
     N_("permission 'meter.install' required"),
+    N_("permission 'gateway.commission' required"),
+    N_("permission 'gateway.configure' required"),
+    N_("claim code already used, revoked or expired"),
+    N_("choose at least one point to share the common meter"),
+    N_("the common meter cannot share its own charge"),
+    N_("the points sharing a common meter are at its site"),
+    N_("a common meter cannot share another common meter's charge"),
+    N_("a member point has no floor area"),
+    N_("a month is shared out once it has ended"),
     N_("permission 'import.run' required"),
     N_(
         "a meter-controlled point's first sale is made after its meter is installed, "

@@ -5,7 +5,7 @@ control page. Every POST carries the CSRF token; routes stay thin."""
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Query, Request
@@ -16,6 +16,7 @@ from cloud.api.deps import SESSION_COOKIE, ServicesDep, session_token
 from cloud.api.fields import has_control
 from cloud.auth import Principal
 from cloud.console import lists
+from cloud.console.charts import GRAINS, chart_steps, consumption_chart
 from cloud.console.format import when
 from cloud.console.i18n import N_
 from cloud.console.i18n import gettext as _
@@ -24,6 +25,8 @@ from cloud.console.refusals import explain
 from cloud.console.security import secure_cookie
 from cloud.control.operator import ControlAction, ControlRequest, control_view, operate_point
 from cloud.errors import DomainError, TooManyAttempts, Unauthorized
+from cloud.lifecycle.consumption import Grain, point_consumption
+from cloud.lifecycle.point_record import point_record
 
 router = APIRouter(prefix="/console", include_in_schema=False)
 
@@ -209,19 +212,51 @@ async def _page(
     message: str = "",
     refused: bool = False,
     status: int = 200,
+    grain: Grain = Grain.DAY,
+    day: date | None = None,
 ) -> Response:
-    view = await control_view(svc.db, who, point_id, datetime.now(UTC))
+    now = datetime.now(UTC)
+    view = await control_view(svc.db, who, point_id, now)
     zone = (await queries.service_point(svc.db, who.tenant_id, point_id, who)).site_timezone
-    ctx = {"v": view, "who": who, "message": message, "refused": refused, "zone": zone}
+    usage = await point_consumption(svc.db, who, point_id, grain, day, now)
+    record = await point_record(svc.db, who, point_id)
+    ctx = {
+        "v": view,
+        "who": who,
+        "message": message,
+        "refused": refused,
+        "zone": zone,
+        "usage": usage,
+        "record": record,
+        "chart": consumption_chart(usage),
+        "unit": "m³" if usage.utility == "water" else "kWh",
+        "grains": GRAINS,
+        "steps": chart_steps(usage),
+    }
     return render(request, svc, "point_control.html", ctx, status=status, section="monitor")
 
 
 @router.get("/points/{point_id}")
-async def point_control(point_id: uuid.UUID, request: Request, svc: ServicesDep) -> Response:
+async def point_control(
+    point_id: uuid.UUID,
+    request: Request,
+    svc: ServicesDep,
+    grain: Annotated[str, Query(max_length=8)] = "day",
+    day: Annotated[str, Query(max_length=10)] = "",
+) -> Response:
     who = await signed_in(request, svc)
     if isinstance(who, Response):
         return who
-    return await _page(request, svc, who, point_id)
+    try:
+        chosen, on = Grain(grain), lists.day_param(day)
+    except ValueError:
+        msg = _(
+            "Choose the chart by hour, day or month, and give the day as year-month-day, "
+            "e.g. 2026-12-01, between 2000 and 2099."
+        )
+        ctx = {"who": who, "message": msg, "refused": True}
+        return render(request, svc, "message.html", ctx, status=422, section="monitor")
+    return await _page(request, svc, who, point_id, grain=chosen, day=on)
 
 
 @router.post("/points/{point_id}/control")

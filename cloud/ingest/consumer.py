@@ -18,7 +18,7 @@ import aiomqtt
 from prometheus_client import Counter
 
 from cloud.aio import raise_if_cancelled
-from cloud.ingest.service import IngestService, UnknownGateway
+from cloud.ingest.service import Heartbeat, IngestService, UnknownGateway
 from cloud.metrics import BUS_TRANSACTIONS, BUS_UTILISATION, GATEWAY_BACKLOG, INGEST_LAG
 from cloud.mqtt import client
 from contract.mqtt import (
@@ -251,7 +251,9 @@ class IngestConsumer:
                 if event.gateway != gateway:
                     raise UnknownGateway(f"event names {event.gateway!r} on {gateway!r}'s topic")
                 if event.kind is EventKind.HEARTBEAT:
-                    await self.service.gateway_presence(gateway, True, now, event.config_version)
+                    await self.service.gateway_presence(
+                        gateway, True, now, event.config_version, Heartbeat.of(event)
+                    )
                     _bus_metrics(event)
                 elif event.kind in (EventKind.CONFIG_APPLIED, EventKind.CONFIG_REJECTED):
                     applied = (

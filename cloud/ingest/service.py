@@ -12,6 +12,7 @@ neither stored nor rated twice.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -20,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import msgspec
 import psycopg
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -30,7 +32,7 @@ from cloud.control.service import CommandTiming, apply_ack, sweep_tenant
 from cloud.db import Database
 from cloud.rating.fast import STAGED, STAGED_COLUMNS, STAGING
 from cloud.rating.service import RatingReport, rate_staged
-from contract.mqtt import Ack, Reading, Supply, TelemetryBatch
+from contract.mqtt import Ack, GatewayEvent, Reading, Supply, TelemetryBatch
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +74,21 @@ class UnknownGateway(LookupError):
 class _Repeated(Exception):
     """Some staged readings are stored already: the transaction, which wrote nothing yet,
     runs again moving only the new ones."""
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """What a heartbeat tells the installer: each bus's statistics since the previous one
+    (transactions, timeouts, errors, utilisation) and the outbox backlog."""
+
+    buses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    queue_depth: int | None = None
+
+    @classmethod
+    def of(cls, event: GatewayEvent) -> Heartbeat:
+        return cls(
+            {name: msgspec.to_builtins(b) for name, b in event.buses.items()}, event.queue_depth
+        )
 
 
 @dataclass
@@ -227,20 +244,38 @@ class IngestService:
             log.exception("converging gateway %s after its return failed", gateway_id)
 
     async def gateway_presence(
-        self, topic_gateway: str, online: bool, seen_at: datetime, config_version: int | None
+        self,
+        topic_gateway: str,
+        online: bool,
+        seen_at: datetime,
+        config_version: int | None,
+        heartbeat: Heartbeat | None = None,
     ) -> None:
         """The gateway's retained online/offline state (its last will says offline) and its
-        heartbeats: who is connected, since when, on which config version."""
+        heartbeats: who is connected, since when, on which config version, and (from a
+        heartbeat) its buses' statistics and outbox backlog for the installer's page."""
         tenant_id = await self.tenant_of(topic_gateway)
+        hb = heartbeat or Heartbeat()
         async with self.db.tenant(tenant_id) as conn:
             back = await conn.scalar(
                 sa.text(
                     "UPDATE gateway g SET online = :on, last_seen_at = :at, "
-                    "config_version = coalesce(:v, g.config_version) FROM gateway old "
-                    "WHERE old.id = g.id AND g.code = :c "
+                    "config_version = coalesce(:v, g.config_version), "
+                    "heartbeat_at = CASE WHEN :hb THEN :at ELSE g.heartbeat_at END, "
+                    "bus_stats = CASE WHEN :hb THEN CAST(:buses AS jsonb) ELSE g.bus_stats END, "
+                    "queue_depth = CASE WHEN :hb THEN :q ELSE g.queue_depth END "
+                    "FROM gateway old WHERE old.id = g.id AND g.code = :c "
                     "RETURNING CASE WHEN :on AND NOT old.online THEN g.id END"
                 ),
-                {"on": online, "at": seen_at, "v": config_version, "c": topic_gateway},
+                {
+                    "on": online,
+                    "at": seen_at,
+                    "v": config_version,
+                    "c": topic_gateway,
+                    "hb": heartbeat is not None,
+                    "buses": json.dumps(hb.buses),
+                    "q": hb.queue_depth,
+                },
             )
         if back is not None:
             # Back online: converge its twins to the current desired state with fresh

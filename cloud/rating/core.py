@@ -280,6 +280,20 @@ def _close_window(run: _Run, window: datetime) -> None:
         run.window_start = window
 
 
+def consumed(
+    last_register: Decimal, total: Decimal, elapsed: timedelta, lim: Limits
+) -> Decimal | None:
+    """What rating charges between two registers ``elapsed`` apart: the difference, or the
+    wrap past the modulus when it is physically possible; None when the difference is not
+    (a register gone down or an impossible jump: not charged, the point re-based)."""
+    ceiling = lim.max_rate * _hours(elapsed) + lim.slack
+    delta = total - last_register
+    if delta < 0:
+        wrapped = lim.register_modulus - last_register + total
+        return wrapped if wrapped <= ceiling else None
+    return delta if delta <= ceiling else None
+
+
 def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
     total = r.total
     assert total is not None
@@ -302,21 +316,19 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
     elapsed = at - last_at
     ceiling = lim.max_rate * _hours(elapsed) + lim.slack
     delta = total - last_reg
-    used: Decimal | None = None
+    used = consumed(last_reg, total, elapsed, lim)
     if elapsed > lim.gap:
         run.anomalies.append(
             Anomaly(AnomalyKind.GAP, at, f"no reading for {elapsed} (since {last_at})")
         )
     if delta < 0:
-        wrapped = lim.register_modulus - last_reg + total
-        if wrapped <= ceiling:
-            used = wrapped
+        if used is not None:
             run.anomalies.append(
                 Anomaly(
                     AnomalyKind.ROLLOVER,
                     at,
-                    f"register rolled over from {last_reg} to {total}: {wrapped} charged",
-                    wrapped,
+                    f"register rolled over from {last_reg} to {total}: {used} charged",
+                    used,
                 )
             )
         else:
@@ -327,7 +339,7 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
                     f"register went from {last_reg} to {total}; not charged, re-based",
                 )
             )
-    elif delta > ceiling:
+    elif used is None:
         run.anomalies.append(
             Anomaly(
                 AnomalyKind.IMPOSSIBLE_JUMP,
@@ -336,22 +348,20 @@ def _advance(run: _Run, r: RegisterReading, terms: PointTerms) -> None:
                 "not charged, re-based",
             )
         )
-    else:
-        used = delta
-        if delta > 0:
-            run.stuck = False
-        elif r.power is not None and r.power > 0 and not run.stuck:
-            expected = r.power * _hours(elapsed)
-            if expected >= lim.stuck_min:
-                run.stuck = True
-                run.anomalies.append(
-                    Anomaly(
-                        AnomalyKind.STUCK_REGISTER,
-                        at,
-                        f"register still at {total} for {elapsed} while drawing {r.power} "
-                        f"(about {expected} expected)",
-                    )
+    elif delta > 0:
+        run.stuck = False
+    elif r.power is not None and r.power > 0 and not run.stuck:
+        expected = r.power * _hours(elapsed)
+        if expected >= lim.stuck_min:
+            run.stuck = True
+            run.anomalies.append(
+                Anomaly(
+                    AnomalyKind.STUCK_REGISTER,
+                    at,
+                    f"register still at {total} for {elapsed} while drawing {r.power} "
+                    f"(about {expected} expected)",
                 )
+            )
     if used:
         _charge(run, used, r, version, terms)
         run.consumption += used

@@ -947,7 +947,7 @@ async def create_group(
     """Platform operator (``prepay tenant create``): the tenant, an "administrator" role
     with every permission and its first operator, scoped to the whole tenant. Ledger
     accounts are made on first use, so a sale and ``prepay check`` work from here."""
-    from cloud.auth import PERMISSIONS
+    from cloud.auth import INSTALLER_PERMISSIONS, PERMISSIONS
     from cloud.registry.service import create_tenant
 
     checked_slug = core.slug(slug)
@@ -963,6 +963,13 @@ async def create_group(
                 "VALUES (:id, :t, 'administrator', :p)"
             ),
             {"id": role_id, "t": tenant_id, "p": list(PERMISSIONS)},
+        )
+        await conn.execute(
+            sa.text(
+                "INSERT INTO role (id, tenant_id, name, permissions) "
+                "VALUES (:id, :t, 'installer', :p)"
+            ),
+            {"id": uuid.uuid4(), "t": tenant_id, "p": list(INSTALLER_PERMISSIONS)},
         )
         operator_id = uuid.uuid4()
         await conn.execute(

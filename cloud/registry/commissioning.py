@@ -20,6 +20,7 @@ from cloud import audit
 from cloud.auth import Principal
 from cloud.db import Database
 from cloud.errors import Conflict, DomainError, Invalid, NotFound
+from cloud.registry.scope import require_site
 
 #: Crockford-style alphabet: no I, L, O, U, so a code read aloud is typed right.
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -118,13 +119,13 @@ async def exchange_claim(
         row = (
             await conn.execute(
                 sa.text(
-                    "SELECT id, site_id, expires_at, used_at FROM gateway_claim "
+                    "SELECT id, site_id, expires_at, used_at, revoked_at FROM gateway_claim "
                     "WHERE code_hash = :h FOR UPDATE"
                 ),
                 {"h": h},
             )
         ).one()
-        if row.used_at is not None or row.expires_at <= now:
+        if row.used_at is not None or row.revoked_at is not None or row.expires_at <= now:
             raise ClaimRefused("claim code refused: unknown, already used or expired")
         gateway_id = uuid.uuid4()
         gateway = f"gw-{secrets.token_hex(5)}"
@@ -162,6 +163,75 @@ async def exchange_claim(
         )
         await audit.record(conn, tenant_id, "installer:claim", "gateway.commissioned", gateway, now)
     return GatewayIdentity(gateway, gateway, password, row.site_id)
+
+
+@dataclass(frozen=True)
+class ClaimLine:
+    id: uuid.UUID
+    created_at: datetime
+    created_by: str
+    expires_at: datetime
+    used_at: datetime | None
+    gateway: str | None  # the gateway it commissioned
+    revoked_at: datetime | None
+    revoked_by: str | None
+
+    def state(self, now: datetime) -> str:
+        """used | revoked | expired | live"""
+        if self.used_at is not None:
+            return "used"
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.expires_at <= now else "live"
+
+
+async def site_claims(
+    db: Database, who: Principal, site_id: uuid.UUID, limit: int = 100
+) -> list[ClaimLine]:
+    """The site's claim codes, newest first (their codes are not kept: only the hash)."""
+    who.require("gateway.commission")
+    async with db.tenant(who.tenant_id) as conn:
+        await require_site(conn, who, site_id)
+        rows = (
+            await conn.execute(
+                sa.text(
+                    "SELECT c.id, c.created_at, c.created_by, c.expires_at, c.used_at, "
+                    "g.code, c.revoked_at, c.revoked_by FROM gateway_claim c "
+                    "LEFT JOIN gateway g ON g.id = c.gateway_id WHERE c.site_id = :s "
+                    "ORDER BY c.created_at DESC LIMIT :lim"
+                ),
+                {"s": site_id, "lim": limit},
+            )
+        ).all()
+    return [ClaimLine(*r) for r in rows]
+
+
+async def revoke_claim(db: Database, who: Principal, claim_id: uuid.UUID, now: datetime) -> None:
+    """Revoke a claim code not used yet: it is refused from now on. Conflict when it was
+    used, revoked or has expired already; NotFound beyond the scope."""
+    who.require("gateway.commission")
+    async with db.tenant(who.tenant_id) as conn:
+        row = (
+            await conn.execute(
+                sa.text(
+                    "SELECT site_id, used_at, revoked_at, expires_at FROM gateway_claim "
+                    "WHERE id = :id FOR UPDATE"
+                ),
+                {"id": claim_id},
+            )
+        ).first()
+        if row is None:
+            raise NotFound(f"no claim code {claim_id}")
+        await require_site(conn, who, row.site_id)
+        if row.used_at is not None or row.revoked_at is not None or row.expires_at <= now:
+            raise Conflict("claim code already used, revoked or expired")
+        await conn.execute(
+            sa.text("UPDATE gateway_claim SET revoked_at = :now, revoked_by = :by WHERE id = :id"),
+            {"now": now, "by": who.actor, "id": claim_id},
+        )
+        await audit.record(
+            conn, who.tenant_id, who.actor, "gateway.claim_revoked", str(claim_id), now
+        )
 
 
 async def revoke_credential(db: Database, who: Principal, gateway: str, now: datetime) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cloud.auth import PERMISSIONS
+from cloud.auth import INSTALLER_PERMISSIONS, PERMISSIONS
 from cloud.cli import main
 from cloud.db import Database
 from cloud.ledger import core as ledger
@@ -74,8 +74,9 @@ async def test_create_then_log_in_set_up_and_check(
         assert r.status_code == 200, r.text
         auth = {"authorization": f"Bearer {r.json()['access_token']}"}
         roles = (await http.get("/api/v1/roles", headers=auth)).json()
-        assert [(x["name"], tuple(x["permissions"])) for x in roles] == [
-            ("administrator", PERMISSIONS)
+        assert sorted((x["name"], set(x["permissions"])) for x in roles) == [
+            ("administrator", set(PERMISSIONS)),
+            ("installer", set(INSTALLER_PERMISSIONS)),
         ]
         ops = (await http.get("/api/v1/operators", headers=auth)).json()
         assert [(o["username"], o["scope"], o["active"]) for o in ops] == [("boss", "tenant", True)]
