@@ -96,7 +96,11 @@ async def test_ingest_and_worker_serve_their_own_metrics(
         await wait_for(counted, 30, "the stored reading counted by ingest")
         text = await _metrics(ingest_port)
         assert _value(text, "prepay_ingest_lag_seconds_count") >= 1
-        assert 'prepay_commands_open{state="queued"}' in await _metrics(worker_port)
+
+        async def sampled() -> bool:  # (the worker samples the open commands on its start)
+            return 'prepay_commands_open{state="queued"}' in await _metrics(worker_port)
+
+        await wait_for(sampled, 30, "the worker's sample of the open commands")
     finally:
         for p in procs:
             p.terminate()

@@ -85,10 +85,15 @@ async def test_a_reading_older_than_the_site_allows_is_kept_not_rated(db: Databa
     # they rated, the year-old 2.00 would have been the base and 98 kWh charged)
     assert await _balance(db, g) == Decimal("8.50")
 
-    # a day inside the year is in reason: stored (late, so it charges nothing more)
+    # a day inside the year is in reason: stored, and being earlier than the point's
+    # baseline (its earliest reading rated) it moves the baseline back: the 50 kWh the
+    # meter turned between then and the baseline are charged (rating's baseline rule)
     inside = await _send(service, gw, (NOW - timedelta(days=300), "50.00"))
     assert (inside.stored, inside.quarantined) == (1, {})
-    assert await _balance(db, g) == Decimal("8.50")
+    assert await _balance(db, g) == Decimal("-41.50")
+    # the same reading again changes nothing
+    await _send(service, gw, (NOW - timedelta(days=300), "50.00"))
+    assert await _balance(db, g) == Decimal("-41.50")
 
 
 async def test_the_sites_allowed_age_is_its_own_and_read_again_when_changed(
