@@ -72,9 +72,14 @@ async def test_ingest_and_worker_serve_their_own_metrics(
         async def up() -> bool:
             return "prepay_ingest_readings_total" in await _metrics(
                 ingest_port
-            ) and "prepay_commands_open" in await _metrics(worker_port)
+            ) and "prepay_commands_total" in await _metrics(worker_port)
 
-        await wait_for(up, 30, "both metrics endpoints")
+        try:  # (slow under a loaded full run: both processes import and connect first)
+            await wait_for(up, 90, "both metrics endpoints")
+        except AssertionError:
+            for cmd in ("ingest", "worker"):
+                print(cmd, (tmp_path / f"{cmd}.log").read_text()[-3000:])
+            raise
         topics = Topics(topic_prefix)
         now = datetime.now(UTC)
         reading = Reading(device="m1", measured_at=now, total=Decimal("1.00"))
@@ -100,7 +105,7 @@ async def test_ingest_and_worker_serve_their_own_metrics(
         async def sampled() -> bool:  # (the worker samples the open commands on its start)
             return 'prepay_commands_open{state="queued"}' in await _metrics(worker_port)
 
-        await wait_for(sampled, 30, "the worker's sample of the open commands")
+        await wait_for(sampled, 60, "the worker's sample of the open commands")
     finally:
         for p in procs:
             p.terminate()
