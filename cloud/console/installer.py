@@ -21,7 +21,7 @@ from cloud.console.format import when
 from cloud.console.i18n import gettext as _
 from cloud.console.pages import is_fragment, render, render_fragment, signed_form, signed_in
 from cloud.console.refusals import explain
-from cloud.errors import DomainError
+from cloud.errors import DomainError, NotFound
 from cloud.lifecycle import service as lifecycle
 from cloud.registry import meter_test
 from cloud.registry.commissioning import issue_claim, revoke_claim, site_claims
@@ -67,7 +67,10 @@ async def _claims_page(
 ) -> Response:
     who.require("gateway.commission")
     sites = await _sites(svc, who)
-    chosen = next((s for s in sites if str(s.id) == site), sites[0] if sites else None)
+    chosen = next((s for s in sites if str(s.id) == site), None)
+    if site and chosen is None:  # another group's site, or one outside the operator's scope
+        raise NotFound(f"site {site} not found")
+    chosen = chosen or (sites[0] if sites else None)
     claims = await site_claims(svc.db, who, chosen.id) if chosen else []
     now = datetime.now(UTC)
     ctx = {
@@ -97,6 +100,14 @@ def _done(request: Request) -> str | None:
     return _("The claim code is revoked.") if request.query_params.get("done") else None
 
 
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _site_id(form: Any) -> uuid.UUID:
     try:
         return uuid.UUID(str(form.get("site", "")))
@@ -124,7 +135,8 @@ async def issue(request: Request, svc: ServicesDep) -> Response:
             svc.db, who, site_id, datetime.now(UTC), timedelta(hours=int(text))
         )
     except FormError as exc:
-        return await _claims_page(request, svc, who, site, error=str(exc), status=422)
+        chosen = site if _is_uuid(site) else ""  # "Choose the site." shows the form again
+        return await _claims_page(request, svc, who, chosen, error=str(exc), status=422)
     except DomainError as exc:
         if exc.status == 404:
             raise
